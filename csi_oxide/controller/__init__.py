@@ -1,0 +1,1 @@
+"""Controller logic: provisioning, attachment, snapshots over the OxideApi seam."""

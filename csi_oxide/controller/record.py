@@ -1,0 +1,155 @@
+"""The record the driver keeps in an Oxide description, and the names it derives.
+
+An Oxide disk's (or snapshot's) description is fixed at creation, so it doubles as the driver's
+idempotency record: a compact, versioned JSON object behind a fixed prefix, at most 512 characters.
+
+    csi.oxide.computer/v1 {"c":"<cluster>","n":"<CSI name>","s":<bytes>,"src":"snapshot:snap-…",
+                           "pvc":"<ns>/<name>","pv":"<pv name>"}
+
+Only objects whose record names our cluster are listed, garbage-collected or expanded; two clusters
+sharing a project never touch each other's disks. Names:
+
+- volume (disk) name   ``csi-`` + 16 hex of SHA-256(CSI volume name)   (20 chars: the NVMe serial)
+- snapshot name        ``snap-`` + 16 hex of SHA-256(CSI snapshot name)
+- temporary snapshots  ``tmp-clone-`` / ``tmp-grow-`` + 16 hex of SHA-256(target disk name); never
+  listed, never deletable through DeleteSnapshot
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+
+from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH
+
+PREFIX = "csi.oxide.computer/v1 "
+VOLUME_PREFIX = "csi-"
+SNAPSHOT_PREFIX = "snap-"
+CLONE_PREFIX = "tmp-clone-"
+GROW_PREFIX = "tmp-grow-"
+TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX)
+
+_HEX16 = r"[0-9a-f]{16}"
+_VOLUME_RE = re.compile(rf"^{VOLUME_PREFIX}{_HEX16}$")
+_SNAPSHOT_RE = re.compile(rf"^{SNAPSHOT_PREFIX}{_HEX16}$")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def volume_name(csi_name: str) -> str:
+    """The Oxide disk name for a CSI volume name (20 characters, unique in its NVMe serial)."""
+    return VOLUME_PREFIX + _digest(csi_name)
+
+
+def snapshot_name(csi_name: str) -> str:
+    """The Oxide snapshot name for a CSI snapshot name."""
+    return SNAPSHOT_PREFIX + _digest(csi_name)
+
+
+def clone_snapshot_name(target_disk: str) -> str:
+    """The temporary snapshot that a clone into ``target_disk`` goes through."""
+    return CLONE_PREFIX + _digest(target_disk)
+
+
+def grow_snapshot_name(disk: str) -> str:
+    """The temporary snapshot that an expansion of ``disk`` goes through."""
+    return GROW_PREFIX + _digest(disk)
+
+
+def is_driver_volume_name(name: str) -> bool:
+    """True for disk names this driver makes."""
+    return bool(_VOLUME_RE.match(name))
+
+
+def is_driver_snapshot_name(name: str) -> bool:
+    """True for (non-temporary) snapshot names this driver makes."""
+    return bool(_SNAPSHOT_RE.match(name))
+
+
+def is_temporary_snapshot_name(name: str) -> bool:
+    """True for the driver's temporary (clone/expansion) snapshots."""
+    return name.startswith(TEMPORARY_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the driver remembers about an object it created.
+
+    ``name`` is the CSI name (``name_hash`` replaces it when the record would be too long);
+    ``size`` the requested bytes; ``source`` ``snapshot:<id>`` or ``volume:<id>`` or "".
+    """
+
+    cluster: str
+    name: str = ""
+    name_hash: str = ""
+    size: int = 0
+    source: str = ""
+    pvc: str = ""
+    pv: str = ""
+
+    def matches_name(self, csi_name: str) -> bool:
+        """True when this record was written for ``csi_name``."""
+        if self.name:
+            return self.name == csi_name
+        return self.name_hash == hashlib.sha256(csi_name.encode()).hexdigest()
+
+    def encode(self) -> str:
+        """The description text; shortened (hash instead of name, no PVC/PV) to fit 512."""
+        text = self._encode()
+        if len(text) > MAX_DESCRIPTION_LENGTH:
+            digest = hashlib.sha256(self.name.encode()).hexdigest() if self.name else self.name_hash
+            text = replace(self, name="", name_hash=digest, pvc="", pv="")._encode()
+        if len(text) > MAX_DESCRIPTION_LENGTH:
+            raise ValueError("description record does not fit in 512 characters")
+        return text
+
+    def _encode(self) -> str:
+        fields: dict[str, str | int] = {"c": self.cluster}
+        for key, value in (
+            ("n", self.name),
+            ("h", self.name_hash),
+            ("s", self.size),
+            ("src", self.source),
+            ("pvc", self.pvc),
+            ("pv", self.pv),
+        ):
+            if value:
+                fields[key] = value
+        return PREFIX + json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
+
+
+def decode(description: str) -> Record | None:
+    """The record in ``description``, or None when it is not one of ours (or is damaged)."""
+    if not description.startswith(PREFIX):
+        return None
+    try:
+        data = json.loads(description[len(PREFIX) :])
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("c"), str):
+        return None
+
+    def text(key: str) -> str:
+        value = data.get(key, "")
+        return value if isinstance(value, str) else ""
+
+    size = data.get("s", 0)
+    return Record(
+        cluster=data["c"],
+        name=text("n"),
+        name_hash=text("h"),
+        size=size if isinstance(size, int) else 0,
+        source=text("src"),
+        pvc=text("pvc"),
+        pv=text("pv"),
+    )
+
+
+def owned_by(description: str, cluster: str) -> Record | None:
+    """The record if ``description`` carries our cluster's marker, else None."""
+    rec = decode(description)
+    return rec if rec is not None and rec.cluster == cluster else None

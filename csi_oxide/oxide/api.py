@@ -1,0 +1,91 @@
+"""The seam between the driver and the Oxide API.
+
+``OxideApi`` is what the controller holds. ``HttpOxideClient`` implements it over HTTP; tests run it
+against the simulator. All methods are coroutines. Selectors (``disk``, ``snapshot``, ``instance``)
+are a name or a UUID: names are looked up in the client's configured project, UUIDs globally, exactly
+as the API does. Every failure is an ``OxideError`` subclass (``csi_oxide.oxide.errors``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilization
+
+
+class OxideApi(Protocol):
+    """The Oxide operations the driver uses, one method per API operation."""
+
+    @property
+    def project(self) -> str:
+        """The project (name or ID) that names are resolved in and objects are created in."""
+        ...
+
+    async def disk_create(self, spec: DiskSpec) -> Disk:
+        """``disk_create``. Returns the 201 body as sent, whose state is stale (``creating``)."""
+        ...
+
+    async def disk_view(self, disk: str) -> Disk:
+        """``disk_view``. ``OxideNotFoundError`` when there is no such disk."""
+        ...
+
+    async def disk_list(self) -> list[Disk]:
+        """``disk_list`` over all pages of the project."""
+        ...
+
+    async def disk_delete(self, disk: str) -> None:
+        """``disk_delete``. Refused (400) unless the disk is detached or faulted."""
+        ...
+
+    async def snapshot_create(self, name: str, description: str, disk: str) -> Snapshot:
+        """``snapshot_create`` of ``disk``; synchronous, the snapshot is ``ready`` on return."""
+        ...
+
+    async def snapshot_view(self, snapshot: str) -> Snapshot:
+        """``snapshot_view``."""
+        ...
+
+    async def snapshot_list(self) -> list[Snapshot]:
+        """``snapshot_list`` over all pages of the project."""
+        ...
+
+    async def snapshot_delete(self, snapshot: str) -> None:
+        """``snapshot_delete``."""
+        ...
+
+    async def instance_view(self, instance: str) -> Instance:
+        """``instance_view``."""
+        ...
+
+    async def instance_list(self) -> list[Instance]:
+        """``instance_list`` over all pages of the project."""
+        ...
+
+    async def instance_start(self, instance: str) -> Instance:
+        """``instance_start`` (202)."""
+        ...
+
+    async def instance_stop(self, instance: str) -> Instance:
+        """``instance_stop`` (202)."""
+        ...
+
+    async def instance_disk_list(self, instance: str) -> list[Disk]:
+        """``instance_disk_list`` over all pages: the disks attached to ``instance``."""
+        ...
+
+    async def instance_disk_attach(self, instance: str, disk: str) -> Disk:
+        """``instance_disk_attach``. Idempotent for the same instance; refused while it runs
+        (unless the rack has hot-plug), past 12 disks, or when attached elsewhere."""
+        ...
+
+    async def instance_disk_detach(self, instance: str, disk: str) -> Disk:
+        """``instance_disk_detach``. Idempotent when already detached."""
+        ...
+
+    async def utilization_view(self) -> Utilization:
+        """``utilization_view``: the silo's storage quota and provisioned bytes."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

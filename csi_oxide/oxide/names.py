@@ -1,0 +1,37 @@
+"""Pure rules for Oxide names and identifiers (no I/O)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]*[a-z0-9])?$")
+MAX_NAME_LENGTH = 63
+
+
+def is_uuid(value: str) -> bool:
+    """True when the server would read ``value`` as an ID rather than a name.
+
+    The server parses with a parser that also accepts 32 hex digits without dashes, braces and the
+    ``urn:uuid:`` form; Python's ``uuid.UUID`` accepts the same family.
+    """
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_valid_name(value: str) -> bool:
+    """True for names the Oxide server accepts (stricter than the published regex: lowercase only)."""
+    return (
+        0 < len(value) <= MAX_NAME_LENGTH and bool(_NAME_RE.match(value)) and not is_uuid(value)
+    )
+
+
+def is_canonical_uuid(value: str) -> bool:
+    """True for the canonical lowercase 8-4-4-4-12 form only."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False

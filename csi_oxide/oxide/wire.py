@@ -1,0 +1,259 @@
+"""JSON <-> domain values for the Oxide API: pure functions, no I/O.
+
+Request bodies are built exactly as the published schema (``oxide/oxide-api.json``) spells them;
+response bodies are read defensively. Anything that does not match the schema raises
+``WireError`` (an unknown enum value raises its subclass ``UnknownValueError``, so a list can skip
+the one object it cannot represent). ``csi_oxide.oxide.client`` turns these into
+``OxideServerError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.oxide.types import (
+    Disk,
+    DiskSpec,
+    DiskState,
+    Instance,
+    InstanceState,
+    Snapshot,
+    SnapshotState,
+    Utilization,
+)
+
+JsonObject = dict[str, object]
+_E = TypeVar("_E", bound=StrEnum)
+_T = TypeVar("_T")
+
+_STATES_WITH_INSTANCE = frozenset({DiskState.ATTACHING, DiskState.ATTACHED, DiskState.DETACHING})
+
+
+class WireError(ValueError):
+    """A response body that does not match the published schema."""
+
+
+class UnknownValueError(WireError):
+    """A well-formed response with an enum value this driver does not know (a newer server)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list endpoint: raw items and the token of the next page (None at the end)."""
+
+    items: list[object]
+    next_page: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Results(Generic[_T]):
+    """A parsed page: the items, those left out for an unknown enum value, the next token."""
+
+    items: list[_T]
+    skipped: list[UnknownValueError]
+    next_page: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """The fields of Oxide's error body; each is None when absent or malformed."""
+
+    error_code: str | None
+    message: str | None
+    request_id: str | None
+
+
+# ---- request bodies -------------------------------------------------------------------------
+
+
+def disk_create_body(spec: DiskSpec) -> JsonObject:
+    """``DiskCreate`` for a distributed (replicated) disk, blank or from a snapshot."""
+    if (spec.block_size is None) == (spec.snapshot_id is None):
+        raise InvalidArgumentError(
+            f"disk {spec.name!r}: give exactly one of a block size (blank) or a snapshot ID"
+        )
+    source: JsonObject
+    if spec.snapshot_id is not None:
+        source = {"type": "snapshot", "snapshot_id": spec.snapshot_id}
+    else:
+        source = {"type": "blank", "block_size": spec.block_size}
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "size": spec.size,
+        "disk_backend": {"type": "distributed", "disk_source": source},
+    }
+
+
+def snapshot_create_body(name: str, description: str, disk: str) -> JsonObject:
+    """``SnapshotCreate``: ``disk`` is a name (in the query's project) or a UUID."""
+    return {"name": name, "description": description, "disk": disk}
+
+
+def disk_path_body(disk: str) -> JsonObject:
+    """``DiskPath``, the body of attach and detach."""
+    return {"disk": disk}
+
+
+# ---- response bodies ------------------------------------------------------------------------
+
+
+def parse_disk(value: object) -> Disk:
+    """A ``Disk`` body. The ``state`` object gives the state and, while (de)attaching or
+    attached, the instance ID."""
+    obj = _object(value, "disk")
+    name = _str(obj, "name")
+    state_obj = _object(obj.get("state"), "disk state")
+    state = _enum(DiskState, _str(state_obj, "state"), f"state of disk {name!r}")
+    instance_id = _str(state_obj, "instance") if state in _STATES_WITH_INSTANCE else None
+    return Disk(
+        id=_str(obj, "id"),
+        name=name,
+        description=_str(obj, "description"),
+        project_id=_str(obj, "project_id"),
+        size=_int(obj, "size"),
+        block_size=_int(obj, "block_size"),
+        state=state,
+        instance_id=instance_id,
+        snapshot_id=_opt_str(obj, "snapshot_id"),
+        image_id=_opt_str(obj, "image_id"),
+        read_only=_bool(obj, "read_only"),
+        disk_type=_str(obj, "disk_type"),
+        time_created=_time(obj, "time_created"),
+    )
+
+
+def parse_snapshot(value: object) -> Snapshot:
+    """A ``Snapshot`` body."""
+    obj = _object(value, "snapshot")
+    name = _str(obj, "name")
+    return Snapshot(
+        id=_str(obj, "id"),
+        name=name,
+        description=_str(obj, "description"),
+        project_id=_str(obj, "project_id"),
+        disk_id=_str(obj, "disk_id"),
+        size=_int(obj, "size"),
+        state=_enum(SnapshotState, _str(obj, "state"), f"state of snapshot {name!r}"),
+        time_created=_time(obj, "time_created"),
+    )
+
+
+def parse_instance(value: object) -> Instance:
+    """An ``Instance`` body (only the fields the driver uses)."""
+    obj = _object(value, "instance")
+    name = _str(obj, "name")
+    return Instance(
+        id=_str(obj, "id"),
+        name=name,
+        project_id=_str(obj, "project_id"),
+        run_state=_enum(InstanceState, _str(obj, "run_state"), f"run_state of instance {name!r}"),
+        boot_disk_id=_opt_str(obj, "boot_disk_id"),
+    )
+
+
+def parse_utilization(value: object) -> Utilization:
+    """A ``Utilization`` body: the storage figures of ``capacity`` and ``provisioned``."""
+    obj = _object(value, "utilization")
+    return Utilization(
+        capacity_storage=_int(_object(obj.get("capacity"), "capacity"), "storage"),
+        provisioned_storage=_int(_object(obj.get("provisioned"), "provisioned"), "storage"),
+    )
+
+
+def parse_page(value: object) -> Page:
+    """A ``*ResultsPage`` body."""
+    obj = _object(value, "results page")
+    items = obj.get("items")
+    if not isinstance(items, list):
+        raise WireError("results page: 'items' is not a list")
+    return Page(items=list(items), next_page=_opt_str(obj, "next_page"))
+
+
+def parse_items(
+    items: list[object], parse: Callable[[object], _T]
+) -> tuple[list[_T], list[UnknownValueError]]:
+    """Parse each item; items with an unknown enum value are left out and returned as errors,
+    so one object from a newer server does not hide all the others. Malformed items raise."""
+    parsed: list[_T] = []
+    skipped: list[UnknownValueError] = []
+    for item in items:
+        try:
+            parsed.append(parse(item))
+        except UnknownValueError as exc:
+            skipped.append(exc)
+    return parsed, skipped
+
+
+def parse_results(value: object, parse: Callable[[object], _T]) -> Results[_T]:
+    """A ``*ResultsPage`` body with each item parsed by ``parse`` (see ``parse_items``)."""
+    page = parse_page(value)
+    items, skipped = parse_items(page.items, parse)
+    return Results(items, skipped, page.next_page)
+
+
+def parse_error_body(value: object) -> ErrorBody:
+    """Oxide's ``Error`` body, tolerating anything (an error answer must never fail to parse)."""
+    if not isinstance(value, Mapping):
+        return ErrorBody(None, None, None)
+
+    def field(key: str) -> str | None:
+        item = value.get(key)
+        return item if isinstance(item, str) and item else None
+
+    return ErrorBody(field("error_code"), field("message"), field("request_id"))
+
+
+# ---- field readers --------------------------------------------------------------------------
+
+
+def _object(value: object, what: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise WireError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _str(obj: Mapping[str, object], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise WireError(f"field {key!r}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(obj: Mapping[str, object], key: str) -> str | None:
+    value = obj.get(key)
+    return None if value is None else _str(obj, key)
+
+
+def _int(obj: Mapping[str, object], key: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WireError(f"field {key!r}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _bool(obj: Mapping[str, object], key: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise WireError(f"field {key!r}: expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _time(obj: Mapping[str, object], key: str) -> datetime:
+    text = _str(obj, key)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise WireError(f"field {key!r}: not an RFC 3339 timestamp: {text!r}") from exc
+
+
+def _enum(kind: type[_E], value: str, what: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise UnknownValueError(f"unknown {what} {value!r} (newer Oxide API?)") from exc

@@ -1,0 +1,131 @@
+"""The gRPC server: endpoint parsing, safe socket handling, start and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.errors import ConfigurationError
+from csi_oxide.server.interceptor import RpcInterceptor, RpcObserver
+
+log = structlog.get_logger("csi_oxide.server")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def parse_endpoint(endpoint: str) -> Path:
+    """The socket path of a ``unix:///abs/path`` (or ``unix:/abs/path``) endpoint."""
+    if endpoint.startswith("unix://"):
+        path = endpoint[len("unix://") :]
+    elif endpoint.startswith("unix:"):
+        path = endpoint[len("unix:") :]
+    else:
+        raise ConfigurationError(
+            f"endpoint {endpoint!r} is not supported: use unix:///absolute/path/csi.sock"
+        )
+    if not path.startswith("/"):
+        raise ConfigurationError(f"endpoint {endpoint!r}: the socket path must be absolute")
+    return Path(path)
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make ``path`` free for a new socket without ever deleting something that is not ours.
+
+    A stale socket (nobody accepts on it) is removed; a live one means another plugin instance is
+    serving there, and anything that is not a socket is left alone: both are configuration errors.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigurationError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # stale socket of a previous run
+        return
+    finally:
+        probe.close()
+    raise ConfigurationError(f"another process is already serving on {path}")
+
+
+@dataclass
+class Services:
+    """The servicers to register (None = not served in this mode: UNIMPLEMENTED)."""
+
+    identity: csi_grpc.IdentityServicer
+    controller: csi_grpc.ControllerServicer | None = None
+    node: csi_grpc.NodeServicer | None = None
+    observers: Sequence[RpcObserver] = field(default_factory=tuple)
+
+
+class CsiServer:
+    """A grpc.aio server on a unix socket serving the given CSI services."""
+
+    def __init__(self, endpoint: str, services: Services) -> None:
+        self.path = parse_endpoint(endpoint)
+        self._services = services
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind the socket and start serving."""
+        prepare_socket_path(self.path)
+        server = grpc.aio.server(
+            interceptors=[RpcInterceptor(list(self._services.observers))],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        csi_grpc.add_IdentityServicer_to_server(self._services.identity, server)
+        # Controller and Node are always registered: a service not served in this mode answers
+        # UNIMPLEMENTED through the generated base class rather than "unknown service".
+        csi_grpc.add_ControllerServicer_to_server(
+            self._services.controller or csi_grpc.ControllerServicer(), server
+        )
+        csi_grpc.add_NodeServicer_to_server(self._services.node or csi_grpc.NodeServicer(), server)
+        server.add_insecure_port(f"unix://{self.path}")
+        await server.start()
+        os.chmod(self.path, 0o660)
+        self._server = server
+        log.info("serving", endpoint=f"unix://{self.path}")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting calls, let running ones finish for ``grace`` seconds, remove the socket."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        log.info("stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Start, then run until SIGTERM or SIGINT, then stop cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("signal received, shutting down")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()

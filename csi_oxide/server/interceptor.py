@@ -1,0 +1,124 @@
+"""The one place where RPCs are logged, timed and their errors turned into gRPC statuses.
+
+Every unary RPC passes through ``RpcInterceptor``: it binds a request ID and the object IDs of the
+request (volume, snapshot, node) to the log context, so every line logged while serving the call
+carries them, logs the call once at its end (``Probe`` at debug level), and maps any exception with
+the table in ``csi_oxide.server.errors``. Request messages are never logged: they may carry secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+
+from csi_oxide.errors import CsiOxideError
+from csi_oxide.server.errors import status_for
+
+log = structlog.get_logger("csi_oxide.rpc")
+
+# Request fields worth carrying on every log line of a call (never secrets).
+_ID_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "node_id", "name")
+_QUIET = frozenset({"Probe", "NodeGetCapabilities", "GetPluginInfo", "NodeGetVolumeStats"})
+
+
+class RpcObserver(Protocol):
+    """Told about every finished RPC (for metrics)."""
+
+    def rpc_started(self, method: str) -> None:
+        """A call to ``method`` (e.g. ``CreateVolume``) started."""
+
+    def rpc_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """A call to ``method`` finished with ``code`` after ``seconds``."""
+
+
+def _ids(request: object) -> dict[str, str]:
+    if not isinstance(request, Message):
+        return {}
+    out: dict[str, str] = {}
+    for field in _ID_FIELDS:
+        if field in request.DESCRIPTOR.fields_by_name:
+            value = getattr(request, field)
+            if isinstance(value, str) and value:
+                out[field] = value
+    return out
+
+
+Handler = Callable[[object, grpc.aio.ServicerContext[object, object]], Awaitable[object]]
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Logs, times and maps errors of every unary-unary RPC."""
+
+    def __init__(self, observers: list[RpcObserver] | None = None) -> None:
+        self._observers = observers or []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[object, object]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[object, object]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner: Handler = handler.unary_unary  # type: ignore[assignment]
+        wrapped = self._wrap(method, inner)
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, inner: Handler) -> Handler:
+        async def call(request: object, context: grpc.aio.ServicerContext[object, object]) -> object:
+            request_id = uuid.uuid4().hex[:16]
+            ids = _ids(request)
+            started = time.monotonic()
+            for observer in self._observers:
+                observer.rpc_started(method)
+            with structlog.contextvars.bound_contextvars(rpc=method, request_id=request_id, **ids):
+                code = grpc.StatusCode.OK
+                message = ""
+                try:
+                    return await inner(request, context)
+                except asyncio.CancelledError:
+                    code, message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
+                    raise
+                except CsiOxideError as exc:
+                    code, message = status_for(exc), str(exc)
+                except NotImplementedError:
+                    code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
+                except Exception as exc:  # noqa: BLE001 - the last line of defence: never crash
+                    code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+                    log.exception("rpc failed unexpectedly")
+                finally:
+                    seconds = time.monotonic() - started
+                    self._log(method, code, message, seconds)
+                    for observer in self._observers:
+                        observer.rpc_finished(method, code, seconds)
+                await context.abort(code, message)
+                raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+        return call
+
+    @staticmethod
+    def _log(method: str, code: grpc.StatusCode, message: str, seconds: float) -> None:
+        fields = {"code": code.name, "duration_ms": round(seconds * 1000, 1)}
+        if code == grpc.StatusCode.OK:
+            if method in _QUIET:
+                log.debug("rpc", **fields)
+            else:
+                log.info("rpc", **fields)
+        elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.error("rpc", error=message, **fields)
+        else:
+            log.warning("rpc", error=message, **fields)

@@ -1,0 +1,171 @@
+"""CSI Node service: validate, make one ``NodeOps`` call under the volume's guard, respond."""
+
+from __future__ import annotations
+
+import grpc
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from csi_oxide.inflight import InFlight
+from csi_oxide.node.ops import NodeOps
+from csi_oxide.oxide.names import is_valid_name
+from csi_oxide.server import parse
+
+Ctx = grpc.aio.ServicerContext[object, object]
+NodeCap = csi.NodeServiceCapability.RPC
+
+CAPABILITIES = (
+    NodeCap.STAGE_UNSTAGE_VOLUME,
+    NodeCap.GET_VOLUME_STATS,
+    NodeCap.EXPAND_VOLUME,
+    NodeCap.VOLUME_CONDITION,
+    NodeCap.SINGLE_NODE_MULTI_WRITER,
+)
+
+
+def _volume_id(value: str) -> str:
+    parse.require(value, "volume_id")
+    if not is_valid_name(value):
+        raise NotFoundError(f"volume {value!r} does not exist (volume IDs are Oxide disk names)")
+    return value
+
+
+def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capability:
+    if not has:
+        raise InvalidArgumentError("volume_capability is required")
+    cap = parse.capability(request_cap)
+    reason = parse.unsupported_reason(cap)
+    if reason:
+        raise FailedPreconditionError(reason)
+    return cap
+
+
+class NodeService(csi_grpc.NodeServicer):
+    """Stages, publishes, grows and reports on volumes attached to this Oxide instance."""
+
+    def __init__(self, *, node_id: str, ops: NodeOps, inflight: InFlight | None = None) -> None:
+        self._node_id = node_id
+        self._ops = ops
+        self._inflight = inflight or InFlight()
+
+    async def NodeGetCapabilities(
+        self, request: csi.NodeGetCapabilitiesRequest, context: Ctx
+    ) -> csi.NodeGetCapabilitiesResponse:
+        return csi.NodeGetCapabilitiesResponse(
+            capabilities=[
+                csi.NodeServiceCapability(rpc=csi.NodeServiceCapability.RPC(type=c))
+                for c in CAPABILITIES
+            ]
+        )
+
+    async def NodeGetInfo(
+        self, request: csi.NodeGetInfoRequest, context: Ctx
+    ) -> csi.NodeGetInfoResponse:
+        return csi.NodeGetInfoResponse(
+            node_id=self._node_id, max_volumes_per_node=await self._ops.max_volumes()
+        )
+
+    async def NodeStageVolume(
+        self, request: csi.NodeStageVolumeRequest, context: Ctx
+    ) -> csi.NodeStageVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        staging = parse.path(request.staging_target_path, "staging_target_path")
+        cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
+        await self._inflight.run(
+            [volume_id],
+            "NodeStageVolume",
+            self._ops.stage(
+                volume_id,
+                staging,
+                fs_type=cap.fs_type,
+                mount_flags=cap.mount_flags,
+                block=cap.block,
+            ),
+        )
+        return csi.NodeStageVolumeResponse()
+
+    async def NodeUnstageVolume(
+        self, request: csi.NodeUnstageVolumeRequest, context: Ctx
+    ) -> csi.NodeUnstageVolumeResponse:
+        volume_id = parse.require(request.volume_id, "volume_id")
+        staging = parse.path(request.staging_target_path, "staging_target_path")
+        await self._inflight.run(
+            [volume_id], "NodeUnstageVolume", self._ops.unstage(volume_id, staging)
+        )
+        return csi.NodeUnstageVolumeResponse()
+
+    async def NodePublishVolume(
+        self, request: csi.NodePublishVolumeRequest, context: Ctx
+    ) -> csi.NodePublishVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        target = parse.path(request.target_path, "target_path")
+        cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
+        if not request.staging_target_path:
+            raise FailedPreconditionError(
+                "staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME)"
+            )
+        staging = parse.path(request.staging_target_path, "staging_target_path")
+        await self._inflight.run(
+            [volume_id],
+            "NodePublishVolume",
+            self._ops.publish(
+                volume_id,
+                staging,
+                target,
+                block=cap.block,
+                read_only=request.readonly or cap.read_only_mode,
+                mount_flags=cap.mount_flags,
+                single_writer=cap.access_mode == parse.AccessMode.SINGLE_NODE_SINGLE_WRITER,
+            ),
+        )
+        return csi.NodePublishVolumeResponse()
+
+    async def NodeUnpublishVolume(
+        self, request: csi.NodeUnpublishVolumeRequest, context: Ctx
+    ) -> csi.NodeUnpublishVolumeResponse:
+        volume_id = parse.require(request.volume_id, "volume_id")
+        target = parse.path(request.target_path, "target_path")
+        await self._inflight.run(
+            [volume_id], "NodeUnpublishVolume", self._ops.unpublish(volume_id, target)
+        )
+        return csi.NodeUnpublishVolumeResponse()
+
+    async def NodeGetVolumeStats(
+        self, request: csi.NodeGetVolumeStatsRequest, context: Ctx
+    ) -> csi.NodeGetVolumeStatsResponse:
+        parse.require(request.volume_id, "volume_id")
+        volume_path = parse.require(request.volume_path, "volume_path")
+        stats = await self._ops.stats(request.volume_id, volume_path)
+        usage = [csi.VolumeUsage(unit=csi.VolumeUsage.BYTES, total=stats.total_bytes)]
+        if not stats.block:
+            usage = [
+                csi.VolumeUsage(
+                    unit=csi.VolumeUsage.BYTES,
+                    total=stats.total_bytes,
+                    available=stats.available_bytes,
+                    used=stats.used_bytes,
+                ),
+                csi.VolumeUsage(
+                    unit=csi.VolumeUsage.INODES,
+                    total=stats.total_inodes,
+                    available=stats.available_inodes,
+                    used=stats.used_inodes,
+                ),
+            ]
+        condition = csi.VolumeCondition(
+            abnormal=stats.abnormal is not None, message=stats.abnormal or "ok"
+        )
+        return csi.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
+
+    async def NodeExpandVolume(
+        self, request: csi.NodeExpandVolumeRequest, context: Ctx
+    ) -> csi.NodeExpandVolumeResponse:
+        volume_id = parse.require(request.volume_id, "volume_id")
+        volume_path = parse.require(request.volume_path, "volume_path")
+        if request.HasField("volume_capability"):
+            parse.capability(request.volume_capability)
+        size = await self._inflight.run(
+            [volume_id], "NodeExpandVolume", self._ops.expand(volume_id, volume_path)
+        )
+        return csi.NodeExpandVolumeResponse(capacity_bytes=size)

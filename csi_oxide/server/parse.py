@@ -1,0 +1,225 @@
+"""Pure parsers from CSI request messages to validated domain values.
+
+Each raises ``InvalidArgumentError`` (or the spec's more specific code) with a message naming the
+field, and does nothing else: no I/O, no gRPC. Handlers call these first, so arguments are always
+validated before any lookup (csi-sanity checks that order).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.controller.record import is_driver_snapshot_name, is_driver_volume_name
+from csi_oxide.controller.sizing import CapacityRange
+from csi_oxide.errors import AbortedError, InvalidArgumentError
+
+MAX_PATH_BYTES = 4096
+DEFAULT_FS_TYPE = "ext4"
+FS_TYPES = frozenset({"ext4", "xfs"})
+
+AccessMode = csi.VolumeCapability.AccessMode
+
+# Oxide disks attach to one instance at a time: only single-node modes can be honoured.
+SUPPORTED_ACCESS_MODES = frozenset(
+    {
+        AccessMode.SINGLE_NODE_WRITER,
+        AccessMode.SINGLE_NODE_READER_ONLY,
+        AccessMode.SINGLE_NODE_SINGLE_WRITER,
+        AccessMode.SINGLE_NODE_MULTI_WRITER,
+    }
+)
+READ_ONLY_ACCESS_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY})
+
+# Mount flags that would change what gets mounted (rather than how) are not the StorageClass's to set.
+_FORBIDDEN_MOUNT_FLAGS = frozenset(
+    {"bind", "rbind", "move", "remount", "loop", "make-shared", "make-private", "make-slave"}
+)
+
+
+class AccessType(Enum):
+    """How the volume is presented to the workload."""
+
+    MOUNT = "mount"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """A validated VolumeCapability."""
+
+    access_type: AccessType
+    access_mode: int
+    fs_type: str = ""
+    mount_flags: tuple[str, ...] = ()
+
+    @property
+    def block(self) -> bool:
+        """True for raw block volumes."""
+        return self.access_type is AccessType.BLOCK
+
+    @property
+    def read_only_mode(self) -> bool:
+        """True when the access mode itself is read-only."""
+        return self.access_mode in READ_ONLY_ACCESS_MODES
+
+
+def require(value: str, field: str) -> str:
+    """``value`` if it is non-empty, else INVALID_ARGUMENT naming ``field``."""
+    if not value:
+        raise InvalidArgumentError(f"{field} is required")
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{field} must not contain NUL characters")
+    return value
+
+
+def path(value: str, field: str) -> str:
+    """A required absolute path, normalised (``..`` components are resolved lexically)."""
+    require(value, field)
+    if len(value.encode()) > MAX_PATH_BYTES:
+        raise InvalidArgumentError(f"{field} is longer than {MAX_PATH_BYTES} bytes")
+    if not value.startswith("/"):
+        raise InvalidArgumentError(f"{field} must be an absolute path, got {value!r}")
+    return os.path.normpath(value)
+
+
+def mount_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Validated mount flags: non-empty, no whitespace or NUL, none that changes the mount source."""
+    out: list[str] = []
+    for flag in flags:
+        if not flag or any(c.isspace() or c == "\x00" for c in flag):
+            raise InvalidArgumentError(f"mount flag {flag!r} is empty or contains whitespace")
+        if flag.split("=", 1)[0] in _FORBIDDEN_MOUNT_FLAGS:
+            raise InvalidArgumentError(f"mount flag {flag!r} is not allowed")
+        out.append(flag)
+    return tuple(out)
+
+
+def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> Capability:
+    """Validate one VolumeCapability (access type, access mode, fs type, mount flags)."""
+    kind = cap.WhichOneof("access_type")
+    if kind is None:
+        raise InvalidArgumentError(f"{field}: access_type (mount or block) is required")
+    if not cap.HasField("access_mode"):
+        raise InvalidArgumentError(f"{field}: access_mode is required")
+    mode = cap.access_mode.mode
+    if mode == AccessMode.UNKNOWN:
+        raise InvalidArgumentError(f"{field}: access_mode is UNKNOWN")
+    if kind == "block":
+        return Capability(AccessType.BLOCK, mode)
+    fs_type = cap.mount.fs_type or DEFAULT_FS_TYPE
+    if fs_type not in FS_TYPES:
+        raise InvalidArgumentError(
+            f"{field}: fs_type {cap.mount.fs_type!r} is not supported (use ext4 or xfs)"
+        )
+    return Capability(AccessType.MOUNT, mode, fs_type, mount_flags(cap.mount.mount_flags))
+
+
+def capabilities(caps: Iterable[csi.VolumeCapability]) -> list[Capability]:
+    """Validate a non-empty list of capabilities."""
+    parsed = [capability(cap, f"volume_capabilities[{i}]") for i, cap in enumerate(caps)]
+    if not parsed:
+        raise InvalidArgumentError("volume_capabilities is required")
+    return parsed
+
+
+def unsupported_reason(cap: Capability) -> str | None:
+    """Why an Oxide disk cannot serve ``cap`` (None if it can)."""
+    if cap.access_mode not in SUPPORTED_ACCESS_MODES:
+        name = AccessMode.Mode.Name(cap.access_mode)  # type: ignore[arg-type]
+        return (
+            f"access mode {name} is not supported: an Oxide disk attaches to one instance at a time"
+        )
+    return None
+
+
+def capacity_range(rng: csi.CapacityRange | None) -> CapacityRange:
+    """Validate a CapacityRange (negative values and limit < required are invalid)."""
+    if rng is None:
+        return CapacityRange(0, 0)
+    if rng.required_bytes < 0 or rng.limit_bytes < 0:
+        raise InvalidArgumentError("capacity_range values must not be negative")
+    if rng.limit_bytes and rng.required_bytes > rng.limit_bytes:
+        raise InvalidArgumentError("capacity_range.required_bytes is larger than limit_bytes")
+    return CapacityRange(rng.required_bytes, rng.limit_bytes)
+
+
+def string_map(values: Mapping[str, str], field: str) -> dict[str, str]:
+    """A plain dict copy of a protobuf map, refusing NUL characters."""
+    out = dict(values)
+    for key, value in out.items():
+        if "\x00" in key or "\x00" in value:
+            raise InvalidArgumentError(f"{field}[{key!r}] contains a NUL character")
+    return out
+
+
+K8S_PREFIX = "csi.storage.k8s.io/"
+BLOCK_SIZES = ("512", "2048", "4096")
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeParameters:
+    """StorageClass parameters after validation."""
+
+    block_size: int = 4096
+    fs_type: str = ""
+    pvc: str = ""
+    pv: str = ""
+
+
+def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
+    """Accept ``fsType``, ``blockSize`` and the ``csi.storage.k8s.io/`` keys; refuse the rest."""
+    unknown = sorted(k for k in params if k not in ("fsType", "blockSize") and not k.startswith(K8S_PREFIX))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown StorageClass parameter(s) {', '.join(unknown)}: accepted are fsType, "
+            "blockSize and csi.storage.k8s.io/* keys"
+        )
+    block = params.get("blockSize", "4096")
+    if block not in BLOCK_SIZES:
+        raise InvalidArgumentError(f"blockSize {block!r} must be one of 512, 2048, 4096")
+    fs_type = params.get("fsType", "")
+    if fs_type and fs_type.lower() not in FS_TYPES:
+        raise InvalidArgumentError(f"fsType {fs_type!r} is not supported (use ext4 or xfs)")
+    namespace = params.get(K8S_PREFIX + "pvc/namespace", "")
+    pvc_name = params.get(K8S_PREFIX + "pvc/name", "")
+    return VolumeParameters(
+        block_size=int(block),
+        fs_type=fs_type.lower(),
+        pvc=f"{namespace}/{pvc_name}" if pvc_name else "",
+        pv=params.get(K8S_PREFIX + "pv/name", ""),
+    )
+
+
+def snapshot_parameters(params: Mapping[str, str]) -> None:
+    """VolumeSnapshotClass parameters: only the snapshotter's own keys are accepted."""
+    unknown = sorted(k for k in params if not k.startswith(K8S_PREFIX))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown VolumeSnapshotClass parameter(s) {', '.join(unknown)}: none are supported"
+        )
+
+
+def page_window(keys: list[str], starting_token: str, max_entries: int) -> tuple[int, int, str]:
+    """The slice ``[start, end)`` of sorted ``keys`` for one page, and the next token.
+
+    A token is the key to resume at (the first key not yet returned); entries deleted between pages
+    do not invalidate it. A token that is not a key at all is ABORTED, as the spec asks.
+    """
+    if max_entries < 0:
+        raise InvalidArgumentError("max_entries must not be negative")
+    start = 0
+    if starting_token:
+        if starting_token not in keys and not _resumable(starting_token, keys):
+            raise AbortedError(f"starting_token {starting_token!r} is not valid")
+        start = next((i for i, k in enumerate(keys) if k >= starting_token), len(keys))
+    end = len(keys) if max_entries == 0 else min(len(keys), start + max_entries)
+    return start, end, keys[end] if end < len(keys) else ""
+
+
+def _resumable(token: str, keys: list[str]) -> bool:
+    # Our IDs share a fixed shape; a token of that shape stays valid after its entry is deleted.
+    return is_driver_volume_name(token) or is_driver_snapshot_name(token)

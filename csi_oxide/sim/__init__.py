@@ -1,0 +1,25 @@
+"""The simulated Oxide API (``csi-oxide sim``): part of the product, not a test fake.
+
+It serves the published paths, bodies, states, errors, pagination and headers of the Oxide API for
+everything the driver uses, with the real server's rules (see ``/work/shared/oxide/FACTS.md``).
+"""
+
+from __future__ import annotations
+
+from csi_oxide.sim.backing import Backing, LoopBacking, MemoryBacking
+from csi_oxide.sim.config import SimConfig
+from csi_oxide.sim.faults import Fault, Faults
+from csi_oxide.sim.simulator import Simulator, new_token
+from csi_oxide.sim.versions import API_VERSION
+
+__all__ = [
+    "API_VERSION",
+    "Backing",
+    "Fault",
+    "Faults",
+    "LoopBacking",
+    "MemoryBacking",
+    "SimConfig",
+    "Simulator",
+    "new_token",
+]

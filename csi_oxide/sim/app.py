@@ -1,0 +1,152 @@
+"""The HTTP face of the simulator: a Starlette app applying, in the real server's order, routing,
+the ``api-version`` header, request parsing, authentication and the operation; plus the test knobs
+(latency, scripted faults, random 503s) and, in validate mode, the contract check of every request
+and response against the published document."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from csi_oxide.sim import contract, errors, routing
+from csi_oxide.sim.handlers import Call
+from csi_oxide.sim.versions import check_api_version
+
+if TYPE_CHECKING:
+    from csi_oxide.sim.simulator import Simulator
+
+_log = logging.getLogger(__name__)
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_JSON = "application/json"
+
+
+def _error_body(rid: str, err: errors.ApiError) -> bytes:
+    body: dict[str, str] = {"request_id": rid, "message": err.message}
+    if err.error_code is not None:
+        body["error_code"] = err.error_code
+    return json.dumps(body).encode()
+
+
+class _Exchange:
+    """One request on its way through the pipeline."""
+
+    def __init__(self, sim: Simulator, request: Request, body: bytes, validate: bool) -> None:
+        self.sim, self.request, self.body, self.validate = sim, request, body, validate
+        self.rid = str(uuid.uuid4())
+        self.checked_operation = False  # responses are validated once an operation matched
+        self.checked = contract.Request(
+            request.method,
+            request.url.path,
+            list(request.query_params.multi_items()),
+            # the token is no business of the validator (nor of any message it writes)
+            {k: v for k, v in request.headers.items() if k != "authorization"},
+            body,
+        )
+
+    def _bytes_reply(self, status: int, body: bytes) -> Response:
+        content_type = _JSON if body else ""
+        if self.validate and self.checked_operation:
+            problems = contract.response_errors(self.checked, status, body, content_type)
+            if problems:
+                self.sim.record_violation(
+                    f"response {status} to {self.request.method} {self.request.url.path}: "
+                    + "; ".join(problems)
+                )
+                err = errors.ApiError(500, "Internal", "Internal Server Error")
+                status, body, content_type = 500, _error_body(self.rid, err), _JSON
+        headers = {"x-request-id": self.rid}
+        return Response(body, status_code=status, headers=headers, media_type=content_type or None)
+
+    def error(self, err: errors.ApiError) -> Response:
+        return self._bytes_reply(err.status, _error_body(self.rid, err))
+
+    def reply(self, status: int, payload: object | None) -> Response:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        return self._bytes_reply(status, body)
+
+    def _check_request(self) -> None:
+        if not self.validate:
+            return
+        problems = contract.request_errors(self.checked)
+        if problems:
+            detail = "; ".join(problems)
+            self.sim.record_violation(
+                f"request {self.request.method} {self.request.url.path}: {detail}"
+            )
+            raise errors.bad_request(f"request does not match the published Oxide API: {detail}")
+
+    def _record_unknown_path(self) -> None:
+        """A path the published document lacks is a violation (still answered 404)."""
+        problems = contract.request_errors(self.checked)
+        if problems:
+            self.sim.record_violation(
+                f"request {self.request.method} {self.request.url.path}: " + "; ".join(problems)
+            )
+
+    def _check_auth(self) -> None:
+        header = self.request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        valid = (
+            scheme.lower() == "bearer"
+            and token.startswith("oxide-token-")
+            and self.sim.token_matches(token)
+        )
+        if not valid:
+            raise errors.unauthorized()
+
+    async def run(self) -> Response:
+        if self.sim.config.latency_ms > 0:
+            await asyncio.sleep(self.sim.config.latency_ms / 1000)
+        try:
+            route, params = routing.match(self.request.method, self.request.url.path)
+        except routing.NoRouteError as exc:
+            if self.validate and exc.status == 404:
+                self._record_unknown_path()
+            message = "Not Found" if exc.status == 404 else "Method Not Allowed"
+            return self.error(errors.ApiError(exc.status, None, message))
+        self.checked_operation = True
+        self.sim.request_counts[route.operation_id] += 1
+        try:
+            return await self._operation(route, params)
+        except errors.ApiError as err:
+            return self.error(err)
+
+    async def _operation(self, route: routing.Route, params: dict[str, str]) -> Response:
+        check_api_version(self.request.headers.get("api-version"))
+        self._check_request()
+        self._check_auth()
+        fault = self.sim.faults.take(route.operation_id)
+        if fault is not None and not fault.after:
+            raise errors.for_status(fault.status)
+        if self.sim.draw_failure():
+            raise errors.unavailable()
+        query = dict(self.request.query_params)
+        status, payload = await self.sim.apply(route.handler, Call(params, query, self.body))
+        if fault is not None:
+            raise errors.for_status(fault.status)  # applied, but the answer is lost
+        return self.reply(status, payload)
+
+
+def build_app(sim: Simulator, *, validate: bool) -> Starlette:
+    """The ASGI app serving ``sim``."""
+    if validate:
+        contract.load()  # parse the document now, not during the first request
+
+    async def endpoint(request: Request) -> Response:
+        exchange = _Exchange(sim, request, await request.body(), validate)
+        try:
+            return await exchange.run()
+        except Exception:  # noqa: BLE001 (a simulator bug must still answer like the server)
+            _log.exception("simulator failed on %s %s", request.method, request.url.path)
+            return exchange.error(errors.ApiError(500, "Internal", "Internal Server Error"))
+
+    return Starlette(routes=[StarletteRoute("/{path:path}", endpoint, methods=_METHODS)])

@@ -1,0 +1,179 @@
+"""``csi-oxide sim``: serve the simulated Oxide API on a loopback port.
+
+Once the port is bound it writes ``--env-file`` atomically (shell ``export`` lines for
+``OXIDE_HOST``, ``OXIDE_TOKEN``, ``OXIDE_PROJECT``, ``CSI_OXIDE_NODE_ID`` and, with loop backing,
+``CSI_OXIDE_SIM_DEVICE_DIR``) and prints where it listens. SIGTERM or SIGINT stops it cleanly: loop
+devices are detached, and backing files are kept only in a ``--state-dir`` the user chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from csi_oxide.sim.backing import LoopBacking
+from csi_oxide.sim.config import SimConfig
+from csi_oxide.sim.simulator import Simulator
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``sim`` subcommand's options."""
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="address to serve on (default: 127.0.0.1 on a free port)",
+    )
+    parser.add_argument(
+        "--hotplug",
+        action="store_true",
+        help="allow attach/detach on running instances (the anticipated platform)",
+    )
+    parser.add_argument("--backing", choices=("memory", "loop"), default="memory")
+    parser.add_argument(
+        "--state-dir", type=Path, help="loop backing: keep the backing files here (kept on exit)"
+    )
+    parser.add_argument("--instances", type=int, default=0, help="extra running instances")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.0, help="probability of a 503 on any request"
+    )
+    parser.add_argument("--quota-gib", type=int, default=10240, help="silo storage quota")
+    parser.add_argument("--env-file", type=Path, help="write shell export lines here once bound")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair; ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        hotplug=args.hotplug,
+        backing=args.backing,
+        state_dir=args.state_dir,
+        instances=args.instances,
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        quota_gib=args.quota_gib,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):  # noqa: S104 (we only name the address we were told to use)
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def env_lines(sim: Simulator, url: str) -> str:
+    """The env file's content."""
+    values = {
+        "OXIDE_HOST": url,
+        "OXIDE_TOKEN": sim.token,
+        "OXIDE_PROJECT": sim.config.project,
+        "CSI_OXIDE_NODE_ID": sim.local_instance_id,
+    }
+    if isinstance(sim.backing, LoopBacking):
+        values["CSI_OXIDE_SIM_DEVICE_DIR"] = str(sim.backing.device_dir)
+    return "".join(f"export {k}={_single_quoted(v)}\n" for k, v in values.items())
+
+
+def _single_quoted(value: str) -> str:
+    """``value`` in POSIX shell single quotes (always quoted, unlike ``shlex.quote``)."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (mode 0600: a token)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _quiet_signals() -> Iterator[None]:
+    """Make SIGTERM and SIGINT harmless once uvicorn hands them back after its graceful stop,
+    so the backing is still released."""
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        return None
+
+    previous = {sig: signal.signal(sig, ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def _serve(sim: Simulator, sock: socket.socket, env_file: Path | None) -> None:
+    config = uvicorn.Config(
+        sim.asgi_app(), http="h11", lifespan="off", log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    # The socket already listens: connections made from now on wait in its backlog until
+    # uvicorn accepts them, so the address can be published before serving starts.
+    url = _url(sock)
+    if env_file is not None:
+        write_atomically(env_file, env_lines(sim, url))
+    print(f"csi-oxide sim: serving the simulated Oxide API on {url}", flush=True)
+    await server.serve(sockets=[sock])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; 0 on a clean stop, 2 on bad arguments."""
+    try:
+        host, port = parse_listen(args.listen)
+        config = _config(args)
+        sock = _bind(host, port)
+    except (ValueError, OSError) as exc:
+        print(f"csi-oxide sim: {exc}", file=sys.stderr)
+        return 2
+    sim = Simulator(config)
+    try:
+        with _quiet_signals():
+            asyncio.run(_serve(sim, sock, args.env_file))
+    finally:
+        sim.close()
+        sock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator alone (``python -m csi_oxide.sim.cli``)."""
+    parser = argparse.ArgumentParser(prog="csi-oxide sim", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The simulated silo: one project's disks, snapshots and instances, and the real API's rules.
+
+Every public method is one API operation after its request has been parsed; it applies the rules
+of FACTS.md §1-§5 and §7 (messages and codes included) and raises ``ApiError`` to refuse. The
+caller holds the simulator's lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from csi_oxide.oxide.names import is_uuid
+from csi_oxide.oxide.types import (
+    GIB,
+    MAX_DISK_SIZE,
+    MAX_DISKS_PER_INSTANCE,
+    MIN_DISK_SIZE,
+    DiskState,
+    InstanceState,
+    SnapshotState,
+)
+from csi_oxide.sim import errors
+from csi_oxide.sim.backing import Backing
+from csi_oxide.sim.records import (
+    ATTACHED_STATES,
+    DiskRecord,
+    InstanceRecord,
+    SnapshotRecord,
+    now,
+)
+
+R = TypeVar("R", DiskRecord, SnapshotRecord, InstanceRecord)
+
+# Instance states in which a VMM (Propolis) is active.
+_VMM_STATES = frozenset(
+    {
+        InstanceState.STARTING,
+        InstanceState.RUNNING,
+        InstanceState.STOPPING,
+        InstanceState.REBOOTING,
+        InstanceState.MIGRATING,
+        InstanceState.REPAIRING,
+    }
+)
+_SNAPSHOT_DISK_STATES = frozenset({DiskState.DETACHED, DiskState.ATTACHED, DiskState.FINALIZING})
+_DELETABLE_DISK_STATES = frozenset({DiskState.DETACHED, DiskState.FAULTED})
+_DELETABLE_SNAPSHOT_STATES = frozenset({SnapshotState.READY, SnapshotState.FAULTED})
+CAPACITY_CPUS = 128
+CAPACITY_MEMORY = 1024 * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class BlankSource:
+    """A new empty disk with this block size."""
+
+    block_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """A new disk holding a snapshot's data."""
+
+    snapshot_id: str
+    read_only: bool = False
+
+
+def canonical_id(value: str) -> str:
+    """The canonical lowercase form of a UUID string."""
+    return str(uuid.UUID(value))
+
+
+class SimState:
+    """The objects of the one simulated project and the rules for changing them."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        backing: Backing,
+        hotplug: bool,
+        quota_bytes: int,
+        extra_instances: int,
+    ) -> None:
+        self.project_name = project
+        self.project_id = str(uuid.uuid4())
+        self.project_created = now()
+        self.backing = backing
+        self.hotplug = hotplug
+        self.quota_bytes = quota_bytes
+        self.disks: dict[str, DiskRecord] = {}
+        self.snapshots: dict[str, SnapshotRecord] = {}
+        self.instances: dict[str, InstanceRecord] = {}
+        for i in range(extra_instances + 1):
+            inst = InstanceRecord(id=str(uuid.uuid4()), name=f"sim-node-{i}")
+            self.instances[inst.id] = inst
+        self.local_instance_id = next(iter(self.instances))
+
+    # ---- selectors (FACTS §7) ----
+
+    def check_project(self, value: str) -> None:
+        """404 unless ``value`` names (or is the ID of) the simulated project."""
+        if is_uuid(value):
+            if canonical_id(value) != self.project_id:
+                raise errors.not_found("project", value, by_id=True)
+        elif value != self.project_name:
+            raise errors.not_found("project", value, by_id=False)
+
+    def _select(
+        self,
+        kind: str,
+        table: dict[str, R],
+        value: str,
+        project: str | None,
+        name: Callable[[R], str],
+    ) -> R:
+        if is_uuid(value):
+            if project is not None:
+                raise errors.invalid_request(
+                    f"when providing {kind} as an ID project should not be specified"
+                )
+            found = table.get(canonical_id(value))
+            if found is None:
+                raise errors.not_found(kind, value, by_id=True)
+            return found
+        if project is None:
+            raise errors.invalid_request(
+                f"{kind} should either be UUID or project should be specified"
+            )
+        self.check_project(project)
+        return self._by_name(kind, table, value, name)
+
+    @staticmethod
+    def _by_name(kind: str, table: dict[str, R], value: str, name: Callable[[R], str]) -> R:
+        for rec in table.values():
+            if name(rec) == value:
+                return rec
+        raise errors.not_found(kind, value, by_id=False)
+
+    def disk(self, value: str, project: str | None) -> DiskRecord:
+        """The disk a ``{disk}`` path value (and ``?project``) select."""
+        return self._select("disk", self.disks, value, project, lambda d: d.name)
+
+    def snapshot(self, value: str, project: str | None) -> SnapshotRecord:
+        """The snapshot a ``{snapshot}`` path value (and ``?project``) select."""
+        return self._select("snapshot", self.snapshots, value, project, lambda s: s.name)
+
+    def instance(self, value: str, project: str | None) -> InstanceRecord:
+        """The instance a ``{instance}`` path value (and ``?project``) select, settled."""
+        inst = self._select("instance", self.instances, value, project, lambda i: i.name)
+        inst.settle()
+        return inst
+
+    def disk_in_project(self, value: str) -> DiskRecord:
+        """A disk named in a body: by name in the project, or by UUID anywhere."""
+        if is_uuid(value):
+            found = self.disks.get(canonical_id(value))
+            if found is None:
+                raise errors.not_found("disk", value, by_id=True)
+            return found
+        return self._by_name("disk", self.disks, value, lambda d: d.name)
+
+    def all_instances(self) -> Iterable[InstanceRecord]:
+        """Every instance, settled."""
+        for inst in self.instances.values():
+            inst.settle()
+        return list(self.instances.values())
+
+    # ---- quota (FACTS §5) ----
+
+    def provisioned_storage(self) -> int:
+        """Bytes counted against the quota: every disk and every snapshot, at full size."""
+        disks = sum(d.size for d in self.disks.values())
+        return disks + sum(s.size for s in self.snapshots.values())
+
+    def _reserve(self, size: int) -> None:
+        left = self.quota_bytes - self.provisioned_storage()
+        if size > left:
+            raise errors.insufficient_storage(size, left)
+
+    def utilization(self) -> dict[str, object]:
+        """The published `Utilization` view: capacity = quota, provisioned = what is in use."""
+        active = [i for i in self.all_instances() if i.run_state in _VMM_STATES]
+        return {
+            "capacity": {
+                "cpus": CAPACITY_CPUS,
+                "memory": CAPACITY_MEMORY,
+                "storage": self.quota_bytes,
+            },
+            "provisioned": {
+                "cpus": sum(i.ncpus for i in active),
+                "memory": sum(i.memory for i in active),
+                "storage": self.provisioned_storage(),
+            },
+        }
+
+    # ---- disks (FACTS §1) ----
+
+    def _check_new_name(
+        self, kind: str, table: dict[str, R], name: str, get: Callable[[R], str]
+    ) -> None:
+        if any(get(rec) == name for rec in table.values()):
+            raise errors.already_exists(kind, name)
+
+    def create_disk(
+        self, name: str, description: str, size: int, source: BlankSource | SnapshotSource
+    ) -> DiskRecord:
+        """disk_create: validate, reserve quota, create (synchronously) and store as detached."""
+        snap: SnapshotRecord | None = None
+        if isinstance(source, SnapshotSource):
+            snap = self._source_snapshot(source, size)
+            block_size = snap.block_size
+        else:
+            block_size = source.block_size
+        check_disk_size(size, block_size)
+        self._check_new_name("disk", self.disks, name, lambda d: d.name)
+        self._reserve(size)
+        disk = DiskRecord(
+            id=str(uuid.uuid4()),
+            name=name,
+            description=description,
+            size=size,
+            block_size=block_size,
+            snapshot_id=None if snap is None else snap.id,
+            read_only=isinstance(source, SnapshotSource) and source.read_only,
+        )
+        if snap is None:
+            self.backing.create_disk(name, size, block_size)
+        else:
+            self.backing.create_disk_from_snapshot(name, snap.name, size)
+        self.disks[disk.id] = disk
+        return disk
+
+    def _source_snapshot(self, source: SnapshotSource, size: int) -> SnapshotRecord:
+        snap = self.snapshots.get(source.snapshot_id)
+        if snap is None:
+            raise errors.not_found("snapshot", source.snapshot_id, by_id=True)
+        if snap.state != SnapshotState.READY:
+            raise errors.invalid_request(f"snapshot {snap.id} is in state {snap.state.value}")
+        if size < snap.size:
+            raise errors.invalid_value("size", "total size must be at least the snapshot's size")
+        if source.read_only and size != snap.size:
+            raise errors.invalid_value(
+                "size", "a read-only disk must be exactly the size of its snapshot"
+            )
+        return snap
+
+    def delete_disk(self, disk: DiskRecord) -> None:
+        """disk_delete: only detached or faulted disks."""
+        if disk.state in ATTACHED_STATES:
+            raise errors.invalid_request("disk is attached")
+        if disk.state not in _DELETABLE_DISK_STATES:
+            raise errors.invalid_request(f'disk cannot be deleted in state "{disk.state.value}"')
+        self.backing.delete_disk(disk.name)
+        del self.disks[disk.id]
+
+    # ---- attach and detach (FACTS §2) ----
+
+    def _vmm_refusal(self, inst: InstanceRecord, verb: str, ok: frozenset[InstanceState]) -> None:
+        allowed = ok | {InstanceState.RUNNING} if self.hotplug else ok
+        if inst.run_state in allowed:
+            return
+        if inst.run_state in _VMM_STATES:
+            raise errors.invalid_request(f"cannot {verb} disk: instance is not fully stopped")
+        where = "to" if verb == "attach" else "from"
+        raise errors.invalid_request(
+            f"cannot {verb} disk {where} instance in {inst.run_state.value} state"
+        )
+
+    def attach(self, inst: InstanceRecord, disk: DiskRecord) -> DiskRecord:
+        """instance_disk_attach: idempotent for the same instance."""
+        if disk.instance_id == inst.id and disk.state in (DiskState.ATTACHED, DiskState.ATTACHING):
+            return disk
+        if disk.state in ATTACHED_STATES:
+            raise errors.invalid_request(
+                f'cannot attach disk "{disk.name}": disk is attached to another instance'
+            )
+        if disk.state not in (DiskState.CREATING, DiskState.DETACHED):
+            raise errors.invalid_request(
+                f'cannot attach disk "{disk.name}": invalid state {disk.state.value}'
+            )
+        self._vmm_refusal(
+            inst, "attach", frozenset({InstanceState.CREATING, InstanceState.STOPPED})
+        )
+        attached = sum(1 for d in self.disks.values() if d.instance_id == inst.id)
+        if attached >= MAX_DISKS_PER_INSTANCE:  # a boot disk, if any, is one of them
+            raise errors.invalid_request(
+                f"cannot attach more than {MAX_DISKS_PER_INSTANCE} disks to instance"
+            )
+        if inst.id == self.local_instance_id:
+            self.backing.attach_local(disk.name, disk.block_size)
+        disk.state, disk.instance_id, disk.modified = DiskState.ATTACHED, inst.id, now()
+        return disk
+
+    def detach(self, inst: InstanceRecord, disk: DiskRecord) -> DiskRecord:
+        """instance_disk_detach: idempotent when already detached."""
+        if disk.state == DiskState.DETACHED:
+            return disk
+        if disk.state == DiskState.DETACHING and disk.instance_id == inst.id:
+            return disk
+        if disk.state in ATTACHED_STATES and disk.instance_id != inst.id:
+            raise errors.invalid_request(
+                f'cannot detach disk "{disk.name}": disk is attached to another instance'
+            )
+        if disk.state != DiskState.ATTACHED:
+            raise errors.invalid_request(
+                f'cannot detach disk "{disk.name}": invalid state {disk.state.value}'
+            )
+        if inst.boot_disk_id == disk.id:
+            raise errors.ApiError(409, "Conflict", "boot disk cannot be detached")
+        ok = frozenset({InstanceState.CREATING, InstanceState.STOPPED, InstanceState.FAILED})
+        self._vmm_refusal(inst, "detach", ok)
+        if inst.id == self.local_instance_id:
+            self.backing.detach_local(disk.name)
+        disk.state, disk.instance_id, disk.modified = DiskState.DETACHED, None, now()
+        return disk
+
+    def instance_disks(self, inst: InstanceRecord) -> list[DiskRecord]:
+        """The disks attached (or moving to or from) ``inst``."""
+        return [d for d in self.disks.values() if d.instance_id == inst.id]
+
+    # ---- instances (FACTS §4) ----
+
+    def stop(self, inst: InstanceRecord) -> InstanceRecord:
+        """instance_stop: answers ``stopping``; the next read finds it ``stopped``."""
+        if inst.run_state in (InstanceState.STOPPED, InstanceState.STOPPING):
+            return inst
+        if inst.run_state not in _VMM_STATES:
+            raise errors.invalid_request(f"cannot stop instance in state {inst.run_state.value}")
+        inst.set_run_state(InstanceState.STOPPING, InstanceState.STOPPED)
+        return inst
+
+    def start(self, inst: InstanceRecord) -> InstanceRecord:
+        """instance_start: answers ``starting``; the next read finds it ``running``."""
+        if inst.run_state in (InstanceState.RUNNING, InstanceState.STARTING):
+            return inst
+        if inst.run_state not in (InstanceState.STOPPED, InstanceState.FAILED):
+            raise errors.invalid_request(f"cannot start instance in state {inst.run_state.value}")
+        inst.set_run_state(InstanceState.STARTING, InstanceState.RUNNING)
+        return inst
+
+    # ---- snapshots (FACTS §3) ----
+
+    def create_snapshot(self, name: str, description: str, disk: DiskRecord) -> SnapshotRecord:
+        """snapshot_create: synchronous, ready at once, size = the disk's size."""
+        if disk.read_only:
+            raise errors.invalid_request("can't create a snapshot of a read-only disk")
+        if disk.state not in _SNAPSHOT_DISK_STATES:
+            raise errors.unavailable()
+        self._check_new_name("snapshot", self.snapshots, name, lambda s: s.name)
+        self._reserve(disk.size)
+        snap = SnapshotRecord(
+            id=str(uuid.uuid4()),
+            name=name,
+            description=description,
+            disk_id=disk.id,
+            size=disk.size,
+            block_size=disk.block_size,
+        )
+        self.backing.snapshot(disk.name, name)
+        self.snapshots[snap.id] = snap
+        return snap
+
+    def delete_snapshot(self, snap: SnapshotRecord) -> None:
+        """snapshot_delete: ready or faulted snapshots; disks made from it are not affected."""
+        if snap.state not in _DELETABLE_SNAPSHOT_STATES:
+            raise errors.invalid_request(
+                f'snapshot cannot be deleted in state "{snap.state.value}"'
+            )
+        self.backing.delete_snapshot(snap.name)
+        del self.snapshots[snap.id]
+
+
+def check_disk_size(size: int, block_size: int) -> None:
+    """The server's size rules: whole GiB, 1 GiB to 1023 GiB, a multiple of the block size."""
+    if size % block_size != 0:
+        raise errors.invalid_value(
+            "size", f"total size must be a multiple of block size {block_size}"
+        )
+    if size < MIN_DISK_SIZE:
+        raise errors.invalid_value("size", "total size must be at least 1 GiB")
+    if size % GIB != 0:
+        raise errors.invalid_value("size", "total size must be a multiple of 1 GiB")
+    if size > MAX_DISK_SIZE:
+        raise errors.invalid_value("size", "total size must be less than 1023 GiB")

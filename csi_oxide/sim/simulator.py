@@ -1,0 +1,164 @@
+"""The simulated Oxide API: state, knobs, the ASGI app and in-process test helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.applications import Starlette
+
+from csi_oxide.oxide.types import GIB, DiskState, InstanceState
+from csi_oxide.sim.backing import Backing, make_backing
+from csi_oxide.sim.config import SimConfig
+from csi_oxide.sim.faults import Faults
+from csi_oxide.sim.handlers import Call, Handler, Reply
+from csi_oxide.sim.model import SimState
+from csi_oxide.sim.records import DiskRecord, InstanceRecord
+
+T = TypeVar("T")
+
+
+def new_token() -> str:
+    """A fresh token in the real format: ``oxide-token-`` + 40 hex characters."""
+    return "oxide-token-" + secrets.token_hex(20)
+
+
+class Simulator:
+    """A simulated Oxide rack: one silo, one project, the local instance plus ``config.instances``
+    more, all running. The local instance has no boot disk, so all 12 disk slots are usable.
+
+    Serve it with ``asgi_app()`` (in-process with ``httpx.ASGITransport``, or under uvicorn).
+    ``request_counts`` counts routed requests per operationId; ``faults`` scripts failures;
+    ``contract_violations`` lists every request or response that broke the published document
+    (validate mode only). Instance start and stop answer ``starting``/``stopping`` and complete on
+    the next request that reads the instance. Call ``close()`` to release the backing (loop
+    backing without ``state_dir`` works in a temporary directory that ``close()`` removes).
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        if not 0.0 <= config.fail_rate <= 1.0:
+            raise ValueError("fail_rate must be between 0 and 1")
+        self.config = config
+        self.token = config.token if config.token is not None else new_token()
+        self.backing: Backing = make_backing(config.backing, config.state_dir)
+        self._state = SimState(
+            project=config.project,
+            backing=self.backing,
+            hotplug=config.hotplug,
+            quota_bytes=config.quota_gib * GIB,
+            extra_instances=config.instances,
+        )
+        self.project_id = self._state.project_id
+        self.local_instance_id = self._state.local_instance_id
+        self.instance_ids = list(self._state.instances)
+        self.contract_violations: list[str] = []
+        self.request_counts: Counter[str] = Counter()
+        self.faults = Faults()
+        self._random = random.Random(config.seed)  # noqa: S311 (fault injection, not crypto)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Simulator(project={self.config.project!r}, backing={self.config.backing!r})"
+
+    def asgi_app(self, *, validate: bool = False) -> Starlette:
+        """A Starlette app serving this simulator; ``validate`` checks every request and
+        response against the published document and records what breaks it."""
+        from csi_oxide.sim.app import build_app
+
+        return build_app(self, validate=validate)
+
+    # ---- used by the app ----
+
+    def token_matches(self, token: str) -> bool:
+        """Constant-time comparison with the simulator's token."""
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def draw_failure(self) -> bool:
+        """True when the random 503 of ``fail_rate`` strikes this request."""
+        return self.config.fail_rate > 0 and self._random.random() < self.config.fail_rate
+
+    def record_violation(self, message: str) -> None:
+        """Note a contract violation (validate mode)."""
+        self.contract_violations.append(message)
+
+    async def apply(self, handler: Handler, call: Call) -> Reply:
+        """Run one operation under the lock (in a worker thread when the backing does I/O)."""
+        if self.backing.blocking:
+            return await asyncio.to_thread(self._locked, lambda: handler(self._state, call))
+        return self._locked(lambda: handler(self._state, call))
+
+    def _locked(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            return fn()
+
+    # ---- in-process test helpers (not HTTP) ----
+
+    def _disk(self, name: str) -> DiskRecord:
+        for disk in self._state.disks.values():
+            if disk.name == name:
+                return disk
+        raise KeyError(f"no disk named {name!r}")
+
+    def _instance(self, instance_id: str) -> InstanceRecord:
+        return self._state.instances[instance_id]
+
+    def write_content(self, disk: str, data: bytes) -> None:
+        """Put ``data`` on the disk named ``disk`` (memory backing: its content token, which a
+        snapshot copies and a disk created from that snapshot inherits)."""
+        self._locked(lambda: self.backing.write_content(self._disk(disk).name, data))
+
+    def read_content(self, disk: str) -> bytes:
+        """What the disk named ``disk`` holds (memory: its token; loop: its first MiB, trailing
+        zeros stripped)."""
+        return self._locked(lambda: self.backing.read_content(self._disk(disk).name))
+
+    def device_path(self, disk: str) -> str | None:
+        """The loop device of a disk attached to the local instance (loop backing only)."""
+        return self._locked(lambda: self.backing.device(self._disk(disk).name))
+
+    def set_run_state(self, instance_id: str, state: InstanceState | str) -> None:
+        """Force an instance's run_state (no transition in flight afterwards)."""
+
+        def change() -> None:
+            self._instance(instance_id).set_run_state(InstanceState(state))
+
+        self._locked(change)
+
+    def run_state(self, instance_id: str) -> InstanceState:
+        """An instance's run_state, as the next read would show it."""
+
+        def read() -> InstanceState:
+            inst = self._instance(instance_id)
+            inst.settle()
+            return inst.run_state
+
+        return self._locked(read)
+
+    def set_disk_state(self, disk: str, state: DiskState | str) -> None:
+        """Force a disk's state (keeps its instance for the attached-like states)."""
+
+        def change() -> None:
+            record = self._disk(disk)
+            record.state = DiskState(state)
+            if record.state not in (DiskState.ATTACHING, DiskState.ATTACHED, DiskState.DETACHING):
+                record.instance_id = None
+
+        self._locked(change)
+
+    def disk_names(self) -> list[str]:
+        """The names of all disks, sorted."""
+        return self._locked(lambda: sorted(d.name for d in self._state.disks.values()))
+
+    def snapshot_names(self) -> list[str]:
+        """The names of all snapshots, sorted."""
+        return self._locked(lambda: sorted(s.name for s in self._state.snapshots.values()))
+
+    def close(self) -> None:
+        """Release the backing (loop devices; a temporary state directory)."""
+        self._locked(self.backing.close)

@@ -1,0 +1,46 @@
+"""Shared test set-up: the root marker's skip rule and the csi-sanity figures in the summary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SANITY_RESULTS = pytest.StashKey[list[str]]()
+
+
+def root_skip_reason() -> str | None:
+    """Why root tests cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "needs root (loop devices, mkfs, mount); CI runs as root"
+    if not Path("/dev/loop-control").exists():
+        return "needs /dev/loop-control (loop devices)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SANITY_RESULTS] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = root_skip_reason()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash[SANITY_RESULTS]
+    if lines:
+        terminalreporter.section("csi-sanity")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def sanity_report(request: pytest.FixtureRequest):
+    """Append a line to the csi-sanity section of the summary."""
+    return request.config.stash[SANITY_RESULTS].append

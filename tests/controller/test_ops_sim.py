@@ -1,0 +1,210 @@
+"""ControllerOps against the simulated Oxide API over real HTTP requests (in-process ASGI)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from csi_oxide.controller import record
+from csi_oxide.controller.ops import ControllerOps, NewVolume, Source
+from csi_oxide.controller.sizing import CapacityRange
+from csi_oxide.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+)
+from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.sim import SimConfig, Simulator
+
+GIB = 1024**3
+
+
+@dataclass
+class Env:
+    sim: Simulator
+    api: HttpOxideClient
+    ops: ControllerOps
+    node: str
+
+
+async def _env(**config: object) -> tuple[Simulator, HttpOxideClient]:
+    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=sim.asgi_app(validate=True))
+    api = HttpOxideClient.for_tests(
+        host="http://sim", token=sim.token, project=sim.config.project, transport=transport
+    )
+    return sim, api
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    sim, api = await _env(hotplug=True, instances=1)
+    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
+    await api.aclose()
+    assert sim.contract_violations == []
+
+
+@pytest.fixture
+async def cold_env() -> AsyncIterator[Env]:
+    """Today's racks: no hot-plug, so attach and detach need a stopped instance."""
+    sim, api = await _env(hotplug=False)
+    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
+    await api.aclose()
+    assert sim.contract_violations == []
+
+
+def new(name: str = "pvc-1", required: int = GIB, limit: int = 0, **kw: object) -> NewVolume:
+    return NewVolume(name=name, capacity=CapacityRange(required, limit), **kw)  # type: ignore[arg-type]
+
+
+async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:
+    first = await env.ops.create_volume(new(required=GIB + 1))
+    assert first.volume_id == record.volume_name("pvc-1")
+    assert first.capacity_bytes == 2 * GIB
+    again = await env.ops.create_volume(new(required=GIB + 1))
+    assert again == first
+    with pytest.raises(AlreadyExistsError, match="outside the requested range"):
+        await env.ops.create_volume(new(required=4 * GIB))
+    with pytest.raises(AlreadyExistsError, match="block size"):
+        await env.ops.create_volume(new(required=GIB + 1, block_size=512))
+    disk = await env.api.disk_view(first.volume_id)
+    rec = record.owned_by(disk.description, "test")
+    assert rec is not None and rec.name == "pvc-1"
+
+
+async def test_another_clusters_disk_is_not_ours(env: Env) -> None:
+    other = ControllerOps(env.api, cluster="other")
+    await other.create_volume(new())
+    with pytest.raises(AlreadyExistsError, match="not created by this cluster"):
+        await env.ops.create_volume(new())
+    assert await env.ops.list_volumes() == []
+    assert len(await other.list_volumes()) == 1
+
+
+async def test_out_of_range(env: Env) -> None:
+    with pytest.raises(OutOfRangeError):
+        await env.ops.create_volume(new(required=GIB + 1, limit=GIB + 2))
+    with pytest.raises(OutOfRangeError):
+        await env.ops.create_volume(new(required=1024 * GIB))
+
+
+async def test_quota_is_resource_exhausted() -> None:
+    sim, api = await _env(quota_gib=2)
+    ops = ControllerOps(api, cluster="test")
+    await ops.create_volume(new("a", required=2 * GIB))
+    with pytest.raises(ResourceExhaustedError):
+        await ops.create_volume(new("b", required=GIB))
+    cap = await ops.capacity()
+    assert cap.available == 0
+    await api.aclose()
+
+
+async def test_publish_unpublish_delete(env: Env) -> None:
+    vol = await env.ops.create_volume(new())
+    await env.ops.publish(vol.volume_id, env.node)
+    await env.ops.publish(vol.volume_id, env.node)  # idempotent
+    listed = await env.ops.list_volumes()
+    assert [v.published_node for v in listed] == [env.node]
+    with pytest.raises(FailedPreconditionError, match="attached"):
+        await env.ops.delete_volume(vol.volume_id)
+    other = env.sim.instance_ids[1]
+    with pytest.raises(FailedPreconditionError, match=env.node):
+        await env.ops.publish(vol.volume_id, other)
+    await env.ops.unpublish(vol.volume_id, other)  # not attached there: OK, nothing changes
+    assert (await env.ops.get_volume(vol.volume_id)).published_node == env.node
+    await env.ops.unpublish(vol.volume_id, env.node)
+    await env.ops.unpublish(vol.volume_id, env.node)
+    await env.ops.delete_volume(vol.volume_id)
+    await env.ops.delete_volume(vol.volume_id)  # missing: OK
+    await env.ops.unpublish(vol.volume_id, env.node)  # missing volume: OK
+
+
+async def test_unknown_ids(env: Env) -> None:
+    vol = await env.ops.create_volume(new())
+    with pytest.raises(NotFoundError):
+        await env.ops.publish("fake-vol-id-0123456789", env.node)
+    with pytest.raises(NotFoundError):
+        await env.ops.publish(vol.volume_id, "fake-node-id-0123456789")
+    with pytest.raises(NotFoundError):
+        await env.ops.publish(vol.volume_id, "11111111-2222-3333-4444-555555555555")
+    with pytest.raises(NotFoundError):
+        await env.ops.publish("Not A Name", env.node)
+    with pytest.raises(NotFoundError):
+        await env.ops.get_volume("fake-vol-id")
+    await env.ops.delete_volume("11111111-2222-3333-4444-555555555555")  # never sent to Oxide
+
+
+async def test_attach_limit(env: Env) -> None:
+    ids = [(await env.ops.create_volume(new(f"v{i}"))).volume_id for i in range(13)]
+    for vid in ids[:12]:
+        await env.ops.publish(vid, env.node)
+    with pytest.raises(ResourceExhaustedError, match="12"):
+        await env.ops.publish(ids[12], env.node)
+
+
+async def test_hotplug_off_refuses_and_changes_nothing(cold_env: Env) -> None:
+    vol = await cold_env.ops.create_volume(new())
+    with pytest.raises(FailedPreconditionError) as info:
+        await cold_env.ops.publish(vol.volume_id, cold_env.node)
+    message = str(info.value)
+    assert cold_env.node in message
+    assert "hot-plug" in message and "stopped" in message
+    assert (await cold_env.ops.get_volume(vol.volume_id)).published_node is None
+    # With the instance stopped, the same call works; detach of a running one is refused.
+    await cold_env.api.instance_stop(cold_env.node)
+    await cold_env.ops.publish(vol.volume_id, cold_env.node)
+    await cold_env.api.instance_start(cold_env.node)
+    await cold_env.api.instance_view(cold_env.node)
+    with pytest.raises(FailedPreconditionError, match="hot-plug"):
+        await cold_env.ops.unpublish(vol.volume_id, cold_env.node)
+    assert (await cold_env.ops.get_volume(vol.volume_id)).published_node == cold_env.node
+
+
+async def test_snapshots_restore_and_clone(env: Env) -> None:
+    vol = await env.ops.create_volume(new())
+    snap = await env.ops.create_snapshot("snap-a", vol.volume_id)
+    assert snap.ready and snap.source_volume_id == vol.volume_id and snap.size_bytes == GIB
+    assert await env.ops.create_snapshot("snap-a", vol.volume_id) == snap
+    other = await env.ops.create_volume(new("pvc-2"))
+    with pytest.raises(AlreadyExistsError):
+        await env.ops.create_snapshot("snap-a", other.volume_id)
+    with pytest.raises(NotFoundError):
+        await env.ops.create_snapshot("snap-b", "fake-vol-id-1")
+
+    restored = await env.ops.create_volume(
+        new("pvc-3", required=3 * GIB, source=Source("snapshot", snap.snapshot_id))
+    )
+    assert restored.capacity_bytes == 3 * GIB
+    assert restored.source == Source("snapshot", snap.snapshot_id)
+    with pytest.raises(NotFoundError):
+        await env.ops.create_volume(new("pvc-4", source=Source("snapshot", "snap-missing")))
+
+    clone = await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id)))
+    assert clone.source == Source("volume", vol.volume_id)
+    assert await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id))) == clone
+    names = {s.name for s in await env.api.snapshot_list()}
+    assert names == {snap.snapshot_id}  # the clone's temporary snapshot is gone
+
+    assert [s.snapshot_id for s in await env.ops.list_snapshots()] == [snap.snapshot_id]
+    assert await env.ops.list_snapshots(source_volume_id=other.volume_id) == []
+    assert await env.ops.list_snapshots(snapshot_id="snap-missing") == []
+    assert (await env.ops.get_snapshot(snap.snapshot_id)) == snap
+    await env.ops.delete_snapshot(snap.snapshot_id)
+    await env.ops.delete_snapshot(snap.snapshot_id)
+    with pytest.raises(NotFoundError):
+        await env.ops.get_snapshot(snap.snapshot_id)
+
+
+async def test_data_follows_snapshot_and_clone(env: Env) -> None:
+    vol = await env.ops.create_volume(new())
+    env.sim.write_content(vol.volume_id, b"precious")
+    snap = await env.ops.create_snapshot("s", vol.volume_id)
+    restored = await env.ops.create_volume(new("r", source=Source("snapshot", snap.snapshot_id)))
+    clone = await env.ops.create_volume(new("c", source=Source("volume", vol.volume_id)))
+    assert env.sim.read_content(restored.volume_id) == b"precious"
+    assert env.sim.read_content(clone.volume_id) == b"precious"

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from csi_oxide.controller import record
+from csi_oxide.oxide.names import is_valid_name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pvc-1", "sanity", "x" * 128, "Ünïcødé-ñame-" * 9, "UPPER-CASE-1A2B3C4D-5E6F7A8B"],
+)
+def test_volume_and_snapshot_names(name: str) -> None:
+    vol = record.volume_name(name)
+    snap = record.snapshot_name(name)
+    assert len(vol) == 20  # the NVMe serial is the first 20 bytes of the name: all of it
+    assert is_valid_name(vol) and is_valid_name(snap)
+    assert record.is_driver_volume_name(vol) and record.is_driver_snapshot_name(snap)
+    assert record.volume_name(name) == vol  # deterministic
+    assert record.volume_name(name + "x") != vol
+
+
+def test_temporary_names_are_distinct_and_recognised() -> None:
+    clone = record.clone_snapshot_name("csi-0123456789abcdef")
+    grow = record.grow_snapshot_name("csi-0123456789abcdef")
+    assert clone != grow
+    for name in (clone, grow):
+        assert is_valid_name(name)
+        assert record.is_temporary_snapshot_name(name)
+        assert not record.is_driver_snapshot_name(name)
+
+
+def test_round_trip() -> None:
+    rec = record.Record(
+        cluster="prod", name="pvc-1", size=5, source="snapshot:snap-1", pvc="ns/claim", pv="pv-1"
+    )
+    text = rec.encode()
+    assert text.startswith(record.PREFIX)
+    assert record.decode(text) == rec
+    assert record.owned_by(text, "prod") == rec
+    assert record.owned_by(text, "other-cluster") is None
+    assert rec.matches_name("pvc-1") and not rec.matches_name("pvc-2")
+
+
+def test_long_record_falls_back_to_a_hash_within_512() -> None:
+    name = "é" * 64  # 128 bytes, 6 characters each once escaped
+    rec = record.Record(cluster="c" * 60, name=name, size=1, pvc="n" * 200, pv="p" * 200)
+    text = rec.encode()
+    assert len(text) <= 512
+    decoded = record.decode(text)
+    assert decoded is not None
+    assert decoded.name == "" and decoded.matches_name(name)
+    assert not decoded.matches_name(name + "x")
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["", "a disk made by hand", record.PREFIX + "{not json", record.PREFIX + "[1]", record.PREFIX + '{"n":"x"}'],
+)
+def test_foreign_descriptions_are_not_ours(description: str) -> None:
+    assert record.decode(description) is None

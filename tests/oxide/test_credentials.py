@@ -1,0 +1,243 @@
+"""Credential discovery: environment, profiles, token file rotation, and secrecy of the token."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from csi_oxide.errors import ConfigurationError
+from csi_oxide.oxide.credentials import (
+    FileToken,
+    StaticToken,
+    default_config_dir,
+    load_credentials,
+    normalize_host,
+)
+
+TOKEN = "oxide-token-5ec2e7a11c0ffee5ec2e7"
+OTHER = "oxide-token-0000feedface0000"
+
+
+def write_profiles(config_dir: Path, *, default: str | None = "rack1") -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "credentials.toml").write_text(
+        f"""
+[profile.rack1]
+host = "oxide.rack1.example.com"
+token = "{TOKEN}"
+user = "00000000-0000-4000-8000-000000000001"
+
+[profile.rack2]
+host = "https://rack2.example.com:8443/"
+token = "{OTHER}"
+user = "00000000-0000-4000-8000-000000000002"
+"""
+    )
+    if default is not None:
+        (config_dir / "config.toml").write_text(f'default-profile = "{default}"\n')
+
+
+def test_host_and_token_from_the_environment(tmp_path: Path) -> None:
+    creds = load_credentials(
+        {"OXIDE_HOST": "oxide.example.com", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "k8s"},
+        tmp_path,
+    )
+    assert creds.host == "https://oxide.example.com"
+    assert creds.project == "k8s"
+    assert creds.token() == TOKEN
+    assert creds.ca_file is None
+    assert "OXIDE_TOKEN" in creds.source
+
+
+def test_environment_wins_over_files_without_reading_them(tmp_path: Path) -> None:
+    (tmp_path / "credentials.toml").write_text("this is [not toml")
+    creds = load_credentials(
+        {"OXIDE_HOST": "http://127.0.0.1:1", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"},
+        tmp_path,
+    )
+    assert creds.host == "http://127.0.0.1:1"
+
+
+def test_default_profile_from_config_toml(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    creds = load_credentials({"OXIDE_PROJECT": "p"}, tmp_path)
+    assert creds.host == "https://oxide.rack1.example.com"
+    assert creds.token() == TOKEN
+    assert "rack1" in creds.source
+
+
+def test_oxide_profile_chooses_the_profile(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    creds = load_credentials({"OXIDE_PROFILE": "rack2", "OXIDE_PROJECT": "p"}, tmp_path)
+    assert creds.host == "https://rack2.example.com:8443"
+    assert creds.token() == OTHER
+
+
+def test_host_alone_finds_the_profile_with_that_host(tmp_path: Path) -> None:
+    write_profiles(tmp_path, default="rack1")
+    creds = load_credentials(
+        {"OXIDE_HOST": "https://rack2.example.com:8443", "OXIDE_PROJECT": "p"}, tmp_path
+    )
+    assert creds.token() == OTHER
+
+
+def test_config_dir_defaults_to_home(tmp_path: Path) -> None:
+    write_profiles(tmp_path / ".config" / "oxide")
+    assert default_config_dir({"HOME": str(tmp_path)}) == tmp_path / ".config" / "oxide"
+    creds = load_credentials({"HOME": str(tmp_path), "OXIDE_PROJECT": "p"})
+    assert creds.token() == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        (
+            {"OXIDE_HOST": "h", "OXIDE_PROFILE": "rack1", "OXIDE_TOKEN": TOKEN},
+            "both OXIDE_HOST and OXIDE_PROFILE",
+        ),
+        ({"OXIDE_TOKEN": TOKEN}, "OXIDE_TOKEN is set but OXIDE_HOST is not"),
+        ({"OXIDE_TOKEN": TOKEN, "OXIDE_PROFILE": "rack1"}, "both OXIDE_TOKEN and OXIDE_PROFILE"),
+        ({"OXIDE_HOST": "h", "OXIDE_TOKEN": "  "}, "OXIDE_HOST is set without OXIDE_TOKEN"),
+        ({"OXIDE_HOST": "h", "OXIDE_TOKEN": "a b"}, "cannot be sent in an HTTP header"),
+        ({"OXIDE_HOST": "ftp://h", "OXIDE_TOKEN": TOKEN}, "not an Oxide host"),
+        ({"OXIDE_HOST": "https://h/api", "OXIDE_TOKEN": TOKEN}, "not an Oxide host"),
+        ({"OXIDE_PROFILE": "nope"}, "profile 'nope' .*OXIDE_PROFILE.* does not exist"),
+        ({}, "no Oxide credentials: set OXIDE_HOST and OXIDE_TOKEN"),
+        (
+            {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "CSI_OXIDE_TOKEN_FILE": "/x"},
+            "both OXIDE_TOKEN and CSI_OXIDE_TOKEN_FILE",
+        ),
+        (
+            {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "CSI_OXIDE_CA_FILE": "/nonexistent/ca"},
+            "CSI_OXIDE_CA_FILE",
+        ),
+    ],
+)
+def test_missing_or_contradictory_settings_name_what_to_set(
+    tmp_path: Path, env: dict[str, str], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match) as info:
+        load_credentials({"OXIDE_PROJECT": "p", **env}, tmp_path)
+    assert TOKEN not in str(info.value)
+
+
+def test_project_is_required_unless_told_otherwise(tmp_path: Path) -> None:
+    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN}
+    with pytest.raises(ConfigurationError, match="OXIDE_PROJECT is not set"):
+        load_credentials(env, tmp_path)
+    assert load_credentials(env, tmp_path, require_project=False).project == ""
+
+
+def test_profile_errors_name_the_file(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    with pytest.raises(
+        ConfigurationError, match=r"profile 'rack9' .* is not in .*credentials\.toml"
+    ):
+        load_credentials({"OXIDE_PROFILE": "rack9", "OXIDE_PROJECT": "p"}, tmp_path)
+    (tmp_path / "credentials.toml").write_text(f'[profile.x]\nhost = "h"\ntoken = "{TOKEN}\n')
+    with pytest.raises(ConfigurationError, match=r"credentials\.toml is not valid TOML") as info:
+        load_credentials({"OXIDE_PROFILE": "x", "OXIDE_PROJECT": "p"}, tmp_path)
+    assert TOKEN not in str(info.value)
+    (tmp_path / "credentials.toml").write_text('[profile.x]\nhost = "h"\n')
+    with pytest.raises(ConfigurationError, match=r"profile 'x' .* has no token"):
+        load_credentials({"OXIDE_PROFILE": "x", "OXIDE_PROJECT": "p"}, tmp_path)
+    (tmp_path / "config.toml").write_text("other = 1\n")
+    with pytest.raises(ConfigurationError, match="has no default-profile"):
+        load_credentials({"OXIDE_PROJECT": "p"}, tmp_path)
+
+
+def test_host_without_a_matching_profile(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"no profile in .* has host https://other"):
+        load_credentials({"OXIDE_HOST": "other", "OXIDE_PROJECT": "p"}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("oxide.example.com", "https://oxide.example.com"),
+        ("oxide.example.com:444/", "https://oxide.example.com:444"),
+        ("HTTP://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        (" https://a.b ", "https://a.b"),
+    ],
+)
+def test_normalize_host(given: str, expected: str) -> None:
+    assert normalize_host(given) == expected
+
+
+def test_ca_file_is_passed_on(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    assert load_credentials({**env, "CSI_OXIDE_CA_FILE": str(ca)}, tmp_path).ca_file == ca
+
+
+def test_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "oxide-token"
+    path.write_text(TOKEN + "\n")
+    creds = load_credentials(
+        {"OXIDE_HOST": "h", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"}, tmp_path
+    )
+    assert creds.token() == TOKEN
+    assert str(path) in creds.source
+    # A Secret update replaces the file (new inode) rather than writing it in place.
+    replacement = tmp_path / "oxide-token.new"
+    replacement.write_text(OTHER)
+    os.replace(replacement, path)
+    assert creds.token() == OTHER
+
+
+def test_token_file_keeps_the_last_good_token_while_the_file_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "oxide-token"
+    path.write_text(TOKEN)
+    provider = FileToken(path)
+    path.unlink()
+    with capture_logs() as logs:
+        assert provider() == TOKEN
+    assert [e["event"] for e in logs] == ["oxide_token_reload_failed"]
+    path.write_text("")
+    with capture_logs() as logs:
+        assert provider() == TOKEN
+    assert "empty" in str(logs[0]["detail"])
+    path.write_text(OTHER)
+    assert provider() == OTHER
+
+
+def test_token_file_must_exist_and_hold_a_token_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="CSI_OXIDE_TOKEN_FILE: cannot read"):
+        FileToken(tmp_path / "absent")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        FileToken(empty)
+
+
+def test_the_token_is_in_no_repr_or_str(tmp_path: Path) -> None:
+    path = tmp_path / "tok"
+    path.write_text(TOKEN)
+    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    by_env = load_credentials(env, tmp_path)
+    env_file = {"OXIDE_HOST": "h", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"}
+    by_file = load_credentials(env_file, tmp_path)
+    for obj in (by_env, by_file, by_env.token, by_file.token, StaticToken(TOKEN)):
+        assert TOKEN not in repr(obj)
+        assert TOKEN not in str(obj)
+    assert by_env.token() == TOKEN
+
+
+def test_a_broken_token_file_is_reported_once_per_change(tmp_path: Path) -> None:
+    path = tmp_path / "oxide-token"
+    path.write_text(TOKEN)
+    provider = FileToken(path)
+    path.unlink()
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert provider() == TOKEN
+    assert len(logs) == 1
+    path.write_text(OTHER)
+    with capture_logs() as logs:
+        assert provider() == OTHER
+    assert [e["event"] for e in logs] == ["oxide_token_reloaded"]

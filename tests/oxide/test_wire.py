@@ -1,0 +1,240 @@
+"""JSON <-> domain values: request bodies match the published schema, responses parse strictly."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.oxide import wire
+from csi_oxide.oxide.types import (
+    Disk,
+    DiskSpec,
+    DiskState,
+    InstanceState,
+    SnapshotState,
+)
+
+SPEC = Path("/work/shared/oxide/oxide-api.json")
+DISK_ID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
+INSTANCE_ID = "0f1e2d3c-4b5a-4968-8776-655443322110"
+PROJECT_ID = "11111111-2222-4333-8444-555555555555"
+SNAP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+
+
+def disk_json(state: dict[str, object] | None = None, **over: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": DISK_ID,
+        "name": "csi-0123456789abcdef",
+        "description": "d",
+        "project_id": PROJECT_ID,
+        "size": 2 * 1024**3,
+        "block_size": 4096,
+        "state": state or {"state": "detached"},
+        "device_path": "/mnt/csi-0123456789abcdef",
+        "disk_type": "distributed",
+        "read_only": False,
+        "image_id": None,
+        "snapshot_id": SNAP_ID,
+        "time_created": "2026-01-02T03:04:05.123456789Z",
+        "time_modified": "2026-01-02T03:04:05Z",
+    }
+    body.update(over)
+    return body
+
+
+def instance_json(**over: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": INSTANCE_ID,
+        "name": "node-1",
+        "project_id": PROJECT_ID,
+        "run_state": "running",
+        "boot_disk_id": None,
+        "hostname": "node-1",
+    }
+    body.update(over)
+    return body
+
+
+def test_blank_disk_body_is_distributed_with_block_size() -> None:
+    body = wire.disk_create_body(DiskSpec("csi-a", "desc", 3 * 1024**3, block_size=512))
+    assert body == {
+        "name": "csi-a",
+        "description": "desc",
+        "size": 3 * 1024**3,
+        "disk_backend": {
+            "type": "distributed",
+            "disk_source": {"type": "blank", "block_size": 512},
+        },
+    }
+
+
+def test_snapshot_disk_body_names_the_snapshot() -> None:
+    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAP_ID))
+    assert body["disk_backend"] == {
+        "type": "distributed",
+        "disk_source": {"type": "snapshot", "snapshot_id": SNAP_ID},
+    }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [DiskSpec("csi-a", "", 1024**3), DiskSpec("csi-a", "", 1024**3, 4096, SNAP_ID)],
+    ids=["neither", "both"],
+)
+def test_disk_body_needs_exactly_one_source(spec: DiskSpec) -> None:
+    with pytest.raises(InvalidArgumentError, match="exactly one"):
+        wire.disk_create_body(spec)
+
+
+def test_request_bodies_use_the_published_property_names() -> None:
+    schemas = json.loads(SPEC.read_text())["components"]["schemas"]
+    assert set(wire.snapshot_create_body("s", "d", "disk")) == set(
+        schemas["SnapshotCreate"]["required"]
+    )
+    assert set(wire.disk_path_body("disk")) == set(schemas["DiskPath"]["required"])
+    blank = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, block_size=4096))
+    assert set(blank) == set(schemas["DiskCreate"]["required"])
+
+
+def test_disk_parses_every_field() -> None:
+    disk = wire.parse_disk(disk_json())
+    assert disk == Disk(
+        id=DISK_ID,
+        name="csi-0123456789abcdef",
+        description="d",
+        project_id=PROJECT_ID,
+        size=2 * 1024**3,
+        block_size=4096,
+        state=DiskState.DETACHED,
+        instance_id=None,
+        snapshot_id=SNAP_ID,
+        image_id=None,
+        read_only=False,
+        disk_type="distributed",
+        time_created=datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize("state", ["attaching", "attached", "detaching"])
+def test_attachment_states_carry_the_instance(state: str) -> None:
+    disk = wire.parse_disk(disk_json({"state": state, "instance": INSTANCE_ID}))
+    assert disk.state == DiskState(state)
+    assert disk.instance_id == INSTANCE_ID
+    assert disk.published
+
+
+def test_every_published_disk_state_parses() -> None:
+    schema = json.loads(SPEC.read_text())["components"]["schemas"]["DiskState"]
+    for variant in schema["oneOf"]:
+        (value,) = variant["properties"]["state"]["enum"]
+        state: dict[str, object] = {"state": value}
+        if "instance" in variant["required"]:
+            state["instance"] = INSTANCE_ID
+        assert wire.parse_disk(disk_json(state)).state == DiskState(value)
+
+
+def test_unknown_disk_state_is_a_clear_unknown_value_error() -> None:
+    with pytest.raises(wire.UnknownValueError, match=r"unknown state of disk .*'resizing'"):
+        wire.parse_disk(disk_json({"state": "resizing"}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("size", "big", "'size': expected an integer"),
+        ("size", True, "'size': expected an integer"),
+        ("name", None, "'name': expected a string"),
+        ("read_only", "no", "'read_only': expected a boolean"),
+        ("time_created", "yesterday", "not an RFC 3339 timestamp"),
+        ("state", "detached", "disk state: expected a JSON object"),
+    ],
+)
+def test_malformed_disk_fields_raise_wire_error(field: str, value: object, match: str) -> None:
+    body = disk_json()
+    body[field] = value
+    with pytest.raises(wire.WireError, match=match) as info:
+        wire.parse_disk(body)
+    assert not isinstance(info.value, wire.UnknownValueError)
+
+
+def test_attached_state_without_instance_is_malformed() -> None:
+    with pytest.raises(wire.WireError, match="'instance'"):
+        wire.parse_disk(disk_json({"state": "attached"}))
+
+
+def test_snapshot_parses() -> None:
+    snap = wire.parse_snapshot(
+        {
+            "id": SNAP_ID,
+            "name": "snap-1",
+            "description": "",
+            "project_id": PROJECT_ID,
+            "disk_id": DISK_ID,
+            "size": 1024**3,
+            "state": "ready",
+            "time_created": "2026-01-02T03:04:05Z",
+            "time_modified": "2026-01-02T03:04:05Z",
+        }
+    )
+    assert (snap.name, snap.disk_id, snap.state, snap.size) == (
+        "snap-1",
+        DISK_ID,
+        SnapshotState.READY,
+        1024**3,
+    )
+
+
+def test_instance_parses_and_rejects_unknown_run_state() -> None:
+    inst = wire.parse_instance(instance_json(boot_disk_id=DISK_ID, run_state="stopped"))
+    assert (inst.id, inst.run_state, inst.boot_disk_id) == (
+        INSTANCE_ID,
+        InstanceState.STOPPED,
+        DISK_ID,
+    )
+    assert wire.parse_instance(instance_json(boot_disk_id=None)).boot_disk_id is None
+    with pytest.raises(wire.UnknownValueError, match="run_state of instance 'node-1'"):
+        wire.parse_instance(instance_json(run_state="hibernating"))
+
+
+def test_utilization_reads_storage_of_capacity_and_provisioned() -> None:
+    util = wire.parse_utilization(
+        {
+            "capacity": {"cpus": 8, "memory": 1, "storage": 100 * 1024**3},
+            "provisioned": {"cpus": 2, "memory": 1, "storage": 30 * 1024**3},
+        }
+    )
+    assert (util.capacity_storage, util.provisioned_storage) == (100 * 1024**3, 30 * 1024**3)
+    assert util.free_storage == 70 * 1024**3
+
+
+def test_results_skip_unknown_values_but_keep_the_rest() -> None:
+    body = {
+        "items": [disk_json(), disk_json({"state": "future"}, name="csi-b")],
+        "next_page": "tok",
+    }
+    page = wire.parse_results(body, wire.parse_disk)
+    assert [d.name for d in page.items] == ["csi-0123456789abcdef"]
+    assert len(page.skipped) == 1
+    assert "csi-b" in str(page.skipped[0])
+    assert page.next_page == "tok"
+
+
+def test_results_with_a_malformed_item_raise() -> None:
+    with pytest.raises(wire.WireError):
+        wire.parse_results({"items": [{"id": 1}], "next_page": None}, wire.parse_disk)
+    with pytest.raises(wire.WireError, match="'items' is not a list"):
+        wire.parse_page({"items": {}, "next_page": None})
+
+
+def test_error_body_tolerates_anything() -> None:
+    full = wire.parse_error_body(
+        {"request_id": "r1", "error_code": "ObjectNotFound", "message": "not found: disk"}
+    )
+    assert full == wire.ErrorBody("ObjectNotFound", "not found: disk", "r1")
+    assert wire.parse_error_body({"request_id": "r2", "message": "m"}).error_code is None
+    assert wire.parse_error_body("oops") == wire.ErrorBody(None, None, None)
+    assert wire.parse_error_body({"message": 5}).message is None

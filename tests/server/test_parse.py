@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import pytest
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.controller.sizing import CapacityRange
+from csi_oxide.errors import AbortedError, InvalidArgumentError
+from csi_oxide.server import parse
+
+GIB = 1024**3
+Mode = csi.VolumeCapability.AccessMode
+
+
+def mount_cap(fs: str = "", flags: tuple[str, ...] = (), mode: int = Mode.SINGLE_NODE_WRITER):
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapability.MountVolume(fs_type=fs, mount_flags=list(flags)),
+        access_mode=Mode(mode=mode),  # type: ignore[arg-type]
+    )
+
+
+def block_cap(mode: int = Mode.SINGLE_NODE_WRITER):
+    return csi.VolumeCapability(
+        block=csi.VolumeCapability.BlockVolume(),
+        access_mode=Mode(mode=mode),  # type: ignore[arg-type]
+    )
+
+
+def test_capacity_range_validation() -> None:
+    assert parse.capacity_range(None) == CapacityRange(0, 0)
+    with pytest.raises(InvalidArgumentError, match="negative"):
+        parse.capacity_range(csi.CapacityRange(required_bytes=-1))
+    with pytest.raises(InvalidArgumentError, match="larger"):
+        parse.capacity_range(csi.CapacityRange(required_bytes=2, limit_bytes=1))
+
+
+def test_capability_mount_defaults_to_ext4() -> None:
+    cap = parse.capability(mount_cap())
+    assert cap.access_type is parse.AccessType.MOUNT
+    assert cap.fs_type == "ext4"
+    assert not cap.block
+
+
+def test_capability_block() -> None:
+    cap = parse.capability(block_cap(Mode.SINGLE_NODE_READER_ONLY))
+    assert cap.block
+    assert cap.read_only_mode
+
+
+@pytest.mark.parametrize(
+    ("cap", "message"),
+    [
+        (csi.VolumeCapability(access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER)), "access_type"),
+        (csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume()), "access_mode is required"),
+        (mount_cap(mode=Mode.UNKNOWN), "UNKNOWN"),
+        (mount_cap(fs="btrfs"), "btrfs"),
+        (mount_cap(flags=("bind",)), "not allowed"),
+        (mount_cap(flags=("a b",)), "whitespace"),
+        (mount_cap(flags=("",)), "empty"),
+    ],
+)
+def test_capability_errors(cap: csi.VolumeCapability, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        parse.capability(cap)
+
+
+def test_capabilities_requires_one() -> None:
+    with pytest.raises(InvalidArgumentError, match="required"):
+        parse.capabilities([])
+
+
+@pytest.mark.parametrize(
+    ("mode", "supported"),
+    [
+        (Mode.SINGLE_NODE_WRITER, True),
+        (Mode.SINGLE_NODE_READER_ONLY, True),
+        (Mode.SINGLE_NODE_SINGLE_WRITER, True),
+        (Mode.SINGLE_NODE_MULTI_WRITER, True),
+        (Mode.MULTI_NODE_READER_ONLY, False),
+        (Mode.MULTI_NODE_SINGLE_WRITER, False),
+        (Mode.MULTI_NODE_MULTI_WRITER, False),
+    ],
+)
+def test_unsupported_reason(mode: int, supported: bool) -> None:
+    reason = parse.unsupported_reason(parse.capability(mount_cap(mode=mode)))
+    assert (reason is None) is supported
+    if reason:
+        assert "one instance at a time" in reason
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("/var/lib/x", True), ("/a/../b", True), ("some/path", False), ("", False), ("/a\x00b", False)],
+)
+def test_path(value: str, ok: bool) -> None:
+    if ok:
+        assert parse.path(value, "target_path").startswith("/")
+        assert ".." not in parse.path(value, "target_path")
+    else:
+        with pytest.raises(InvalidArgumentError):
+            parse.path(value, "target_path")
+
+
+def test_volume_parameters() -> None:
+    params = parse.volume_parameters(
+        {
+            "blockSize": "512",
+            "fsType": "XFS",
+            "csi.storage.k8s.io/pvc/name": "data",
+            "csi.storage.k8s.io/pvc/namespace": "team",
+            "csi.storage.k8s.io/pv/name": "pvc-123",
+        }
+    )
+    assert params == parse.VolumeParameters(block_size=512, fs_type="xfs", pvc="team/data", pv="pvc-123")
+    assert parse.volume_parameters({}).block_size == 4096
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"type": "ssd"}, "unknown"), ({"blockSize": "1024"}, "blockSize"), ({"fsType": "btrfs"}, "btrfs")],
+)
+def test_volume_parameters_refused(params: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        parse.volume_parameters(params)
+
+
+def test_snapshot_parameters() -> None:
+    parse.snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "s"})
+    with pytest.raises(InvalidArgumentError):
+        parse.snapshot_parameters({"foo": "bar"})
+
+
+KEYS = [f"csi-{i:016x}" for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("token", "max_entries", "window"),
+    [
+        ("", 0, (0, 5, "")),
+        ("", 2, (0, 2, KEYS[2])),
+        (KEYS[2], 2, (2, 4, KEYS[4])),
+        (KEYS[4], 2, (4, 5, "")),
+        ("csi-0000000000000003" + "", 0, (3, 5, "")),
+        ("csi-00000000000000ff", 1, (5, 5, "")),  # deleted since: resume after it
+    ],
+)
+def test_page_window(token: str, max_entries: int, window: tuple[int, int, str]) -> None:
+    assert parse.page_window(KEYS, token, max_entries) == window
+
+
+def test_page_window_bad_token_is_aborted() -> None:
+    with pytest.raises(AbortedError):
+        parse.page_window(KEYS, "invalid-token", 0)
+    with pytest.raises(InvalidArgumentError):
+        parse.page_window(KEYS, "", -1)

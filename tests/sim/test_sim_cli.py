@@ -1,0 +1,122 @@
+"""``csi-oxide sim`` as a real server: env file, token, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.sim.cli import add_arguments, env_lines, parse_listen, write_atomically
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        assert words[0] == "export"
+        key, _, value = words[1].partition("=")
+        env[key] = value
+    return env
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the simulator exited early"
+        assert time.monotonic() < deadline, "no env file in time"
+        time.sleep(0.05)
+
+
+def test_real_server_publishes_env_file_and_stops_cleanly(tmp_path: Path) -> None:
+    env_file = tmp_path / "sim.env"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "csi_oxide.sim.cli", "--env-file", str(env_file)]
+    proc = subprocess.Popen(
+        [*argv, "--instances", "2"], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        _wait_for(env_file, proc)
+        values = _parse_env(env_file.read_text())
+        assert set(values) == {"OXIDE_HOST", "OXIDE_TOKEN", "OXIDE_PROJECT", "CSI_OXIDE_NODE_ID"}
+        assert values["OXIDE_HOST"].startswith("http://127.0.0.1:")
+        assert "'" in env_file.read_text()
+        headers = {"authorization": f"Bearer {values['OXIDE_TOKEN']}"}
+        with httpx.Client(base_url=values["OXIDE_HOST"], timeout=10) as http:
+            r = http.get(f"/v1/instances/{values['CSI_OXIDE_NODE_ID']}", headers=headers)
+            assert r.status_code == 200
+            assert r.json()["run_state"] == "running"
+            r = http.get(
+                "/v1/instances", params={"project": values["OXIDE_PROJECT"]}, headers=headers
+            )
+            assert len(r.json()["items"]) == 3
+            assert http.get("/v1/utilization").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert values["OXIDE_HOST"] in out
+    assert list(tmp_path.iterdir()) == [env_file]  # no temporary file left beside it
+
+
+def test_arguments_and_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.listen, args.backing, args.hotplug, args.quota_gib) == (
+        "127.0.0.1:0",
+        "memory",
+        False,
+        10240,
+    )
+    args = parser.parse_args(
+        ["--hotplug", "--backing", "loop", "--state-dir", "/x", "--fail-rate", "0.1"]
+    )
+    assert (args.hotplug, args.backing, args.state_dir, args.fail_rate) == (
+        True,
+        "loop",
+        Path("/x"),
+        0.1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("0.0.0.0:9", ("0.0.0.0", 9)),  # noqa: S104 (parsing only),
+    ],
+)
+def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ":80", "host:port", "h:70000"])
+def test_parse_listen_refuses(value: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_listen(value)
+
+
+def test_env_file_for_loop_backing(tmp_path: Path) -> None:
+    sim = Simulator(SimConfig(backing="loop", state_dir=tmp_path, token="oxide-token-x'y"))
+    try:
+        target = tmp_path / "out.env"
+        write_atomically(target, env_lines(sim, "http://127.0.0.1:1"))
+        values = _parse_env(target.read_text())
+    finally:
+        sim.close()
+    assert values["CSI_OXIDE_SIM_DEVICE_DIR"] == str(tmp_path / "devices")
+    assert values["OXIDE_TOKEN"] == "oxide-token-x'y"
+    assert values["CSI_OXIDE_NODE_ID"] == sim.local_instance_id
+    assert tmp_path.exists()  # a state dir the user chose is kept
