@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
@@ -166,10 +166,12 @@ async def lifecycle(demo: Demo, steps: Steps, expand: bool) -> None:
     vol = await steps.run("CreateVolume 'demo-data' (1 GiB, ext4)", demo.create("demo-data", GIB))
     vid = vol.volume_id
     steps.note(f"volume ID (= Oxide disk name = NVMe serial): {vid}")
-    mount = await steps.run("attach + stage + publish (mkfs only because blank)",
-                            demo.attach_and_mount(vid))
-    digest = await steps.run("write 4 MiB of random data in the pod's mount",
-                             asyncio.to_thread(_write_data, mount))
+    mount = await steps.run(
+        "attach + stage + publish (mkfs only because blank)", demo.attach_and_mount(vid)
+    )
+    digest = await steps.run(
+        "write 4 MiB of random data in the pod's mount", asyncio.to_thread(_write_data, mount)
+    )
     steps.note(f"sha256 {digest}")
     snap = await steps.run(
         "CreateSnapshot 'demo-snap'",
@@ -198,23 +200,32 @@ async def lifecycle(demo: Demo, steps: Steps, expand: bool) -> None:
     steps.note(f"filesystem size {before} -> {after} bytes")
     if expand:
         await _check(after > before, "the filesystem did not grow")
-    await steps.run("data intact after re-attach",
-                    _check(_read_digest(mount) == digest, "data changed"))
+    await steps.run(
+        "data intact after re-attach", _check(_read_digest(mount) == digest, "data changed")
+    )
     await steps.run("unpublish + unstage + detach", demo.unmount_and_detach(vid))
-    restored = await steps.run("CreateVolume 'demo-restore' from the snapshot (2 GiB)",
-                               demo.create("demo-restore", 2 * GIB, snap_id))
+    restored = await steps.run(
+        "CreateVolume 'demo-restore' from the snapshot (2 GiB)",
+        demo.create("demo-restore", 2 * GIB, snap_id),
+    )
     rid = restored.volume_id
-    rmount = await steps.run("attach + stage + publish the restored volume",
-                             demo.attach_and_mount(rid))
-    await steps.run("restored data intact",
-                    _check(_read_digest(rmount) == digest, "restored data differs"))
-    await steps.run("unpublish + unstage + detach the restored volume",
-                    demo.unmount_and_detach(rid))
-    await steps.run("DeleteSnapshot", demo.controller.DeleteSnapshot(
-        csi.DeleteSnapshotRequest(snapshot_id=snap_id)))
+    rmount = await steps.run(
+        "attach + stage + publish the restored volume", demo.attach_and_mount(rid)
+    )
+    await steps.run(
+        "restored data intact", _check(_read_digest(rmount) == digest, "restored data differs")
+    )
+    await steps.run(
+        "unpublish + unstage + detach the restored volume", demo.unmount_and_detach(rid)
+    )
+    await steps.run(
+        "DeleteSnapshot",
+        demo.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap_id)),
+    )
     for v in (vid, rid):
-        await steps.run(f"DeleteVolume {v}", demo.controller.DeleteVolume(
-            csi.DeleteVolumeRequest(volume_id=v)))
+        await steps.run(
+            f"DeleteVolume {v}", demo.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v))
+        )
 
 
 async def hotplug_off(workdir: Path, steps: Steps) -> None:
@@ -236,16 +247,22 @@ async def hotplug_off(workdir: Path, steps: Steps) -> None:
                     )
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code()
-                    print(f"{steps.count + 1:2}. [hot-plug off] ControllerPublishVolume is refused:",
-                          flush=True)
+                    print(
+                        f"{steps.count + 1:2}. [hot-plug off] ControllerPublishVolume is refused:",
+                        flush=True,
+                    )
                     steps.count += 1
                     steps.note(f"{code.name}: {exc.details()}")
                     if code != grpc.StatusCode.FAILED_PRECONDITION:
-                        raise DemoFailedError(f"expected FAILED_PRECONDITION, got {code.name}") from None
+                        raise DemoFailedError(
+                            f"expected FAILED_PRECONDITION, got {code.name}"
+                        ) from None
                 else:
                     raise DemoFailedError("publish to a running instance was not refused")
-                await steps.run("[hot-plug off] DeleteVolume", demo.controller.DeleteVolume(
-                    csi.DeleteVolumeRequest(volume_id=vol.volume_id)))
+                await steps.run(
+                    "[hot-plug off] DeleteVolume",
+                    demo.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id)),
+                )
 
 
 async def _expansion_advertised(channel: grpc.aio.Channel) -> bool:
@@ -256,12 +273,18 @@ async def _expansion_advertised(channel: grpc.aio.Channel) -> bool:
     return any(c.rpc.type == wanted for c in caps.capabilities)
 
 
+def _can_use_loop_devices() -> bool:
+    return os.geteuid() == 0 and Path("/dev/loop-control").exists()
+
+
 async def run_demo(workdir: Path) -> None:
     """The whole demo in ``workdir``."""
     steps = Steps()
-    if os.geteuid() == 0 and Path("/dev/loop-control").exists():
+    if _can_use_loop_devices():
         state = workdir / "rack"
-        sim = harness.start_sim(workdir, "--hotplug", "--backing", "loop", "--state-dir", str(state))
+        sim = harness.start_sim(
+            workdir, "--hotplug", "--backing", "loop", "--state-dir", str(state)
+        )
         with harness.stopping(sim.proc):
             print(f"simulated rack at {sim.env['OXIDE_HOST']} (hot-plug on, loop devices)")
             driver = harness.start_driver(workdir, sim.env, mode="all")
@@ -270,8 +293,10 @@ async def run_demo(workdir: Path) -> None:
                     demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], workdir)
                     await lifecycle(demo, steps, await _expansion_advertised(channel))
     else:
-        print("not root (or no loop devices): the node part of the demo needs root; "
-              "showing the controller part only")
+        print(
+            "not root (or no loop devices): the node part of the demo needs root; "
+            "showing the controller part only"
+        )
     await hotplug_off(workdir, steps)
     print(f"demo finished: {steps.count} steps in {time.monotonic() - steps.started:.1f}s")
 

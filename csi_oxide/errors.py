@@ -1,7 +1,7 @@
 """The driver's error vocabulary.
 
-Every layer below the gRPC server raises these (or subclasses of them); the server maps each class to
-one gRPC status code in a single table (``csi_oxide.server.errors``). Messages are shown to the
+Every layer below the gRPC server raises these (or subclasses of them); the server maps each class
+to one gRPC status code in a single table (``csi_oxide.server.errors``). Messages are shown to the
 Kubernetes user as they are, so they say what is wrong and what to do, and never carry a secret.
 
 ::
@@ -79,4 +79,4 @@ class UnimplementedError(CsiOxideError):
 
 
 class ConfigurationError(CsiOxideError):
-    """The process was started with settings it cannot work with (reported at start, not per RPC)."""
+    """The process was started with settings it cannot use (reported at start, not per RPC)."""

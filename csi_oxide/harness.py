@@ -1,7 +1,7 @@
 """Run the simulator and the driver as real processes, and csi-sanity against them.
 
-Used by ``csi-oxide demo``, by the conformance tests and by the benchmarks: the same code path a user
-takes (``csi-oxide sim`` writes an env file, ``csi-oxide serve`` reads the environment).
+Used by ``csi-oxide demo``, by the conformance tests and by the benchmarks: the same code path a
+user takes (``csi-oxide sim`` writes an env file, ``csi-oxide serve`` reads the environment).
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ class Proc:
 def _spawn(name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path) -> Proc:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as out:
-        popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            list(argv), env=dict(env), stdout=out, stderr=subprocess.STDOUT
-        )
+        popen = subprocess.Popen(list(argv), env=dict(env), stdout=out, stderr=subprocess.STDOUT)
     return Proc(name, popen, log_path)
 
 
@@ -191,7 +189,7 @@ def run_csi_sanity(
     args: Sequence[str] = (),
     timeout: float = 1500.0,
 ) -> SanityResult:
-    """Run csi-sanity against ``endpoint``; mount/staging dirs live (and must not exist) in workdir."""
+    """Run csi-sanity against ``endpoint``; its mount and staging dirs live in ``workdir``."""
     report = workdir / "sanity-junit.xml"
     argv = [
         binary,
@@ -204,9 +202,7 @@ def run_csi_sanity(
     ]
     if controller_endpoint:
         argv.append(f"--csi.controllerendpoint={controller_endpoint}")
-    done = subprocess.run(  # noqa: S603 - the csi-sanity binary we installed
-        argv, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if not report.exists():
         raise HarnessError(f"csi-sanity wrote no report (exit {done.returncode}):\n{done.stdout}")
     result = parse_junit(report)

@@ -1,10 +1,10 @@
 """One operation per object at a time, and operations that outlive a cancelled RPC.
 
 The CSI spec lets a plugin answer ABORTED when a second call arrives for a volume that already has
-one in flight (the caller backs off and retries). ``InFlight.run`` does that, and it also shields the
-work from cancellation: when kubelet or a sidecar gives up on an RPC (deadline, cancel), the mkfs or
-Oxide call underneath runs to its end and keeps the key busy until then, so the retry never races
-a half-finished operation.
+one in flight (the caller backs off and retries). ``InFlight.run`` does that, and it also
+shields the work from cancellation: when kubelet or a sidecar gives up on an RPC (deadline,
+cancel), the mkfs or Oxide call underneath runs to its end and keeps the key busy until then, so
+the retry never races a half-finished operation.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ class InFlight:
         for key in wanted:
             self._busy[key] = what
         task: asyncio.Task[T] = asyncio.ensure_future(work)
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
 
         def release(done: asyncio.Task[T]) -> None:
             for key in wanted:
                 self._busy.pop(key, None)
-            self._tasks.discard(done)  # type: ignore[arg-type]
+            self._tasks.discard(done)
             if not done.cancelled():
                 done.exception()  # mark retrieved: a caller that went away must not warn
 

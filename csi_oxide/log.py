@@ -36,7 +36,9 @@ def redact(
     return event
 
 
-def configure(*, fmt: LogFormat = "json", level: str = "info", stream: TextIO | None = None) -> None:
+def configure(
+    *, fmt: LogFormat = "json", level: str = "info", stream: TextIO | None = None
+) -> None:
     """Configure structlog (and the standard library root logger) once, at process start."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     out = stream if stream is not None else sys.stderr

@@ -25,7 +25,9 @@ def test_env_then_smbios(tmp_path: Path) -> None:
     assert resolve_node_id(None, {}, smbios_path=smbios) == UUID
 
 
-@pytest.mark.parametrize("bad", ["fake-node-id", "not-a-uuid", UUID.replace("-", ""), "{" + UUID + "}"])
+@pytest.mark.parametrize(
+    "bad", ["fake-node-id", "not-a-uuid", UUID.replace("-", ""), "{" + UUID + "}"]
+)
 def test_non_uuid_refused(bad: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="UUID"):
         resolve_node_id(bad, {}, smbios_path=tmp_path / "none")

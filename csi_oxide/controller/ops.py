@@ -8,6 +8,7 @@ error the Kubernetes user sees.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -166,7 +167,8 @@ class ControllerOps:
                 return self._check_existing(existing, spec)
             temporary = record.clone_snapshot_name(disk_name)
             snapshot_id = (await self._clone_snapshot(temporary, disk_name, spec.source.id)).id
-        try:
+        # Already exists: a retry, or a crash after create; compare what exists with the request.
+        with contextlib.suppress(OxideAlreadyExistsError):
             await self._api.disk_create(
                 DiskSpec(
                     name=disk_name,
@@ -176,8 +178,6 @@ class ControllerOps:
                     snapshot_id=snapshot_id,
                 )
             )
-        except OxideAlreadyExistsError:
-            pass  # a retry, or a crash after create: compare what exists with the request
         disk = await self._api.disk_view(disk_name)  # the 201 body's state is stale: re-read
         if temporary is not None:
             await self._delete_snapshot_if_present(temporary)

@@ -2,8 +2,8 @@
 
 ``OxideApi`` is what the controller holds. ``HttpOxideClient`` implements it over HTTP; tests run it
 against the simulator. All methods are coroutines. Selectors (``disk``, ``snapshot``, ``instance``)
-are a name or a UUID: names are looked up in the client's configured project, UUIDs globally, exactly
-as the API does. Every failure is an ``OxideError`` subclass (``csi_oxide.oxide.errors``).
+are a name or a UUID: names are looked up in the client's configured project, UUIDs globally,
+exactly as the API does. Every failure is an ``OxideError`` subclass (``csi_oxide.oxide.errors``).
 """
 
 from __future__ import annotations

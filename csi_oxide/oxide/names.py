@@ -23,10 +23,8 @@ def is_uuid(value: str) -> bool:
 
 
 def is_valid_name(value: str) -> bool:
-    """True for names the Oxide server accepts (stricter than the published regex: lowercase only)."""
-    return (
-        0 < len(value) <= MAX_NAME_LENGTH and bool(_NAME_RE.match(value)) and not is_uuid(value)
-    )
+    """True for names the Oxide server accepts (stricter than the published regex: lowercase)."""
+    return 0 < len(value) <= MAX_NAME_LENGTH and bool(_NAME_RE.match(value)) and not is_uuid(value)
 
 
 def is_canonical_uuid(value: str) -> bool:

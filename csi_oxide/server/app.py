@@ -106,7 +106,7 @@ class CsiServer:
         log.info("serving", endpoint=f"unix://{self.path}")
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting calls, let running ones finish for ``grace`` seconds, remove the socket."""
+        """Stop accepting calls, let running ones finish for ``grace`` s, remove the socket."""
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

@@ -249,4 +249,3 @@ class ControllerService(csi_grpc.ControllerServicer):
     ) -> csi.GetSnapshotResponse:
         info = await self._ops.get_snapshot(parse.require(request.snapshot_id, "snapshot_id"))
         return csi.GetSnapshotResponse(snapshot=_snapshot(info))
-

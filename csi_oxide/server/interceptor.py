@@ -79,7 +79,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _wrap(self, method: str, inner: Handler) -> Handler:
-        async def call(request: object, context: grpc.aio.ServicerContext[object, object]) -> object:
+        async def call(
+            request: object, context: grpc.aio.ServicerContext[object, object]
+        ) -> object:
             request_id = uuid.uuid4().hex[:16]
             ids = _ids(request)
             started = time.monotonic()
@@ -97,7 +99,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     code, message = status_for(exc), str(exc)
                 except NotImplementedError:
                     code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
-                except Exception as exc:  # noqa: BLE001 - the last line of defence: never crash
+                except Exception as exc:
                     code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
                     log.exception("rpc failed unexpectedly")
                 finally:

@@ -34,7 +34,8 @@ SUPPORTED_ACCESS_MODES = frozenset(
 )
 READ_ONLY_ACCESS_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY})
 
-# Mount flags that would change what gets mounted (rather than how) are not the StorageClass's to set.
+# Mount flags that would change what gets mounted (rather than how) are not the StorageClass's
+# to set.
 _FORBIDDEN_MOUNT_FLAGS = frozenset(
     {"bind", "rbind", "move", "remount", "loop", "make-shared", "make-private", "make-slave"}
 )
@@ -87,7 +88,7 @@ def path(value: str, field: str) -> str:
 
 
 def mount_flags(flags: Iterable[str]) -> tuple[str, ...]:
-    """Validated mount flags: non-empty, no whitespace or NUL, none that changes the mount source."""
+    """Validated mount flags: non-empty, no whitespace or NUL, none that changes the source."""
     out: list[str] = []
     for flag in flags:
         if not flag or any(c.isspace() or c == "\x00" for c in flag):
@@ -172,7 +173,9 @@ class VolumeParameters:
 
 def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
     """Accept ``fsType``, ``blockSize`` and the ``csi.storage.k8s.io/`` keys; refuse the rest."""
-    unknown = sorted(k for k in params if k not in ("fsType", "blockSize") and not k.startswith(K8S_PREFIX))
+    unknown = sorted(
+        k for k in params if k not in ("fsType", "blockSize") and not k.startswith(K8S_PREFIX)
+    )
     if unknown:
         raise InvalidArgumentError(
             f"unknown StorageClass parameter(s) {', '.join(unknown)}: accepted are fsType, "

@@ -13,7 +13,7 @@ class CommandError(Exception):
 def run_command(argv: Sequence[str], *, timeout: float = 60.0) -> str:
     """Run ``argv`` (no shell), return its stdout stripped; raise CommandError on failure."""
     try:
-        done = subprocess.run(  # noqa: S603 (argv is built by this package, never a shell)
+        done = subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -94,7 +94,7 @@ async def test_out_of_range(env: Env) -> None:
 
 
 async def test_quota_is_resource_exhausted() -> None:
-    sim, api = await _env(quota_gib=2)
+    _sim, api = await _env(quota_gib=2)
     ops = ControllerOps(api, cluster="test")
     await ops.create_volume(new("a", required=2 * GIB))
     with pytest.raises(ResourceExhaustedError):
@@ -186,7 +186,9 @@ async def test_snapshots_restore_and_clone(env: Env) -> None:
 
     clone = await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id)))
     assert clone.source == Source("volume", vol.volume_id)
-    assert await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id))) == clone
+    assert (
+        await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id))) == clone
+    )
     names = {s.name for s in await env.api.snapshot_list()}
     assert names == {snap.snapshot_id}  # the clone's temporary snapshot is gone
 

@@ -55,7 +55,13 @@ def test_long_record_falls_back_to_a_hash_within_512() -> None:
 
 @pytest.mark.parametrize(
     "description",
-    ["", "a disk made by hand", record.PREFIX + "{not json", record.PREFIX + "[1]", record.PREFIX + '{"n":"x"}'],
+    [
+        "",
+        "a disk made by hand",
+        record.PREFIX + "{not json",
+        record.PREFIX + "[1]",
+        record.PREFIX + '{"n":"x"}',
+    ],
 )
 def test_foreign_descriptions_are_not_ours(description: str) -> None:
     assert record.decode(description) is None

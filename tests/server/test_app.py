@@ -39,7 +39,9 @@ class Recorder:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[grpc.aio.Channel, FailingController, Health, Recorder]]:
+async def served(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[grpc.aio.Channel, FailingController, Health, Recorder]]:
     health = Health()
     controller = FailingController()
     recorder = Recorder()

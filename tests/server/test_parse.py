@@ -89,7 +89,13 @@ def test_unsupported_reason(mode: int, supported: bool) -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("/var/lib/x", True), ("/a/../b", True), ("some/path", False), ("", False), ("/a\x00b", False)],
+    [
+        ("/var/lib/x", True),
+        ("/a/../b", True),
+        ("some/path", False),
+        ("", False),
+        ("/a\x00b", False),
+    ],
 )
 def test_path(value: str, ok: bool) -> None:
     if ok:
@@ -110,13 +116,19 @@ def test_volume_parameters() -> None:
             "csi.storage.k8s.io/pv/name": "pvc-123",
         }
     )
-    assert params == parse.VolumeParameters(block_size=512, fs_type="xfs", pvc="team/data", pv="pvc-123")
+    assert params == parse.VolumeParameters(
+        block_size=512, fs_type="xfs", pvc="team/data", pv="pvc-123"
+    )
     assert parse.volume_parameters({}).block_size == 4096
 
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({"type": "ssd"}, "unknown"), ({"blockSize": "1024"}, "blockSize"), ({"fsType": "btrfs"}, "btrfs")],
+    [
+        ({"type": "ssd"}, "unknown"),
+        ({"blockSize": "1024"}, "blockSize"),
+        ({"fsType": "btrfs"}, "btrfs"),
+    ],
 )
 def test_volume_parameters_refused(params: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):

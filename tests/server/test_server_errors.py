@@ -40,5 +40,7 @@ def test_every_domain_error_has_a_code() -> None:
         for cls in vars(errors).values()
         if isinstance(cls, type) and issubclass(cls, errors.CsiOxideError)
     ]
-    missing = [c.__name__ for c in leaves if c is not errors.CsiOxideError and c not in STATUS_BY_ERROR]
+    missing = [
+        c.__name__ for c in leaves if c is not errors.CsiOxideError and c not in STATUS_BY_ERROR
+    ]
     assert missing == []
