@@ -17,7 +17,9 @@ Kubernetes user as they are, so they say what is wrong and what to do, and never
     ├── UnavailableError            a dependency is (hopefully briefly) unreachable
     ├── UnauthenticatedError        the Oxide API refused our credentials
     ├── PermissionDeniedError       the credentials lack a permission
-    └── UnimplementedError          the RPC is not served in this mode
+    ├── UnimplementedError          the RPC is not served in this mode
+    ├── InternalError               a state the driver refuses to guess about (needs an operator)
+    └── ConfigurationError          bad settings at start
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class PermissionDeniedError(CsiOxideError):
 
 class UnimplementedError(CsiOxideError):
     """The RPC is not implemented by this plugin, or not in the mode it runs in."""
+
+
+class InternalError(CsiOxideError):
+    """Oxide holds a state the driver cannot explain; it stops rather than risk data."""
 
 
 class ConfigurationError(CsiOxideError):

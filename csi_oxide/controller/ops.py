@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from csi_oxide.controller import record
+from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
     AbortedError,
@@ -132,6 +133,7 @@ class ControllerOps:
         self._api = api
         self._cluster = cluster
         self._inflight = inflight or InFlight()
+        self._expander = Expander(api, cluster=cluster)
 
     # ----------------------------------------------------------------------------- volumes
 
@@ -227,7 +229,7 @@ class ControllerOps:
         try:
             await self._api.disk_delete(volume_id)
         except OxideNotFoundError:
-            return
+            pass
         except OxideInvalidRequestError as exc:
             disk = await self._view_or_none(volume_id)
             if disk is None:
@@ -240,10 +242,19 @@ class ControllerOps:
             raise FailedPreconditionError(
                 f"Oxide refused to delete volume {volume_id} in state {disk.state}: {exc.message}"
             ) from exc
+        # A crash mid-expansion leaves the data in a snapshot; the volume's deletion ends it too.
+        await self._expander.discard(volume_id)
+
+    async def expand_volume(self, volume_id: str, capacity: CapacityRange) -> int:
+        """Grow the (detached) disk offline; returns its size. See ``controller.expand``."""
+        self._require_volume_id(volume_id)
+        return await self._inflight.run(
+            [volume_id], "ControllerExpandVolume", self._expander.expand(volume_id, capacity)
+        )
 
     async def get_volume(self, volume_id: str) -> VolumeInfo:
         """The volume and its condition; NotFoundError if there is no such disk."""
-        disk = await self._view_volume(volume_id, "volume")
+        disk = await self._view_or_recover(volume_id)
         return volume_info(disk, record.decode(disk.description))
 
     async def list_volumes(self) -> list[VolumeInfo]:
@@ -274,6 +285,12 @@ class ControllerOps:
 
     async def _publish(self, volume_id: str, node_id: str) -> None:
         try:
+            await self._api.instance_disk_attach(node_id, volume_id)
+        except OxideNotFoundError:
+            # The instance is missing, or the disk is (perhaps mid-expansion: finish that first).
+            await self._api.instance_view(node_id)
+            if await self._expander.settle(volume_id) is None:
+                raise NotFoundError(f"volume {volume_id} does not exist") from None
             await self._api.instance_disk_attach(node_id, volume_id)
         except OxideInvalidRequestError as exc:
             raise await self._explain_attach(volume_id, node_id, exc) from exc
@@ -344,7 +361,7 @@ class ControllerOps:
         try:
             if not _plausible_name(source):
                 raise OxideNotFoundError("no such disk")
-            snap = await self._api.snapshot_create(snap_name, rec.encode(), source)
+            snap = await self._snapshot_create(snap_name, rec, source)
         except OxideAlreadyExistsError:
             snap = await self._api.snapshot_view(snap_name)
             existing = record.owned_by(snap.description, self._cluster)
@@ -361,6 +378,13 @@ class ControllerOps:
         except OxideNotFoundError as exc:
             raise NotFoundError(f"source volume {source} does not exist") from exc
         return self._snapshot_info(snap)
+
+    async def _snapshot_create(self, name: str, rec: record.Record, source: str) -> Snapshot:
+        try:
+            return await self._api.snapshot_create(name, rec.encode(), source)
+        except OxideNotFoundError:
+            await self._view_or_recover(source)  # NotFoundError unless it was mid-expansion
+            return await self._api.snapshot_create(name, rec.encode(), source)
 
     def _snapshot_info(self, snap: Snapshot) -> SnapshotInfo:
         rec = record.decode(snap.description)
@@ -435,6 +459,20 @@ class ControllerOps:
             return await self._api.disk_view(volume_id)
         except OxideNotFoundError as exc:
             raise NotFoundError(f"{what} {volume_id} does not exist") from exc
+
+    async def _view_or_recover(self, volume_id: str) -> Disk:
+        """The disk; one caught mid-expansion is finished first (under its guard: ABORTED when
+        another operation on it is running)."""
+        if not _plausible_name(volume_id):
+            raise NotFoundError(f"volume {volume_id!r} does not exist")
+        disk = await self._view_or_none(volume_id)
+        if disk is None:
+            disk = await self._inflight.run(
+                [volume_id], "finish expansion", self._expander.settle(volume_id)
+            )
+        if disk is None:
+            raise NotFoundError(f"volume {volume_id} does not exist")
+        return disk
 
     async def _view_or_none(self, volume_id: str) -> Disk | None:
         try:

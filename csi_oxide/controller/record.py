@@ -81,6 +81,8 @@ class Record:
 
     ``name`` is the CSI name (``name_hash`` replaces it when the record would be too long);
     ``size`` the requested bytes; ``source`` ``snapshot:<id>`` or ``volume:<id>`` or "".
+    A temporary expansion snapshot carries the disk's record plus ``grow_from`` and ``grow_to``
+    (old and new disk sizes in bytes), enough to finish or roll back the expansion from it alone.
     """
 
     cluster: str
@@ -90,12 +92,20 @@ class Record:
     source: str = ""
     pvc: str = ""
     pv: str = ""
+    grow_from: int = 0
+    grow_to: int = 0
 
     def matches_name(self, csi_name: str) -> bool:
         """True when this record was written for ``csi_name``."""
         if self.name:
             return self.name == csi_name
         return self.name_hash == hashlib.sha256(csi_name.encode()).hexdigest()
+
+    def disk_name(self) -> str:
+        """The Oxide disk name of the volume this record was written for."""
+        if self.name:
+            return volume_name(self.name)
+        return VOLUME_PREFIX + self.name_hash[:16]
 
     def encode(self) -> str:
         """The description text; shortened (hash instead of name, no PVC/PV) to fit 512."""
@@ -116,6 +126,8 @@ class Record:
             ("src", self.source),
             ("pvc", self.pvc),
             ("pv", self.pv),
+            ("gf", self.grow_from),
+            ("gt", self.grow_to),
         ):
             if value:
                 fields[key] = value
@@ -137,15 +149,20 @@ def decode(description: str) -> Record | None:
         value = data.get(key, "")
         return value if isinstance(value, str) else ""
 
-    size = data.get("s", 0)
+    def number(key: str) -> int:
+        value = data.get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
     return Record(
         cluster=data["c"],
         name=text("n"),
         name_hash=text("h"),
-        size=size if isinstance(size, int) else 0,
+        size=number("s"),
         source=text("src"),
         pvc=text("pvc"),
         pv=text("pv"),
+        grow_from=number("gf"),
+        grow_to=number("gt"),
     )
 
 

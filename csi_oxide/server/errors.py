@@ -23,6 +23,7 @@ STATUS_BY_ERROR: dict[type[errors.CsiOxideError], grpc.StatusCode] = {
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.ConfigurationError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

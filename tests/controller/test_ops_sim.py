@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
-import httpx
 import pytest
+from controller_helpers import GIB, Env, make_env, new
 
 from csi_oxide.controller import record
-from csi_oxide.controller.ops import ControllerOps, NewVolume, Source
-from csi_oxide.controller.sizing import CapacityRange
+from csi_oxide.controller.ops import ControllerOps, Source
 from csi_oxide.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -18,48 +14,6 @@ from csi_oxide.errors import (
     OutOfRangeError,
     ResourceExhaustedError,
 )
-from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.sim import SimConfig, Simulator
-
-GIB = 1024**3
-
-
-@dataclass
-class Env:
-    sim: Simulator
-    api: HttpOxideClient
-    ops: ControllerOps
-    node: str
-
-
-async def _env(**config: object) -> tuple[Simulator, HttpOxideClient]:
-    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
-    transport = httpx.ASGITransport(app=sim.asgi_app(validate=True))
-    api = HttpOxideClient.for_tests(
-        host="http://sim", token=sim.token, project=sim.config.project, transport=transport
-    )
-    return sim, api
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    sim, api = await _env(hotplug=True, instances=1)
-    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
-    await api.aclose()
-    assert sim.contract_violations == []
-
-
-@pytest.fixture
-async def cold_env() -> AsyncIterator[Env]:
-    """Today's racks: no hot-plug, so attach and detach need a stopped instance."""
-    sim, api = await _env(hotplug=False)
-    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
-    await api.aclose()
-    assert sim.contract_violations == []
-
-
-def new(name: str = "pvc-1", required: int = GIB, limit: int = 0, **kw: object) -> NewVolume:
-    return NewVolume(name=name, capacity=CapacityRange(required, limit), **kw)  # type: ignore[arg-type]
 
 
 async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:
@@ -94,7 +48,7 @@ async def test_out_of_range(env: Env) -> None:
 
 
 async def test_quota_is_resource_exhausted() -> None:
-    _sim, api = await _env(quota_gib=2)
+    _sim, api = await make_env(quota_gib=2)
     ops = ControllerOps(api, cluster="test")
     await ops.create_volume(new("a", required=2 * GIB))
     with pytest.raises(ResourceExhaustedError):

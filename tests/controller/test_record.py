@@ -65,3 +65,16 @@ def test_long_record_falls_back_to_a_hash_within_512() -> None:
 )
 def test_foreign_descriptions_are_not_ours(description: str) -> None:
     assert record.decode(description) is None
+
+
+@pytest.mark.parametrize("name", ["pvc-1", "é" * 200])
+def test_disk_name_survives_the_hash_fallback(name: str) -> None:
+    rec = record.Record(cluster="c" * 100, name=name, size=1, pvc="n" * 150, pv="p" * 150)
+    decoded = record.decode(rec.encode())
+    assert decoded is not None
+    assert decoded.disk_name() == record.volume_name(name)
+
+
+def test_grow_sizes_round_trip() -> None:
+    rec = record.Record(cluster="prod", name="pvc-1", size=5, grow_from=1 << 30, grow_to=2 << 30)
+    assert record.decode(rec.encode()) == rec

@@ -1,0 +1,178 @@
+"""Offline expansion: Oxide cannot resize a disk, so the driver re-creates it from a snapshot.
+
+The steps, each resumable from what exists in Oxide (all names are deterministic):
+
+1. check that the disk is ours, detached, smaller than asked, and that the silo quota holds the
+   new size;
+2. snapshot the disk as ``tmp-grow-<hash>``; the snapshot's description carries the disk's own
+   record plus the old and new sizes, so the snapshot alone is enough to finish or undo the work;
+3. delete the disk;
+4. create the disk again under the same name from the snapshot, at the new size (on a late 507,
+   create it at the old size instead and answer RESOURCE_EXHAUSTED);
+5. delete the snapshot.
+
+The data always sits in at least one durable object. When the disk exists, any ``tmp-grow-``
+snapshot of it is redundant (the disk holds the data), with one exception that is treated as an
+error rather than guessed at: a disk newer than the snapshot and not made from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from datetime import datetime
+
+from csi_oxide.controller import record
+from csi_oxide.controller.sizing import CapacityRange, disk_size
+from csi_oxide.errors import (
+    FailedPreconditionError,
+    InternalError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from csi_oxide.oxide.api import OxideApi
+from csi_oxide.oxide.errors import (
+    OxideAlreadyExistsError,
+    OxideInsufficientCapacityError,
+    OxideInvalidRequestError,
+    OxideNotFoundError,
+)
+from csi_oxide.oxide.types import Disk, DiskSpec, Snapshot
+
+
+class Expander:
+    """Grows (and repairs half-grown) disks of one cluster. Callers hold the volume's guard."""
+
+    def __init__(self, api: OxideApi, *, cluster: str) -> None:
+        self._api = api
+        self._cluster = cluster
+
+    async def expand(self, volume_id: str, capacity: CapacityRange) -> int:
+        """Grow ``volume_id`` to satisfy ``capacity``; returns the disk size in bytes."""
+        disk = await self.settle(volume_id)
+        if disk is None:
+            raise NotFoundError(f"volume {volume_id} does not exist")
+        rec = record.owned_by(disk.description, self._cluster)
+        if rec is None:
+            raise FailedPreconditionError(
+                f"volume {volume_id} was not provisioned by this driver in this cluster; "
+                "expanding it would re-create the disk and lose its identity, so it is refused"
+            )
+        if disk.size >= capacity.required:
+            return disk.size
+        if disk.published:
+            raise FailedPreconditionError(
+                f"volume {volume_id} is attached to node {disk.instance_id}: Oxide disks can only "
+                "be expanded while detached (offline expansion); the resizer retries once the "
+                "pod using it is gone"
+            )
+        new_size = disk_size(capacity, minimum=disk.size)
+        await self._check_quota(volume_id, disk.size, new_size)
+        snap = await self._take_snapshot(disk, replace(rec, grow_from=disk.size, grow_to=new_size))
+        await self._delete_original(disk, snap)
+        return await self._recreate(volume_id, snap)
+
+    async def settle(self, volume_id: str) -> Disk | None:
+        """Finish whatever expansion of ``volume_id`` a crash interrupted; the disk afterwards
+        (None when there is neither a disk nor an expansion snapshot)."""
+        disk = await self._disk_or_none(volume_id)
+        snap = await self._snapshot_or_none(record.grow_snapshot_name(volume_id))
+        if snap is None:
+            return disk
+        if disk is None:
+            await self._recreate(volume_id, snap)
+            return await self._api.disk_view(volume_id)
+        _check_redundant(disk, snap)
+        await self._delete_snapshot(snap.name)
+        return disk
+
+    async def discard(self, volume_id: str) -> None:
+        """Delete the expansion snapshot of a volume being deleted (DeleteVolume's cleanup)."""
+        await self._delete_snapshot(record.grow_snapshot_name(volume_id))
+
+    async def _check_quota(self, volume_id: str, old: int, new: int) -> None:
+        # The snapshot (old size) is counted until the disk is deleted; then the new disk is.
+        free = (await self._api.utilization_view()).free_storage
+        if free < new:
+            raise ResourceExhaustedError(
+                f"expanding volume {volume_id} from {old} to {new} bytes needs {new} bytes of "
+                f"silo quota free while it is re-created; {free} are free. Nothing was changed."
+            )
+
+    async def _take_snapshot(self, disk: Disk, rec: record.Record) -> Snapshot:
+        name = record.grow_snapshot_name(disk.name)
+        try:
+            return await self._api.snapshot_create(name, rec.encode(), disk.name)
+        except OxideAlreadyExistsError:
+            return await self._api.snapshot_view(name)  # our own, made by a retried request
+
+    async def _delete_original(self, disk: Disk, snap: Snapshot) -> None:
+        try:
+            await self._api.disk_delete(disk.name)
+        except OxideNotFoundError:
+            return  # a retried request deleted it
+        except OxideInvalidRequestError as exc:
+            await self._delete_snapshot(snap.name)  # nothing else changed: undo step 2
+            raise FailedPreconditionError(
+                f"Oxide refused to delete volume {disk.name} for re-creation ({exc.message}); "
+                "nothing was changed"
+            ) from exc
+
+    async def _recreate(self, volume_id: str, snap: Snapshot) -> int:
+        rec = record.owned_by(snap.description, self._cluster)
+        if rec is None or not rec.grow_to:
+            raise InternalError(
+                f"expansion snapshot {snap.name} of volume {volume_id} carries no record of this "
+                "cluster; it was left untouched for an operator to inspect"
+            )
+        disk_rec = replace(rec, grow_from=0, grow_to=0, size=max(rec.size, rec.grow_to))
+        try:
+            await self._create_from(volume_id, snap, disk_rec, rec.grow_to)
+        except OxideInsufficientCapacityError as exc:
+            old = replace(rec, grow_from=0, grow_to=0)
+            await self._create_from(volume_id, snap, old, rec.grow_from or snap.size)
+            await self._delete_snapshot(snap.name)
+            raise ResourceExhaustedError(
+                f"Oxide has no room for volume {volume_id} at {rec.grow_to} bytes ({exc.message}); "
+                f"it was restored at its previous size, {rec.grow_from or snap.size} bytes"
+            ) from exc
+        await self._delete_snapshot(snap.name)
+        return (await self._api.disk_view(volume_id)).size
+
+    async def _create_from(
+        self, volume_id: str, snap: Snapshot, rec: record.Record, size: int
+    ) -> None:
+        spec = DiskSpec(name=volume_id, description=rec.encode(), size=size, snapshot_id=snap.id)
+        with contextlib.suppress(OxideAlreadyExistsError):  # a retried request made it
+            await self._api.disk_create(spec)
+
+    async def _delete_snapshot(self, name: str) -> None:
+        with contextlib.suppress(OxideNotFoundError):
+            await self._api.snapshot_delete(name)
+
+    async def _disk_or_none(self, name: str) -> Disk | None:
+        try:
+            return await self._api.disk_view(name)
+        except OxideNotFoundError:
+            return None
+
+    async def _snapshot_or_none(self, name: str) -> Snapshot | None:
+        try:
+            return await self._api.snapshot_view(name)
+        except OxideNotFoundError:
+            return None
+
+
+def _check_redundant(disk: Disk, snap: Snapshot) -> None:
+    """Refuse to delete ``snap`` unless ``disk`` provably holds its data: the disk was made from
+    the snapshot (step 4 ran), or the disk predates it (step 3 did not run)."""
+    if disk.snapshot_id == snap.id or _before(disk.time_created, snap.time_created):
+        return
+    raise InternalError(
+        f"volume {disk.name} exists beside expansion snapshot {snap.name} but was neither made "
+        "from it nor before it; both were left untouched for an operator to inspect"
+    )
+
+
+def _before(a: datetime, b: datetime) -> bool:
+    return a <= b

@@ -1,0 +1,115 @@
+"""The reconciler: finishes or rolls back what a crash left behind, at start and periodically.
+
+It looks only at temporary snapshots (``tmp-grow-``, ``tmp-clone-``) that carry this cluster's
+marker and are older than ``stale_after``, so it never races an operation still running in this
+or another controller replica. For each it takes the volume's guard (skipping the volume when an
+RPC holds it) and then:
+
+- expansion snapshot: finishes the expansion (re-creates a missing disk from it) or deletes it
+  when the disk provably holds the data (``Expander.settle``);
+- clone snapshot: deletes it (CreateVolume re-makes it if the clone is retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from csi_oxide.controller import record
+from csi_oxide.controller.expand import Expander
+from csi_oxide.errors import AbortedError, CsiOxideError
+from csi_oxide.inflight import InFlight
+from csi_oxide.oxide.api import OxideApi
+from csi_oxide.oxide.errors import OxideNotFoundError
+from csi_oxide.oxide.types import Snapshot
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_STALE_AFTER = timedelta(minutes=10)
+
+
+@dataclass
+class Pass:
+    """What one reconciler pass did (for logs and tests)."""
+
+    finished: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    """Repairs leftovers of interrupted controller operations of one cluster."""
+
+    def __init__(
+        self,
+        api: OxideApi,
+        *,
+        cluster: str,
+        inflight: InFlight,
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._api = api
+        self._cluster = cluster
+        self._inflight = inflight
+        self._expander = Expander(api, cluster=cluster)
+        self._stale_after = stale_after
+        self._now = now
+
+    async def run_once(self) -> Pass:
+        """One pass over the project's temporary snapshots."""
+        result = Pass()
+        for snap in await self._api.snapshot_list():
+            rec = self._stale_record(snap)
+            if rec is None:
+                continue
+            try:
+                await self._repair(snap, rec, result)
+            except AbortedError:
+                result.skipped.append(snap.name)
+            except CsiOxideError as exc:
+                result.failed.append(snap.name)
+                log.warning("reconcile failed", snapshot=snap.name, error=str(exc))
+        if result.finished or result.deleted or result.failed:
+            log.info("reconcile pass", **vars(result))
+        return result
+
+    async def run_forever(self, interval: float) -> None:
+        """Pass after pass, ``interval`` seconds apart; errors are logged, never fatal."""
+        while True:
+            try:
+                await self.run_once()
+            except CsiOxideError as exc:
+                log.warning("reconcile pass failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    def _stale_record(self, snap: Snapshot) -> record.Record | None:
+        if not record.is_temporary_snapshot_name(snap.name):
+            return None
+        if self._now() - snap.time_created < self._stale_after:
+            return None
+        return record.owned_by(snap.description, self._cluster)
+
+    async def _repair(self, snap: Snapshot, rec: record.Record, result: Pass) -> None:
+        if snap.name.startswith(record.GROW_PREFIX):
+            disk_name = rec.disk_name()
+            if record.grow_snapshot_name(disk_name) != snap.name:
+                return  # a record that does not describe this snapshot's volume: leave it
+            await self._inflight.run(
+                [disk_name], "reconcile expansion", self._expander.settle(disk_name)
+            )
+            result.finished.append(disk_name)
+            return
+        await self._inflight.run([rec.name], "reconcile clone", self._delete(snap.name))
+        result.deleted.append(snap.name)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self._api.snapshot_delete(name)
+        except OxideNotFoundError:
+            return
