@@ -119,8 +119,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    print("csi-oxide doctor: not available yet", file=sys.stderr)
-    return 1
+    from csi_oxide import doctor
+
+    return doctor.run(args.mode, os.environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ CAPABILITIES = (
     Cap.GET_VOLUME,
     Cap.VOLUME_CONDITION,
     Cap.SINGLE_NODE_MULTI_WRITER,
+    Cap.EXPAND_VOLUME,
 )
 
 
@@ -201,6 +202,24 @@ class ControllerService(csi_grpc.ControllerServicer):
                 published_node_ids=[info.published_node] if info.published_node else [],
                 volume_condition=_condition(info),
             ),
+        )
+
+    async def ControllerExpandVolume(
+        self, request: csi.ControllerExpandVolumeRequest, context: Ctx
+    ) -> csi.ControllerExpandVolumeResponse:
+        volume_id = parse.require(request.volume_id, "volume_id")
+        if not request.HasField("capacity_range"):
+            raise InvalidArgumentError("capacity_range is required")
+        capacity = parse.capacity_range(request.capacity_range)
+        block = False
+        if request.HasField("volume_capability"):
+            cap = parse.capability(request.volume_capability)
+            _supported([cap])
+            block = cap.block
+        size = await self._ops.expand_volume(volume_id, capacity)
+        # A filesystem is grown by the node at the next stage; a raw block volume needs nothing.
+        return csi.ControllerExpandVolumeResponse(
+            capacity_bytes=size, node_expansion_required=not block
         )
 
     async def GetCapacity(
