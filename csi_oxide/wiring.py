@@ -15,7 +15,6 @@ from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
 from csi_oxide.metrics import Metrics, serve_metrics
-from csi_oxide.node.ops import build_node_ops
 from csi_oxide.nodeid import resolve_node_id
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import load_credentials
@@ -77,6 +76,8 @@ async def build_server(
     if args.mode in ("controller", "all"):
         controller, closers = _controller(args, env, health, metrics)
     if args.mode in ("node", "all"):
+        from csi_oxide.node.ops import build_node_ops  # pyudev: only the node needs it
+
         node_id = resolve_node_id(args.node_id, env)
         device_dir = Path(args.sim_device_dir) if args.sim_device_dir else None
         node = NodeService(node_id=node_id, ops=build_node_ops(sim_device_dir=device_dir))

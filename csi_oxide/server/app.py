@@ -93,12 +93,11 @@ class CsiServer:
             ],
         )
         csi_grpc.add_IdentityServicer_to_server(self._services.identity, server)
-        # Controller and Node are always registered: a service not served in this mode answers
-        # UNIMPLEMENTED through the generated base class rather than "unknown service".
-        csi_grpc.add_ControllerServicer_to_server(
-            self._services.controller or csi_grpc.ControllerServicer(), server
-        )
-        csi_grpc.add_NodeServicer_to_server(self._services.node or csi_grpc.NodeServicer(), server)
+        # A service not served in this mode is not registered: gRPC answers UNIMPLEMENTED.
+        if self._services.controller is not None:
+            csi_grpc.add_ControllerServicer_to_server(self._services.controller, server)
+        if self._services.node is not None:
+            csi_grpc.add_NodeServicer_to_server(self._services.node, server)
         server.add_insecure_port(f"unix://{self.path}")
         await server.start()
         os.chmod(self.path, 0o660)

@@ -15,7 +15,7 @@ from csi_oxide.controller.ops import (
     Source,
     VolumeInfo,
 )
-from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.errors import InvalidArgumentError, UnimplementedError
 from csi_oxide.server import parse
 
 Ctx = grpc.aio.ServicerContext[object, object]
@@ -220,6 +220,13 @@ class ControllerService(csi_grpc.ControllerServicer):
         # A filesystem is grown by the node at the next stage; a raw block volume needs nothing.
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=size, node_expansion_required=not block
+        )
+
+    async def ControllerModifyVolume(
+        self, request: csi.ControllerModifyVolumeRequest, context: Ctx
+    ) -> csi.ControllerModifyVolumeResponse:
+        raise UnimplementedError(
+            "ControllerModifyVolume is not supported: Oxide disks have no mutable parameters"
         )
 
     async def GetCapacity(

@@ -31,7 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.CsiOxideError], grpc.StatusCode] = {
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC code for ``exc``; INTERNAL for anything that is not one of ours."""
     for cls in type(exc).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        code = STATUS_BY_ERROR.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 import grpc
 import structlog
@@ -22,6 +22,8 @@ from csi_oxide.errors import CsiOxideError
 from csi_oxide.server.errors import status_for
 
 log = structlog.get_logger("csi_oxide.rpc")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 # Request fields worth carrying on every log line of a call (never secrets).
 _ID_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "node_id", "name")
@@ -62,18 +64,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
         continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[object, object]]
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]
         ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[object, object]:
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner: Handler = handler.unary_unary  # type: ignore[assignment]
+        # grpc's stubs type the handler as synchronous; in grpc.aio it is a coroutine function.
+        inner = cast(Handler, handler.unary_unary)
         wrapped = self._wrap(method, inner)
         return grpc.unary_unary_rpc_method_handler(
-            wrapped,  # type: ignore[arg-type]
+            wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from controller_helpers import Env, make_env
 
 from csi_oxide.controller.ops import ControllerOps
+
+from .controller_helpers import Env, make_env
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from controller_helpers import GIB, Env, make_env, new
 
 from csi_oxide.controller import record
 from csi_oxide.controller.ops import ControllerOps, Source
@@ -28,6 +27,8 @@ from csi_oxide.errors import (
 )
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
+
+from .controller_helpers import GIB, Env, make_env, new
 
 DATA = b"precious user data"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from controller_helpers import GIB, Env, make_env, new
 
 from csi_oxide.controller import record
 from csi_oxide.controller.ops import ControllerOps, Source
@@ -14,6 +13,8 @@ from csi_oxide.errors import (
     OutOfRangeError,
     ResourceExhaustedError,
 )
+
+from .controller_helpers import GIB, Env, make_env, new
 
 
 async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:

@@ -17,7 +17,8 @@ from csi_oxide.server.identity import IdentityService
 
 
 class FailingController(csi_grpc.ControllerServicer):
-    """Raises what the test asks for, to exercise the interceptor."""
+    """Raises what the test asks for, to exercise the interceptor (other RPCs: the generated
+    base class's UNIMPLEMENTED)."""
 
     def __init__(self) -> None:
         self.raise_next: BaseException | None = None
@@ -43,7 +44,7 @@ async def served(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[grpc.aio.Channel, FailingController, Health, Recorder]]:
     health = Health()
-    controller = FailingController()
+    controller = FailingController()  # type: ignore[abstract]
     recorder = Recorder()
     server = CsiServer(
         f"unix://{tmp_path}/csi.sock",
