@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from csi_oxide.node.ops import NodeOps
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from csi_oxide.inflight import InFlight
+from csi_oxide.node.ops import NodeOps
 from csi_oxide.oxide.names import is_valid_name
 from csi_oxide.server import parse
 

@@ -1,0 +1,163 @@
+"""Finding the block device of an attached volume, by its NVMe serial, with pyudev.
+
+An Oxide guest sees each attached disk as an NVMe namespace whose controller serial is the first
+20 bytes of the disk name, and the volume ID is the disk name: that is the only identity the node
+trusts. With a simulator device directory, a loop device whose backing file lies directly in that
+directory stands in for a disk, its base name playing the serial.
+
+When the device is not there yet, the finder listens to the kernel's uevents (no udevd needed;
+attaching a loop device sends ``change``, an NVMe hot-plug ``add``) and re-scans sysfs, until a
+deadline. pyudev and sysfs reads block, so they run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyudev
+
+from csi_oxide.errors import FailedPreconditionError, NotFoundError
+
+SERIAL_BYTES = 20
+MAX_DISKS_PER_INSTANCE = 12
+_CSI_SERIAL = re.compile(rb"^csi-[0-9a-f]{16}$")
+POLL_SECONDS = 0.5
+
+
+def serial_of(volume_id: str) -> bytes:
+    """The serial the guest sees for the disk named ``volume_id``."""
+    return volume_id.encode()[:SERIAL_BYTES]
+
+
+def normalize_serial(raw: bytes) -> bytes:
+    """A serial as read from sysfs, without the padding (NULs, spaces, newline)."""
+    return raw.rstrip(b"\x00 \n\t")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDevice:
+    """A whole-disk block device and the identity read from it."""
+
+    path: str
+    serial: bytes
+    sys_path: str
+    major_minor: str
+
+
+class UdevDeviceFinder:
+    """Finds attached volumes' devices; see the module docstring."""
+
+    def __init__(self, *, sim_device_dir: Path | None = None, timeout: float = 60.0) -> None:
+        self._sim_dir = sim_device_dir.resolve() if sim_device_dir else None
+        self._timeout = timeout
+        self._context = pyudev.Context()
+
+    # ---- scanning (blocking) ----
+
+    def scan(self) -> list[BlockDevice]:
+        """Every whole disk that has an identity we understand."""
+        found = []
+        for dev in self._context.list_devices(subsystem="block", DEVTYPE="disk"):
+            serial = self._serial(Path(dev.sys_path), dev.sys_name)
+            if serial is not None and dev.device_node:
+                found.append(BlockDevice(dev.device_node, serial, dev.sys_path, _major_minor(dev)))
+        return found
+
+    def _serial(self, sys_path: Path, name: str) -> bytes | None:
+        if name.startswith("nvme"):
+            return _read(sys_path / "device" / "serial")
+        if name.startswith("loop") and self._sim_dir is not None:
+            backing = _read(sys_path / "loop" / "backing_file")
+            if not backing or backing.endswith(b" (deleted)"):
+                return None
+            file = Path(backing.decode(errors="replace"))
+            if file.parent == self._sim_dir:
+                return file.name.encode()[:SERIAL_BYTES]
+        return None
+
+    def current_serial(self, device: BlockDevice) -> bytes | None:
+        """The serial ``device`` has now (None when it is gone)."""
+        name = Path(device.sys_path).name
+        return self._serial(Path(device.sys_path), name)
+
+    # ---- async API ----
+
+    async def find_now(self, volume_id: str) -> BlockDevice | None:
+        """The device of ``volume_id`` if attached now; refuses an ambiguous match."""
+        return _only(volume_id, await asyncio.to_thread(self.scan))
+
+    async def find(self, volume_id: str) -> BlockDevice:
+        """The device of ``volume_id``, waiting for it to appear up to the timeout."""
+        return await asyncio.to_thread(self._wait, volume_id)
+
+    async def verify(self, device: BlockDevice, volume_id: str) -> None:
+        """Check, right before a write, that ``device`` still is ``volume_id``'s disk."""
+        now = await asyncio.to_thread(self.current_serial, device)
+        if now != serial_of(volume_id):
+            raise FailedPreconditionError(
+                f"{device.path} no longer carries serial {serial_of(volume_id)!r} of volume "
+                f"{volume_id} (it has {now!r}); nothing was written"
+            )
+
+    async def max_volumes(self) -> int:
+        """12 minus the NVMe disks present that are not CSI volumes (the boot disk, ...)."""
+        devices = await asyncio.to_thread(self.scan)
+        others = [d for d in devices if "nvme" in d.path and not _CSI_SERIAL.match(d.serial)]
+        return max(0, MAX_DISKS_PER_INSTANCE - len(others))
+
+    def _wait(self, volume_id: str) -> BlockDevice:
+        monitor = self._monitor()
+        deadline = time.monotonic() + self._timeout
+        while True:
+            found = _only(volume_id, self.scan())
+            if found is not None:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NotFoundError(
+                    f"volume {volume_id} is not attached to this node: no block device with "
+                    f"serial {serial_of(volume_id).decode()!r} appeared within "
+                    f"{self._timeout:.0f}s"
+                )
+            if monitor is not None:
+                monitor.poll(timeout=min(POLL_SECONDS, left))  # any block event: re-scan
+            else:
+                time.sleep(min(POLL_SECONDS, left))
+
+    def _monitor(self) -> pyudev.Monitor | None:
+        try:
+            monitor = pyudev.Monitor.from_netlink(self._context, source="kernel")
+            monitor.filter_by("block")
+            monitor.start()
+        except (OSError, ValueError):
+            return None  # no netlink here: fall back to re-scanning
+        return monitor
+
+
+def _only(volume_id: str, devices: list[BlockDevice]) -> BlockDevice | None:
+    wanted = serial_of(volume_id)
+    matches = [d for d in devices if d.serial == wanted]
+    if len(matches) > 1:
+        paths = ", ".join(d.path for d in matches)
+        raise FailedPreconditionError(
+            f"several devices carry serial {wanted.decode()!r} of volume {volume_id} ({paths}); "
+            "refusing to guess which one is the volume"
+        )
+    return matches[0] if matches else None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return normalize_serial(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _major_minor(dev: pyudev.Device) -> str:
+    number = dev.device_number
+    return f"{os.major(number)}:{os.minor(number)}"

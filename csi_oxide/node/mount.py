@@ -1,0 +1,53 @@
+"""Mounting with util-linux ``mount``/``umount`` and reading what is mounted where."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+
+from csi_oxide.node import mountinfo
+from csi_oxide.node.exec import run
+from csi_oxide.node.mountinfo import Mount
+
+
+class LinuxMounter:
+    """Mount operations; every path is compared after resolving symlinks."""
+
+    async def mount(self, source: str, target: str, fstype: str, options: Sequence[str]) -> None:
+        """Mount the filesystem on ``source`` at ``target``."""
+        argv = ["mount", "-t", fstype]
+        if options:
+            argv += ["-o", ",".join(options)]
+        await run([*argv, source, target])
+
+    async def bind(
+        self, source: str, target: str, *, read_only: bool, options: Sequence[str] = ()
+    ) -> None:
+        """Bind-mount ``source`` (a directory, or a device onto a file) at ``target``."""
+        await run(["mount", "--bind", source, target])
+        extra = [*options, "ro"] if read_only else list(options)
+        if extra:
+            try:
+                await run(["mount", "-o", ",".join(["remount", "bind", *extra]), target])
+            except Exception:
+                await run(["umount", target])  # never leave a writable bind behind
+                raise
+
+    async def unmount(self, target: str) -> None:
+        """Unmount the top mount at ``target``."""
+        await run(["umount", target])
+
+    async def mounts_at(self, path: str) -> list[Mount]:
+        """The mounts whose mount point is ``path`` (after resolving symlinks), bottom first."""
+        return await asyncio.to_thread(_mounts_at, path)
+
+    async def mounts_of(self, major_minor: str) -> list[Mount]:
+        """Every mount of the block device ``major_minor``."""
+        table = await asyncio.to_thread(mountinfo.read)
+        return [m for m in table if m.major_minor == major_minor]
+
+
+def _mounts_at(path: str) -> list[Mount]:
+    real = os.path.realpath(path)
+    return [m for m in mountinfo.read() if m.mount_point == real]

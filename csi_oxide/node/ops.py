@@ -1,0 +1,271 @@
+"""Node operations at the domain level, each idempotent: stage, publish, stats, expand.
+
+Stage (filesystem volumes): find the device by serial, then mount what is on it. A device with a
+filesystem of the requested type is mounted (and grown to the device's size); a provably blank one
+is formatted first, after a last identity check; anything else (another filesystem, a partition
+table, raw data) is refused untouched. Raw block volumes need no staging beyond the device being
+there; publish bind-mounts the device node onto a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from csi_oxide.node import fs
+from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder, serial_of
+from csi_oxide.node.mount import LinuxMounter
+from csi_oxide.node.mountinfo import Mount
+
+MKFS_CONCURRENCY = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeStats:
+    """Usage of a staged or published volume; ``abnormal`` says what is wrong, if anything."""
+
+    total_bytes: int
+    available_bytes: int
+    used_bytes: int
+    total_inodes: int
+    available_inodes: int
+    used_inodes: int
+    block: bool
+    abnormal: str | None
+
+
+class NodeOps:
+    """The node's data path over a device finder and a mounter."""
+
+    def __init__(self, devices: UdevDeviceFinder, mounter: LinuxMounter) -> None:
+        self._devices = devices
+        self._mounter = mounter
+        self._format_slots = asyncio.Semaphore(MKFS_CONCURRENCY)
+
+    async def max_volumes(self) -> int:
+        """Volumes this node can still take: 12 minus non-CSI NVMe disks (never negative)."""
+        return await self._devices.max_volumes()
+
+    # ---- stage ----
+
+    async def stage(
+        self,
+        volume_id: str,
+        staging: str,
+        *,
+        fs_type: str,
+        mount_flags: Sequence[str],
+        block: bool,
+    ) -> None:
+        """Make the volume ready on this node (mount its filesystem at ``staging``)."""
+        fstype = "" if block else fs.check_fstype(fs_type)
+        device = await self._devices.find(volume_id)
+        if block:
+            return
+        await asyncio.to_thread(os.makedirs, staging, exist_ok=True)
+        mounted = await self._mounter.mounts_at(staging)
+        if mounted:
+            _require_same_device(mounted[-1], device, staging)
+            return
+        async with self._format_slots:
+            fresh = await self._prepare(volume_id, device, fstype)
+        options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
+        await self._mounter.mount(device.path, staging, fstype, options)
+        if not fresh:
+            await fs.grow(fstype, device.path, staging)
+
+    async def _prepare(self, volume_id: str, device: BlockDevice, fstype: str) -> bool:
+        """Format the device if (and only if) it is blank; True when it was formatted."""
+        found = await fs.probe(device.path)
+        if found.fstype == fstype:
+            return False
+        if found.found:
+            what = found.fstype or found.pttype or found.usage
+            raise FailedPreconditionError(
+                f"volume {volume_id} ({device.path}) holds {what!r}, not {fstype}; it was left "
+                "untouched (a volume is never re-formatted)"
+            )
+        if not await fs.is_blank(device.path):
+            raise FailedPreconditionError(
+                f"volume {volume_id} ({device.path}) has no filesystem but is not blank (it holds "
+                "data, perhaps written in raw block mode); it was left untouched"
+            )
+        await self._devices.verify(device, volume_id)
+        await fs.mkfs(device.path, fstype)
+        return True
+
+    async def unstage(self, volume_id: str, staging: str) -> None:
+        """Unmount the staging path (all stacked mounts); done when nothing is mounted there."""
+        while await self._mounter.mounts_at(staging):
+            await self._mounter.unmount(staging)
+
+    # ---- publish ----
+
+    async def publish(
+        self,
+        volume_id: str,
+        staging: str,
+        target: str,
+        *,
+        block: bool,
+        read_only: bool,
+        mount_flags: Sequence[str],
+        single_writer: bool,
+    ) -> None:
+        """Bind the staged filesystem (or the device) at ``target``."""
+        device = await self._devices.find_now(volume_id)
+        if device is None:
+            raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
+        source = device.path if block else await self._staged_source(volume_id, staging, device)
+        existing = await self._mounter.mounts_at(target)
+        if existing:
+            await self._check_republish(existing[-1], device, target, block, read_only)
+            return
+        if single_writer:
+            await self._refuse_second_writer(device, staging, target)
+        await asyncio.to_thread(_make_target, target, block)
+        await self._mounter.bind(source, target, read_only=read_only, options=mount_flags)
+
+    async def _staged_source(self, volume_id: str, staging: str, device: BlockDevice) -> str:
+        mounted = await self._mounter.mounts_at(staging)
+        if not mounted:
+            raise FailedPreconditionError(
+                f"volume {volume_id} is not staged at {staging}: NodeStageVolume first"
+            )
+        _require_same_device(mounted[-1], device, staging)
+        return staging
+
+    async def _check_republish(
+        self, top: Mount, device: BlockDevice, target: str, block: bool, read_only: bool
+    ) -> None:
+        if block:
+            rdev = await asyncio.to_thread(_rdev, target)
+            if rdev != device.major_minor:
+                raise AlreadyExistsError(f"{target} is already a different block device")
+        else:
+            _require_same_device(top, device, target)
+        if top.read_only != read_only:
+            raise AlreadyExistsError(
+                f"volume is already published at {target} "
+                f"{'read-only' if top.read_only else 'read-write'}; the request differs"
+            )
+
+    async def _refuse_second_writer(self, device: BlockDevice, staging: str, target: str) -> None:
+        real = await asyncio.to_thread(lambda: {os.path.realpath(p) for p in (staging, target)})
+        mounts = await self._mounter.mounts_of(device.major_minor)
+        others = [m for m in mounts if m.mount_point not in real]
+        if others:
+            raise FailedPreconditionError(
+                f"the volume is SINGLE_NODE_SINGLE_WRITER and already published at "
+                f"{others[0].mount_point}"
+            )
+
+    async def unpublish(self, volume_id: str, target: str) -> None:
+        """Unmount and remove ``target``; a target that is not there is already unpublished."""
+        while await self._mounter.mounts_at(target):
+            await self._mounter.unmount(target)
+        await asyncio.to_thread(_remove_target, target)
+
+    # ---- stats and growth ----
+
+    async def stats(self, volume_id: str, path: str) -> VolumeStats:
+        """Usage of the volume mounted (or bound) at ``path``."""
+        top = await self._mount_of(volume_id, path)
+        gone = await self._vanished(volume_id)
+        if await asyncio.to_thread(_is_block_file, path):
+            size = await fs.device_size(path)
+            return VolumeStats(size, 0, 0, 0, 0, 0, True, gone)
+        st = await fs.statvfs(path)
+        abnormal = gone or ("the filesystem is read-only" if "ro" in top.super_options else None)
+        return VolumeStats(
+            total_bytes=st.f_blocks * st.f_frsize,
+            available_bytes=st.f_bavail * st.f_frsize,
+            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+            total_inodes=st.f_files,
+            available_inodes=st.f_favail,
+            used_inodes=st.f_files - st.f_ffree,
+            block=False,
+            abnormal=abnormal,
+        )
+
+    async def expand(self, volume_id: str, path: str) -> int:
+        """Grow the filesystem at ``path`` to its device; returns the device size."""
+        top = await self._mount_of(volume_id, path)
+        device = await self._devices.find_now(volume_id)
+        if device is None:
+            raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
+        if await asyncio.to_thread(_is_block_file, path):
+            return await fs.device_size(device.path)
+        await fs.grow(fs.check_fstype(top.fstype), device.path, path)
+        return await fs.device_size(device.path)
+
+    async def _mount_of(self, volume_id: str, path: str) -> Mount:
+        if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
+            raise NotFoundError(f"path {path!r} does not exist")
+        mounted = await self._mounter.mounts_at(path)
+        if not mounted:
+            raise NotFoundError(f"volume {volume_id} is not staged or published at {path}")
+        device = await self._devices.find_now(volume_id)
+        top = mounted[-1]
+        if device is not None and not _mount_is_device(top, device, path):
+            raise NotFoundError(f"{path} holds another volume than {volume_id}")
+        return top
+
+    async def _vanished(self, volume_id: str) -> str | None:
+        if await self._devices.find_now(volume_id) is None:
+            return f"the device of volume {volume_id} (serial {serial_of(volume_id)!r}) is gone"
+        return None
+
+
+def _mount_is_device(top: Mount, device: BlockDevice, path: str) -> bool:
+    if top.major_minor == device.major_minor:
+        return True
+    with contextlib.suppress(OSError):
+        return _rdev(path) == device.major_minor  # a device node bound onto a file
+    return False
+
+
+def _require_same_device(top: Mount, device: BlockDevice, path: str) -> None:
+    if top.major_minor != device.major_minor:
+        raise AlreadyExistsError(
+            f"{path} already has something else mounted ({top.source}, {top.major_minor}), "
+            f"not {device.path}"
+        )
+
+
+def _rdev(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def _is_block_file(path: str) -> bool:
+    return stat.S_ISBLK(os.stat(path).st_mode)
+
+
+def _make_target(target: str, block: bool) -> None:
+    if block:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).touch(exist_ok=True)
+    else:
+        Path(target).mkdir(parents=True, exist_ok=True)
+
+
+def _remove_target(target: str) -> None:
+    path = Path(target)
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
+
+
+def build_node_ops(*, sim_device_dir: Path | None, device_timeout: float = 60.0) -> NodeOps:
+    """The production node: udev device discovery, util-linux mounts."""
+    finder = UdevDeviceFinder(sim_device_dir=sim_device_dir, timeout=device_timeout)
+    return NodeOps(finder, LinuxMounter())
