@@ -42,10 +42,15 @@ class LinuxMounter:
         """The mounts whose mount point is ``path`` (after resolving symlinks), bottom first."""
         return await asyncio.to_thread(_mounts_at, path)
 
-    async def mounts_of(self, major_minor: str) -> list[Mount]:
-        """Every mount of the block device ``major_minor``."""
+    async def mounts_of(self, major_minor: str, device_path: str) -> list[Mount]:
+        """Every mount of the block device: its filesystem's, and binds of its /dev node."""
         table = await asyncio.to_thread(mountinfo.read)
-        return [m for m in table if m.major_minor == major_minor]
+        node = "/" + os.path.relpath(device_path, "/dev")
+        return [
+            m
+            for m in table
+            if m.major_minor == major_minor or (m.fstype == "devtmpfs" and m.root == node)
+        ]
 
 
 def _mounts_at(path: str) -> list[Mount]:

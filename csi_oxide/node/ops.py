@@ -158,7 +158,7 @@ class NodeOps:
 
     async def _refuse_second_writer(self, device: BlockDevice, staging: str, target: str) -> None:
         real = await asyncio.to_thread(lambda: {os.path.realpath(p) for p in (staging, target)})
-        mounts = await self._mounter.mounts_of(device.major_minor)
+        mounts = await self._mounter.mounts_of(device.major_minor, device.path)
         others = [m for m in mounts if m.mount_point not in real]
         if others:
             raise FailedPreconditionError(
