@@ -1,17 +1,32 @@
-"""The official conformance suite, csi-sanity, against real ``csi-oxide`` processes."""
+"""The official conformance suite, csi-sanity, against real ``csi-oxide`` processes.
+
+The simulated rack runs with hot-plug on and loop backing, so attached disks are real block devices
+on this machine: the node specs format, mount, bind and grow for real. Each run: the whole suite,
+with expansion and the attach-limit specs switched on; in mount mode and raw block mode, with the
+controller and node in one process and in two.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from csi_oxide import harness
+from csi_oxide.node import mountinfo
 
-pytestmark = pytest.mark.sanity
+pytestmark = [pytest.mark.sanity, pytest.mark.root]
+
+GIB = 1024**3
+FULL_SUITE = [
+    f"--csi.testvolumesize={GIB}",
+    f"--csi.testvolumeexpandsize={2 * GIB}",
+    "--csi.testnodevolumeattachlimit",
+]
 
 
 @pytest.fixture
@@ -31,13 +46,50 @@ def _check(result: harness.SanityResult, label: str, report: Callable[[str], Non
     assert result.exit_code == 0, result.output[-8000:]
 
 
-def test_identity_specs(sanity_binary: str, tmp_path: Path, sanity_report) -> None:
-    sim = harness.start_sim(tmp_path, "--hotplug")
+def _leftovers(workdir: Path) -> list[str]:
+    """Mounts under ``workdir`` and loop devices over its files that are still there."""
+    mounts = [m.mount_point for m in mountinfo.read() if m.mount_point.startswith(str(workdir))]
+    loops = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return mounts + [line for line in loops.splitlines() if str(workdir) in line]
+
+
+def _run(binary: str, workdir: Path, *, processes: int, args: list[str]) -> harness.SanityResult:
+    sim = harness.start_sim(
+        workdir, "--hotplug", "--backing", "loop", "--state-dir", str(workdir / "rack")
+    )
     with harness.stopping(sim.proc):
-        driver = harness.start_driver(tmp_path, sim.env, mode="all")
-        with harness.stopping(driver.proc):
-            result = harness.run_csi_sanity(
-                sanity_binary, tmp_path, driver.endpoint, args=["--ginkgo.focus=Identity Service"]
-            )
-    _check(result, "identity (mode all)", sanity_report)
-    assert result.passed == 3
+        if processes == 1:
+            driver = harness.start_driver(workdir, sim.env, mode="all")
+            with harness.stopping(driver.proc):
+                return harness.run_csi_sanity(binary, workdir, driver.endpoint, args=args)
+        controller = harness.start_driver(workdir, sim.env, mode="controller", name="controller")
+        with harness.stopping(controller.proc):
+            node = harness.start_driver(workdir, sim.env, mode="node", name="node")
+            with harness.stopping(node.proc):
+                return harness.run_csi_sanity(
+                    binary,
+                    workdir,
+                    node.endpoint,
+                    controller_endpoint=controller.endpoint,
+                    args=args,
+                )
+
+
+@pytest.mark.parametrize(
+    ("access", "processes"),
+    [("mount", 1), ("mount", 2), ("block", 1), ("block", 2)],
+    ids=["mount-one-process", "mount-two-processes", "block-one-process", "block-two-processes"],
+)
+def test_full_suite(
+    sanity_binary: str, tmp_path: Path, sanity_report, access: str, processes: int
+) -> None:
+    args = [*FULL_SUITE, f"--csi.testvolumeaccesstype={access}"]
+    result = _run(sanity_binary, tmp_path, processes=processes, args=args)
+    label = f"full suite, {access} mode, {processes} process{'es' if processes > 1 else ''}"
+    _check(result, label, sanity_report)
+    assert _leftovers(tmp_path) == []
