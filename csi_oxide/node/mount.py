@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 from csi_oxide.node import mountinfo
 from csi_oxide.node.exec import run
@@ -45,7 +46,7 @@ class LinuxMounter:
     async def mounts_of(self, major_minor: str, device_path: str) -> list[Mount]:
         """Every mount of the block device: its filesystem's, and binds of its /dev node."""
         table = await asyncio.to_thread(mountinfo.read)
-        node = "/" + os.path.relpath(device_path, "/dev")
+        node = "/" + str(PurePosixPath(device_path).relative_to("/dev"))
         return [
             m
             for m in table
