@@ -95,8 +95,43 @@ async def mkfs(device: str, fstype: str) -> None:
     await run([*MKFS[fstype], device])
 
 
-async def grow(fstype: str, device: str, mount_point: str) -> None:
-    """Grow the mounted filesystem to the device's size (a no-op when it already fills it)."""
+def parse_dumpe2fs(text: str) -> int:
+    """Filesystem size in bytes from ``dumpe2fs -h`` output."""
+    values = {
+        k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())
+    }
+    return int(values["Block count"]) * int(values["Block size"])
+
+
+def parse_xfs_db(text: str) -> int:
+    """Filesystem size in bytes from ``xfs_db -c 'p dblocks blocksize'`` output."""
+    values = {
+        k.strip(): v.strip() for k, _, v in (line.partition("=") for line in text.splitlines())
+    }
+    return int(values["dblocks"]) * int(values["blocksize"])
+
+
+async def filesystem_size(device: str, fstype: str) -> int:
+    """The size the filesystem on ``device`` spans, read from its superblock."""
+    if fstype == "ext4":
+        return parse_dumpe2fs((await run(["dumpe2fs", "-h", device])).stdout)
+    out = await run(["xfs_db", "-r", "-c", "sb 0", "-c", "p dblocks blocksize", device])
+    return parse_xfs_db(out.stdout)
+
+
+async def needs_growth(device: str, fstype: str) -> bool:
+    """True when the device is larger than its filesystem (by more than 1 MiB of slack)."""
+    return await filesystem_size(device, fstype) < await device_size(device) - MIB
+
+
+async def grow_unmounted_ext4(device: str) -> None:
+    """Grow an unmounted ext4 filesystem to its device: a full check first, as resize2fs asks."""
+    await run(["e2fsck", "-f", "-p", device], accept=(0, 1))
+    await run(["resize2fs", device])
+
+
+async def grow_mounted(fstype: str, device: str, mount_point: str) -> None:
+    """Grow a mounted filesystem to its device (a no-op when it already fills it)."""
     if fstype == "ext4":
         await run(["resize2fs", device])
     else:

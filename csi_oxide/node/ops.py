@@ -75,10 +75,14 @@ class NodeOps:
             return
         async with self._format_slots:
             fresh = await self._prepare(volume_id, device, fstype)
+            grow = not fresh and await fs.needs_growth(device.path, fstype)
+            if grow and fstype == "ext4":  # offline expansion: grow before anyone mounts it
+                await self._devices.verify(device, volume_id)
+                await fs.grow_unmounted_ext4(device.path)
         options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
         await self._mounter.mount(device.path, staging, fstype, options)
-        if not fresh:
-            await fs.grow(fstype, device.path, staging)
+        if grow and fstype == "xfs":  # xfs grows only while mounted
+            await fs.grow_mounted(fstype, device.path, staging)
 
     async def _prepare(self, volume_id: str, device: BlockDevice, fstype: str) -> bool:
         """Format the device if (and only if) it is blank; True when it was formatted."""
@@ -202,7 +206,9 @@ class NodeOps:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
         if await asyncio.to_thread(_is_block_file, path):
             return await fs.device_size(device.path)
-        await fs.grow(fs.check_fstype(top.fstype), device.path, path)
+        fstype = fs.check_fstype(top.fstype)
+        if fstype == "xfs" or await fs.needs_growth(device.path, fstype):
+            await fs.grow_mounted(fstype, device.path, path)
         return await fs.device_size(device.path)
 
     async def _mount_of(self, volume_id: str, path: str) -> Mount:
