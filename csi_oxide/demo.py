@@ -313,5 +313,8 @@ def main() -> int:
             print("\n".join(log_file.read_text(errors="replace").splitlines()[-30:]))
         return 1
     finally:
+        left = harness.unmount_below(workdir)
+        if left:
+            print(f"cleaned up {len(left)} mount(s) left by the failed step")
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -211,6 +211,21 @@ def run_csi_sanity(
     return result
 
 
+def unmount_below(path: Path) -> list[str]:
+    """Unmount everything mounted at or below ``path`` (deepest first); what was unmounted.
+
+    Clean-up after a failed run: a loop device the simulator detached while it was still mounted
+    is freed by the kernel at this last unmount.
+    """
+    from csi_oxide.node import mountinfo
+
+    prefix = str(path.resolve())
+    points = [m.mount_point for m in mountinfo.read() if m.mount_point.startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], check=False, capture_output=True)
+    return points
+
+
 @contextlib.contextmanager
 def stopping(*procs: Proc) -> Iterator[None]:
     """Stop ``procs`` (last first) when the block ends, whatever happens."""
