@@ -1,0 +1,285 @@
+"""NodeOps on real loop devices: mkfs, mount, bind, grow, stats and every refusal.
+
+A loop device whose backing file lies in the finder's device directory stands in for an attached
+Oxide disk; the file's name plays the NVMe serial, exactly as with the simulator's loop backing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from csi_oxide.errors import FailedPreconditionError, NotFoundError
+from csi_oxide.harness import unmount_below
+from csi_oxide.node import fs
+from csi_oxide.node.ops import NodeOps, build_node_ops
+
+pytestmark = pytest.mark.root
+
+GIB = 1024**3
+VOLUME = "csi-0123456789abcdef"
+OTHER = "csi-fedcba9876543210"
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class Rack:
+    """Backing files in ``devices`` and the loop devices over them (detached at the end)."""
+
+    root: Path
+    devices: Path
+    loops: list[str] = field(default_factory=list)
+
+    def disk(self, name: str, size: int = GIB, directory: Path | None = None) -> Path:
+        path = (directory or self.devices) / name
+        with path.open("wb") as f:
+            f.truncate(size)
+        return path
+
+    def attach(self, backing: Path) -> str:
+        dev = _sh("losetup", "--find", "--show", str(backing))
+        self.loops.append(dev)
+        return dev
+
+    def grow(self, backing: Path, dev: str, size: int) -> None:
+        with backing.open("r+b") as f:
+            f.truncate(size)
+        _sh("losetup", "-c", dev)
+
+    def paths(self, name: str = "vol") -> tuple[str, str]:
+        staging = self.root / "kubelet" / name / "globalmount"
+        staging.mkdir(parents=True, exist_ok=True)
+        return str(staging), str(self.root / "kubelet" / name / "pod")
+
+
+@pytest.fixture
+def rack(tmp_path: Path) -> Iterator[Rack]:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    r = Rack(tmp_path, devices)
+    try:
+        yield r
+    finally:
+        unmount_below(tmp_path)
+        for dev in r.loops:
+            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+
+
+@pytest.fixture
+def ops(rack: Rack) -> NodeOps:
+    return build_node_ops(sim_device_dir=rack.devices, device_timeout=3.0)
+
+
+def _digest(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _needs(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (make test installs it as root)")
+
+
+async def _stage(ops: NodeOps, staging: str, fstype: str = "ext4", volume: str = VOLUME) -> None:
+    await ops.stage(volume, staging, fs_type=fstype, mount_flags=[], block=False)
+
+
+async def _publish(ops: NodeOps, staging: str, target: str, **kw: bool) -> None:
+    options = {"block": False, "read_only": False, "single_writer": False, **kw}
+    await ops.publish(VOLUME, staging, target, mount_flags=[], **options)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -> None:
+    _needs(f"mkfs.{fstype}")
+    dev = rack.attach(rack.disk(VOLUME))
+    staging, target = rack.paths()
+    for _ in range(2):
+        await _stage(ops, staging, fstype)
+    assert (await fs.probe(dev)).fstype == fstype
+    for _ in range(2):
+        await _publish(ops, staging, target)
+    Path(target, "hello").write_text("hello")
+    stats = await ops.stats(VOLUME, target)
+    assert stats.abnormal is None
+    assert 0 < stats.used_bytes < stats.total_bytes <= GIB
+    assert stats.total_inodes > stats.available_inodes > 0
+    for _ in range(2):
+        await ops.unpublish(VOLUME, target)
+    assert not Path(target).exists()
+    for _ in range(2):
+        await ops.unstage(VOLUME, staging)
+    assert not os.path.ismount(staging)
+    # Staged again: the same filesystem, the file still there (never re-formatted).
+    await _stage(ops, staging, fstype)
+    assert Path(staging, "hello").read_text() == "hello"
+    await ops.unstage(VOLUME, staging)
+
+
+async def test_read_only_publish(rack: Rack, ops: NodeOps) -> None:
+    rack.attach(rack.disk(VOLUME))
+    staging, target = rack.paths()
+    await _stage(ops, staging)
+    await _publish(ops, staging, target, read_only=True)
+    with pytest.raises(OSError, match="Read-only"):
+        Path(target, "x").write_text("x")
+    with pytest.raises(Exception, match="read-only"):
+        await _publish(ops, staging, target, read_only=False)  # a different request: refused
+
+
+async def test_raw_block_publish_reaches_the_device(rack: Rack, ops: NodeOps) -> None:
+    dev = rack.attach(rack.disk(VOLUME))
+    staging, target = rack.paths()
+    await ops.stage(VOLUME, staging, fs_type="", mount_flags=[], block=True)
+    await _publish(ops, staging, target, block=True)
+    await _publish(ops, staging, target, block=True)
+    payload = os.urandom(4096)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        os.pwrite(fd, payload, 8192)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with open(dev, "rb") as f:
+        f.seek(8192)
+        assert f.read(4096) == payload
+    stats = await ops.stats(VOLUME, target)
+    assert (stats.block, stats.total_bytes) == (True, GIB)
+    await ops.unpublish(VOLUME, target)
+    assert not Path(target).exists()
+
+
+async def test_single_writer_refuses_a_second_target(rack: Rack, ops: NodeOps) -> None:
+    rack.attach(rack.disk(VOLUME))
+    staging, target = rack.paths()
+    await _stage(ops, staging)
+    await _publish(ops, staging, target, single_writer=True)
+    with pytest.raises(FailedPreconditionError, match="SINGLE_WRITER"):
+        await _publish(ops, staging, target + "-2", single_writer=True)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+async def test_a_grown_device_grows_its_filesystem_at_stage(
+    rack: Rack, ops: NodeOps, fstype: str
+) -> None:
+    _needs(f"mkfs.{fstype}")
+    backing = rack.disk(VOLUME)
+    dev = rack.attach(backing)
+    staging, _ = rack.paths()
+    await _stage(ops, staging, fstype)
+    Path(staging, "data").write_bytes(os.urandom(1 << 20))
+    before = _digest(Path(staging, "data"))
+    small = (await ops.stats(VOLUME, staging)).total_bytes
+    await ops.unstage(VOLUME, staging)
+    rack.grow(backing, dev, 2 * GIB)  # what offline expansion does to the disk
+    await _stage(ops, staging, fstype)
+    assert (await ops.stats(VOLUME, staging)).total_bytes > small + GIB // 2
+    assert _digest(Path(staging, "data")) == before
+    assert await ops.expand(VOLUME, staging) == 2 * GIB
+    await ops.unstage(VOLUME, staging)
+
+
+async def test_xfs_grows_online(rack: Rack, ops: NodeOps) -> None:
+    _needs("mkfs.xfs")
+    backing = rack.disk(VOLUME)
+    dev = rack.attach(backing)
+    staging, _ = rack.paths()
+    await _stage(ops, staging, "xfs")
+    small = (await ops.stats(VOLUME, staging)).total_bytes
+    rack.grow(backing, dev, 2 * GIB)
+    assert await ops.expand(VOLUME, staging) == 2 * GIB
+    assert (await ops.stats(VOLUME, staging)).total_bytes > small + GIB // 2
+
+
+async def test_existing_filesystem_is_mounted_never_reformatted(rack: Rack, ops: NodeOps) -> None:
+    backing = rack.disk(VOLUME)
+    dev = rack.attach(backing)
+    _sh("mkfs.ext4", "-q", "-L", "precious", dev)
+    mnt = rack.root / "by-hand"
+    mnt.mkdir()
+    _sh("mount", dev, str(mnt))
+    (mnt / "data").write_bytes(os.urandom(1 << 20))
+    before = _digest(mnt / "data")
+    _sh("umount", str(mnt))
+    staging, _ = rack.paths()
+    await _stage(ops, staging)
+    assert _digest(Path(staging, "data")) == before
+    assert "LABEL=precious" in _sh("blkid", "-p", "-o", "export", dev)
+
+
+async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: NodeOps) -> None:
+    backing = rack.disk(VOLUME)
+    with backing.open("r+b") as f:
+        f.seek(GIB - 4096)  # data only near the end: the start still reads as zeros
+        f.write(os.urandom(4096))
+    dev = rack.attach(backing)
+    before = _digest(dev)
+    staging, _ = rack.paths()
+    with pytest.raises(FailedPreconditionError, match="not blank"):
+        await _stage(ops, staging)
+    assert _digest(dev) == before
+    assert not os.path.ismount(staging)
+
+
+async def test_another_filesystem_type_is_refused(rack: Rack, ops: NodeOps) -> None:
+    _needs("mkfs.xfs")
+    dev = rack.attach(rack.disk(VOLUME))
+    _sh("mkfs.xfs", "-q", dev)
+    before = _digest(dev)
+    staging, _ = rack.paths()
+    with pytest.raises(FailedPreconditionError, match="xfs"):
+        await _stage(ops, staging, "ext4")
+    assert _digest(dev) == before
+
+
+async def test_a_device_with_another_serial_is_never_touched(rack: Rack, ops: NodeOps) -> None:
+    elsewhere = rack.root / "elsewhere"
+    elsewhere.mkdir()
+    foreign = rack.attach(rack.disk(VOLUME, directory=elsewhere))  # right name, wrong directory
+    other = rack.attach(rack.disk(OTHER))  # right directory, another volume
+    digests = {dev: _digest(dev) for dev in (foreign, other)}
+    staging, _ = rack.paths()
+    with pytest.raises(NotFoundError, match=VOLUME):
+        await _stage(ops, staging)
+    assert {dev: _digest(dev) for dev in digests} == digests
+
+
+async def test_two_devices_with_one_serial_are_refused(rack: Rack, ops: NodeOps) -> None:
+    backing = rack.disk(VOLUME)
+    rack.attach(backing)
+    rack.attach(backing)
+    staging, _ = rack.paths()
+    with pytest.raises(FailedPreconditionError, match="several devices"):
+        await _stage(ops, staging)
+
+
+async def test_the_device_may_appear_after_the_call(rack: Rack, ops: NodeOps) -> None:
+    backing = rack.disk(VOLUME)
+    staging, _ = rack.paths()
+    stage = asyncio.ensure_future(_stage(ops, staging))
+    await asyncio.sleep(1.0)
+    assert not stage.done()
+    await asyncio.to_thread(rack.attach, backing)
+    await asyncio.wait_for(stage, 10)
+    assert os.path.ismount(staging)
+
+
+async def test_paths_that_are_not_ours(rack: Rack, ops: NodeOps) -> None:
+    rack.attach(rack.disk(VOLUME))
+    with pytest.raises(NotFoundError):
+        await ops.stats(VOLUME, str(rack.root / "missing"))
+    with pytest.raises(NotFoundError, match="not staged"):
+        await ops.stats(VOLUME, str(rack.root))
+    await ops.unpublish(VOLUME, str(rack.root / "never-published"))
+    assert await ops.max_volumes() == 12

@@ -1,0 +1,46 @@
+"""Pure pieces of the node: serials, blkid, superblock sizes, fs type choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.node import fs
+from csi_oxide.node.devices import normalize_serial, serial_of
+
+
+def test_serial_is_the_first_20_bytes_of_the_name() -> None:
+    assert serial_of("csi-0123456789abcdef") == b"csi-0123456789abcdef"
+    assert serial_of("a-much-longer-disk-name-here") == b"a-much-longer-disk-n"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"csi-0123456789abcdef", b"csi-0123456789abcdef\n", b"csi-0123456789abcdef\x00\x00  "]
+)
+def test_serial_padding_is_stripped(raw: bytes) -> None:
+    assert normalize_serial(raw) == b"csi-0123456789abcdef"
+
+
+def test_blkid_export() -> None:
+    sig = fs.parse_blkid_export("DEVNAME=/dev/loop1\nUUID=1234\nTYPE=ext4\nUSAGE=filesystem\n")
+    assert (sig.fstype, sig.found) == ("ext4", True)
+    table = fs.parse_blkid_export("DEVNAME=/dev/loop1\nPTUUID=ab\nPTTYPE=gpt\n")
+    assert (table.fstype, table.pttype, table.found) == ("", "gpt", True)
+    assert not fs.parse_blkid_export("").found
+
+
+def test_superblock_sizes() -> None:
+    dump = "Filesystem volume name:   <none>\nBlock count:              262144\nBlock size:  4096\n"
+    assert fs.parse_dumpe2fs(dump) == 1 << 30
+    assert fs.parse_xfs_db("dblocks = 524288\nblocksize = 4096\n") == 2 << 30
+
+
+@pytest.mark.parametrize(("asked", "chosen"), [("", "ext4"), ("ext4", "ext4"), ("xfs", "xfs")])
+def test_fstype_choice(asked: str, chosen: str) -> None:
+    assert fs.check_fstype(asked) == chosen
+
+
+@pytest.mark.parametrize("asked", ["btrfs", "vfat", "ext3"])
+def test_other_filesystems_are_refused(asked: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=asked):
+        fs.check_fstype(asked)
