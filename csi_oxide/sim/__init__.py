@@ -1,7 +1,8 @@
 """The simulated Oxide API (``csi-oxide sim``): part of the product, not a test fake.
 
 It serves the published paths, bodies, states, errors, pagination and headers of the Oxide API for
-everything the driver uses, with the real server's rules (see ``/work/shared/oxide/FACTS.md``).
+everything the driver uses, with the real server's rules; ``openapi/`` holds the published API
+document it is checked against.
 """
 
 from __future__ import annotations

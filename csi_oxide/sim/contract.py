@@ -1,8 +1,9 @@
 """Validation of requests and responses against the published OpenAPI document (openapi-core).
 
-The document is loaded once per process. Its location is ``$CSI_OXIDE_OPENAPI`` or
-``shared/oxide/oxide-api.json`` beside the repository root. openapi-core (a development dependency)
-is imported only when validation is used, so the served simulator does not need it.
+The document is loaded once per process. Its location is ``$CSI_OXIDE_OPENAPI`` or the copy of
+Oxide's published document (API version 2026081901.0.0) shipped in ``csi_oxide/sim/openapi/``.
+openapi-core (a development dependency) is imported only when validation is used, so the served
+simulator does not need it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def spec_path() -> Path:
     override = os.environ.get(SPEC_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared/oxide/oxide-api.json"
+    return Path(__file__).resolve().parent / "openapi" / "oxide-api.json"
 
 
 @functools.cache

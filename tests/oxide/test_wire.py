@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ from csi_oxide.oxide.types import (
     InstanceState,
     SnapshotState,
 )
+from csi_oxide.sim import contract
 
-SPEC = Path("/work/shared/oxide/oxide-api.json")
+SPEC = contract.spec_path()
 DISK_ID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
 INSTANCE_ID = "0f1e2d3c-4b5a-4968-8776-655443322110"
 PROJECT_ID = "11111111-2222-4333-8444-555555555555"

@@ -1,0 +1,27 @@
+# csi-oxide: one image for both modes (controller: non-root; node: privileged root, see
+# deploy/kubernetes/base). Build from the repository root:  docker build -t csi-oxide:0.1.0 .
+
+# ---- builder: the wheel, from the committed sources and generated stubs ----
+FROM python:3.11.14-slim-bookworm AS builder
+WORKDIR /src
+RUN python -m pip install --no-cache-dir build==1.3.0
+COPY pyproject.toml README.md ./
+COPY csi_oxide ./csi_oxide
+COPY proto ./proto
+RUN python -m build --wheel --outdir /dist
+
+# ---- runtime ----
+FROM python:3.11.14-slim-bookworm AS runtime
+# The node's tools: mount/umount/blkid/losetup (util-linux, mount), mkfs.ext4/resize2fs/e2fsck
+# (e2fsprogs), mkfs.xfs/xfs_growfs/xfs_db (xfsprogs); libudev for pyudev.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      util-linux mount e2fsprogs xfsprogs libudev1 \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=builder /dist/*.whl /tmp/
+RUN python -m pip install --no-cache-dir /tmp/*.whl && rm -f /tmp/*.whl
+# The controller runs as this user; the node's DaemonSet overrides it with root (privileged).
+RUN groupadd --system --gid 65532 csi && useradd --system --uid 65532 --gid csi --no-create-home csi
+USER 65532:65532
+ENTRYPOINT ["csi-oxide"]
+CMD ["serve", "--mode=controller", "--endpoint=unix:///csi/csi.sock"]
