@@ -216,13 +216,13 @@ def page_window(keys: list[str], starting_token: str, max_entries: int) -> tuple
         raise InvalidArgumentError("max_entries must not be negative")
     start = 0
     if starting_token:
-        if starting_token not in keys and not _resumable(starting_token, keys):
+        if starting_token not in keys and not _resumable(starting_token):
             raise AbortedError(f"starting_token {starting_token!r} is not valid")
         start = next((i for i, k in enumerate(keys) if k >= starting_token), len(keys))
     end = len(keys) if max_entries == 0 else min(len(keys), start + max_entries)
     return start, end, keys[end] if end < len(keys) else ""
 
 
-def _resumable(token: str, keys: list[str]) -> bool:
+def _resumable(token: str) -> bool:
     # Our IDs share a fixed shape; a token of that shape stays valid after its entry is deleted.
     return is_driver_volume_name(token) or is_driver_snapshot_name(token)

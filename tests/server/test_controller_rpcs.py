@@ -1,0 +1,382 @@
+"""The Controller service over real gRPC, against the simulator: the spec's error table, row by row.
+
+Each row names an RPC, how the request (or the world) is set up and the gRPC code the CSI spec
+asks for. The server is the real one (CsiServer on a unix socket, interceptor and all); the Oxide
+side is the simulator reached through the HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.health import Health
+from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.controller import ControllerService
+from csi_oxide.server.identity import IdentityService
+from csi_oxide.sim import SimConfig, Simulator
+
+GIB = 1024**3
+Code = grpc.StatusCode
+Mode = csi.VolumeCapability.AccessMode
+MISSING_NODE = "00000000-0000-4000-8000-000000000000"
+
+
+def cap(
+    mode: Mode.Mode.ValueType = Mode.SINGLE_NODE_WRITER, block: bool = False
+) -> csi.VolumeCapability:
+    if block:
+        return csi.VolumeCapability(
+            block=csi.VolumeCapability.BlockVolume(), access_mode=Mode(mode=mode)
+        )
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=Mode(mode=mode)
+    )
+
+
+@dataclass
+class World:
+    sim: Simulator
+    api: HttpOxideClient
+    stub: csi_grpc.ControllerAsyncStub
+    node: str
+
+    async def volume(self, name: str = "pvc-1", size: int = GIB) -> str:
+        answer = await self.stub.CreateVolume(
+            csi.CreateVolumeRequest(
+                name=name,
+                capacity_range=csi.CapacityRange(required_bytes=size),
+                volume_capabilities=[cap()],
+            )
+        )
+        return answer.volume.volume_id
+
+    async def publish(self, volume_id: str, node: str | None = None) -> None:
+        await self.stub.ControllerPublishVolume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=volume_id, node_id=node or self.node, volume_capability=cap()
+            )
+        )
+
+
+async def _serve(tmp_path: Path, **config: object) -> AsyncIterator[World]:
+    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
+    api = HttpOxideClient.for_tests(
+        host="http://sim",
+        token=sim.token,
+        project="csi",
+        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
+    )
+    service = ControllerService(ControllerOps(api, cluster="test"))
+    server = CsiServer(
+        f"unix://{tmp_path}/c.sock",
+        Services(identity=IdentityService(Health()), controller=service),
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/c.sock") as channel:
+            yield World(sim, api, csi_grpc.ControllerStub(channel), sim.local_instance_id)
+    finally:
+        await server.stop(grace=1)
+        await api.aclose()
+    assert sim.contract_violations == []
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async for w in _serve(tmp_path, hotplug=True, instances=1, quota_gib=100):
+        yield w
+
+
+async def _code(call: object) -> Code:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return Code.OK
+
+
+def _create(**kw: object) -> csi.CreateVolumeRequest:
+    fields: dict[str, object] = {"name": "pvc-x", "volume_capabilities": [cap()]}
+    fields.update(kw)
+    return csi.CreateVolumeRequest(**fields)  # type: ignore[arg-type]
+
+
+# ---- CreateVolume ----
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (_create(name=""), Code.INVALID_ARGUMENT),
+        (_create(volume_capabilities=[]), Code.INVALID_ARGUMENT),
+        (_create(volume_capabilities=[cap(Mode.MULTI_NODE_MULTI_WRITER)]), Code.INVALID_ARGUMENT),
+        (_create(parameters={"type": "fast"}), Code.INVALID_ARGUMENT),
+        (_create(parameters={"blockSize": "1024"}), Code.INVALID_ARGUMENT),
+        (_create(capacity_range=csi.CapacityRange(required_bytes=-1)), Code.INVALID_ARGUMENT),
+        (
+            _create(capacity_range=csi.CapacityRange(required_bytes=GIB + 1, limit_bytes=GIB + 2)),
+            Code.OUT_OF_RANGE,
+        ),
+        (_create(capacity_range=csi.CapacityRange(required_bytes=1024 * GIB)), Code.OUT_OF_RANGE),
+        (
+            _create(
+                volume_content_source=csi.VolumeContentSource(
+                    snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id="snap-missing")
+                )
+            ),
+            Code.NOT_FOUND,
+        ),
+        (
+            _create(
+                volume_content_source=csi.VolumeContentSource(
+                    volume=csi.VolumeContentSource.VolumeSource(volume_id="csi-0000000000000000")
+                )
+            ),
+            Code.NOT_FOUND,
+        ),
+        (_create(), Code.OK),
+    ],
+)
+async def test_create_volume_rows(
+    world: World, request_: csi.CreateVolumeRequest, code: Code
+) -> None:
+    assert await _code(world.stub.CreateVolume(request_)) == code
+
+
+async def test_create_volume_conflicts_and_quota(world: World) -> None:
+    await world.volume("pvc-1", GIB)
+    assert await _code(world.stub.CreateVolume(_create(name="pvc-1"))) == Code.OK
+    bigger = _create(name="pvc-1", capacity_range=csi.CapacityRange(required_bytes=5 * GIB))
+    assert await _code(world.stub.CreateVolume(bigger)) == Code.ALREADY_EXISTS
+    huge = _create(name="pvc-2", capacity_range=csi.CapacityRange(required_bytes=200 * GIB))
+    assert await _code(world.stub.CreateVolume(huge)) == Code.RESOURCE_EXHAUSTED
+
+
+async def test_second_call_for_a_volume_in_flight_is_aborted(tmp_path: Path) -> None:
+    async for slow in _serve(tmp_path, latency_ms=200):
+        first = asyncio.ensure_future(slow.stub.CreateVolume(_create(name="pvc-slow")))
+        await asyncio.sleep(0.05)
+        assert await _code(slow.stub.CreateVolume(_create(name="pvc-slow"))) == Code.ABORTED
+        await first
+
+
+# ---- DeleteVolume ----
+
+
+async def test_delete_volume_rows(world: World) -> None:
+    vol = await world.volume()
+    assert await _code(world.stub.DeleteVolume(csi.DeleteVolumeRequest())) == (
+        Code.INVALID_ARGUMENT
+    )
+    await world.publish(vol)
+    attached = world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))
+    assert await _code(attached) == Code.FAILED_PRECONDITION
+    for unknown in ("csi-0000000000000000", "Not A Name", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"):
+        assert await _code(world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=unknown))) == (
+            Code.OK
+        )
+
+
+# ---- ControllerPublishVolume / ControllerUnpublishVolume ----
+
+
+async def test_publish_rows(world: World) -> None:
+    vol = await world.volume()
+
+    def req(**kw: object) -> csi.ControllerPublishVolumeRequest:
+        fields: dict[str, object] = {
+            "volume_id": vol,
+            "node_id": world.node,
+            "volume_capability": cap(),
+        }
+        fields.update(kw)
+        return csi.ControllerPublishVolumeRequest(**fields)  # type: ignore[arg-type]
+
+    publish = world.stub.ControllerPublishVolume
+    assert await _code(publish(req(volume_id=""))) == Code.INVALID_ARGUMENT
+    assert await _code(publish(req(node_id=""))) == Code.INVALID_ARGUMENT
+    assert await _code(publish(req(volume_capability=None))) == Code.INVALID_ARGUMENT
+    assert await _code(publish(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
+    assert await _code(publish(req(node_id=MISSING_NODE))) == Code.NOT_FOUND
+    assert await _code(publish(req(node_id="not-a-uuid"))) == Code.NOT_FOUND
+    assert await _code(publish(req())) == Code.OK
+    assert await _code(publish(req())) == Code.OK  # idempotent
+    other = world.sim.instance_ids[1]
+    assert await _code(publish(req(node_id=other))) == Code.FAILED_PRECONDITION
+
+
+async def test_publish_beyond_the_attach_limit_is_resource_exhausted(world: World) -> None:
+    volumes = [await world.volume(f"pvc-{i}") for i in range(13)]
+    codes = [
+        await _code(
+            world.stub.ControllerPublishVolume(
+                csi.ControllerPublishVolumeRequest(
+                    volume_id=v, node_id=world.node, volume_capability=cap()
+                )
+            )
+        )
+        for v in volumes
+    ]
+    # The simulated instance has no boot disk: all 12 of Oxide's slots are free.
+    assert codes[:12] == [Code.OK] * 12
+    assert codes[12] == Code.RESOURCE_EXHAUSTED
+
+
+async def test_unpublish_rows(world: World) -> None:
+    vol = await world.volume()
+    await world.publish(vol)
+    unpublish = world.stub.ControllerUnpublishVolume
+    missing_id = csi.ControllerUnpublishVolumeRequest(node_id=world.node)
+    assert await _code(unpublish(missing_id)) == Code.INVALID_ARGUMENT
+    for volume_id, node in (
+        ("csi-0000000000000000", world.node),
+        (vol, MISSING_NODE),
+        (vol, world.sim.instance_ids[1]),
+    ):
+        request = csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=node)
+        assert await _code(unpublish(request)) == Code.OK
+    assert (await world.api.disk_view(vol)).instance_id == world.node  # none of those detached it
+    done = csi.ControllerUnpublishVolumeRequest(volume_id=vol, node_id=world.node)
+    assert await _code(unpublish(done)) == Code.OK
+    assert (await world.api.disk_view(vol)).instance_id is None
+
+
+async def test_hotplug_off_refuses_attach_and_detach(tmp_path: Path) -> None:
+    async for w in _serve(tmp_path, hotplug=False):
+        vol = await w.volume()
+        publish = w.stub.ControllerPublishVolume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=vol, node_id=w.node, volume_capability=cap()
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await publish
+        assert info.value.code() == Code.FAILED_PRECONDITION
+        assert w.node in (info.value.details() or "")
+        assert "hot-plug" in (info.value.details() or "")
+        assert (await w.api.disk_view(vol)).instance_id is None
+
+
+# ---- ValidateVolumeCapabilities, GetVolume, List*, GetCapacity ----
+
+
+async def test_validate_rows(world: World) -> None:
+    vol = await world.volume()
+    validate = world.stub.ValidateVolumeCapabilities
+    assert await _code(validate(csi.ValidateVolumeCapabilitiesRequest(volume_id=vol))) == (
+        Code.INVALID_ARGUMENT
+    )
+    missing = csi.ValidateVolumeCapabilitiesRequest(
+        volume_id="csi-0000000000000000", volume_capabilities=[cap()]
+    )
+    assert await _code(validate(missing)) == Code.NOT_FOUND
+    multi = await validate(
+        csi.ValidateVolumeCapabilitiesRequest(
+            volume_id=vol, volume_capabilities=[cap(Mode.MULTI_NODE_READER_ONLY)]
+        )
+    )
+    assert not multi.HasField("confirmed")
+    assert multi.message
+    ok = await validate(
+        csi.ValidateVolumeCapabilitiesRequest(volume_id=vol, volume_capabilities=[cap(block=True)])
+    )
+    assert ok.HasField("confirmed")
+
+
+async def test_get_and_list_rows(world: World) -> None:
+    vols = sorted([await world.volume(f"pvc-{i}") for i in range(3)])
+    get = world.stub.ControllerGetVolume
+    assert await _code(get(csi.ControllerGetVolumeRequest())) == Code.INVALID_ARGUMENT
+    missing = csi.ControllerGetVolumeRequest(volume_id="csi-0000000000000000")
+    assert await _code(get(missing)) == Code.NOT_FOUND
+    page = await world.stub.ListVolumes(csi.ListVolumesRequest(max_entries=2))
+    assert [e.volume.volume_id for e in page.entries] == vols[:2]
+    rest = await world.stub.ListVolumes(csi.ListVolumesRequest(starting_token=page.next_token))
+    assert [e.volume.volume_id for e in rest.entries] == vols[2:]
+    bad = csi.ListVolumesRequest(starting_token="garbage")
+    assert await _code(world.stub.ListVolumes(bad)) == Code.ABORTED
+    negative = csi.ListVolumesRequest(max_entries=-1)
+    assert await _code(world.stub.ListVolumes(negative)) == Code.INVALID_ARGUMENT
+    capacity = await world.stub.GetCapacity(csi.GetCapacityRequest())
+    assert capacity.available_capacity == 97 * GIB
+
+
+# ---- snapshots ----
+
+
+async def test_snapshot_rows(world: World) -> None:
+    vol = await world.volume()
+    other = await world.volume("pvc-2")
+    create = world.stub.CreateSnapshot
+    assert await _code(create(csi.CreateSnapshotRequest(source_volume_id=vol))) == (
+        Code.INVALID_ARGUMENT
+    )
+    assert await _code(create(csi.CreateSnapshotRequest(name="s"))) == Code.INVALID_ARGUMENT
+    missing = csi.CreateSnapshotRequest(name="s", source_volume_id="csi-0000000000000000")
+    assert await _code(create(missing)) == Code.NOT_FOUND
+    first = csi.CreateSnapshotRequest(name="s", source_volume_id=vol)
+    assert await _code(create(first)) == Code.OK
+    assert await _code(create(first)) == Code.OK
+    clash = csi.CreateSnapshotRequest(name="s", source_volume_id=other)
+    assert await _code(create(clash)) == Code.ALREADY_EXISTS
+    delete = world.stub.DeleteSnapshot
+    assert await _code(delete(csi.DeleteSnapshotRequest())) == Code.INVALID_ARGUMENT
+    gone = csi.DeleteSnapshotRequest(snapshot_id="snap-0000000000000000")
+    assert await _code(delete(gone)) == Code.OK
+    bad = csi.ListSnapshotsRequest(starting_token="garbage")
+    assert await _code(world.stub.ListSnapshots(bad)) == Code.ABORTED
+    get = world.stub.GetSnapshot
+    assert await _code(get(csi.GetSnapshotRequest(snapshot_id="snap-0000000000000000"))) == (
+        Code.NOT_FOUND
+    )
+
+
+# ---- ControllerExpandVolume ----
+
+
+async def test_expand_rows(world: World) -> None:
+    vol = await world.volume()
+    expand = world.stub.ControllerExpandVolume
+
+    def req(**kw: object) -> csi.ControllerExpandVolumeRequest:
+        fields: dict[str, object] = {
+            "volume_id": vol,
+            "capacity_range": csi.CapacityRange(required_bytes=2 * GIB),
+        }
+        fields.update(kw)
+        return csi.ControllerExpandVolumeRequest(**fields)  # type: ignore[arg-type]
+
+    assert await _code(expand(req(volume_id=""))) == Code.INVALID_ARGUMENT
+    assert await _code(expand(req(capacity_range=None))) == Code.INVALID_ARGUMENT
+    assert await _code(expand(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
+    too_big = req(capacity_range=csi.CapacityRange(required_bytes=1024 * GIB))
+    assert await _code(expand(too_big)) == Code.OUT_OF_RANGE
+    await world.publish(vol)
+    assert await _code(expand(req())) == Code.FAILED_PRECONDITION
+    await world.stub.ControllerUnpublishVolume(
+        csi.ControllerUnpublishVolumeRequest(volume_id=vol, node_id=world.node)
+    )
+    grown = await expand(req(volume_capability=cap()))
+    assert (grown.capacity_bytes, grown.node_expansion_required) == (2 * GIB, True)
+    block = await expand(req(volume_capability=cap(block=True)))
+    assert (block.capacity_bytes, block.node_expansion_required) == (2 * GIB, False)
+    await world.api.disk_create(DiskSpec(name="by-hand", description="", size=GIB, block_size=4096))
+    assert await _code(expand(req(volume_id="by-hand"))) == Code.FAILED_PRECONDITION
+
+
+async def test_modify_volume_is_unimplemented(world: World) -> None:
+    vol = await world.volume()
+    modify = world.stub.ControllerModifyVolume(csi.ControllerModifyVolumeRequest(volume_id=vol))
+    assert await _code(modify) == Code.UNIMPLEMENTED
