@@ -13,6 +13,7 @@ from csi_oxide.errors import (
     OutOfRangeError,
     ResourceExhaustedError,
 )
+from csi_oxide.oxide.types import DiskSpec
 
 from .controller_helpers import GIB, Env, make_env, new
 
@@ -165,3 +166,18 @@ async def test_data_follows_snapshot_and_clone(env: Env) -> None:
     clone = await env.ops.create_volume(new("c", source=Source("volume", vol.volume_id)))
     assert env.sim.read_content(restored.volume_id) == b"precious"
     assert env.sim.read_content(clone.volume_id) == b"precious"
+
+
+async def test_static_provisioning_of_an_existing_disk(env: Env) -> None:
+    """A PV whose handle names a disk made outside Kubernetes: attach, detach, delete work."""
+    await env.api.disk_create(
+        DiskSpec(name="legacy-data", description="made by hand", size=GIB, block_size=4096)
+    )
+    info = await env.ops.get_volume("legacy-data")
+    assert (info.capacity_bytes, info.source) == (GIB, None)
+    await env.ops.publish("legacy-data", env.node)
+    assert (await env.ops.get_volume("legacy-data")).published_node == env.node
+    await env.ops.unpublish("legacy-data", env.node)
+    assert [v.volume_id for v in await env.ops.list_volumes()] == []  # not this cluster's
+    await env.ops.delete_volume("legacy-data")
+    assert "legacy-data" not in env.sim.disk_names()
