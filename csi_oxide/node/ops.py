@@ -106,8 +106,19 @@ class NodeOps:
 
     async def unstage(self, volume_id: str, staging: str) -> None:
         """Unmount the staging path (all stacked mounts); done when nothing is mounted there."""
-        while await self._mounter.mounts_at(staging):
-            await self._mounter.unmount(staging)
+        await self._release(volume_id, staging)
+
+    async def _release(self, volume_id: str, path: str) -> None:
+        """Unmount every mount at ``path``, each only if it provably is this volume's."""
+        device = await self._devices.find_now(volume_id)
+        while mounted := await self._mounter.mounts_at(path):
+            top = mounted[-1]
+            if not _unmountable(top, device, path):
+                raise FailedPreconditionError(
+                    f"{path} has {top.source} ({top.fstype}) mounted, which is not volume "
+                    f"{volume_id}; it was left mounted"
+                )
+            await self._mounter.unmount(path)
 
     # ---- publish ----
 
@@ -172,8 +183,7 @@ class NodeOps:
 
     async def unpublish(self, volume_id: str, target: str) -> None:
         """Unmount and remove ``target``; a target that is not there is already unpublished."""
-        while await self._mounter.mounts_at(target):
-            await self._mounter.unmount(target)
+        await self._release(volume_id, target)
         await asyncio.to_thread(_remove_target, target)
 
     # ---- stats and growth ----
@@ -237,6 +247,19 @@ def _mount_is_device(top: Mount, device: BlockDevice, path: str) -> bool:
     return False
 
 
+def _unmountable(top: Mount, device: BlockDevice | None, path: str) -> bool:
+    """True when the mount at ``path`` is the volume's: its filesystem or a bind of its device.
+
+    With the device gone (detached under a mount), only a block-device filesystem of a type this
+    driver makes, or a bind of a /dev node, qualifies: never proc, sysfs, tmpfs, overlay...
+    """
+    if device is not None:
+        return _mount_is_device(top, device, path)
+    if top.fstype == "devtmpfs":
+        return top.root != "/"
+    return top.fstype in fs.FILESYSTEMS and top.source.startswith("/dev/")
+
+
 def _require_same_device(top: Mount, device: BlockDevice, path: str) -> None:
     if top.major_minor != device.major_minor:
         raise AlreadyExistsError(
@@ -263,12 +286,26 @@ def _make_target(target: str, block: bool) -> None:
 
 
 def _remove_target(target: str) -> None:
+    """Remove what publish made: an empty directory or an empty file (never anything holding
+    data: that would not be a target this plugin created)."""
     path = Path(target)
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        try:
             path.rmdir()
-        else:
-            path.unlink()
+        except OSError as exc:
+            raise FailedPreconditionError(
+                f"target {target} is not empty after unmounting; it was left in place"
+            ) from exc
+    elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        path.unlink()
+    elif not stat.S_ISLNK(st.st_mode):
+        raise FailedPreconditionError(
+            f"target {target} is not an empty file or directory; it was left in place"
+        )
 
 
 def build_node_ops(*, sim_device_dir: Path | None, device_timeout: float = 60.0) -> NodeOps:

@@ -283,3 +283,26 @@ async def test_paths_that_are_not_ours(rack: Rack, ops: NodeOps) -> None:
         await ops.stats(VOLUME, str(rack.root))
     await ops.unpublish(VOLUME, str(rack.root / "never-published"))
     assert await ops.max_volumes() == 12
+
+
+async def test_unpublish_and_unstage_touch_only_what_is_the_volumes(
+    rack: Rack, ops: NodeOps
+) -> None:
+    rack.attach(rack.disk(VOLUME))
+    foreign = rack.root / "foreign"
+    foreign.mkdir()
+    _sh("mount", "-t", "tmpfs", "tmpfs", str(foreign))
+    (foreign / "keep").write_text("keep")
+    for call in (ops.unpublish(VOLUME, str(foreign)), ops.unstage(VOLUME, str(foreign))):
+        with pytest.raises(FailedPreconditionError, match="not volume"):
+            await call
+    assert (foreign / "keep").read_text() == "keep"
+    data = rack.root / "some-file"
+    data.write_text("data")
+    with pytest.raises(FailedPreconditionError, match="left in place"):
+        await ops.unpublish(VOLUME, str(data))
+    assert data.read_text() == "data"
+    link = rack.root / "link"
+    link.symlink_to(foreign)
+    with pytest.raises(FailedPreconditionError, match="not volume"):
+        await ops.unpublish(VOLUME, str(link))
