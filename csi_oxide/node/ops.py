@@ -190,8 +190,10 @@ class NodeOps:
 
     async def stats(self, volume_id: str, path: str) -> VolumeStats:
         """Usage of the volume mounted (or bound) at ``path``."""
-        top = await self._mount_of(volume_id, path)
-        gone = await self._vanished(volume_id)
+        top, device = await self._mount_of(volume_id, path)
+        gone = None
+        if device is None:
+            gone = f"the device of volume {volume_id} (serial {serial_of(volume_id)!r}) is gone"
         if await asyncio.to_thread(_is_block_file, path):
             size = await fs.device_size(path)
             return VolumeStats(size, 0, 0, 0, 0, 0, True, gone)
@@ -210,8 +212,7 @@ class NodeOps:
 
     async def expand(self, volume_id: str, path: str) -> int:
         """Grow the filesystem at ``path`` to its device; returns the device size."""
-        top = await self._mount_of(volume_id, path)
-        device = await self._devices.find_now(volume_id)
+        top, device = await self._mount_of(volume_id, path)
         if device is None:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
         if await asyncio.to_thread(_is_block_file, path):
@@ -221,22 +222,28 @@ class NodeOps:
             await fs.grow_mounted(fstype, device.path, path)
         return await fs.device_size(device.path)
 
-    async def _mount_of(self, volume_id: str, path: str) -> Mount:
+    async def _mount_of(self, volume_id: str, path: str) -> tuple[Mount, BlockDevice | None]:
+        """The volume's mount at ``path`` and its device (None: a device that vanished under
+        the mount). NotFoundError unless the mount provably is the volume's."""
         if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
             raise NotFoundError(f"path {path!r} does not exist")
         mounted = await self._mounter.mounts_at(path)
         if not mounted:
             raise NotFoundError(f"volume {volume_id} is not staged or published at {path}")
-        device = await self._devices.find_now(volume_id)
         top = mounted[-1]
-        if device is not None and not _mount_is_device(top, device, path):
-            raise NotFoundError(f"{path} holds another volume than {volume_id}")
-        return top
+        device = await self._devices.find_now(volume_id)
+        if device is not None and _mount_is_device(top, device, path):
+            return top, device
+        if device is None and await asyncio.to_thread(_vanished_under, top):
+            return top, None
+        raise NotFoundError(f"{path} does not hold volume {volume_id}")
 
-    async def _vanished(self, volume_id: str) -> str | None:
-        if await self._devices.find_now(volume_id) is None:
-            return f"the device of volume {volume_id} (serial {serial_of(volume_id)!r}) is gone"
-        return None
+
+def _vanished_under(top: Mount) -> bool:
+    """True for a filesystem mount of a block device the kernel no longer has."""
+    if top.fstype not in fs.FILESYSTEMS or not top.source.startswith("/dev/"):
+        return False
+    return not os.path.exists(f"/sys/dev/block/{top.major_minor}")
 
 
 def _mount_is_device(top: Mount, device: BlockDevice, path: str) -> bool:

@@ -109,6 +109,8 @@ def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> C
     mode = cap.access_mode.mode
     if mode == AccessMode.UNKNOWN:
         raise InvalidArgumentError(f"{field}: access_mode is UNKNOWN")
+    if mode not in AccessMode.Mode.values():
+        raise InvalidArgumentError(f"{field}: access_mode {mode} is not a CSI access mode")
     if kind == "block":
         return Capability(AccessType.BLOCK, mode)
     fs_type = cap.mount.fs_type or DEFAULT_FS_TYPE

@@ -164,3 +164,13 @@ def test_page_window_bad_token_is_aborted() -> None:
         parse.page_window(KEYS, "invalid-token", 0)
     with pytest.raises(InvalidArgumentError):
         parse.page_window(KEYS, "", -1)
+
+
+@pytest.mark.parametrize("mode", [-1, 8, 99])
+def test_access_mode_outside_the_enum_is_invalid(mode: int) -> None:
+    cap = csi.VolumeCapability(
+        block=csi.VolumeCapability.BlockVolume(),
+        access_mode=csi.VolumeCapability.AccessMode(mode=mode),  # type: ignore[arg-type]
+    )
+    with pytest.raises(InvalidArgumentError, match="not a CSI access mode"):
+        parse.capability(cap)
