@@ -7,6 +7,7 @@ paths through gRPC; then a driver holding a wrong token, whose every call fails.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 async def _lifecycle(channel: grpc.aio.Channel, node: str) -> list[str]:
     """Happy and unhappy calls; the error details the CO would see."""
-    stub = csi_grpc.ControllerStub(channel)
+    stub: csi_grpc.ControllerAsyncStub = csi_grpc.ControllerStub(channel)
     details: list[str] = []
     vol = (
         await stub.CreateVolume(
@@ -49,7 +50,7 @@ async def _lifecycle(channel: grpc.aio.Channel, node: str) -> list[str]:
     ).volume.volume_id
     publish = csi.ControllerPublishVolumeRequest(volume_id=vol, node_id=node, volume_capability=CAP)
     await stub.ControllerPublishVolume(publish)
-    failing = [
+    failing: list[Awaitable[object]] = [
         stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol)),
         stub.ControllerExpandVolume(
             csi.ControllerExpandVolumeRequest(
