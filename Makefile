@@ -13,7 +13,7 @@ CSI_SANITY_MODULE := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity
 # Debian packages the node needs (mkfs, blkid, mount, resize); installed when running as root.
 NODE_TOOLS := util-linux e2fsprogs xfsprogs mount
 
-.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest clean
+.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench clean
 
 help:
 	@echo "make demo   - simulator + driver: one volume through its whole life (root for real devices)"
@@ -70,3 +70,6 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache build dist
+
+bench: setup
+	$(PY) scripts/bench.py

@@ -8,7 +8,6 @@ error the Kubernetes user sees.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -169,18 +168,20 @@ class ControllerOps:
                 return self._check_existing(existing, spec)
             temporary = record.clone_snapshot_name(disk_name)
             snapshot_id = (await self._clone_snapshot(temporary, disk_name, spec.source.id)).id
-        # Already exists: a retry, or a crash after create; compare what exists with the request.
-        with contextlib.suppress(OxideAlreadyExistsError):
-            await self._api.disk_create(
-                DiskSpec(
-                    name=disk_name,
-                    description=rec.encode(),
-                    size=size,
-                    block_size=None if snapshot_id else spec.block_size,
-                    snapshot_id=snapshot_id,
-                )
-            )
-        disk = await self._api.disk_view(disk_name)  # the 201 body's state is stale: re-read
+        new = DiskSpec(
+            name=disk_name,
+            description=rec.encode(),
+            size=size,
+            block_size=None if snapshot_id else spec.block_size,
+            snapshot_id=snapshot_id,
+        )
+        try:
+            # The 201 body says "creating" although disk_create is synchronous: its state is never
+            # read (name, size, block size and description are final), so no re-read is needed.
+            disk = await self._api.disk_create(new)
+        except OxideAlreadyExistsError:
+            # A retry, or a crash after create: compare what exists with the request.
+            disk = await self._api.disk_view(disk_name)
         if temporary is not None:
             await self._delete_snapshot_if_present(temporary)
         return self._check_existing(disk, spec)

@@ -17,10 +17,19 @@ from csi_oxide.node.exec import run
 MIB = 1024 * 1024
 FILESYSTEMS = ("ext4", "xfs")
 DEFAULT_FS = "ext4"
-# ext4: no discard pass over the whole device (a fresh Oxide disk reads as zeros) and lazy inode
-# table and journal initialisation, so mkfs time does not grow with the disk.
+# ext4: no discard pass over the whole device (a fresh Oxide disk reads as zeros), lazy inode
+# table and journal initialisation, and flex groups of 256 block groups (default 16) so the
+# metadata mkfs writes stays small on a 1023 GiB disk: mkfs time barely grows with the disk.
 MKFS = {
-    "ext4": ("mkfs.ext4", "-F", "-q", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"),
+    "ext4": (
+        "mkfs.ext4",
+        "-F",
+        "-q",
+        "-G",
+        "256",
+        "-E",
+        "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+    ),
     # xfs: -K skips the discard pass.
     "xfs": ("mkfs.xfs", "-q", "-K"),
 }
@@ -83,9 +92,10 @@ def _edges_are_zero(device: str) -> bool:
         os.close(fd)
 
 
-async def is_blank(device: str) -> bool:
-    """True only when the device has no signature and its first and last MiB are zeros."""
-    if (await probe(device)).found:
+async def is_blank(device: str, signature: Signature | None = None) -> bool:
+    """True only when the device has no signature and its first and last MiB are zeros
+    (``signature``: the result of a ``probe`` just made, to avoid probing twice)."""
+    if (signature or await probe(device)).found:
         return False
     return await asyncio.to_thread(_edges_are_zero, device)
 

@@ -95,7 +95,7 @@ class NodeOps:
                 f"volume {volume_id} ({device.path}) holds {what!r}, not {fstype}; it was left "
                 "untouched (a volume is never re-formatted)"
             )
-        if not await fs.is_blank(device.path):
+        if not await fs.is_blank(device.path, found):
             raise FailedPreconditionError(
                 f"volume {volume_id} ({device.path}) has no filesystem but is not blank (it holds "
                 "data, perhaps written in raw block mode); it was left untouched"

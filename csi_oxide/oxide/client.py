@@ -55,6 +55,9 @@ API_VERSION = "2026060800.0.0"
 USER_AGENT = f"csi-oxide/{__version__}"
 PAGE_LIMIT = 1000
 DEFAULT_TIMEOUT = 300.0
+# Requests in flight at once from one controller: enough for a burst of a hundred volumes at
+# once (each needs two or three sequential calls) without queueing behind each other.
+DEFAULT_MAX_CONCURRENCY = 64
 
 _T = TypeVar("_T")
 Params = dict[str, str | int]
@@ -120,7 +123,7 @@ class HttpOxideClient:
         ca_file: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 10.0,
-        max_concurrency: int = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy | None = None,
         page_limit: int = PAGE_LIMIT,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -158,7 +161,7 @@ class HttpOxideClient:
         credentials: OxideCredentials,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        max_concurrency: int = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy | None = None,
         request_observer: RequestObserver | None = None,
         transport: httpx.AsyncBaseTransport | None = None,

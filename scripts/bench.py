@@ -1,0 +1,320 @@
+"""``make bench``: the driver against its physical limits, as ratios measured side by side.
+
+1. Controller overhead: median CreateVolume through gRPC / median of the same Oxide calls made
+   directly with the client (simulator latency 20 ms).
+2. Concurrency: 100 concurrent CreateVolume + ControllerPublish over 10 instances (latency
+   100 ms): wall time / one volume's wall time.
+3. Oxide requests per volume lifecycle (create, publish, unpublish, delete), counted by the
+   simulator.
+4. Node stage (root): NodeStageVolume of a fresh 100 GiB disk / mkfs + mount by hand with the
+   same options; and a 1023 GiB stage / a 10 GiB stage.
+5. Resident memory of an idle controller and node plugin.
+6. Start-up: process start to a Probe that answers ready, median of 10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+
+from csi_oxide import harness, log
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.health import Health
+from csi_oxide.node import fs
+from csi_oxide.node.ops import build_node_ops
+from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.controller import ControllerService
+from csi_oxide.server.identity import IdentityService
+from csi_oxide.sim import SimConfig, Simulator
+
+GIB = 1024**3
+CAP = csi.VolumeCapability(
+    mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
+    access_mode=csi.VolumeCapability.AccessMode(
+        mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+    ),
+)
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(name: str, figure: str, goal: str, met: bool | None) -> None:
+    verdict = "n/a" if met is None else ("met" if met else "NOT met")
+    ROWS.append((name, figure, goal, verdict))
+    print(f"{name}: {figure} (goal {goal}: {verdict})", flush=True)
+
+
+def _client(env: dict[str, str], **kw: object) -> HttpOxideClient:
+    return HttpOxideClient(
+        env["OXIDE_HOST"],
+        lambda: env["OXIDE_TOKEN"],
+        env["OXIDE_PROJECT"],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _timed(work: Awaitable[object]) -> float:
+    start = time.perf_counter()
+    await work
+    return time.perf_counter() - start
+
+
+def _create(name: str) -> csi.CreateVolumeRequest:
+    return csi.CreateVolumeRequest(
+        name=name, capacity_range=csi.CapacityRange(required_bytes=GIB), volume_capabilities=[CAP]
+    )
+
+
+async def controller_overhead(workdir: Path, n: int = 40) -> None:
+    sim = harness.start_sim(workdir, "--latency-ms", "20")
+    with harness.stopping(sim.proc):
+        driver = harness.start_driver(workdir, sim.env, mode="controller")
+        with harness.stopping(driver.proc):
+            api = _client(sim.env)
+            async with grpc.aio.insecure_channel(driver.endpoint) as channel:
+                stub: csi_grpc.ControllerAsyncStub = csi_grpc.ControllerStub(channel)
+                via_grpc, direct = [], []
+                for i in range(n):  # interleaved, so drift affects both sides alike
+                    via_grpc.append(await _timed(stub.CreateVolume(_create(f"bench-{i}"))))
+                    spec = DiskSpec(f"direct-{i}", "bench", GIB, 4096)
+
+                    async def same_calls(spec: DiskSpec = spec) -> None:
+                        await api.disk_create(spec)
+                        await api.disk_view(spec.name)
+
+                    direct.append(await _timed(same_calls()))
+            await api.aclose()
+    ratio = statistics.median(via_grpc) / statistics.median(direct)
+    row(
+        "controller overhead",
+        f"{ratio:.2f} (CreateVolume median {statistics.median(via_grpc) * 1000:.1f} ms, same "
+        f"Oxide calls direct {statistics.median(direct) * 1000:.1f} ms)",
+        "<= 1.10",
+        ratio <= 1.10,
+    )
+
+
+async def concurrency(workdir: Path, volumes: int = 100) -> None:
+    sim = harness.start_sim(workdir, "--hotplug", "--instances", "9", "--latency-ms", "100")
+    with harness.stopping(sim.proc):
+        driver = harness.start_driver(workdir, sim.env, mode="controller")
+        with harness.stopping(driver.proc):
+            api = _client(sim.env)
+            nodes = sorted(i.id for i in await api.instance_list())
+            await api.aclose()
+            async with grpc.aio.insecure_channel(driver.endpoint) as channel:
+                stub: csi_grpc.ControllerAsyncStub = csi_grpc.ControllerStub(channel)
+
+                async def one(i: int) -> None:
+                    vol = (await stub.CreateVolume(_create(f"conc-{i}"))).volume.volume_id
+                    await stub.ControllerPublishVolume(
+                        csi.ControllerPublishVolumeRequest(
+                            volume_id=vol, node_id=nodes[i % len(nodes)], volume_capability=CAP
+                        )
+                    )
+
+                single = await _timed(one(-1))
+                wall = await _timed(asyncio.gather(*(one(i) for i in range(volumes))))
+    ratio = wall / single
+    row(
+        "concurrency",
+        f"{ratio:.2f} ({volumes} volumes over {len(nodes)} instances in {wall:.2f} s; one "
+        f"volume {single:.2f} s)",
+        "<= 2.0",
+        ratio <= 2.0,
+    )
+
+
+async def requests_per_lifecycle(workdir: Path) -> None:
+    sim = Simulator(SimConfig(hotplug=True))
+    api = HttpOxideClient.for_tests(
+        host="http://sim",
+        token=sim.token,
+        project="csi",
+        transport=httpx.ASGITransport(app=sim.asgi_app()),
+    )
+    server = CsiServer(
+        f"unix://{workdir}/count.sock",
+        Services(
+            identity=IdentityService(Health()),
+            controller=ControllerService(ControllerOps(api, cluster="bench")),
+        ),
+    )
+    await server.start()
+    async with grpc.aio.insecure_channel(f"unix://{workdir}/count.sock") as channel:
+        stub: csi_grpc.ControllerAsyncStub = csi_grpc.ControllerStub(channel)
+        vol = (await stub.CreateVolume(_create("count"))).volume.volume_id
+        node = sim.local_instance_id
+        await stub.ControllerPublishVolume(
+            csi.ControllerPublishVolumeRequest(volume_id=vol, node_id=node, volume_capability=CAP)
+        )
+        await stub.ControllerUnpublishVolume(
+            csi.ControllerUnpublishVolumeRequest(volume_id=vol, node_id=node)
+        )
+        await stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))
+    await server.stop(grace=1)
+    await api.aclose()
+    counts = {k: v for k, v in sorted(sim.request_counts.items()) if v}
+    total = sum(counts.values())
+    row(
+        "Oxide requests per lifecycle",
+        f"{total} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
+        "the API's minimum, 4 (create, attach, detach, delete)",
+        total == 4,
+    )
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Loop:
+    """A sparse file of ``size`` named like a disk, on a loop device, cleaned up on exit."""
+
+    def __init__(self, directory: Path, name: str, size: int) -> None:
+        self.path = directory / name
+        with self.path.open("wb") as f:
+            f.truncate(size)
+        self.dev = _sh("losetup", "--find", "--show", str(self.path))
+
+    def close(self) -> None:
+        subprocess.run(["losetup", "-d", self.dev], check=False)
+        self.path.unlink(missing_ok=True)
+
+
+async def _stage_seconds(workdir: Path, size: int, index: int) -> float:
+    devices = workdir / "devices"
+    devices.mkdir(exist_ok=True)
+    name = f"csi-{index:016x}"
+    disk = Loop(devices, name, size)
+    staging = workdir / f"stage-{index}"
+    staging.mkdir()
+    ops = build_node_ops(sim_device_dir=devices, device_timeout=10)
+    try:
+        return await _timed(
+            ops.stage(name, str(staging), fs_type="ext4", mount_flags=[], block=False)
+        )
+    finally:
+        await ops.unstage(name, str(staging))
+        disk.close()
+
+
+async def _by_hand_seconds(workdir: Path, size: int) -> float:
+    disk = Loop(workdir, "by-hand", size)
+    target = workdir / "by-hand-mnt"
+    target.mkdir()
+    try:
+        start = time.perf_counter()
+        _sh(*fs.MKFS["ext4"], disk.dev)
+        _sh("mount", "-t", "ext4", disk.dev, str(target))
+        seconds = time.perf_counter() - start
+        _sh("umount", str(target))
+        return seconds
+    finally:
+        disk.close()
+
+
+async def node_stage(workdir: Path) -> None:
+    if os.geteuid() != 0 or not Path("/dev/loop-control").exists():
+        row("node stage", "skipped: needs root and loop devices", "<= 1.15", None)
+        return
+    stage = statistics.median([await _stage_seconds(workdir, 100 * GIB, i) for i in range(3)])
+    manual = []
+    for i in range(3):
+        (workdir / f"h{i}").mkdir()
+        manual.append(await _by_hand_seconds(workdir / f"h{i}", 100 * GIB))
+    by_hand = statistics.median(manual)
+    ratio = stage / by_hand
+    row(
+        "node stage 100 GiB",
+        f"{ratio:.2f} (NodeStage {stage * 1000:.0f} ms, "
+        f"mkfs + mount by hand {by_hand * 1000:.0f} ms)",
+        "<= 1.15",
+        ratio <= 1.15,
+    )
+    big = await _stage_seconds(workdir, 1023 * GIB, 10)
+    small = await _stage_seconds(workdir, 10 * GIB, 11)
+    row(
+        "stage 1023 GiB / 10 GiB",
+        f"{big / small:.2f} ({big * 1000:.0f} ms / {small * 1000:.0f} ms)",
+        "<= 2",
+        big / small <= 2,
+    )
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def memory_and_startup(workdir: Path) -> None:
+    sim = harness.start_sim(workdir, "--hotplug")
+    with harness.stopping(sim.proc):
+        figures = {}
+        for mode in ("controller", "node"):
+            driver = harness.start_driver(workdir, sim.env, mode=mode, name=f"idle-{mode}")
+            with harness.stopping(driver.proc):
+                await asyncio.sleep(2)
+                figures[mode] = _rss_mib(driver.proc.popen.pid)
+        row(
+            "memory, idle controller",
+            f"{figures['controller']:.1f} MiB",
+            "<= 80 MiB",
+            figures["controller"] <= 80,
+        )
+        row(
+            "memory, idle node plugin",
+            f"{figures['node']:.1f} MiB",
+            "<= 60 MiB",
+            figures["node"] <= 60,
+        )
+        starts = []
+        for i in range(10):
+            start = time.perf_counter()
+            driver = harness.start_driver(workdir, sim.env, mode="controller", name=f"start-{i}")
+            with harness.stopping(driver.proc):
+                async with grpc.aio.insecure_channel(driver.endpoint) as channel:
+                    identity = csi_grpc.IdentityStub(channel)
+                    while not (await identity.Probe(csi.ProbeRequest())).ready.value:
+                        await asyncio.sleep(0.01)
+                starts.append(time.perf_counter() - start)
+    median = statistics.median(starts)
+    row("start-up to ready Probe", f"{median:.2f} s (median of 10)", "<= 1.5 s", median <= 1.5)
+
+
+async def main() -> int:
+    log.configure(fmt="console", level="warning")
+    steps: list[tuple[str, Callable[[Path], Awaitable[None]]]] = [
+        ("controller overhead", controller_overhead),
+        ("concurrency", concurrency),
+        ("requests per lifecycle", requests_per_lifecycle),
+        ("node stage", node_stage),
+        ("memory and start-up", memory_and_startup),
+    ]
+    for name, step in steps:
+        with tempfile.TemporaryDirectory(prefix="csi-oxide-bench-") as tmp:
+            print(f"--- {name}", flush=True)
+            await step(Path(tmp))
+    print("\n| figure | measured | goal | |\n| --- | --- | --- | --- |")
+    for name, figure, goal, verdict in ROWS:
+        print(f"| {name} | {figure} | {goal} | {verdict} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
