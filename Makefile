@@ -13,11 +13,13 @@ CSI_SANITY_MODULE := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity
 # Debian packages the node needs (mkfs, blkid, mount, resize); installed when running as root.
 NODE_TOOLS := util-linux e2fsprogs xfsprogs mount
 
-.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench clean
+.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos clean
 
 help:
 	@echo "make demo   - simulator + driver: one volume through its whole life (root for real devices)"
 	@echo "make test   - lint, types, stub drift check, every test including csi-sanity"
+	@echo "make chaos  - volume lifecycles under 20% 503s and 100 plugin kills"
+	@echo "make bench  - performance ratios against the physical limits"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +75,6 @@ clean:
 
 bench: setup
 	$(PY) scripts/bench.py
+
+chaos: setup
+	$(PY) scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2

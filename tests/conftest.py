@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = terminalreporter.config.stash[SANITY_RESULTS]
     if lines:
-        terminalreporter.section("figures (csi-sanity, hostile input)")
+        terminalreporter.section("figures (csi-sanity, hostile input, chaos)")
         for line in lines:
             terminalreporter.write_line(line)
 
