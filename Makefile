@@ -77,4 +77,4 @@ bench: setup
 	$(PY) scripts/bench.py
 
 chaos: setup
-	$(PY) scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2
+	$(PY) scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2 --lost-rate 0.05

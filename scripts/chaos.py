@@ -2,16 +2,16 @@
 
 A storm of concurrent lifecycles (create, attach, stage, publish, write, snapshot, detach, offline
 expand, re-attach and check, restore the snapshot and check, delete everything) runs against
-``csi-oxide sim`` injecting 503s, while the controller and the node plugin (separate processes)
-are killed with SIGKILL at random moments and restarted. The storm plays the CO: it retries what
-the sidecars and kubelet retry (UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, and anything while a
-plugin is down).
+``csi-oxide sim`` injecting 503s, lost answers (carried out, answered 503) and latency jitter,
+while the controller and the node plugin (separate processes) are killed with SIGKILL at random
+moments and restarted. The storm plays the CO: it retries what the sidecars and kubelet retry
+(UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, and anything while a plugin is down).
 
 Afterwards: every lifecycle converged, no RPC answered UNKNOWN or INTERNAL, no data was lost
 (checksums through expansion and restore), and no disk, snapshot, loop device or mount is left.
 Without root (no loop devices) the node part is skipped and the controller part still runs.
 
-    python scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2
+    python scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2 --lost-rate 0.05
 """
 
 from __future__ import annotations
@@ -313,11 +313,29 @@ async def _leaks(env: dict[str, str], workdir: Path) -> list[str]:
 
 
 async def run_storm(
-    workdir: Path, *, volumes: int, kills: int, fail_rate: float, seed: int = 7
+    workdir: Path,
+    *,
+    volumes: int,
+    kills: int,
+    fail_rate: float,
+    lost_rate: float = 0.05,
+    seed: int = 7,
 ) -> Report:
     """The whole storm in ``workdir``; the report says what happened."""
     node_side = os.geteuid() == 0 and Path("/dev/loop-control").exists()
-    sim_args = ["--hotplug", "--fail-rate", str(fail_rate), "--state-dir", str(workdir / "rack")]
+    sim_args = [
+        "--hotplug",
+        "--fail-rate",
+        str(fail_rate),
+        "--lost-rate",
+        str(lost_rate),
+        "--latency-ms",
+        "5",
+        "--jitter-ms",
+        "45",
+        "--state-dir",
+        str(workdir / "rack"),
+    ]
     if node_side:
         sim_args += ["--backing", "loop"]
     sim = harness.start_sim(workdir, *sim_args)
@@ -351,6 +369,9 @@ def main() -> int:
     parser.add_argument("--volumes", type=int, default=12, help="concurrent lifecycles per wave")
     parser.add_argument("--kills", type=int, default=100, help="plugin kills before stopping")
     parser.add_argument("--fail-rate", type=float, default=0.2, help="share of 503 answers")
+    parser.add_argument(
+        "--lost-rate", type=float, default=0.05, help="share of requests whose answer is lost"
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     log.configure(fmt="console", level="warning")
@@ -364,6 +385,7 @@ def main() -> int:
                 volumes=args.volumes,
                 kills=args.kills,
                 fail_rate=args.fail_rate,
+                lost_rate=args.lost_rate,
                 seed=args.seed,
             )
         )

@@ -104,8 +104,9 @@ class _Exchange:
             raise errors.unauthorized()
 
     async def run(self) -> Response:
-        if self.sim.config.latency_ms > 0:
-            await asyncio.sleep(self.sim.config.latency_ms / 1000)
+        delay = self.sim.draw_delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
         try:
             route, params = routing.match(self.request.method, self.request.url.path)
         except routing.NoRouteError as exc:
@@ -133,6 +134,8 @@ class _Exchange:
         status, payload = await self.sim.apply(route.handler, Call(params, query, self.body))
         if fault is not None:
             raise errors.for_status(fault.status)  # applied, but the answer is lost
+        if self.sim.draw_lost():
+            raise errors.unavailable()  # applied, but the answer is lost
         return self.reply(status, payload)
 
 

@@ -47,7 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=0, help="extra running instances")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="up to this much more, at random"
+    )
+    parser.add_argument(
         "--fail-rate", type=float, default=0.0, help="probability of a 503 on any request"
+    )
+    parser.add_argument(
+        "--lost-rate",
+        type=float,
+        default=0.0,
+        help="probability that a request is carried out but answered 503 (a lost answer)",
     )
     parser.add_argument("--quota-gib", type=int, default=10240, help="silo storage quota")
     parser.add_argument("--env-file", type=Path, help="write shell export lines here once bound")
@@ -68,6 +77,8 @@ def _config(args: argparse.Namespace) -> SimConfig:
         state_dir=args.state_dir,
         instances=args.instances,
         latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        lost_rate=args.lost_rate,
         fail_rate=args.fail_rate,
         quota_gib=args.quota_gib,
     )

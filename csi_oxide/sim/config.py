@@ -15,8 +15,10 @@ class SimConfig:
     detach only while their instance is stopped. ``backing`` is ``memory`` (no data, a content token
     per disk) or ``loop`` (sparse files under ``state_dir`` and loop devices for the local
     instance). ``instances`` adds that many running instances besides the local one.
-    ``latency_ms`` is added to every request and ``fail_rate`` is the probability that a request
-    is answered 503 before it is handled (drawn from a generator seeded with ``seed``).
+    ``latency_ms`` is added to every request, plus up to ``jitter_ms`` more; ``fail_rate`` is the
+    probability that a request is answered 503 before it is handled, ``lost_rate`` that it is
+    handled but its answer is lost (a 503, as a dropped connection looks to a client that retries);
+    all drawn from a generator seeded with ``seed``.
     ``quota_gib`` is the silo's storage quota.
     """
 
@@ -27,7 +29,9 @@ class SimConfig:
     state_dir: Path | None = None
     instances: int = 0
     latency_ms: float = 0.0
+    jitter_ms: float = 0.0
     fail_rate: float = 0.0
+    lost_rate: float = 0.0
     quota_gib: int = 10240
     seed: int | None = None
 
@@ -37,6 +41,7 @@ class SimConfig:
         return (
             f"SimConfig(project={self.project!r}, token={token}, hotplug={self.hotplug}, "
             f"backing={self.backing!r}, state_dir={self.state_dir!r}, instances={self.instances}, "
-            f"latency_ms={self.latency_ms}, fail_rate={self.fail_rate}, "
+            f"latency_ms={self.latency_ms}, jitter_ms={self.jitter_ms}, "
+            f"fail_rate={self.fail_rate}, lost_rate={self.lost_rate}, "
             f"quota_gib={self.quota_gib}, seed={self.seed})"
         )

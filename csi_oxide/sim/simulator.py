@@ -83,6 +83,15 @@ class Simulator:
         """True when the random 503 of ``fail_rate`` strikes this request."""
         return self.config.fail_rate > 0 and self._random.random() < self.config.fail_rate
 
+    def draw_lost(self) -> bool:
+        """True when this request's answer is lost (``lost_rate``)."""
+        return self.config.lost_rate > 0 and self._random.random() < self.config.lost_rate
+
+    def draw_delay(self) -> float:
+        """Seconds to hold this request: the latency plus a random share of the jitter."""
+        jitter = self._random.uniform(0, self.config.jitter_ms) if self.config.jitter_ms else 0.0
+        return (self.config.latency_ms + jitter) / 1000
+
     def record_violation(self, message: str) -> None:
         """Note a contract violation (validate mode)."""
         self.contract_violations.append(message)

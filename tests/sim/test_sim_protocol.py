@@ -274,3 +274,31 @@ async def test_latency_is_added() -> None:
         start = time.monotonic()
         await api.http.get("/v1/utilization")
         assert time.monotonic() - start >= 0.05
+
+
+async def test_a_lost_answer_still_applies_the_request() -> None:
+    async with serve(lost_rate=1.0, seed=1) as api:
+        answer = await api.http.post(
+            "/v1/disks",
+            params={"project": "csi"},
+            json={
+                "name": "lost-answer",
+                "description": "",
+                "size": GIB,
+                "disk_backend": {
+                    "type": "distributed",
+                    "disk_source": {"type": "blank", "block_size": 4096},
+                },
+            },
+        )
+        assert answer.status_code == 503
+        assert api.sim.disk_names() == ["lost-answer"]
+
+
+async def test_jitter_is_bounded_and_seeded() -> None:
+    sim = Simulator(SimConfig(latency_ms=10, jitter_ms=20, seed=3))
+    delays = [sim.draw_delay() for _ in range(50)]
+    assert all(0.010 <= d <= 0.030 for d in delays)
+    assert len(set(delays)) > 40
+    again = Simulator(SimConfig(latency_ms=10, jitter_ms=20, seed=3))
+    assert [again.draw_delay() for _ in range(50)] == delays
