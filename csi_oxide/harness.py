@@ -226,6 +226,21 @@ def unmount_below(path: Path) -> list[str]:
     return points
 
 
+def leftovers(path: Path) -> list[str]:
+    """Mounts at or below ``path`` and loop devices over files below it that still exist."""
+    from csi_oxide.node import mountinfo
+
+    prefix = str(path.resolve())
+    found = [f"mount {m.mount_point}" for m in mountinfo.read() if m.mount_point.startswith(prefix)]
+    loops = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return found + [f"loop {line}" for line in loops.splitlines() if prefix in line]
+
+
 @contextlib.contextmanager
 def stopping(*procs: Proc) -> Iterator[None]:
     """Stop ``procs`` (last first) when the block ends, whatever happens."""

@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -35,7 +34,6 @@ import grpc
 from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.node import mountinfo
 from csi_oxide.oxide.client import HttpOxideClient
 
 GIB = 1024**3
@@ -301,15 +299,7 @@ async def _leaks(env: dict[str, str], workdir: Path) -> list[str]:
         leaks += [f"snapshot {s.name}" for s in await api.snapshot_list()]
     finally:
         await api.aclose()
-    leaks += [f"mount {m.mount_point}" for m in mountinfo.read() if str(workdir) in m.mount_point]
-    loops = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    leaks += [f"loop {line.split()[0]}" for line in loops.splitlines() if str(workdir) in line]
-    return leaks
+    return leaks + harness.leftovers(workdir)
 
 
 async def run_storm(

@@ -22,7 +22,7 @@ import contextlib
 from dataclasses import replace
 from datetime import datetime
 
-from csi_oxide.controller import record
+from csi_oxide.controller import lookup, record
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
     FailedPreconditionError,
@@ -75,8 +75,8 @@ class Expander:
     async def settle(self, volume_id: str) -> Disk | None:
         """Finish whatever expansion of ``volume_id`` a crash interrupted; the disk afterwards
         (None when there is neither a disk nor an expansion snapshot)."""
-        disk = await self._disk_or_none(volume_id)
-        snap = await self._snapshot_or_none(record.grow_snapshot_name(volume_id))
+        disk = await lookup.disk_or_none(self._api, volume_id)
+        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(volume_id))
         if snap is None:
             return disk
         if disk is None:
@@ -149,18 +149,6 @@ class Expander:
     async def _delete_snapshot(self, name: str) -> None:
         with contextlib.suppress(OxideNotFoundError):
             await self._api.snapshot_delete(name)
-
-    async def _disk_or_none(self, name: str) -> Disk | None:
-        try:
-            return await self._api.disk_view(name)
-        except OxideNotFoundError:
-            return None
-
-    async def _snapshot_or_none(self, name: str) -> Snapshot | None:
-        try:
-            return await self._api.snapshot_view(name)
-        except OxideNotFoundError:
-            return None
 
 
 def _check_redundant(disk: Disk, snap: Snapshot) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from csi_oxide.controller import record
+from csi_oxide.controller import lookup, record
 from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
@@ -442,10 +442,7 @@ class ControllerOps:
     async def _snapshot_or_none(self, snapshot_id: str) -> Snapshot | None:
         if not _plausible_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
             return None
-        try:
-            return await self._api.snapshot_view(snapshot_id)
-        except OxideNotFoundError:
-            return None
+        return await lookup.snapshot_or_none(self._api, snapshot_id)
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -476,10 +473,7 @@ class ControllerOps:
         return disk
 
     async def _view_or_none(self, volume_id: str) -> Disk | None:
-        try:
-            return await self._api.disk_view(volume_id)
-        except OxideNotFoundError:
-            return None
+        return await lookup.disk_or_none(self._api, volume_id)
 
     async def _source_snapshot(self, snapshot_id: str) -> Snapshot:
         snap = await self._snapshot_or_none(snapshot_id)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from csi_oxide import harness
-from csi_oxide.node import mountinfo
 
 pytestmark = [pytest.mark.sanity, pytest.mark.root]
 
@@ -44,18 +42,6 @@ def _check(result: harness.SanityResult, label: str, report: Callable[[str], Non
     assert result.failed == 0, f"{label} failures: {result.failures}\n{result.output[-8000:]}"
     assert result.passed > 0, f"{label}: nothing ran\n{result.output[-4000:]}"
     assert result.exit_code == 0, result.output[-8000:]
-
-
-def _leftovers(workdir: Path) -> list[str]:
-    """Mounts under ``workdir`` and loop devices over its files that are still there."""
-    mounts = [m.mount_point for m in mountinfo.read() if m.mount_point.startswith(str(workdir))]
-    loops = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return mounts + [line for line in loops.splitlines() if str(workdir) in line]
 
 
 def _run(binary: str, workdir: Path, *, processes: int, args: list[str]) -> harness.SanityResult:
@@ -92,4 +78,4 @@ def test_full_suite(
     result = _run(sanity_binary, tmp_path, processes=processes, args=args)
     label = f"full suite, {access} mode, {processes} process{'es' if processes > 1 else ''}"
     _check(result, label, sanity_report)
-    assert _leftovers(tmp_path) == []
+    assert harness.leftovers(tmp_path) == []

@@ -1,0 +1,23 @@
+"""Reads that treat "not there" as an answer, not an error."""
+
+from __future__ import annotations
+
+from csi_oxide.oxide.api import OxideApi
+from csi_oxide.oxide.errors import OxideNotFoundError
+from csi_oxide.oxide.types import Disk, Snapshot
+
+
+async def disk_or_none(api: OxideApi, name: str) -> Disk | None:
+    """The disk named ``name``, or None when Oxide has none."""
+    try:
+        return await api.disk_view(name)
+    except OxideNotFoundError:
+        return None
+
+
+async def snapshot_or_none(api: OxideApi, name: str) -> Snapshot | None:
+    """The snapshot named ``name``, or None when Oxide has none."""
+    try:
+        return await api.snapshot_view(name)
+    except OxideNotFoundError:
+        return None
