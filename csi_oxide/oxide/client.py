@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random as _random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -145,12 +146,21 @@ class HttpOxideClient:
         self._random = random
         self._observer = request_observer
         self._semaphore = asyncio.Semaphore(max_concurrency)
+        limits = httpx.Limits(max_connections=max_concurrency)
+        if transport is None:
+            # TCP_NODELAY: a POST goes out as headers then body; with Nagle the body waits for
+            # the server's delayed ACK of the headers, adding ~40 ms to every request on a
+            # reused connection.
+            transport = httpx.AsyncHTTPTransport(
+                verify=_verify(ca_file),
+                limits=limits,
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            )
         self._http = httpx.AsyncClient(
             base_url=self._host,
             transport=transport,
-            verify=_verify(ca_file),
             timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
-            limits=httpx.Limits(max_connections=max_concurrency),
+            limits=limits,
             headers={"api-version": API_VERSION, "user-agent": USER_AGENT},
             follow_redirects=False,
         )
