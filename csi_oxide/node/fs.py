@@ -92,12 +92,13 @@ def _edges_are_zero(device: str) -> bool:
         os.close(fd)
 
 
-async def is_blank(device: str, signature: Signature | None = None) -> bool:
-    """True only when the device has no signature and its first and last MiB are zeros
-    (``signature``: the result of a ``probe`` just made, to avoid probing twice)."""
-    if (signature or await probe(device)).found:
-        return False
-    return await asyncio.to_thread(_edges_are_zero, device)
+async def examine(device: str) -> tuple[Signature, bool]:
+    """The device's signature, and whether it is blank: no signature at all and the first and
+    last MiB reading as zeros. The probe and the reads run side by side."""
+    signature, zero_edges = await asyncio.gather(
+        probe(device), asyncio.to_thread(_edges_are_zero, device)
+    )
+    return signature, zero_edges and not signature.found
 
 
 async def mkfs(device: str, fstype: str) -> None:

@@ -86,7 +86,7 @@ class NodeOps:
 
     async def _prepare(self, volume_id: str, device: BlockDevice, fstype: str) -> bool:
         """Format the device if (and only if) it is blank; True when it was formatted."""
-        found = await fs.probe(device.path)
+        found, blank = await fs.examine(device.path)
         if found.fstype == fstype:
             return False
         if found.found:
@@ -95,7 +95,7 @@ class NodeOps:
                 f"volume {volume_id} ({device.path}) holds {what!r}, not {fstype}; it was left "
                 "untouched (a volume is never re-formatted)"
             )
-        if not await fs.is_blank(device.path, found):
+        if not blank:
             raise FailedPreconditionError(
                 f"volume {volume_id} ({device.path}) has no filesystem but is not blank (it holds "
                 "data, perhaps written in raw block mode); it was left untouched"
