@@ -1,5 +1,6 @@
-# csi-oxide: one image for both modes (controller: non-root; node: privileged root, see
-# deploy/kubernetes/base). Build from the repository root:  docker build -t csi-oxide:0.1.0 .
+# csi-oxide: one image for both modes. The controller runs as the unprivileged user below; the
+# node plugin's DaemonSet runs it as root, privileged (deploy/kubernetes/base/node.yaml).
+# Build from the repository root:  docker build -t csi-oxide:0.1.0 .
 
 # ---- builder: the wheel, from the committed sources and generated stubs ----
 FROM python:3.11.14-slim-bookworm AS builder
@@ -10,17 +11,19 @@ COPY csi_oxide ./csi_oxide
 COPY proto ./proto
 RUN python -m build --wheel --outdir /dist
 
-# ---- runtime ----
+# ---- runtime: Python, the node's tools and the wheel ----
 FROM python:3.11.14-slim-bookworm AS runtime
-# The node's tools: mount/umount/blkid/losetup (util-linux, mount), mkfs.ext4/resize2fs/e2fsck
-# (e2fsprogs), mkfs.xfs/xfs_growfs/xfs_db (xfsprogs); libudev for pyudev.
+# util-linux: blkid, blockdev; mount: mount, umount; e2fsprogs: mkfs.ext4, e2fsck, resize2fs;
+# xfsprogs: mkfs.xfs, xfs_growfs, xfs_db; libudev1: loaded by pyudev.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs libudev1 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /dist/*.whl /tmp/
 RUN python -m pip install --no-cache-dir /tmp/*.whl && rm -f /tmp/*.whl
-# The controller runs as this user; the node's DaemonSet overrides it with root (privileged).
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The controller's user; the node's DaemonSet overrides it with root.
 RUN groupadd --system --gid 65532 csi && useradd --system --uid 65532 --gid csi --no-create-home csi
 USER 65532:65532
 ENTRYPOINT ["csi-oxide"]

@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pyudev
 
@@ -47,6 +48,28 @@ class BlockDevice:
     serial: bytes
     sys_path: str
     major_minor: str
+
+
+class DeviceFinder(Protocol):
+    """Finds the block device of an attached volume by the identity the platform gives it."""
+
+    async def find(self, volume_id: str) -> BlockDevice:
+        """The volume's device, waiting (bounded) for it to appear; NotFoundError at the end of
+        the wait, FailedPreconditionError when several devices claim the volume."""
+        ...
+
+    async def find_now(self, volume_id: str) -> BlockDevice | None:
+        """The volume's device if it is attached right now, else None (never waits)."""
+        ...
+
+    async def verify(self, device: BlockDevice, volume_id: str) -> None:
+        """FailedPreconditionError unless ``device`` still carries the volume's identity; called
+        immediately before anything writes to the device."""
+        ...
+
+    async def max_volumes(self) -> int:
+        """How many volumes this node can take: 12 minus the disks that are not CSI volumes."""
+        ...
 
 
 class UdevDeviceFinder:
@@ -106,9 +129,7 @@ class UdevDeviceFinder:
 
     async def max_volumes(self) -> int:
         """12 minus the NVMe disks present that are not CSI volumes (the boot disk, ...)."""
-        devices = await asyncio.to_thread(self.scan)
-        others = [d for d in devices if "nvme" in d.path and not _CSI_SERIAL.match(d.serial)]
-        return max(0, MAX_DISKS_PER_INSTANCE - len(others))
+        return volume_slots(await asyncio.to_thread(self.scan))
 
     def _wait(self, volume_id: str) -> BlockDevice:
         monitor = self._monitor()
@@ -137,6 +158,18 @@ class UdevDeviceFinder:
         except (OSError, ValueError):
             return None  # no netlink here: fall back to re-scanning
         return monitor
+
+
+def volume_slots(devices: list[BlockDevice]) -> int:
+    """12 minus the NVMe disks that are not CSI volumes (serial not ``csi-`` + 16 hex): the boot
+    disk and any disk attached by hand use slots of the instance. Never negative: 0 means this
+    node cannot take a volume, which the scheduler must know rather than be told 1."""
+    others = [
+        d
+        for d in devices
+        if Path(d.sys_path).name.startswith("nvme") and not _CSI_SERIAL.match(d.serial)
+    ]
+    return max(0, MAX_DISKS_PER_INSTANCE - len(others))
 
 
 def _only(volume_id: str, devices: list[BlockDevice]) -> BlockDevice | None:

@@ -6,10 +6,38 @@ import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import PurePosixPath
+from typing import Protocol
 
 from csi_oxide.node import mountinfo
 from csi_oxide.node.exec import run
 from csi_oxide.node.mountinfo import Mount
+
+
+class Mounter(Protocol):
+    """Mounts, binds and unmounts, and answers what is mounted where (symlinks resolved)."""
+
+    async def mount(self, source: str, target: str, fstype: str, options: Sequence[str]) -> None:
+        """Mount the ``fstype`` filesystem on device ``source`` at directory ``target``."""
+        ...
+
+    async def bind(
+        self, source: str, target: str, *, read_only: bool, options: Sequence[str] = ()
+    ) -> None:
+        """Bind ``source`` at ``target`` (a directory, or a device node onto a file); read-only
+        when asked, and never left writable when making it read-only fails."""
+        ...
+
+    async def unmount(self, target: str) -> None:
+        """Unmount the topmost mount at ``target``."""
+        ...
+
+    async def mounts_at(self, path: str) -> list[Mount]:
+        """The mounts stacked at ``path`` (after resolving symlinks), bottom first."""
+        ...
+
+    async def mounts_of(self, major_minor: str, device_path: str) -> list[Mount]:
+        """Every mount of the block device: its filesystem's and binds of its device node."""
+        ...
 
 
 class LinuxMounter:

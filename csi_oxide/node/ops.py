@@ -3,8 +3,10 @@
 Stage (filesystem volumes): find the device by serial, then mount what is on it. A device with a
 filesystem of the requested type is mounted (and grown to the device's size); a provably blank one
 is formatted first, after a last identity check; anything else (another filesystem, a partition
-table, raw data) is refused untouched. Raw block volumes need no staging beyond the device being
-there; publish bind-mounts the device node onto a file.
+table, raw data) is refused untouched. A disk re-created larger by offline expansion has its
+filesystem grown at the next stage: after mounting (online), except ext4 when this process lacks
+CAP_SYS_RESOURCE, which is then grown just before mounting. Raw block volumes need no staging
+beyond the device being there; publish bind-mounts the device node onto a file.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from csi_oxide.node import fs
-from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder, serial_of
-from csi_oxide.node.mount import LinuxMounter
+from csi_oxide.node.devices import BlockDevice, DeviceFinder, UdevDeviceFinder, serial_of
+from csi_oxide.node.mount import LinuxMounter, Mounter
 from csi_oxide.node.mountinfo import Mount
 
 MKFS_CONCURRENCY = 2
@@ -43,9 +45,16 @@ class VolumeStats:
 class NodeOps:
     """The node's data path over a device finder and a mounter."""
 
-    def __init__(self, devices: UdevDeviceFinder, mounter: LinuxMounter) -> None:
+    def __init__(
+        self, devices: DeviceFinder, mounter: Mounter, *, online_ext4_growth: bool | None = None
+    ) -> None:
+        """``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find out from
+        this process's capabilities). Without it, stage grows ext4 before mounting."""
         self._devices = devices
         self._mounter = mounter
+        self._online_ext4 = (
+            fs.can_grow_ext4_online() if online_ext4_growth is None else online_ext4_growth
+        )
         self._format_slots = asyncio.Semaphore(MKFS_CONCURRENCY)
 
     async def max_volumes(self) -> int:
@@ -72,17 +81,42 @@ class NodeOps:
         mounted = await self._mounter.mounts_at(staging)
         if mounted:
             _require_same_device(mounted[-1], device, staging)
+            if mounted[-1].fstype != fstype:
+                raise AlreadyExistsError(
+                    f"volume {volume_id} is already staged at {staging} as "
+                    f"{mounted[-1].fstype}, not {fstype}"
+                )
+        else:
+            async with self._format_slots:
+                fresh = await self._prepare(volume_id, device, fstype)
+                if not fresh and fstype == "ext4" and not self._online_ext4:
+                    await self._grow_offline(volume_id, device)
+            options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
+            await self._mounter.mount(device.path, staging, fstype, options)
+            if fresh:
+                return
+        # Offline expansion re-created a larger disk: grow now, online (also on a retry that
+        # finds the volume mounted by an earlier call which failed while growing).
+        await self._grow(volume_id, device, fstype, staging)
+
+    async def _grow(self, volume_id: str, device: BlockDevice, fstype: str, mounted: str) -> None:
+        """Grow the filesystem mounted at ``mounted`` when its device is larger."""
+        if not await fs.needs_growth(device.path, fstype):
             return
-        async with self._format_slots:
-            fresh = await self._prepare(volume_id, device, fstype)
-            grow = not fresh and await fs.needs_growth(device.path, fstype)
-            if grow and fstype == "ext4":  # offline expansion: grow before anyone mounts it
-                await self._devices.verify(device, volume_id)
-                await fs.grow_unmounted_ext4(device.path)
-        options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
-        await self._mounter.mount(device.path, staging, fstype, options)
-        if grow and fstype == "xfs":  # xfs grows only while mounted
-            await fs.grow_mounted(fstype, device.path, staging)
+        if fstype == "ext4" and not self._online_ext4:
+            raise FailedPreconditionError(
+                f"the ext4 filesystem of volume {volume_id} is smaller than its disk but cannot "
+                "grow while mounted: the node plugin lacks CAP_SYS_RESOURCE (run it privileged); "
+                "it grows at its next NodeStageVolume instead"
+            )
+        await self._devices.verify(device, volume_id)
+        await fs.grow_mounted(fstype, device.path, mounted)
+
+    async def _grow_offline(self, volume_id: str, device: BlockDevice) -> None:
+        """Grow an unmounted ext4 when its device is larger (no online growth here)."""
+        if await fs.needs_growth(device.path, "ext4"):
+            await self._devices.verify(device, volume_id)
+            await fs.grow_unmounted_ext4(device.path)
 
     async def _prepare(self, volume_id: str, device: BlockDevice, fstype: str) -> bool:
         """Format the device if (and only if) it is blank; True when it was formatted."""
@@ -217,9 +251,7 @@ class NodeOps:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
         if await asyncio.to_thread(_is_block_file, path):
             return await fs.device_size(device.path)
-        fstype = fs.check_fstype(top.fstype)
-        if fstype == "xfs" or await fs.needs_growth(device.path, fstype):
-            await fs.grow_mounted(fstype, device.path, path)
+        await self._grow(volume_id, device, fs.check_fstype(top.fstype), path)
         return await fs.device_size(device.path)
 
     async def _mount_of(self, volume_id: str, path: str) -> tuple[Mount, BlockDevice | None]:

@@ -11,20 +11,25 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from csi_oxide.errors import FailedPreconditionError, NotFoundError
+from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from csi_oxide.harness import unmount_below
 from csi_oxide.node import fs
+from csi_oxide.node.devices import UdevDeviceFinder
+from csi_oxide.node.mount import LinuxMounter
 from csi_oxide.node.ops import NodeOps, build_node_ops
 
 pytestmark = pytest.mark.root
 
 GIB = 1024**3
+MIB = 1024**2
+SMALL = 64 * MIB  # for tests that checksum whole devices: keeps them quick
+XFS_MIN = 320 * MIB  # mkfs.xfs refuses filesystems under 300 MB
 VOLUME = "csi-0123456789abcdef"
 OTHER = "csi-fedcba9876543210"
 
@@ -79,6 +84,15 @@ def rack(tmp_path: Path) -> Iterator[Rack]:
 @pytest.fixture
 def ops(rack: Rack) -> NodeOps:
     return build_node_ops(sim_device_dir=rack.devices, device_timeout=3.0)
+
+
+@pytest.fixture
+def rack_ops(rack: Rack) -> Callable[[bool], NodeOps]:
+    def make(online_ext4_growth: bool) -> NodeOps:
+        devices = UdevDeviceFinder(sim_device_dir=rack.devices, timeout=3.0)
+        return NodeOps(devices, LinuxMounter(), online_ext4_growth=online_ext4_growth)
+
+    return make
 
 
 def _digest(path: str | Path) -> str:
@@ -190,16 +204,60 @@ async def test_a_grown_device_grows_its_filesystem_at_stage(
     await ops.unstage(VOLUME, staging)
 
 
-async def test_xfs_grows_online(rack: Rack, ops: NodeOps) -> None:
-    _needs("mkfs.xfs")
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+async def test_expand_grows_online_through_the_published_path(
+    rack: Rack, ops: NodeOps, fstype: str
+) -> None:
+    _needs(f"mkfs.{fstype}")
+    backing = rack.disk(VOLUME)
+    dev = rack.attach(backing)
+    staging, target = rack.paths()
+    await _stage(ops, staging, fstype)
+    await _publish(ops, staging, target)
+    small = (await ops.stats(VOLUME, target)).total_bytes
+    rack.grow(backing, dev, 2 * GIB)
+    if fstype == "ext4" and not fs.can_grow_ext4_online():
+        with pytest.raises(FailedPreconditionError, match="CAP_SYS_RESOURCE"):
+            await ops.expand(VOLUME, target)
+        pytest.skip("online ext4 growth needs CAP_SYS_RESOURCE, which this process lacks")
+    assert await ops.expand(VOLUME, target) == 2 * GIB
+    assert (await ops.stats(VOLUME, target)).total_bytes > small + GIB // 2
+    assert await ops.expand(VOLUME, target) == 2 * GIB  # nothing left to do: still fine
+
+
+@pytest.mark.parametrize("online", [True, False])
+async def test_ext4_grows_at_stage_online_or_before_mounting(
+    rack: Rack, rack_ops: Callable[[bool], NodeOps], online: bool
+) -> None:
+    if online and not fs.can_grow_ext4_online():
+        pytest.skip("online ext4 growth needs CAP_SYS_RESOURCE, which this process lacks")
+    ops = rack_ops(online)
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
     staging, _ = rack.paths()
-    await _stage(ops, staging, "xfs")
-    small = (await ops.stats(VOLUME, staging)).total_bytes
+    await _stage(ops, staging)
+    await ops.unstage(VOLUME, staging)
     rack.grow(backing, dev, 2 * GIB)
-    assert await ops.expand(VOLUME, staging) == 2 * GIB
-    assert (await ops.stats(VOLUME, staging)).total_bytes > small + GIB // 2
+    await _stage(ops, staging)
+    assert await fs.filesystem_size(dev, "ext4") == 2 * GIB
+
+
+async def test_staged_again_with_another_type_is_refused(rack: Rack, ops: NodeOps) -> None:
+    rack.attach(rack.disk(VOLUME))
+    staging, _ = rack.paths()
+    await _stage(ops, staging, "ext4")
+    with pytest.raises(AlreadyExistsError, match="xfs"):
+        await _stage(ops, staging, "xfs")
+
+
+async def test_stats_report_a_filesystem_gone_read_only(rack: Rack, ops: NodeOps) -> None:
+    rack.attach(rack.disk(VOLUME))
+    staging, target = rack.paths()
+    await _stage(ops, staging)
+    await _publish(ops, staging, target, read_only=True)
+    assert (await ops.stats(VOLUME, target)).abnormal is None  # asked read-only: healthy
+    _sh("mount", "-o", "remount,ro", staging)  # what ext4 errors=remount-ro does
+    assert "read-only" in str((await ops.stats(VOLUME, staging)).abnormal)
 
 
 async def test_existing_filesystem_is_mounted_never_reformatted(rack: Rack, ops: NodeOps) -> None:
@@ -219,9 +277,9 @@ async def test_existing_filesystem_is_mounted_never_reformatted(rack: Rack, ops:
 
 
 async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: NodeOps) -> None:
-    backing = rack.disk(VOLUME)
+    backing = rack.disk(VOLUME, SMALL)
     with backing.open("r+b") as f:
-        f.seek(GIB - 4096)  # data only near the end: the start still reads as zeros
+        f.seek(SMALL - 4096)  # data only near the end: the start still reads as zeros
         f.write(os.urandom(4096))
     dev = rack.attach(backing)
     before = _digest(dev)
@@ -234,7 +292,7 @@ async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: 
 
 async def test_another_filesystem_type_is_refused(rack: Rack, ops: NodeOps) -> None:
     _needs("mkfs.xfs")
-    dev = rack.attach(rack.disk(VOLUME))
+    dev = rack.attach(rack.disk(VOLUME, XFS_MIN))
     _sh("mkfs.xfs", "-q", dev)
     before = _digest(dev)
     staging, _ = rack.paths()
@@ -246,8 +304,8 @@ async def test_another_filesystem_type_is_refused(rack: Rack, ops: NodeOps) -> N
 async def test_a_device_with_another_serial_is_never_touched(rack: Rack, ops: NodeOps) -> None:
     elsewhere = rack.root / "elsewhere"
     elsewhere.mkdir()
-    foreign = rack.attach(rack.disk(VOLUME, directory=elsewhere))  # right name, wrong directory
-    other = rack.attach(rack.disk(OTHER))  # right directory, another volume
+    foreign = rack.attach(rack.disk(VOLUME, SMALL, elsewhere))  # right name, wrong directory
+    other = rack.attach(rack.disk(OTHER, SMALL))  # right directory, another volume
     digests = {dev: _digest(dev) for dev in (foreign, other)}
     staging, _ = rack.paths()
     with pytest.raises(NotFoundError, match=VOLUME):

@@ -6,7 +6,7 @@ import pytest
 
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node import fs
-from csi_oxide.node.devices import normalize_serial, serial_of
+from csi_oxide.node.devices import BlockDevice, normalize_serial, serial_of, volume_slots
 
 
 def test_serial_is_the_first_20_bytes_of_the_name() -> None:
@@ -44,3 +44,30 @@ def test_fstype_choice(asked: str, chosen: str) -> None:
 def test_other_filesystems_are_refused(asked: str) -> None:
     with pytest.raises(InvalidArgumentError, match=asked):
         fs.check_fstype(asked)
+
+
+def _disk(name: str, serial: bytes) -> BlockDevice:
+    return BlockDevice(f"/dev/{name}", serial, f"/sys/devices/virtual/block/{name}", "259:0")
+
+
+def test_volume_slots_count_only_foreign_nvme_disks() -> None:
+    devices = [
+        _disk("nvme0n1", b"boot-disk"),  # the boot disk takes a slot
+        _disk("nvme1n1", b"csi-0123456789abcdef"),  # a CSI volume does not
+        _disk("nvme2n1", b"csi-0123456789ABCDEF"),  # not a driver-made name: a slot
+        _disk("loop0", b"scratch"),  # a simulator loop device is not an NVMe slot
+    ]
+    assert volume_slots(devices) == 10
+    assert volume_slots([]) == 12
+    assert volume_slots([_disk(f"nvme{i}n1", b"x") for i in range(14)]) == 0
+
+
+STATUS = "Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t{}\nCapBnd:\t000001ffffffffff\n"
+
+
+@pytest.mark.parametrize(
+    ("cap_eff", "has"), [("000001ffffffffff", True), ("000001fffeffffff", False), ("0", False)]
+)
+def test_capability_from_proc_status(cap_eff: str, has: bool) -> None:
+    assert fs.has_capability(STATUS.format(cap_eff), fs.CAP_SYS_RESOURCE) is has
+    assert not fs.has_capability("Name:\tx\n", fs.CAP_SYS_RESOURCE)
