@@ -29,7 +29,7 @@ def encode(origin: Origin) -> dict[str, str]:
 
 
 def decode(context: Mapping[str, str]) -> Origin | None:
-    """The origin in a ``publish_context``/``NodeStageVolume`` context; None if absent or unknown."""
+    """The origin in a publish (or NodeStageVolume) context; None if absent or unknown."""
     try:
         return Origin(context.get(ORIGIN_KEY, ""))
     except ValueError:
