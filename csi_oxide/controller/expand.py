@@ -22,7 +22,7 @@ import contextlib
 from dataclasses import replace
 from datetime import datetime
 
-from csi_oxide.controller import lookup, record
+from csi_oxide.controller import lookup, owner, record
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
     FailedPreconditionError,
@@ -52,7 +52,10 @@ class Expander:
         disk = await self.settle(volume_id)
         if disk is None:
             raise NotFoundError(f"volume {volume_id} does not exist")
-        rec = record.owned_by(disk.description, self._cluster)
+        claim = owner.of_disk(disk, self._cluster)
+        if claim.owner is owner.Owner.FOREIGN:
+            raise NotFoundError(owner.not_ours("volume", volume_id))
+        rec = claim.record
         if rec is None:
             raise FailedPreconditionError(
                 f"volume {volume_id} was not provisioned by this driver in this cluster; "
@@ -60,11 +63,17 @@ class Expander:
             )
         if disk.size >= capacity.required:
             return disk.size
+        if disk.published and disk.instance_id:
+            node = await lookup.instance_label(self._api, disk.instance_id)
+            raise FailedPreconditionError(
+                f"volume {volume_id} is attached to node {node}: Oxide disks can only be expanded "
+                "while detached (offline expansion); the resizer retries once the pod using it "
+                "is gone"
+            )
         if disk.published:
             raise FailedPreconditionError(
-                f"volume {volume_id} is attached to node {disk.instance_id}: Oxide disks can only "
-                "be expanded while detached (offline expansion); the resizer retries once the "
-                "pod using it is gone"
+                f"volume {volume_id} is {disk.state}: Oxide disks can only be expanded while "
+                "detached (offline expansion)"
             )
         new_size = disk_size(capacity, minimum=disk.size)
         await self._check_quota(volume_id, disk.size, new_size)
@@ -74,9 +83,13 @@ class Expander:
 
     async def settle(self, volume_id: str) -> Disk | None:
         """Finish whatever expansion of ``volume_id`` a crash interrupted; the disk afterwards
-        (None when there is neither a disk nor an expansion snapshot)."""
+        (None when there is neither a disk nor an expansion snapshot of this cluster).
+
+        Only an expansion snapshot that is ours (``owner.of_snapshot``) is ever used or deleted;
+        any other snapshot under that name is left alone.
+        """
         disk = await lookup.disk_or_none(self._api, volume_id)
-        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(volume_id))
+        snap = await self.pending(volume_id)
         if snap is None:
             return disk
         if disk is None:
@@ -86,9 +99,19 @@ class Expander:
         await self._delete_snapshot(snap.name)
         return disk
 
+    async def pending(self, volume_id: str) -> Snapshot | None:
+        """This cluster's expansion snapshot of ``volume_id``, if one exists."""
+        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(volume_id))
+        if snap is None or owner.of_snapshot(snap, self._cluster).owner is not owner.Owner.OURS:
+            return None
+        return snap
+
     async def discard(self, volume_id: str) -> None:
-        """Delete the expansion snapshot of a volume being deleted (DeleteVolume's cleanup)."""
-        await self._delete_snapshot(record.grow_snapshot_name(volume_id))
+        """Delete the expansion snapshot of a volume being deleted (DeleteVolume's cleanup); only
+        this cluster's own."""
+        snap = await self.pending(volume_id)
+        if snap is not None:
+            await self._delete_snapshot(snap.name)
 
     async def _check_quota(self, volume_id: str, old: int, new: int) -> None:
         # The snapshot (old size) is counted until the disk is deleted; then the new disk is.
@@ -104,7 +127,17 @@ class Expander:
         try:
             return await self._api.snapshot_create(name, rec.encode(), disk.name)
         except OxideAlreadyExistsError:
-            return await self._api.snapshot_view(name)  # our own, made by a retried request
+            pass
+        # Made by a retried request of ours, or something else under our name: the disk is deleted
+        # next, so only a snapshot that is ours AND of this very disk may hold its data.
+        snap = await self._api.snapshot_view(name)
+        if owner.of_snapshot(snap, self._cluster).record is None or snap.disk_id != disk.id:
+            raise InternalError(
+                f"expansion snapshot name {name} of volume {disk.name} is taken by a snapshot "
+                "that is not this expansion's; nothing was changed, and it was left untouched for "
+                "an operator to inspect"
+            )
+        return snap
 
     async def _delete_original(self, disk: Disk, snap: Snapshot) -> None:
         try:
@@ -119,15 +152,15 @@ class Expander:
             ) from exc
 
     async def _recreate(self, volume_id: str, snap: Snapshot) -> int:
-        rec = record.owned_by(snap.description, self._cluster)
-        if rec is None or not rec.grow_to:
+        rec = owner.of_snapshot(snap, self._cluster).record
+        if rec is None or not rec.grow_to or rec.disk_name() != volume_id:
             raise InternalError(
                 f"expansion snapshot {snap.name} of volume {volume_id} carries no record of this "
                 "cluster; it was left untouched for an operator to inspect"
             )
         disk_rec = replace(rec, grow_from=0, grow_to=0, size=max(rec.size, rec.grow_to))
         try:
-            await self._create_from(volume_id, snap, disk_rec, rec.grow_to)
+            disk = await self._create_from(volume_id, snap, disk_rec, rec.grow_to)
         except OxideInsufficientCapacityError as exc:
             old = replace(rec, grow_from=0, grow_to=0)
             await self._create_from(volume_id, snap, old, rec.grow_from or snap.size)
@@ -137,14 +170,26 @@ class Expander:
                 f"it was restored at its previous size, {rec.grow_from or snap.size} bytes"
             ) from exc
         await self._delete_snapshot(snap.name)
-        return (await self._api.disk_view(volume_id)).size
+        return disk.size
 
     async def _create_from(
         self, volume_id: str, snap: Snapshot, rec: record.Record, size: int
-    ) -> None:
+    ) -> Disk:
+        """The disk re-created from ``snap``; one that already exists under the name counts only
+        when it was made from ``snap`` (a retried request made it), since the snapshot is deleted
+        next."""
         spec = DiskSpec(name=volume_id, description=rec.encode(), size=size, snapshot_id=snap.id)
-        with contextlib.suppress(OxideAlreadyExistsError):  # a retried request made it
-            await self._api.disk_create(spec)
+        try:
+            return await self._api.disk_create(spec)
+        except OxideAlreadyExistsError:
+            disk = await self._api.disk_view(volume_id)
+        if disk.snapshot_id != snap.id:
+            raise InternalError(
+                f"volume {volume_id} was re-created by something else while its expansion "
+                f"snapshot {snap.name} held the data; both were left untouched for an operator "
+                "to inspect"
+            )
+        return disk
 
     async def _delete_snapshot(self, name: str) -> None:
         with contextlib.suppress(OxideNotFoundError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from csi_oxide.errors import CsiOxideError
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.errors import OxideNotFoundError
 from csi_oxide.oxide.types import Disk, Snapshot
@@ -21,3 +22,13 @@ async def snapshot_or_none(api: OxideApi, name: str) -> Snapshot | None:
         return await api.snapshot_view(name)
     except OxideNotFoundError:
         return None
+
+
+async def instance_label(api: OxideApi, instance_id: str) -> str:
+    """How messages name an instance: ``'worker-1' (instance <uuid>)``, the UUID alone when the
+    name cannot be read (the message is about something else; it must not fail on this)."""
+    try:
+        instance = await api.instance_view(instance_id)
+    except CsiOxideError:
+        return f"instance {instance_id}"
+    return f"{instance.name!r} (instance {instance_id})"

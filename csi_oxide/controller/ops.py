@@ -1,23 +1,31 @@
 """Controller operations over the ``OxideApi`` seam: provision, attach, list, snapshot, clone.
 
 Every operation is idempotent and keyed by deterministic Oxide names (``record``), so a retry after
-a timeout or a crash finds and finishes what the first attempt started. Happy paths make the fewest
+a timeout or a crash finds and finishes what the first attempt started; a leftover of an
+interrupted operation is finished or refused, never built on when it came from elsewhere. Every
+operation on an object by ID applies the one ownership rule (``owner``) before it reads or changes
+anything. Happy paths make the fewest
 Oxide requests the API allows; when Oxide refuses something, a few extra reads explain why in the
 error the Kubernetes user sees.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from csi_oxide.controller import lookup, record
+import structlog
+
+from csi_oxide.controller import lookup, owner, record
 from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
     AbortedError,
     AlreadyExistsError,
+    CsiOxideError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
@@ -33,7 +41,6 @@ from csi_oxide.oxide.types import (
     GIB,
     MAX_DISK_SIZE,
     MAX_DISKS_PER_INSTANCE,
-    MIN_DISK_SIZE,
     Disk,
     DiskSpec,
     DiskState,
@@ -41,12 +48,24 @@ from csi_oxide.oxide.types import (
     Snapshot,
     SnapshotState,
 )
+from csi_oxide.publish_context import Origin
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_BLOCK_SIZE = 4096
 ATTACHABLE_STATES = frozenset({InstanceState.STOPPED, InstanceState.CREATING})
 NO_HOTPLUG = (
     "this Oxide release attaches and detaches disks only while the instance is stopped "
     "(disk hot-plug is not available yet)"
+)
+ATTACH_ADVICE = (
+    "What to do: stop the instance, let the attach happen (the attacher retries on its own), "
+    "then start it again; or wait for disk hot-plug. Meanwhile the PVC stays bound and the pod "
+    "waits in ContainerCreating."
+)
+DETACH_ADVICE = (
+    "What to do: stop the instance, let the detach happen (the attacher retries on its own), "
+    "then start it again; or wait for disk hot-plug."
 )
 
 
@@ -67,7 +86,7 @@ class NewVolume:
 
     name: str
     capacity: CapacityRange
-    block_size: int = DEFAULT_BLOCK_SIZE
+    block_size: int | None = None  # None: the default for a blank volume; refused with a source
     source: Source | None = None
     pvc: str = ""
     pv: str = ""
@@ -111,6 +130,16 @@ def _source_of(rec: record.Record | None) -> Source | None:
     return Source(kind, ident)
 
 
+def origin_of(claim: owner.Claim) -> Origin | None:
+    """How the volume's disk was born, for the node (``publish_context``); None if unknown."""
+    if claim.owner is owner.Owner.STATIC:
+        return Origin.STATIC
+    if claim.record is None:
+        return None
+    kind = claim.record.source.partition(":")[0]
+    return {"": Origin.BLANK, "snapshot": Origin.SNAPSHOT, "volume": Origin.VOLUME}.get(kind)
+
+
 def volume_info(disk: Disk, rec: record.Record | None) -> VolumeInfo:
     """The CSI view of ``disk``."""
     abnormal = None
@@ -126,9 +155,14 @@ def volume_info(disk: Disk, rec: record.Record | None) -> VolumeInfo:
 
 
 class ControllerOps:
-    """The controller's logic; holds the Oxide API and the cluster's marker."""
+    """The controller's logic; holds the Oxide API and the cluster's marker.
+
+    Every operation on a disk or snapshot by ID first asks ``controller.owner`` whose it is, and
+    treats another cluster's (or a forged) object as absent without touching it.
+    """
 
     def __init__(self, api: OxideApi, *, cluster: str, inflight: InFlight | None = None) -> None:
+        record.check_cluster_id(cluster)
         self._api = api
         self._cluster = cluster
         self._inflight = inflight or InFlight()
@@ -138,21 +172,30 @@ class ControllerOps:
 
     async def create_volume(self, spec: NewVolume) -> VolumeInfo:
         """Create (or find, identically requested) the disk for CSI volume ``spec.name``."""
+        disk_size(spec.capacity)  # OUT_OF_RANGE before any request when no size can fit
         disk_name = record.volume_name(spec.name)
         return await self._inflight.run(
             [disk_name], "CreateVolume", self._create_volume(disk_name, spec)
         )
 
     async def _create_volume(self, disk_name: str, spec: NewVolume) -> VolumeInfo:
-        minimum = MIN_DISK_SIZE
-        snapshot_id: str | None = None
-        if spec.source is not None and spec.source.kind == "snapshot":
-            snap = await self._source_snapshot(spec.source.id)
-            minimum, snapshot_id = snap.size, snap.id
-        elif spec.source is not None:
-            minimum = (await self._view_volume(spec.source.id, "source volume")).size
-        size = disk_size(spec.capacity, minimum=minimum)
-        rec = record.Record(
+        resumed = await self._resume_expansion(disk_name, spec)
+        if resumed is not None:
+            return self._check_existing(resumed, spec)
+        if spec.source is None:
+            blank = DiskSpec(
+                name=disk_name,
+                description=self._record(spec).encode(),
+                size=disk_size(spec.capacity),
+                block_size=spec.block_size or DEFAULT_BLOCK_SIZE,
+            )
+            return await self._create_disk(blank, spec)
+        if spec.source.kind == "snapshot":
+            return await self._restore(disk_name, spec, spec.source.id)
+        return await self._clone(disk_name, spec, spec.source.id)
+
+    def _record(self, spec: NewVolume) -> record.Record:
+        return record.Record(
             cluster=self._cluster,
             name=spec.name,
             size=spec.capacity.required,
@@ -160,34 +203,122 @@ class ControllerOps:
             pvc=spec.pvc,
             pv=spec.pv,
         )
-        temporary: str | None = None
-        if spec.source is not None and spec.source.kind == "volume":
-            existing = await self._view_or_none(disk_name)
-            if existing is not None:  # a retry after the clone was made
-                await self._delete_snapshot_if_present(record.clone_snapshot_name(disk_name))
-                return self._check_existing(existing, spec)
-            temporary = record.clone_snapshot_name(disk_name)
-            snapshot_id = (await self._clone_snapshot(temporary, disk_name, spec.source.id)).id
-        new = DiskSpec(
-            name=disk_name,
-            description=rec.encode(),
-            size=size,
-            block_size=None if snapshot_id else spec.block_size,
-            snapshot_id=snapshot_id,
-        )
+
+    async def _resume_expansion(self, disk_name: str, spec: NewVolume) -> Disk | None:
+        """The volume's disk after finishing an expansion of it that a crash interrupted (its data
+        may sit only in the expansion snapshot: a blank disk must never take its place); None
+        when there is no such expansion."""
+        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(disk_name))
+        if snap is None:
+            return None
+        if owner.of_snapshot(snap, self._cluster).owner is not owner.Owner.OURS:
+            raise AlreadyExistsError(
+                f"volume name {spec.name!r} maps to Oxide disk {disk_name}, and an expansion "
+                f"snapshot {snap.name} of that disk exists that is not this cluster's; nothing "
+                "was created and the snapshot was left untouched"
+            )
+        return await self._expander.settle(disk_name)
+
+    async def _create_disk(self, new: DiskSpec, spec: NewVolume) -> VolumeInfo:
         try:
             # The 201 body says "creating" although disk_create is synchronous: its state is never
             # read (name, size, block size and description are final), so no re-read is needed.
             disk = await self._api.disk_create(new)
         except OxideAlreadyExistsError:
             # A retry, or a crash after create: compare what exists with the request.
-            disk = await self._api.disk_view(disk_name)
-        if temporary is not None:
-            await self._delete_snapshot_if_present(temporary)
+            disk = await self._api.disk_view(new.name)
         return self._check_existing(disk, spec)
 
+    async def _restore(self, disk_name: str, spec: NewVolume, snapshot_id: str) -> VolumeInfo:
+        try:
+            snap, claim = await self._usable_snapshot(snapshot_id, "source snapshot")
+        except NotFoundError:
+            # Idempotency by name outlives the source: a retry finds the volume it made.
+            existing = await lookup.disk_or_none(self._api, disk_name)
+            if existing is None:
+                raise
+            return self._check_existing(existing, spec)
+        if snap.state is not SnapshotState.READY:
+            raise AbortedError(f"source snapshot {snapshot_id} is {snap.state}, not ready yet")
+        if spec.block_size is not None:
+            _check_block_size(spec, await self._snapshot_block_size(snap, claim))
+        new = DiskSpec(
+            name=disk_name,
+            description=self._record(spec).encode(),
+            size=disk_size(spec.capacity, minimum=snap.size),
+            snapshot_id=snap.id,
+        )
+        return await self._create_disk(new, spec)
+
+    async def _clone(self, disk_name: str, spec: NewVolume, source_id: str) -> VolumeInfo:
+        try:
+            source, _ = await self._usable_volume(source_id, "source volume")
+        except NotFoundError:
+            # Idempotency by name outlives the source: a retry finds the volume it made.
+            existing = await lookup.disk_or_none(self._api, disk_name)
+            if existing is None:
+                raise
+            return await self._cloned(existing, spec)
+        existing = await lookup.disk_or_none(self._api, disk_name)
+        if existing is not None:  # a retry after the clone was made
+            return await self._cloned(existing, spec)
+        _check_block_size(spec, source.block_size)
+        size = disk_size(spec.capacity, minimum=source.size)
+        temporary = await self._clone_snapshot(disk_name, source)
+        new = DiskSpec(
+            name=disk_name,
+            description=self._record(spec).encode(),
+            size=size,
+            snapshot_id=temporary.id,
+        )
+        try:
+            info = await self._create_disk(new, spec)
+        except CsiOxideError:
+            # Not left for the reconciler: the snapshot holds quota and nothing needs it now.
+            with contextlib.suppress(CsiOxideError):
+                await self._delete_snapshot_if_present(temporary.name)
+            raise
+        await self._delete_snapshot_if_present(temporary.name)
+        return info
+
+    async def _cloned(self, disk: Disk, spec: NewVolume) -> VolumeInfo:
+        await self._discard_temporary(record.clone_snapshot_name(disk.name))
+        return self._check_existing(disk, spec)
+
+    async def _clone_snapshot(self, target: str, source: Disk) -> Snapshot:
+        """The clone's temporary snapshot of ``source``: taken now, or left by an interrupted
+        attempt of this very clone (same record, same source disk); any other leftover is
+        deleted and taken afresh, never built on."""
+        name = record.clone_snapshot_name(target)
+        rec = record.Record(cluster=self._cluster, name=target, source=f"volume:{source.name}")
+        try:
+            return await self._take_snapshot(name, rec, source.name)
+        except OxideAlreadyExistsError:
+            pass
+        left = await self._api.snapshot_view(name)
+        claim = owner.of_snapshot(left, self._cluster)
+        if claim.record is None:
+            raise AlreadyExistsError(
+                f"temporary snapshot {name} for volume {target} exists but is not this "
+                "cluster's; it was left untouched and nothing was created"
+            )
+        if (
+            claim.record.source == rec.source
+            and left.disk_id == source.id
+            and left.state is SnapshotState.READY
+        ):
+            return left
+        await self._delete_snapshot_if_present(name)
+        return await self._take_snapshot(name, rec, source.name)
+
+    async def _take_snapshot(self, name: str, rec: record.Record, source: str) -> Snapshot:
+        try:
+            return await self._api.snapshot_create(name, rec.encode(), source)
+        except OxideNotFoundError as exc:
+            raise NotFoundError(f"source volume {source} does not exist") from exc
+
     def _check_existing(self, disk: Disk, spec: NewVolume) -> VolumeInfo:
-        rec = record.owned_by(disk.description, self._cluster)
+        rec = owner.of_disk(disk, self._cluster).record
         if rec is None or not rec.matches_name(spec.name):
             raise AlreadyExistsError(
                 f"Oxide disk {disk.name} exists but was not created by this cluster for volume "
@@ -204,47 +335,61 @@ class ControllerOps:
                 f"volume {spec.name!r} exists with {disk.size} bytes, outside the requested range "
                 f"(required {spec.capacity.required}, limit {spec.capacity.limit or 'none'})"
             )
-        if spec.source is None and disk.block_size != spec.block_size:
+        if spec.source is not None:
+            _check_block_size(spec, disk.block_size)
+        elif disk.block_size != (spec.block_size or DEFAULT_BLOCK_SIZE):
             raise AlreadyExistsError(
                 f"volume {spec.name!r} exists with block size {disk.block_size}, "
-                f"not {spec.block_size}"
+                f"not {spec.block_size or DEFAULT_BLOCK_SIZE}"
             )
         return volume_info(disk, rec)
 
-    async def _clone_snapshot(self, name: str, target: str, source_volume: str) -> Snapshot:
-        rec = record.Record(cluster=self._cluster, name=target, source=f"volume:{source_volume}")
+    async def _snapshot_block_size(self, snap: Snapshot, claim: owner.Claim) -> int | None:
+        """The block size a disk made from ``snap`` gets: from our record, else from the disk it
+        was taken of; None when neither tells."""
+        if claim.record is not None and claim.record.block_size:
+            return claim.record.block_size
         try:
-            return await self._api.snapshot_create(name, rec.encode(), source_volume)
-        except OxideAlreadyExistsError:
-            return await self._api.snapshot_view(name)  # left by an earlier attempt: reuse it
-        except OxideNotFoundError as exc:
-            raise NotFoundError(f"source volume {source_volume} does not exist") from exc
+            return (await self._api.disk_view(snap.disk_id)).block_size
+        except OxideNotFoundError:
+            return None
 
     async def delete_volume(self, volume_id: str) -> None:
-        """Delete the disk; a missing volume is success (the spec's idempotency rule)."""
+        """Delete the disk; a missing volume (or another cluster's) is success, as the spec asks
+        of a missing one."""
         if not _plausible_name(volume_id):
             return  # not a name Oxide could hold: it cannot exist
         await self._inflight.run([volume_id], "DeleteVolume", self._delete_volume(volume_id))
 
     async def _delete_volume(self, volume_id: str) -> None:
-        try:
-            await self._api.disk_delete(volume_id)
-        except OxideNotFoundError:
-            pass
-        except OxideInvalidRequestError as exc:
-            disk = await self._view_or_none(volume_id)
-            if disk is None:
+        disk = await lookup.disk_or_none(self._api, volume_id)
+        if disk is not None:
+            if not owner.of_disk(disk, self._cluster).usable:
+                log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)
                 return
-            if disk.published:
-                raise FailedPreconditionError(
-                    f"volume {volume_id} is attached to node {disk.instance_id}; it must be "
-                    "unpublished (detached) before it can be deleted"
-                ) from exc
-            raise FailedPreconditionError(
-                f"Oxide refused to delete volume {volume_id} in state {disk.state}: {exc.message}"
-            ) from exc
+            await self._delete_disk(disk)
         # A crash mid-expansion leaves the data in a snapshot; the volume's deletion ends it too.
         await self._expander.discard(volume_id)
+
+    async def _delete_disk(self, disk: Disk) -> None:
+        try:
+            await self._api.disk_delete(disk.name)
+        except OxideNotFoundError:
+            return
+        except OxideInvalidRequestError as exc:
+            current = await lookup.disk_or_none(self._api, disk.name)
+            if current is None:
+                return
+            if current.published and current.instance_id:
+                node = await lookup.instance_label(self._api, current.instance_id)
+                raise FailedPreconditionError(
+                    f"volume {disk.name} is attached to node {node}; it must be unpublished "
+                    "(detached) before it can be deleted"
+                ) from exc
+            raise FailedPreconditionError(
+                f"Oxide refused to delete volume {disk.name} in state {current.state}: "
+                f"{exc.message}"
+            ) from exc
 
     async def expand_volume(self, volume_id: str, capacity: CapacityRange) -> int:
         """Grow the (detached) disk offline; returns its size. See ``controller.expand``."""
@@ -254,17 +399,26 @@ class ControllerOps:
         )
 
     async def get_volume(self, volume_id: str) -> VolumeInfo:
-        """The volume and its condition; NotFoundError if there is no such disk."""
-        disk = await self._view_or_recover(volume_id)
-        return volume_info(disk, record.decode(disk.description))
+        """The volume and its condition; NotFoundError if there is no such disk of ours."""
+        disk, claim = await self._usable_volume(volume_id, "volume")
+        return volume_info(disk, claim.record)
 
     async def list_volumes(self) -> list[VolumeInfo]:
-        """This cluster's volumes, sorted by ID."""
+        """This cluster's volumes, sorted by ID, including one caught mid-expansion."""
+        snapshots = await self._api.snapshot_list()
+        disks = await self._api.disk_list()
         out = []
-        for disk in await self._api.disk_list():
-            rec = record.owned_by(disk.description, self._cluster)
-            if rec is not None and record.is_driver_volume_name(disk.name):
+        for disk in disks:
+            rec = owner.of_disk(disk, self._cluster).record
+            if rec is not None:
                 out.append(volume_info(disk, rec))
+        present = {disk.name for disk in disks}
+        for snap in snapshots:
+            rec = owner.of_snapshot(snap, self._cluster).record
+            if not snap.name.startswith(record.GROW_PREFIX) or rec is None:
+                continue
+            if rec.disk_name() not in present:
+                out.append(_half_expanded(snap, rec))
         return sorted(out, key=lambda v: v.volume_id)
 
     async def capacity(self) -> Capacity:
@@ -275,52 +429,61 @@ class ControllerOps:
 
     # ----------------------------------------------------------------------------- attachment
 
-    async def publish(self, volume_id: str, node_id: str) -> None:
-        """Attach the disk to the node's instance (idempotent)."""
+    async def publish(self, volume_id: str, node_id: str) -> Origin | None:
+        """Attach the disk to the node's instance (idempotent); how the disk was born."""
         self._require_volume_id(volume_id)
         if not is_canonical_uuid(node_id):
             raise NotFoundError(f"node {node_id!r} does not exist: node IDs are instance UUIDs")
-        await self._inflight.run(
+        return await self._inflight.run(
             [volume_id], "ControllerPublishVolume", self._publish(volume_id, node_id)
         )
 
-    async def _publish(self, volume_id: str, node_id: str) -> None:
+    async def _publish(self, volume_id: str, node_id: str) -> Origin | None:
+        # Under the volume's guard already: a half-done expansion is finished right here.
+        disk, claim = await self._usable_volume(volume_id, "volume", guarded=True)
+        origin = origin_of(claim)
+        if disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
+            return origin
         try:
             await self._api.instance_disk_attach(node_id, volume_id)
         except OxideNotFoundError:
-            # The instance is missing, or the disk is (perhaps mid-expansion: finish that first).
-            await self._api.instance_view(node_id)
-            if await self._expander.settle(volume_id) is None:
+            if await lookup.disk_or_none(self._api, volume_id) is None:
                 raise NotFoundError(f"volume {volume_id} does not exist") from None
-            await self._api.instance_disk_attach(node_id, volume_id)
+            raise NotFoundError(
+                f"node {node_id} does not exist: no Oxide instance has that UUID"
+            ) from None
         except OxideInvalidRequestError as exc:
             raise await self._explain_attach(volume_id, node_id, exc) from exc
+        return origin
 
     async def _explain_attach(
         self, volume_id: str, node_id: str, exc: OxideInvalidRequestError
     ) -> Exception:
         disk = await self._view_volume(volume_id, "volume")
         if disk.instance_id and disk.instance_id != node_id:
+            where = await lookup.instance_label(self._api, disk.instance_id)
             return FailedPreconditionError(
-                f"volume {volume_id} is attached to node {disk.instance_id}; a volume can be "
-                f"published to one node at a time (unpublish it there first)"
+                f"volume {volume_id} is attached to node {where}; a volume can be published to "
+                "one node at a time (unpublish it there first)"
             )
         if "more than" in exc.message and "disks" in exc.message:
+            node = await lookup.instance_label(self._api, node_id)
             return ResourceExhaustedError(
-                f"node {node_id} already has {MAX_DISKS_PER_INSTANCE} disks attached, the Oxide "
+                f"node {node} already has {MAX_DISKS_PER_INSTANCE} disks attached, the Oxide "
                 f"limit per instance (Oxide said: {exc.message})"
             )
         instance = await self._api.instance_view(node_id)
         if instance.run_state not in ATTACHABLE_STATES:
             return FailedPreconditionError(
-                f"cannot attach volume {volume_id} to node {node_id} (instance {instance.name!r}, "
-                f"{instance.run_state}): {NO_HOTPLUG}. Nothing was changed. "
+                f"cannot attach volume {volume_id} to node {instance.name!r} (instance {node_id}, "
+                f"{instance.run_state}): {NO_HOTPLUG}. Nothing was changed. {ATTACH_ADVICE} "
                 f"(Oxide said: {exc.message})"
             )
         return FailedPreconditionError(f"Oxide refused to attach volume {volume_id}: {exc}")
 
     async def unpublish(self, volume_id: str, node_id: str) -> None:
-        """Detach the disk from the node; OK when it is not attached there (or does not exist)."""
+        """Detach the disk from the node; OK when it is not attached there (or does not exist,
+        or is not this cluster's)."""
         if not _plausible_name(volume_id) or (node_id and not is_canonical_uuid(node_id)):
             return  # unknown volume or node: regarded as unpublished, as the spec allows
         await self._inflight.run(
@@ -328,30 +491,35 @@ class ControllerOps:
         )
 
     async def _unpublish(self, volume_id: str, node_id: str) -> None:
-        if not node_id:
-            disk = await self._view_or_none(volume_id)
-            if disk is None or disk.instance_id is None:
-                return
-            node_id = disk.instance_id
+        disk = await lookup.disk_or_none(self._api, volume_id)
+        if disk is None or disk.instance_id is None:
+            return
+        if not owner.of_disk(disk, self._cluster).usable:
+            log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)
+            return
+        if node_id and disk.instance_id != node_id:
+            return  # not attached to that node: unpublished from it already
+        node_id = disk.instance_id
         try:
             await self._api.instance_disk_detach(node_id, volume_id)
         except OxideNotFoundError:
             return  # the disk or the instance is gone: nothing is attached
         except OxideInvalidRequestError as exc:
-            disk = await self._view_or_none(volume_id)
-            if disk is None or disk.instance_id != node_id:
+            current = await lookup.disk_or_none(self._api, volume_id)
+            if current is None or current.instance_id != node_id:
                 return  # not attached to that node: unpublished already
             instance = await self._api.instance_view(node_id)
             raise FailedPreconditionError(
-                f"cannot detach volume {volume_id} from node {node_id} (instance "
-                f"{instance.name!r}, {instance.run_state}): {NO_HOTPLUG}. Nothing was changed. "
-                f"(Oxide said: {exc.message})"
+                f"cannot detach volume {volume_id} from node {instance.name!r} (instance "
+                f"{node_id}, {instance.run_state}): {NO_HOTPLUG}. Nothing was changed. "
+                f"{DETACH_ADVICE} (Oxide said: {exc.message})"
             ) from exc
 
     # ----------------------------------------------------------------------------- snapshots
 
     async def create_snapshot(self, name: str, source_volume_id: str) -> SnapshotInfo:
-        """Snapshot a volume under CSI name ``name`` (idempotent for the same source)."""
+        """Snapshot a volume under CSI name ``name`` (idempotent for the same source, also once
+        the source is gone)."""
         snap_name = record.snapshot_name(name)
         return await self._inflight.run(
             [snap_name], "CreateSnapshot", self._create_snapshot(snap_name, name, source_volume_id)
@@ -360,51 +528,62 @@ class ControllerOps:
     async def _create_snapshot(self, snap_name: str, name: str, source: str) -> SnapshotInfo:
         rec = record.Record(cluster=self._cluster, name=name, source=f"volume:{source}")
         try:
-            if not _plausible_name(source):
-                raise OxideNotFoundError("no such disk")
-            snap = await self._snapshot_create(snap_name, rec, source)
+            disk, _ = await self._usable_volume(source, "source volume")
+        except NotFoundError:
+            # Idempotency by name outlives the source: a retry finds the snapshot it made.
+            existing = await lookup.snapshot_or_none(self._api, snap_name)
+            if existing is None:
+                raise
+            return self._existing_snapshot(existing, name, rec)
+        try:
+            snap = await self._snapshot_create(
+                snap_name, replace(rec, block_size=disk.block_size), source
+            )
         except OxideAlreadyExistsError:
             snap = await self._api.snapshot_view(snap_name)
-            existing = record.owned_by(snap.description, self._cluster)
-            if existing is None or not existing.matches_name(name):
-                raise AlreadyExistsError(
-                    f"Oxide snapshot {snap_name} exists but was not made by this cluster for "
-                    f"snapshot name {name!r}"
-                ) from None
-            if existing.source != rec.source:
-                raise AlreadyExistsError(
-                    f"snapshot {name!r} exists for source {existing.source.partition(':')[2]}, "
-                    f"not {source}"
-                ) from None
-        except OxideNotFoundError as exc:
-            raise NotFoundError(f"source volume {source} does not exist") from exc
-        return self._snapshot_info(snap)
+            return self._existing_snapshot(snap, name, rec)
+        return _snapshot_info(snap, source)
 
     async def _snapshot_create(self, name: str, rec: record.Record, source: str) -> Snapshot:
         try:
             return await self._api.snapshot_create(name, rec.encode(), source)
         except OxideNotFoundError:
-            await self._view_or_recover(source)  # NotFoundError unless it was mid-expansion
-            return await self._api.snapshot_create(name, rec.encode(), source)
+            # Gone since it was read: perhaps an expansion is re-creating it (ABORTED while it
+            # runs, finished here when it was interrupted), else NOT_FOUND.
+            await self._usable_volume(source, "source volume")
+            return await self._take_snapshot(name, rec, source)
 
-    def _snapshot_info(self, snap: Snapshot) -> SnapshotInfo:
-        rec = record.decode(snap.description)
-        source = rec.source.partition(":")[2] if rec and rec.source.startswith("volume:") else ""
-        return SnapshotInfo(
-            snapshot_id=snap.name,
-            source_volume_id=source or snap.disk_id,
-            size_bytes=snap.size,
-            created=snap.time_created,
-            ready=snap.state is SnapshotState.READY,
-        )
+    def _existing_snapshot(self, snap: Snapshot, name: str, rec: record.Record) -> SnapshotInfo:
+        existing = owner.of_snapshot(snap, self._cluster).record
+        if existing is None or not existing.matches_name(name):
+            raise AlreadyExistsError(
+                f"Oxide snapshot {snap.name} exists but was not made by this cluster for "
+                f"snapshot name {name!r}"
+            )
+        if existing.source != rec.source:
+            raise AlreadyExistsError(
+                f"snapshot {name!r} exists for source {existing.source.partition(':')[2]}, "
+                f"not {rec.source.partition(':')[2]}"
+            )
+        return _snapshot_info(snap, rec.source.partition(":")[2])
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        """Delete a snapshot; missing is success. Temporary snapshots are not CSI snapshots."""
+        """Delete a snapshot; missing (or another cluster's) is success. Temporary snapshots are
+        not CSI snapshots."""
         if not _plausible_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
             return
         await self._inflight.run(
-            [snapshot_id], "DeleteSnapshot", self._delete_snapshot_if_present(snapshot_id)
+            [snapshot_id], "DeleteSnapshot", self._delete_snapshot(snapshot_id)
         )
+
+    async def _delete_snapshot(self, snapshot_id: str) -> None:
+        snap = await lookup.snapshot_or_none(self._api, snapshot_id)
+        if snap is None:
+            return
+        if not owner.of_snapshot(snap, self._cluster).usable:
+            log.info("not this cluster's snapshot: answered OK, left untouched", snapshot=snap.name)
+            return
+        await self._delete_snapshot_if_present(snapshot_id)
 
     async def _delete_snapshot_if_present(self, name: str) -> None:
         try:
@@ -414,35 +593,62 @@ class ControllerOps:
         except OxideInvalidRequestError as exc:
             raise AbortedError(f"snapshot {name} cannot be deleted yet: {exc.message}") from exc
 
+    async def _discard_temporary(self, name: str) -> None:
+        """Delete the temporary snapshot ``name`` if it exists and is this cluster's."""
+        snap = await lookup.snapshot_or_none(self._api, name)
+        if snap is not None and owner.of_snapshot(snap, self._cluster).owner is owner.Owner.OURS:
+            await self._delete_snapshot_if_present(name)
+
     async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
-        """One snapshot; NotFoundError if missing (or not a CSI snapshot)."""
-        snap = await self._snapshot_or_none(snapshot_id)
-        if snap is None:
-            raise NotFoundError(f"snapshot {snapshot_id} does not exist")
-        return self._snapshot_info(snap)
+        """One snapshot; NotFoundError if missing (or not a CSI snapshot, or another cluster's)."""
+        snap, claim = await self._usable_snapshot(snapshot_id, "snapshot")
+        return await self._describe_snapshot(snap, claim)
 
     async def list_snapshots(
         self, *, snapshot_id: str = "", source_volume_id: str = ""
     ) -> list[SnapshotInfo]:
-        """This cluster's snapshots (never temporary ones), sorted by ID, optionally filtered."""
+        """This cluster's snapshots (never temporary ones), sorted by ID, optionally filtered; by
+        ID also a static (pre-provisioned) snapshot."""
         if snapshot_id:
-            snap = await self._snapshot_or_none(snapshot_id)
-            found = [self._snapshot_info(snap)] if snap is not None else []
+            try:
+                snap, claim = await self._usable_snapshot(snapshot_id, "snapshot")
+            except NotFoundError:
+                return []
+            found = [await self._describe_snapshot(snap, claim)]
         else:
-            found = [
-                self._snapshot_info(s)
-                for s in await self._api.snapshot_list()
-                if record.is_driver_snapshot_name(s.name)
-                and record.owned_by(s.description, self._cluster) is not None
-            ]
+            found = []
+            for snap in await self._api.snapshot_list():
+                claim = owner.of_snapshot(snap, self._cluster)
+                if claim.record is not None and not record.is_temporary_snapshot_name(snap.name):
+                    found.append(await self._describe_snapshot(snap, claim))
         if source_volume_id:
             found = [s for s in found if s.source_volume_id == source_volume_id]
         return sorted(found, key=lambda s: s.snapshot_id)
 
-    async def _snapshot_or_none(self, snapshot_id: str) -> Snapshot | None:
+    async def _describe_snapshot(self, snap: Snapshot, claim: owner.Claim) -> SnapshotInfo:
+        if claim.record is not None:
+            source = claim.record.source
+            return _snapshot_info(snap, source.partition(":")[2] if ":" in source else "")
+        # A snapshot made outside the driver: its source is the disk it was taken of, named as
+        # a volume ID (the disk's name), never the disk's UUID; unknown once that disk is gone.
+        try:
+            disk = await self._api.disk_view(snap.disk_id)
+        except OxideNotFoundError:
+            return _snapshot_info(snap, "")
+        usable = owner.of_disk(disk, self._cluster).usable
+        return _snapshot_info(snap, disk.name if usable else "")
+
+    async def _usable_snapshot(self, snapshot_id: str, what: str) -> tuple[Snapshot, owner.Claim]:
+        """The snapshot behind a CSI snapshot ID, ours or static; NotFoundError otherwise."""
         if not _plausible_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
-            return None
-        return await lookup.snapshot_or_none(self._api, snapshot_id)
+            raise NotFoundError(f"{what} {snapshot_id!r} does not exist")
+        snap = await lookup.snapshot_or_none(self._api, snapshot_id)
+        if snap is None:
+            raise NotFoundError(f"{what} {snapshot_id} does not exist")
+        claim = owner.of_snapshot(snap, self._cluster)
+        if not claim.usable:
+            raise NotFoundError(owner.not_ours(what, snapshot_id))
+        return snap, claim
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -458,30 +664,71 @@ class ControllerOps:
         except OxideNotFoundError as exc:
             raise NotFoundError(f"{what} {volume_id} does not exist") from exc
 
-    async def _view_or_recover(self, volume_id: str) -> Disk:
-        """The disk; one caught mid-expansion is finished first (under its guard: ABORTED when
-        another operation on it is running)."""
+    async def _usable_volume(
+        self, volume_id: str, what: str, *, guarded: bool = False
+    ) -> tuple[Disk, owner.Claim]:
+        """The disk behind a volume ID, ours or static; one caught mid-expansion is finished
+        first (``guarded``: the caller holds the volume's guard; otherwise it is taken, and the
+        answer is ABORTED while another operation on the volume runs). NotFoundError when there
+        is no such disk, or it is not this cluster's."""
         if not _plausible_name(volume_id):
-            raise NotFoundError(f"volume {volume_id!r} does not exist")
-        disk = await self._view_or_none(volume_id)
+            raise NotFoundError(f"{what} {volume_id!r} does not exist")
+        disk = await lookup.disk_or_none(self._api, volume_id)
         if disk is None:
-            disk = await self._inflight.run(
-                [volume_id], "finish expansion", self._expander.settle(volume_id)
-            )
+            settle = self._expander.settle(volume_id)
+            if guarded:
+                disk = await settle
+            else:
+                disk = await self._inflight.run([volume_id], "finish expansion", settle)
         if disk is None:
-            raise NotFoundError(f"volume {volume_id} does not exist")
-        return disk
+            raise NotFoundError(f"{what} {volume_id} does not exist")
+        claim = owner.of_disk(disk, self._cluster)
+        if not claim.usable:
+            raise NotFoundError(owner.not_ours(what, volume_id))
+        return disk, claim
 
-    async def _view_or_none(self, volume_id: str) -> Disk | None:
-        return await lookup.disk_or_none(self._api, volume_id)
 
-    async def _source_snapshot(self, snapshot_id: str) -> Snapshot:
-        snap = await self._snapshot_or_none(snapshot_id)
-        if snap is None:
-            raise NotFoundError(f"source snapshot {snapshot_id} does not exist")
-        if snap.state is not SnapshotState.READY:
-            raise AbortedError(f"source snapshot {snapshot_id} is {snap.state}, not ready yet")
-        return snap
+def _check_block_size(spec: NewVolume, source_block_size: int | None) -> None:
+    """A requested block size must be the one the source gives the new disk: it cannot apply
+    otherwise, and is refused rather than ignored."""
+    if spec.block_size is None or spec.block_size == source_block_size:
+        return
+    kind = spec.source.kind if spec.source else "source"
+    has = (
+        f"has block size {source_block_size}"
+        if source_block_size
+        else "has a block size that cannot be read any more (its source disk is gone)"
+    )
+    raise InvalidArgumentError(
+        f"blockSize {spec.block_size} cannot apply to volume {spec.name!r}: a disk made from a "
+        f"{kind} takes its source's block size, and this {kind} {has}. Use a StorageClass "
+        "without blockSize (or with the matching one) for restores and clones."
+    )
+
+
+def _snapshot_info(snap: Snapshot, source_volume_id: str) -> SnapshotInfo:
+    return SnapshotInfo(
+        snapshot_id=snap.name,
+        source_volume_id=source_volume_id,
+        size_bytes=snap.size,
+        created=snap.time_created,
+        ready=snap.state is SnapshotState.READY,
+    )
+
+
+def _half_expanded(snap: Snapshot, rec: record.Record) -> VolumeInfo:
+    """A volume whose expansion was interrupted after its disk was deleted (data in ``snap``)."""
+    return VolumeInfo(
+        volume_id=rec.disk_name(),
+        capacity_bytes=rec.grow_from or snap.size,
+        source=_source_of(rec),
+        published_node=None,
+        abnormal=(
+            f"an expansion was interrupted after the disk was deleted; the data is in snapshot "
+            f"{snap.name}, and the next operation on the volume (or the controller's periodic "
+            "pass) re-creates the disk from it"
+        ),
+    )
 
 
 def _plausible_name(value: str) -> bool:

@@ -6,8 +6,11 @@ idempotency record: a compact, versioned JSON object behind a fixed prefix, at m
     csi.oxide.computer/v1 {"c":"<cluster>","n":"<CSI name>","s":<bytes>,"src":"snapshot:snap-…",
                            "pvc":"<ns>/<name>","pv":"<pv name>"}
 
-Only objects whose record names our cluster are listed, garbage-collected or expanded; two clusters
-sharing a project never touch each other's disks. Names:
+(``h`` replaces ``n`` when the name is too long; ``gf``/``gt`` on an expansion snapshot, ``b`` the
+block size on a CSI snapshot.)
+
+Whose object it is follows from the record and the object's name together (``controller.owner``):
+a record is ours when it names our cluster AND its CSI name derives the object's name. Names:
 
 - volume (disk) name   ``csi-`` + 16 hex of SHA-256(CSI volume name)   (20 chars: the NVMe serial)
 - snapshot name        ``snap-`` + 16 hex of SHA-256(CSI snapshot name)
@@ -22,7 +25,8 @@ import json
 import re
 from dataclasses import dataclass, replace
 
-from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH
+from csi_oxide.errors import ConfigurationError
+from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
 
 PREFIX = "csi.oxide.computer/v1 "
 VOLUME_PREFIX = "csi-"
@@ -34,6 +38,9 @@ TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX)
 _HEX16 = r"[0-9a-f]{16}"
 _VOLUME_RE = re.compile(rf"^{VOLUME_PREFIX}{_HEX16}$")
 _SNAPSHOT_RE = re.compile(rf"^{SNAPSHOT_PREFIX}{_HEX16}$")
+
+MAX_CLUSTER_ID_LENGTH = 63
+_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 
 def _digest(text: str) -> str:
@@ -83,6 +90,8 @@ class Record:
     ``size`` the requested bytes; ``source`` ``snapshot:<id>`` or ``volume:<id>`` or "".
     A temporary expansion snapshot carries the disk's record plus ``grow_from`` and ``grow_to``
     (old and new disk sizes in bytes), enough to finish or roll back the expansion from it alone.
+    A CSI snapshot's record carries its source disk's ``block_size`` (Oxide's snapshot view has
+    none), so a restore can check a requested block size even after the source is gone.
     """
 
     cluster: str
@@ -94,6 +103,7 @@ class Record:
     pv: str = ""
     grow_from: int = 0
     grow_to: int = 0
+    block_size: int = 0
 
     def matches_name(self, csi_name: str) -> bool:
         """True when this record was written for ``csi_name``."""
@@ -101,11 +111,21 @@ class Record:
             return self.name == csi_name
         return self.name_hash == hashlib.sha256(csi_name.encode()).hexdigest()
 
+    def _name_digest(self) -> str:
+        return _digest(self.name) if self.name else self.name_hash[:16]
+
     def disk_name(self) -> str:
         """The Oxide disk name of the volume this record was written for."""
-        if self.name:
-            return volume_name(self.name)
-        return VOLUME_PREFIX + self.name_hash[:16]
+        return VOLUME_PREFIX + self._name_digest()
+
+    def snapshot_name(self) -> str:
+        """The Oxide snapshot name of the CSI snapshot this record was written for."""
+        return SNAPSHOT_PREFIX + self._name_digest()
+
+    def clone_snapshot_name(self) -> str:
+        """The temporary clone snapshot this record was written for (its name is the target
+        disk's name)."""
+        return CLONE_PREFIX + self._name_digest()
 
     def encode(self) -> str:
         """The description text; shortened (hash instead of name, no PVC/PV) to fit 512."""
@@ -128,6 +148,7 @@ class Record:
             ("pv", self.pv),
             ("gf", self.grow_from),
             ("gt", self.grow_to),
+            ("b", self.block_size),
         ):
             if value:
                 fields[key] = value
@@ -163,10 +184,47 @@ def decode(description: str) -> Record | None:
         pv=text("pv"),
         grow_from=number("gf"),
         grow_to=number("gt"),
+        block_size=number("b"),
     )
 
 
 def owned_by(description: str, cluster: str) -> Record | None:
-    """The record if ``description`` carries our cluster's marker, else None."""
+    """The record if ``description`` carries our cluster's marker, else None.
+
+    The marker alone does not make an object ours (a record can be copied onto another object):
+    operations decide with ``controller.owner``, which also checks the name.
+    """
     rec = decode(description)
     return rec if rec is not None and rec.cluster == cluster else None
+
+
+def check_cluster_id(cluster: str) -> None:
+    """Refuse a cluster ID that could not be written into every record (ConfigurationError).
+
+    Letters, digits, ``.``, ``_`` and ``-`` (starting and ending with a letter or digit), at most
+    63 characters: short enough that the longest record the driver writes still fits in Oxide's
+    512-character description, and nothing JSON would have to escape.
+    """
+    if len(cluster) > MAX_CLUSTER_ID_LENGTH:
+        raise ConfigurationError(
+            f"--cluster-id is {len(cluster)} characters long; at most {MAX_CLUSTER_ID_LENGTH} fit "
+            "in the record each disk's description carries"
+        )
+    if not _CLUSTER_ID_RE.match(cluster):
+        raise ConfigurationError(
+            f"--cluster-id {cluster!r} is not usable: use letters, digits, '.', '_' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    longest = Record(
+        cluster=cluster,
+        name_hash="f" * 64,
+        size=MAX_DISK_SIZE,
+        source="snapshot:" + "s" * 63,
+        grow_from=MAX_DISK_SIZE,
+        grow_to=MAX_DISK_SIZE,
+        block_size=4096,
+    )
+    try:
+        longest.encode()
+    except ValueError as exc:  # pragma: no cover - the length limit above keeps it in bounds
+        raise ConfigurationError(f"--cluster-id {cluster!r} does not fit in a record") from exc

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value
 
+from csi_oxide import publish_context
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import (
@@ -142,8 +143,10 @@ class ControllerService(csi_grpc.ControllerServicer):
         if not request.HasField("volume_capability"):
             raise InvalidArgumentError("volume_capability is required")
         _supported([parse.capability(request.volume_capability)])
-        await self._ops.publish(volume_id, node_id)
-        return csi.ControllerPublishVolumeResponse()
+        origin = await self._ops.publish(volume_id, node_id)
+        # How the disk was born: the node formats a device without a signature only on this proof.
+        entries = publish_context.encode(origin) if origin is not None else {}
+        return csi.ControllerPublishVolumeResponse(publish_context=entries)
 
     async def ControllerUnpublishVolume(
         self, request: csi.ControllerUnpublishVolumeRequest, context: Ctx

@@ -167,7 +167,7 @@ BLOCK_SIZES = ("512", "2048", "4096")
 class VolumeParameters:
     """StorageClass parameters after validation."""
 
-    block_size: int = 4096
+    block_size: int | None = None  # None: not given (4096 for a blank volume)
     fs_type: str = ""
     pvc: str = ""
     pv: str = ""
@@ -183,8 +183,8 @@ def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
             f"unknown StorageClass parameter(s) {', '.join(unknown)}: accepted are fsType, "
             "blockSize and csi.storage.k8s.io/* keys"
         )
-    block = params.get("blockSize", "4096")
-    if block not in BLOCK_SIZES:
+    block = params.get("blockSize")
+    if block is not None and block not in BLOCK_SIZES:
         raise InvalidArgumentError(f"blockSize {block!r} must be one of 512, 2048, 4096")
     fs_type = params.get("fsType", "")
     if fs_type and fs_type.lower() not in FS_TYPES:
@@ -192,7 +192,7 @@ def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
     namespace = params.get(K8S_PREFIX + "pvc/namespace", "")
     pvc_name = params.get(K8S_PREFIX + "pvc/name", "")
     return VolumeParameters(
-        block_size=int(block),
+        block_size=None if block is None else int(block),
         fs_type=fs_type.lower(),
         pvc=f"{namespace}/{pvc_name}" if pvc_name else "",
         pv=params.get(K8S_PREFIX + "pv/name", ""),

@@ -26,7 +26,7 @@ from csi_oxide.errors import (
     ResourceExhaustedError,
 )
 from csi_oxide.inflight import InFlight
-from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.oxide.types import Disk, DiskSpec
 
 from .controller_helpers import GIB, Env, make_env, new
 
@@ -224,7 +224,9 @@ async def test_reconciler_leaves_fresh_and_foreign_snapshots(env: Env) -> None:
 async def test_reconciler_deletes_a_stale_clone_snapshot(env: Env) -> None:
     source = await _volume(env)
     target = record.volume_name("pvc-clone")
-    env.sim.faults.inject("disk_create", status=500)
+    # The controller dies right after taking the temporary snapshot (a failed disk_create would
+    # delete it at once; only a crash leaves it for the reconciler).
+    env.sim.faults.inject("snapshot_create", status=500, after=True)
     with pytest.raises(CsiOxideError):
         await env.ops.create_volume(new("pvc-clone", source=Source("volume", source)))
     assert _temporary(env) == [record.clone_snapshot_name(target)]
@@ -233,3 +235,35 @@ async def test_reconciler_deletes_a_stale_clone_snapshot(env: Env) -> None:
     ).run_once()
     assert result.deleted == [record.clone_snapshot_name(target)]
     assert _temporary(env) == []
+
+
+async def test_reconciler_leaves_a_temporary_snapshot_with_a_copied_record(env: Env) -> None:
+    """Our marker on a temporary snapshot is not enough: the record must name that snapshot."""
+    source = await _volume(env)
+    copied = record.Record(cluster="test", name=record.volume_name("pvc-other"), source="volume:x")
+    forged = record.clone_snapshot_name(record.volume_name("pvc-clone"))
+    await env.api.snapshot_create(forged, copied.encode(), source)
+    result = await Reconciler(
+        env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
+    ).run_once()
+    assert (result.deleted, result.finished, result.failed) == ([], [], [])
+    assert _temporary(env) == [forged]
+
+
+async def test_a_disk_made_by_someone_else_during_re_creation_keeps_the_snapshot(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the look and the re-create, a disk of the volume's name appears (made by hand):
+    the driver must not take it for its own re-creation and delete the snapshot with the data."""
+    volume_id = await _half_expanded(env)
+    real_create = env.api.disk_create
+
+    async def stray_first(spec: DiskSpec) -> Disk:
+        if spec.name == volume_id and volume_id not in env.sim.disk_names():
+            await real_create(DiskSpec(name=volume_id, description="", size=GIB, block_size=4096))
+        return await real_create(spec)
+
+    monkeypatch.setattr(env.api, "disk_create", stray_first)
+    with pytest.raises(InternalError, match="operator"):
+        await env.ops.get_volume(volume_id)
+    assert _temporary(env) == [record.grow_snapshot_name(volume_id)]  # the data is still there

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from csi_oxide.controller import record
-from csi_oxide.controller.ops import ControllerOps, Source
+from csi_oxide.controller import owner, record
+from csi_oxide.controller.ops import ControllerOps, Source, origin_of
 from csi_oxide.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -14,6 +14,7 @@ from csi_oxide.errors import (
     ResourceExhaustedError,
 )
 from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.publish_context import Origin
 
 from .controller_helpers import GIB, Env, make_env, new
 
@@ -181,3 +182,25 @@ async def test_static_provisioning_of_an_existing_disk(env: Env) -> None:
     assert [v.volume_id for v in await env.ops.list_volumes()] == []  # not this cluster's
     await env.ops.delete_volume("legacy-data")
     assert "legacy-data" not in env.sim.disk_names()
+
+
+@pytest.mark.parametrize(
+    ("claim", "origin"),
+    [
+        (owner.Claim(owner.Owner.OURS, record.Record(cluster="test", name="a")), Origin.BLANK),
+        (
+            owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="snapshot:snap-1")),
+            Origin.SNAPSHOT,
+        ),
+        (
+            owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="volume:csi-1")),
+            Origin.VOLUME,
+        ),
+        (owner.STATIC, Origin.STATIC),
+        (owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="image:x")), None),
+        (owner.FOREIGN, None),
+    ],
+)
+def test_origin_of_a_claim(claim: owner.Claim, origin: Origin | None) -> None:
+    """An unknown source proves nothing: no origin rather than a guess."""
+    assert origin_of(claim) == origin

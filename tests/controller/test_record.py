@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide.controller import record
+from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.names import is_valid_name
 
 
@@ -78,3 +79,54 @@ def test_disk_name_survives_the_hash_fallback(name: str) -> None:
 def test_grow_sizes_round_trip() -> None:
     rec = record.Record(cluster="prod", name="pvc-1", size=5, grow_from=1 << 30, grow_to=2 << 30)
     assert record.decode(rec.encode()) == rec
+
+
+@pytest.mark.parametrize("name", ["pvc-1", "é" * 200])
+def test_snapshot_and_clone_names_survive_the_hash_fallback(name: str) -> None:
+    rec = record.Record(cluster="c" * 63, name=name, source="volume:" + "v" * 63, pv="p" * 400)
+    decoded = record.decode(rec.encode())
+    assert decoded is not None
+    assert decoded.snapshot_name() == record.snapshot_name(name)
+    assert decoded.clone_snapshot_name() == record.clone_snapshot_name(name)
+
+
+def test_block_size_round_trips() -> None:
+    rec = record.Record(cluster="prod", name="s", source="volume:csi-1", block_size=512)
+    assert record.decode(rec.encode()) == rec
+
+
+@pytest.mark.parametrize("cluster", ["default", "prod-eu-1", "a", "A.b_c-9", "x" * 63])
+def test_usable_cluster_ids(cluster: str) -> None:
+    record.check_cluster_id(cluster)
+    # The longest record the driver writes still fits with this cluster ID.
+    longest = record.Record(
+        cluster=cluster,
+        name="é" * 300,
+        size=1023 << 30,
+        source="snapshot:" + "s" * 63,
+        pvc="n" * 300,
+        pv="p" * 300,
+        grow_from=1023 << 30,
+        grow_to=1023 << 30,
+        block_size=4096,
+    )
+    assert len(longest.encode()) <= 512
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ("x" * 64, "at most 63"),
+        ("x" * 600, "at most 63"),
+        ("", "not usable"),
+        ("has space", "not usable"),
+        ('quo"te', "not usable"),
+        ("ünïcode", "not usable"),
+        ("-leading", "not usable"),
+        ("trailing.", "not usable"),
+        ("new\nline", "not usable"),
+    ],
+)
+def test_unusable_cluster_ids_are_refused(cluster: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        record.check_cluster_id(cluster)

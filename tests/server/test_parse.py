@@ -119,7 +119,7 @@ def test_volume_parameters() -> None:
     assert params == parse.VolumeParameters(
         block_size=512, fs_type="xfs", pvc="team/data", pv="pvc-123"
     )
-    assert parse.volume_parameters({}).block_size == 4096
+    assert parse.volume_parameters({}).block_size is None  # not given: the blank default
 
 
 @pytest.mark.parametrize(

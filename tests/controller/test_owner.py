@@ -1,0 +1,115 @@
+"""The ownership rule, case by case (pure: descriptions and names, no Oxide)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from csi_oxide.controller import owner, record
+from csi_oxide.controller.owner import Owner
+from csi_oxide.oxide.types import Disk, DiskState, Snapshot, SnapshotState
+
+CLUSTER = "prod"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def disk(name: str, description: str) -> Disk:
+    return Disk(
+        id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
+        name=name,
+        description=description,
+        project_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60",
+        size=1 << 30,
+        block_size=4096,
+        state=DiskState.DETACHED,
+        instance_id=None,
+        snapshot_id=None,
+        image_id=None,
+        read_only=False,
+        disk_type="distributed",
+        time_created=NOW,
+    )
+
+
+def snapshot(name: str, description: str) -> Snapshot:
+    return Snapshot(
+        id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e61",
+        name=name,
+        description=description,
+        project_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60",
+        disk_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
+        size=1 << 30,
+        state=SnapshotState.READY,
+        time_created=NOW,
+    )
+
+
+VOLUME = record.Record(cluster=CLUSTER, name="pvc-1", size=1 << 30)
+VOLUME_NAME = record.volume_name("pvc-1")
+
+
+def test_our_volume() -> None:
+    claim = owner.of_disk(disk(VOLUME_NAME, VOLUME.encode()), CLUSTER)
+    assert claim == owner.Claim(Owner.OURS, VOLUME)
+    assert claim.usable
+
+
+def test_our_volume_with_a_hashed_name() -> None:
+    long = record.Record(cluster=CLUSTER, name="é" * 300, pvc="x" * 300)
+    text = long.encode()
+    assert '"h":' in text  # the record carries a hash of the name, not the name
+    assert owner.of_disk(disk(record.volume_name("é" * 300), text), CLUSTER).owner is Owner.OURS
+
+
+@pytest.mark.parametrize("description", ["", "made by hand", "csi.oxide.computer is great"])
+def test_no_record_is_static(description: str) -> None:
+    claim = owner.of_disk(disk("legacy", description), CLUSTER)
+    assert claim == owner.STATIC
+    assert claim.usable and claim.record is None
+
+
+@pytest.mark.parametrize(
+    ("name", "description"),
+    [
+        (VOLUME_NAME, replace(VOLUME, cluster="other").encode()),  # another cluster's
+        ("copied-by-hand", VOLUME.encode()),  # a copied record on another name
+        (record.volume_name("pvc-2"), VOLUME.encode()),  # ... on another driver-like name
+        (VOLUME_NAME, record.PREFIX + "{damaged"),  # a damaged record is not "no record"
+        (VOLUME_NAME, replace(VOLUME, grow_from=1, grow_to=2).encode()),  # a snapshot's record
+    ],
+    ids=["other-cluster", "copied", "copied-csi-name", "damaged", "expansion-record"],
+)
+def test_everything_else_is_foreign(name: str, description: str) -> None:
+    claim = owner.of_disk(disk(name, description), CLUSTER)
+    assert claim == owner.FOREIGN
+    assert not claim.usable
+
+
+def test_snapshots() -> None:
+    csi = record.Record(cluster=CLUSTER, name="snap-a", source=f"volume:{VOLUME_NAME}")
+    ours = snapshot(record.snapshot_name("snap-a"), csi.encode())
+    assert owner.of_snapshot(ours, CLUSTER).owner is Owner.OURS
+    assert owner.of_snapshot(replace(ours, name=record.snapshot_name("b")), CLUSTER) == (
+        owner.FOREIGN
+    )
+    assert owner.of_snapshot(ours, "other") == owner.FOREIGN
+    assert owner.of_snapshot(snapshot("by-hand", "mine"), CLUSTER) == owner.STATIC
+
+
+def test_temporary_snapshots_are_ours_or_nothing() -> None:
+    clone = record.Record(cluster=CLUSTER, name=VOLUME_NAME, source="volume:csi-src")
+    clone_name = record.clone_snapshot_name(VOLUME_NAME)
+    assert owner.of_snapshot(snapshot(clone_name, clone.encode()), CLUSTER).owner is Owner.OURS
+    grow = replace(VOLUME, grow_from=1 << 30, grow_to=2 << 30)
+    grow_name = record.grow_snapshot_name(VOLUME_NAME)
+    assert owner.of_snapshot(snapshot(grow_name, grow.encode()), CLUSTER).owner is Owner.OURS
+    # No record: a temporary name is never a static snapshot.
+    assert owner.of_snapshot(snapshot(grow_name, "by hand"), CLUSTER) == owner.FOREIGN
+    # A volume's record without the expansion sizes does not describe an expansion snapshot.
+    assert owner.of_snapshot(snapshot(grow_name, VOLUME.encode()), CLUSTER) == owner.FOREIGN
+    # The expansion record of another volume, copied onto this name.
+    other = replace(grow, name="pvc-2")
+    assert owner.of_snapshot(snapshot(grow_name, other.encode()), CLUSTER) == owner.FOREIGN
+    assert owner.of_snapshot(snapshot(clone_name, grow.encode()), CLUSTER) == owner.FOREIGN

@@ -1,0 +1,212 @@
+"""Real Controller servers over gRPC for several clusters sharing one simulated Oxide project.
+
+Each cluster is a ``ControllerService`` with its own ``--cluster-id``, its own HTTP client and its
+own unix socket, as two Kubernetes clusters' controllers would share one Oxide project. The raw
+client ``World.api`` reads and changes the simulator behind the drivers' backs (set-up, checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.health import Health
+from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.controller import ControllerService
+from csi_oxide.server.identity import IdentityService
+from csi_oxide.sim import SimConfig, Simulator
+
+GIB = 1024**3
+Code = grpc.StatusCode
+Mode = csi.VolumeCapability.AccessMode
+
+
+def cap(block: bool = False) -> csi.VolumeCapability:
+    mode = Mode(mode=Mode.SINGLE_NODE_WRITER)
+    if block:
+        return csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=mode)
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=mode
+    )
+
+
+def client(sim: Simulator) -> HttpOxideClient:
+    return HttpOxideClient.for_tests(
+        host="http://sim",
+        token=sim.token,
+        project=sim.config.project,
+        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
+    )
+
+
+async def code_of(call: object) -> Code:
+    """The status code a call ends with (OK when it succeeds)."""
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return Code.OK
+
+
+async def failure(call: object) -> grpc.aio.AioRpcError:
+    """The error a call must end with."""
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+@dataclass
+class Cluster:
+    """One cluster's controller, reached over gRPC."""
+
+    cluster_id: str
+    stub: csi_grpc.ControllerAsyncStub
+    ops: ControllerOps
+
+    async def create(
+        self,
+        name: str,
+        size: int = GIB,
+        *,
+        snapshot: str = "",
+        volume: str = "",
+        parameters: dict[str, str] | None = None,
+    ) -> csi.Volume:
+        source = None
+        if snapshot:
+            source = csi.VolumeContentSource(
+                snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snapshot)
+            )
+        elif volume:
+            source = csi.VolumeContentSource(
+                volume=csi.VolumeContentSource.VolumeSource(volume_id=volume)
+            )
+        answer = await self.stub.CreateVolume(self.create_request(name, size, source, parameters))
+        return answer.volume
+
+    @staticmethod
+    def create_request(
+        name: str,
+        size: int = GIB,
+        source: csi.VolumeContentSource | None = None,
+        parameters: dict[str, str] | None = None,
+    ) -> csi.CreateVolumeRequest:
+        return csi.CreateVolumeRequest(
+            name=name,
+            capacity_range=csi.CapacityRange(required_bytes=size),
+            volume_capabilities=[cap()],
+            volume_content_source=source,
+            parameters=parameters or {},
+        )
+
+    async def snapshot(self, name: str, source: str) -> csi.Snapshot:
+        answer = await self.stub.CreateSnapshot(
+            csi.CreateSnapshotRequest(name=name, source_volume_id=source)
+        )
+        return answer.snapshot
+
+    async def publish(self, volume_id: str, node: str) -> dict[str, str]:
+        answer = await self.stub.ControllerPublishVolume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=volume_id, node_id=node, volume_capability=cap()
+            )
+        )
+        return dict(answer.publish_context)
+
+    async def unpublish(self, volume_id: str, node: str) -> None:
+        await self.stub.ControllerUnpublishVolume(
+            csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=node)
+        )
+
+    async def expand(self, volume_id: str, size: int) -> int:
+        answer = await self.stub.ControllerExpandVolume(
+            csi.ControllerExpandVolumeRequest(
+                volume_id=volume_id, capacity_range=csi.CapacityRange(required_bytes=size)
+            )
+        )
+        return answer.capacity_bytes
+
+    async def listed_volumes(self) -> list[str]:
+        answer = await self.stub.ListVolumes(csi.ListVolumesRequest())
+        return [e.volume.volume_id for e in answer.entries]
+
+    async def listed_snapshots(
+        self, snapshot_id: str = "", source_volume_id: str = ""
+    ) -> list[str]:
+        request = csi.ListSnapshotsRequest(
+            snapshot_id=snapshot_id, source_volume_id=source_volume_id
+        )
+        answer = await self.stub.ListSnapshots(request)
+        return [e.snapshot.snapshot_id for e in answer.entries]
+
+
+@dataclass
+class World:
+    """One simulator, its raw client, and a controller per cluster."""
+
+    sim: Simulator
+    api: HttpOxideClient
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+
+    @property
+    def node(self) -> str:
+        return self.sim.local_instance_id
+
+    async def state(self) -> tuple[object, ...]:
+        """Everything Oxide holds, for "nothing was touched" comparisons."""
+        disks = sorted(
+            (d.id, d.name, d.description, d.size, str(d.state), d.instance_id, d.snapshot_id)
+            for d in await self.api.disk_list()
+        )
+        snaps = sorted(
+            (s.id, s.name, s.description, s.disk_id, s.size, str(s.state))
+            for s in await self.api.snapshot_list()
+        )
+        content = sorted((name, self.sim.read_content(name)) for name in self.sim.disk_names())
+        return (tuple(disks), tuple(snaps), tuple(content))
+
+
+async def serve(
+    tmp_path: Path, clusters: Sequence[str] = ("test",), **config: object
+) -> AsyncIterator[World]:
+    """Start the simulator and one controller per cluster ID; stop them afterwards."""
+    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
+    world = World(sim, client(sim))
+    servers: list[CsiServer] = []
+    channels: list[grpc.aio.Channel] = []
+    apis: list[HttpOxideClient] = []
+    try:
+        for i, cluster_id in enumerate(clusters):
+            api = client(sim)
+            apis.append(api)
+            ops = ControllerOps(api, cluster=cluster_id)
+            socket = f"unix://{tmp_path}/c{i}.sock"
+            server = CsiServer(
+                socket,
+                Services(identity=IdentityService(Health()), controller=ControllerService(ops)),
+            )
+            await server.start()
+            servers.append(server)
+            channel = grpc.aio.insecure_channel(socket)
+            channels.append(channel)
+            world.clusters[cluster_id] = Cluster(cluster_id, csi_grpc.ControllerStub(channel), ops)
+        yield world
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.stop(grace=1)
+        for api in apis:
+            await api.aclose()
+        await world.api.aclose()
+    assert sim.contract_violations == []
