@@ -116,6 +116,8 @@ async def controller_checks(
     except CsiOxideError as exc:
         return [Check("Oxide credentials", False, str(exc))]
     checks = [Check("Oxide credentials", True, str(creds))]
+    if creds.warnings:
+        checks.append(Check("credentials file private", False, "; ".join(creds.warnings)))
     api = client_factory(creds)
     try:
         checks.extend(await _api_checks(api, creds.project))

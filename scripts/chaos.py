@@ -11,6 +11,12 @@ Afterwards: every lifecycle converged, no RPC answered UNKNOWN or INTERNAL, no d
 (checksums through expansion and restore), and no disk, snapshot, loop device or mount is left.
 Without root (no loop devices) the node part is skipped and the controller part still runs.
 
+A second phase runs the same storm against a slow API: a share of the simulator's answers
+(``--slow-rate``) are carried out and then trickle out a byte at a time, while the controller runs
+with a short Oxide request deadline (``--slow-oxide-timeout``). Each such answer is lost to the
+driver after its deadline although the operation happened; the lifecycles must converge all the
+same (a retry finds what was done), with no volume left wedged "already in progress".
+
     python scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2 --lost-rate 0.05
 """
 
@@ -310,8 +316,12 @@ async def run_storm(
     fail_rate: float,
     lost_rate: float = 0.05,
     seed: int = 7,
+    slow_rate: float = 0.0,
+    slow_byte_ms: float = 200.0,
+    oxide_timeout: float | None = None,
 ) -> Report:
-    """The whole storm in ``workdir``; the report says what happened."""
+    """The whole storm in ``workdir``; the report says what happened. ``slow_rate``: share of
+    answers trickled (see the module); ``oxide_timeout``: the controller's request deadline."""
     node_side = os.geteuid() == 0 and Path("/dev/loop-control").exists()
     sim_args = [
         "--hotplug",
@@ -325,12 +335,19 @@ async def run_storm(
         "45",
         "--state-dir",
         str(workdir / "rack"),
+        "--slow-rate",
+        str(slow_rate),
+        "--slow-byte-ms",
+        str(slow_byte_ms),
     ]
     if node_side:
         sim_args += ["--backing", "loop"]
     sim = harness.start_sim(workdir, *sim_args)
     with harness.stopping(sim.proc):
-        controller = Plugin(workdir, sim.env, "controller")
+        controller_env = dict(sim.env)
+        if oxide_timeout is not None:
+            controller_env["CSI_OXIDE_OXIDE_TIMEOUT"] = str(oxide_timeout)
+        controller = Plugin(workdir, controller_env, "controller")
         node = Plugin(workdir, sim.env, "node") if node_side else None
         plugins = [p for p in (controller, node) if p is not None]
         storm = Storm(controller, node, sim.env["CSI_OXIDE_NODE_ID"], workdir)
@@ -363,26 +380,51 @@ def main() -> int:
         "--lost-rate", type=float, default=0.05, help="share of requests whose answer is lost"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--slow-rate", type=float, default=0.1, help="slow phase: share of trickled answers"
+    )
+    parser.add_argument(
+        "--slow-oxide-timeout",
+        type=float,
+        default=2.0,
+        help="slow phase: the controller's Oxide request deadline, seconds",
+    )
+    parser.add_argument(
+        "--slow-kills", type=int, default=20, help="slow phase: plugin kills before stopping"
+    )
     args = parser.parse_args()
     log.configure(fmt="console", level="warning")
     import tempfile
 
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="csi-oxide-chaos-") as tmp:
-        report = asyncio.run(
-            run_storm(
-                Path(tmp),
-                volumes=args.volumes,
-                kills=args.kills,
-                fail_rate=args.fail_rate,
-                lost_rate=args.lost_rate,
-                seed=args.seed,
+    phases = {
+        "faults and kills": {
+            "kills": args.kills,
+            "fail_rate": args.fail_rate,
+            "lost_rate": args.lost_rate,
+        },
+        "slow API": {
+            "kills": args.slow_kills,
+            "fail_rate": args.fail_rate / 4,
+            "lost_rate": args.lost_rate,
+            "slow_rate": args.slow_rate,
+            "oxide_timeout": args.slow_oxide_timeout,
+        },
+    }
+    passed = True
+    for phase, settings in phases.items():
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="csi-oxide-chaos-") as tmp:
+            report = asyncio.run(
+                run_storm(Path(tmp), volumes=args.volumes, seed=args.seed, **settings)  # type: ignore[arg-type]
             )
-        )
-    for line in report.lines():
-        print(line)
-    print(f"chaos {'PASSED' if report.ok() else 'FAILED'} in {time.monotonic() - started:.0f}s")
-    return 0 if report.ok() else 1
+        print(f"== phase: {phase} ({', '.join(f'{k}={v}' for k, v in settings.items())})")
+        for line in report.lines():
+            print(line)
+        took = time.monotonic() - started
+        print(f"phase {phase}: {'PASSED' if report.ok() else 'FAILED'} in {took:.0f}s")
+        passed = passed and report.ok()
+    print(f"chaos {'PASSED' if passed else 'FAILED'}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -122,3 +122,23 @@ async def test_no_quota_left_fails() -> None:
     checks = await doctor.controller_checks(_env(sim), client_factory=_factory(sim))
     assert not checks[-1].ok
     assert "0.0 GiB free" in checks[-1].detail
+
+
+async def test_a_credentials_file_others_can_read_fails_its_row(tmp_path: Path) -> None:
+    sim = Simulator(SimConfig())
+    config = tmp_path / ".config" / "oxide"
+    config.mkdir(parents=True)
+    creds = config / "credentials.toml"
+    creds.write_text(f'[profile.sim]\nhost = "http://sim"\ntoken = "{sim.token}"\nuser = "u"\n')
+    env = {"HOME": str(tmp_path), "OXIDE_PROFILE": "sim", "OXIDE_PROJECT": "csi"}
+    creds.chmod(0o644)
+    checks = _by_name(await doctor.controller_checks(env, client_factory=_factory(sim)))
+    row = checks["credentials file private"]
+    assert not row.ok
+    assert "chmod 600" in row.detail
+    assert checks["API reachable, token valid, project exists"].ok
+    assert sim.token not in doctor.render(list(checks.values()))
+    creds.chmod(0o600)
+    checks = _by_name(await doctor.controller_checks(env, client_factory=_factory(sim)))
+    assert "credentials file private" not in checks
+    assert all(c.ok for c in checks.values())

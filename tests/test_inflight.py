@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from csi_oxide.errors import AbortedError
-from csi_oxide.inflight import InFlight
+from csi_oxide.errors import AbortedError, UnavailableError
+from csi_oxide.inflight import InFlight, current_deadline, rpc_deadline
 
 
 async def test_second_call_for_busy_key_is_aborted() -> None:
@@ -57,4 +57,53 @@ async def test_failure_releases_the_key() -> None:
 
     with pytest.raises(ValueError, match="x"):
         await inflight.run(["k"], "op", boom())
+    assert not inflight.busy("k")
+
+
+async def test_work_is_cut_after_the_rpc_deadline_plus_grace_and_the_key_freed() -> None:
+    inflight = InFlight(grace=0.2)
+    cancelled = asyncio.Event()
+
+    async def stalled() -> None:
+        try:
+            await asyncio.Event().wait()  # an Oxide request that never answers
+        finally:
+            cancelled.set()
+
+    async def rpc() -> None:
+        with rpc_deadline(0.1):
+            await inflight.run(["vol"], "CreateVolume", stalled())
+
+    caller = asyncio.create_task(rpc())
+    await asyncio.sleep(0.15)
+    caller.cancel()  # the CO's deadline: the caller goes away, the work goes on...
+    assert inflight.busy("vol")
+    await asyncio.wait_for(cancelled.wait(), 10)  # ...until deadline + grace
+    await inflight.drain()
+    assert not inflight.busy("vol")
+    # A retry starts afresh instead of answering ABORTED.
+    assert await inflight.run(["vol"], "CreateVolume", asyncio.sleep(0, "fresh")) == "fresh"
+
+
+async def test_a_caller_still_waiting_at_the_cut_gets_unavailable() -> None:
+    inflight = InFlight(grace=0.05)
+    with rpc_deadline(0.05), pytest.raises(UnavailableError, match="did not finish"):
+        await inflight.run(["vol"], "DeleteVolume", asyncio.Event().wait())
+    assert not inflight.busy("vol")
+
+
+async def test_without_grace_or_without_a_deadline_nothing_is_cut() -> None:
+    """The node's InFlight has no grace (a mkfs is never cut); an RPC without a deadline is
+    not cut by the grace rule either."""
+    for inflight, deadline in ((InFlight(), 0.01), (InFlight(grace=0.01), None)):
+        with rpc_deadline(deadline):
+            task = asyncio.ensure_future(inflight.run(["k"], "op", asyncio.sleep(0.2, "done")))
+        assert await task == "done"
+    assert current_deadline() is None
+
+
+async def test_limit_cuts_work_even_without_a_deadline() -> None:
+    inflight = InFlight(limit=0.05)
+    with pytest.raises(UnavailableError):
+        await inflight.run(["k"], "reconcile", asyncio.Event().wait())
     assert not inflight.busy("k")

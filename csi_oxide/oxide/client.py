@@ -3,15 +3,36 @@
 Every request carries ``api-version``, a bearer token from the token provider (asked again on each
 attempt, so a rotated token takes effect at once), and the ``csi-oxide/<version>`` User-Agent. Error
 answers are translated here, once, into ``csi_oxide.oxide.errors``; bodies are parsed by the pure
-functions of ``csi_oxide.oxide.wire``.
+functions of ``csi_oxide.oxide.wire``, which also refuse implausible values (a negative size, an
+unknown state, an ID that is not a UUID), so a malformed answer becomes one ``OxideServerError``
+(gRPC INTERNAL) naming the operation, never a wrong value handed on.
+
+Bounds, whatever the server does:
+
+- time: each attempt has a TOTAL deadline, connect to last byte (``timeout``), so a server
+  trickling its headers or body a byte at a time cannot hold a request open; retries stop being
+  started after ``RetryPolicy.max_elapsed``;
+- memory: an answer's body is read up to ``max_body`` bytes, then the request is abandoned;
+- listings: at most ``max_pages`` pages and ``max_items`` items, then a clear error;
+- retries: 429 and 503 and connection failures only, with backoff, honouring ``Retry-After`` up
+  to ``RetryPolicy.max_retry_after``.
+
+An answer that never came (deadline, dropped connection) says nothing about whether Oxide carried
+the operation out: Nexus runs a request's saga to its end even when the client has gone. Every
+operation of the driver is therefore safe to repeat: creates are found again by name and compared
+by description (400 ObjectAlreadyExists -> re-read), deletes of a missing object succeed, attach
+and detach are idempotent for the same instance.
 
 The token never leaves the ``authorization`` header: it is not stored on the client, not logged
-(the one debug line per request has no headers), and not put in any exception.
+(the one debug line per request has no headers), and every error carries scrubbed text only (see
+``csi_oxide.oxide.errors``: the token is scrubbed even when the server echoes it back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import json
 import random as _random
 import socket
 import ssl
@@ -20,14 +41,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
 
 from csi_oxide import __version__
 from csi_oxide.errors import ConfigurationError, InvalidArgumentError
-from csi_oxide.log import redact_text
 from csi_oxide.oxide import wire
 from csi_oxide.oxide.credentials import (
     OxideCredentials,
@@ -46,6 +66,7 @@ from csi_oxide.oxide.errors import (
     OxideServerError,
     OxideUnauthorizedError,
     OxideUnavailableError,
+    scrub,
 )
 from csi_oxide.oxide.names import is_uuid
 from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilization
@@ -55,7 +76,17 @@ log = structlog.get_logger("csi_oxide.oxide.client")
 API_VERSION = "2026060800.0.0"
 USER_AGENT = f"csi-oxide/{__version__}"
 PAGE_LIMIT = 1000
-DEFAULT_TIMEOUT = 300.0
+# The total deadline of one HTTP attempt, connect to last byte. Oxide runs a request's saga before
+# it answers (disk create, snapshot, delete), so this must outlast the slowest of them; the Go
+# SDK's default total timeout is the same 600 s. A CSI call is cut much earlier by its own
+# deadline (see ``csi_oxide.inflight``); this bounds the work nobody waits for (the reconciler).
+DEFAULT_TIMEOUT = 600.0
+# The largest answer body held in memory: a page of PAGE_LIMIT disks is under 1 MiB.
+MAX_BODY = 8 * 1024 * 1024
+# Bounds of one listing: more than any one project holds (12 disks per instance), far fewer
+# requests than a server handing out fresh page tokens forever could otherwise draw.
+MAX_PAGES = 200
+MAX_ITEMS = 100_000
 # Requests in flight at once from one controller: enough for a burst of a hundred volumes at
 # once (each needs two or three sequential calls) without queueing behind each other.
 DEFAULT_MAX_CONCURRENCY = 64
@@ -64,18 +95,27 @@ _T = TypeVar("_T")
 Params = dict[str, str | int]
 
 
+RETRYABLE_STATUSES = frozenset({429, 503})
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Retry of 503 answers and connection errors/timeouts: exponential backoff with full jitter,
-    given up when the next attempt would start after ``max_elapsed`` seconds."""
+    """Retry of 429 and 503 answers and connection errors/timeouts: exponential backoff with full
+    jitter, at least the server's ``Retry-After`` (capped at ``max_retry_after``), given up when
+    the next attempt would start after ``max_elapsed`` seconds."""
 
     max_elapsed: float = 60.0
     base_delay: float = 0.25
     max_delay: float = 8.0
+    max_retry_after: float = 30.0
 
-    def delay(self, attempt: int, jitter: float) -> float:
-        """The pause after failed attempt number ``attempt`` (1-based); ``jitter`` is in [0, 1)."""
-        return jitter * min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 60))
+    def delay(self, attempt: int, jitter: float, retry_after: float | None = None) -> float:
+        """The pause after failed attempt number ``attempt`` (1-based); ``jitter`` is in [0, 1);
+        ``retry_after`` is what the server asked for, if anything."""
+        backoff = jitter * min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 60))
+        if retry_after is None:
+            return backoff
+        return max(backoff, min(max(retry_after, 0.0), self.max_retry_after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +137,34 @@ RequestObserver = Callable[[RequestRecord], None]
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    """An attempt that got no HTTP answer."""
+    """An attempt that got no (complete) HTTP answer."""
 
     outcome: str
-    exc: httpx.TransportError
+    exc: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete HTTP answer, its body read within the bounds."""
+
+    status_code: int
+    reason_phrase: str
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        """A 2xx status."""
+        return 200 <= self.status_code < 300
+
+    def json(self) -> object:
+        """The body as JSON (``ValueError`` when it is not)."""
+        result: object = json.loads(self.content)
+        return result
+
+
+class _TooLargeError(Exception):
+    """An answer body beyond ``max_body``."""
 
 
 class HttpOxideClient:
@@ -111,7 +175,9 @@ class HttpOxideClient:
     whose first attempt did succeed then answers 400 ObjectAlreadyExists, which surfaces as
     ``OxideAlreadyExistsError``; the caller re-reads the object and compares it with what it asked
     for. At most ``max_concurrency`` requests are in flight at once (backoff pauses do not count).
-    ``timeout`` bounds one request and is long because Oxide runs sagas synchronously.
+    ``timeout`` is the total deadline of one attempt (connect to last byte) and is long because
+    Oxide runs sagas synchronously; ``max_body``, ``max_pages`` and ``max_items`` bound memory and
+    listings (see the module's docstring).
     """
 
     def __init__(
@@ -127,6 +193,9 @@ class HttpOxideClient:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy | None = None,
         page_limit: int = PAGE_LIMIT,
+        max_body: int = MAX_BODY,
+        max_pages: int = MAX_PAGES,
+        max_items: int = MAX_ITEMS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
@@ -134,13 +203,19 @@ class HttpOxideClient:
     ) -> None:
         if not callable(token):
             raise TypeError("token must be a token provider (a callable), not a string")
-        if max_concurrency < 1 or page_limit < 1:
-            raise ValueError("max_concurrency and page_limit must be at least 1")
+        if min(max_concurrency, page_limit, max_body, max_pages, max_items) < 1:
+            raise ValueError("max_concurrency, page_limit and the bounds must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
         self._host = normalize_host(host, origin="Oxide host")
         self._token = token
         self._project = project
         self._retry = retry or RetryPolicy()
         self._page_limit = page_limit
+        self._timeout = timeout
+        self._max_body = max_body
+        self._max_pages = max_pages
+        self._max_items = max_items
         self._sleep = sleep
         self._monotonic = monotonic
         self._random = random
@@ -199,6 +274,7 @@ class HttpOxideClient:
         transport: httpx.AsyncBaseTransport,
         retry: RetryPolicy | None = None,
         page_limit: int = PAGE_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> HttpOxideClient:
         """A client with a fixed token and quick retries, over an in-process transport."""
         quick = RetryPolicy(max_elapsed=5.0, base_delay=0.001, max_delay=0.01)
@@ -209,6 +285,7 @@ class HttpOxideClient:
             transport=transport,
             retry=retry or quick,
             page_limit=page_limit,
+            timeout=timeout,
         )
 
     def __repr__(self) -> str:
@@ -355,6 +432,8 @@ class HttpOxideClient:
         ones with only ``page_token``, until a page comes back with no ``next_page``."""
         found: list[_T] = []
         token: str | None = None
+        seen_tokens: set[str] = set()
+        pages = 0
         while True:
             query: Params = (
                 {**first, "limit": self._page_limit}
@@ -362,17 +441,28 @@ class HttpOxideClient:
                 else {"page_token": token, "limit": self._page_limit}
             )
             answer = await self._call(operation, "GET", path, query)
+            pages += 1
             page = self._parse(operation, answer, lambda body: wire.parse_results(body, parse))
             found.extend(page.items)
             for exc in page.skipped:
-                log.warning("oxide_object_skipped", operation=operation, reason=str(exc))
+                reason = scrub(str(exc), self._secrets())
+                log.warning("oxide_object_skipped", operation=operation, reason=reason)
             if page.next_page is None:
                 return found
-            if page.next_page == token:
+            if page.next_page in seen_tokens or page.next_page == token:
                 raise self._server_error(operation, answer, "pagination did not advance")
+            if pages >= self._max_pages or len(found) >= self._max_items:
+                raise self._server_error(
+                    operation,
+                    answer,
+                    f"the listing did not end after {pages} pages and {len(found)} items; "
+                    f"the driver reads at most {self._max_pages} pages and {self._max_items} "
+                    "items of one listing (is OXIDE_HOST an Oxide API?)",
+                )
+            seen_tokens.add(page.next_page)
             token = page.next_page
 
-    def _parse(self, operation: str, answer: httpx.Response, parse: Callable[[object], _T]) -> _T:
+    def _parse(self, operation: str, answer: Answer, parse: Callable[[object], _T]) -> _T:
         """``parse`` applied to the JSON body; ``OxideServerError`` when it does not fit."""
         try:
             body: object = answer.json()
@@ -383,12 +473,13 @@ class HttpOxideClient:
         except wire.WireError as exc:
             raise self._server_error(operation, answer, f"unexpected answer: {exc}") from exc
 
-    def _server_error(self, operation: str, answer: httpx.Response, message: str) -> OxideError:
+    def _server_error(self, operation: str, answer: Answer, message: str) -> OxideError:
         return OxideServerError(
             message,
             status=answer.status_code,
             request_id=answer.headers.get("x-request-id"),
             operation=operation,
+            secrets=self._secrets(),
         )
 
     # ---- one request, with retries ------------------------------------------------------------
@@ -400,19 +491,22 @@ class HttpOxideClient:
         path: str,
         params: Params,
         body: Mapping[str, object] | None = None,
-    ) -> httpx.Response:
-        """Send until an answer other than 503 comes (or the deadline passes); raise the
+    ) -> Answer:
+        """Send until an answer other than 429/503 comes (or the deadline passes); raise the
         translated error for a non-2xx answer."""
         deadline = self._monotonic() + self._retry.max_elapsed
         attempt = 0
         while True:
             attempt += 1
             result = await self._attempt(operation, method, path, params, body, attempt)
-            if isinstance(result, httpx.Response) and result.status_code != 503:
-                if result.is_success:
-                    return result
-                raise error_from_response(operation, result)
-            delay = self._retry.delay(attempt, self._random())
+            retry_after: float | None = None
+            if isinstance(result, Answer):
+                if result.status_code not in RETRYABLE_STATUSES:
+                    if result.is_success:
+                        return result
+                    raise error_from_response(operation, result, secrets=self._secrets())
+                retry_after = _retry_after(result.headers.get("retry-after"), time.time())
+            delay = self._retry.delay(attempt, self._random(), retry_after)
             if self._monotonic() + delay > deadline:
                 cause = result.exc if isinstance(result, _Failed) else None
                 raise self._give_up(operation, result, attempt) from cause
@@ -427,44 +521,82 @@ class HttpOxideClient:
         params: Params,
         body: Mapping[str, object] | None,
         attempt: int,
-    ) -> httpx.Response | _Failed:
+    ) -> Answer | _Failed:
         headers = {"authorization": f"Bearer {self._token()}"}
         async with self._semaphore:
             start = self._monotonic()
             try:
-                result: httpx.Response | _Failed = await self._http.request(
-                    method, path, params=params, json=body, headers=headers
-                )
+                async with asyncio.timeout(self._timeout):
+                    result: Answer | _Failed = await self._exchange(
+                        method, path, params, body, headers
+                    )
+            except TimeoutError as exc:
+                # The total deadline: a server trickling bytes defeats per-read timeouts only.
+                result = _Failed("timeout", exc)
             except httpx.TimeoutException as exc:
                 result = _Failed("timeout", exc)
             except httpx.TransportError as exc:
                 result = _Failed("connection_error", exc)
-            except httpx.HTTPError as exc:
-                # Not a transport failure (a body that does not decode, a redirect loop): the
+            except (httpx.HTTPError, _TooLargeError) as exc:
+                # Not a transport failure (a body that does not decode or is too large): the
                 # server answered something we cannot use; retrying would not help.
                 self._record(operation, method, None, self._monotonic() - start, attempt)
+                detail = (
+                    str(exc) if isinstance(exc, _TooLargeError) else f"{type(exc).__name__}: {exc}"
+                )
                 raise OxideServerError(
-                    self._scrub(f"{type(exc).__name__}: {exc}"), operation=operation
+                    detail, operation=operation, secrets=self._secrets()
                 ) from exc
             duration = self._monotonic() - start
         self._record(operation, method, result, duration, attempt)
         return result
 
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        body: Mapping[str, object] | None,
+        headers: dict[str, str],
+    ) -> Answer:
+        """One request; the answer's body is read up to ``max_body`` bytes, no further."""
+        request = self._http.build_request(method, path, params=params, json=body, headers=headers)
+        response = await self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_body:
+                raise _TooLargeError(self._too_large(f"announces {int(declared)} bytes"))
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise _TooLargeError(self._too_large("is larger"))
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return Answer(
+            response.status_code, response.reason_phrase, response.headers, b"".join(chunks)
+        )
+
+    def _too_large(self, what: str) -> str:
+        return f"the answer {what} than the {self._max_body} bytes the driver reads; abandoned"
+
     def _record(
         self,
         operation: str,
         method: str,
-        result: httpx.Response | _Failed | None,
+        result: Answer | _Failed | None,
         duration: float,
         attempt: int,
     ) -> None:
         """One debug line and one observer call per attempt (``None``: an unusable answer)."""
         status: int | None = None
         request_id: str | None = None
-        if isinstance(result, httpx.Response):
+        if isinstance(result, Answer):
             status = result.status_code
             outcome = "ok" if result.is_success else "http_error"
-            request_id = result.headers.get("x-request-id")
+            request_id = _short(result.headers.get("x-request-id"), self._secrets())
         else:
             outcome = result.outcome if result is not None else "bad_answer"
         log.debug(
@@ -485,26 +617,56 @@ class HttpOxideClient:
         except Exception as exc:  # noqa: BLE001 - a metrics hook must never fail a request
             log.warning("oxide_request_observer_failed", error=type(exc).__name__)
 
-    def _give_up(self, operation: str, last: httpx.Response | _Failed, attempts: int) -> OxideError:
+    def _give_up(self, operation: str, last: Answer | _Failed, attempts: int) -> OxideError:
         after = f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}"
-        if isinstance(last, httpx.Response):
+        if isinstance(last, Answer):
             log.warning("oxide_request_gave_up", operation=operation, status=last.status_code)
-            return error_from_response(operation, last, note=after)
+            return error_from_response(operation, last, note=after, secrets=self._secrets())
         log.warning("oxide_request_gave_up", operation=operation, outcome=last.outcome)
-        what = "timed out talking" if last.outcome == "timeout" else "could not connect"
-        detail = self._scrub(f"{type(last.exc).__name__}: {last.exc}".rstrip(": "))
+        if isinstance(last.exc, TimeoutError):
+            what = "no complete answer within the request deadline"
+            detail = f"{self._timeout:g} s, connect to last byte"
+        else:
+            what = "timed out talking" if last.outcome == "timeout" else "could not connect"
+            detail = f"{type(last.exc).__name__}: {last.exc}".rstrip(": ")
         return OxideUnavailableError(
-            f"{what} to {self._host} ({detail}); {after}", operation=operation
+            f"{what} to {self._host} ({detail}); {after}",
+            operation=operation,
+            secrets=self._secrets(),
         )
 
-    def _scrub(self, text: str) -> str:
-        """Remove the token from text that came from a library (defence in depth)."""
-        return redact_text(text.replace(self._token(), "<redacted>"))
+    def _secrets(self) -> tuple[str, ...]:
+        """What no error text may contain: the token as it is now."""
+        return (self._token(),)
 
 
-def error_from_response(operation: str, response: httpx.Response, *, note: str = "") -> OxideError:
+def _short(value: str | None, secrets: tuple[str, ...]) -> str | None:
+    """A header value fit for a log line or a metric: scrubbed, at most 64 printable
+    characters."""
+    if value is None:
+        return None
+    return "".join(ch for ch in scrub(value, secrets)[:64] if ch.isprintable())
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def error_from_response(
+    operation: str, response: Answer, *, note: str = "", secrets: tuple[str, ...] = ()
+) -> OxideError:
     """The ``OxideError`` for a non-2xx answer, from its status and ``error_code``; ``note`` is
-    appended to the server's message."""
+    appended to the server's message. The text is scrubbed by ``OxideError`` (``secrets`` too)."""
     try:
         raw: object = response.json()
     except ValueError:
@@ -512,6 +674,8 @@ def error_from_response(operation: str, response: httpx.Response, *, note: str =
     body = wire.parse_error_body(raw)
     status = response.status_code
     message = body.message or response.reason_phrase or f"HTTP {status}"
+    if 300 <= status < 400:
+        message = _redirect_message(status, response.headers.get("location"))
     if note:
         message = f"{message} ({note})"
     return _error_class(status, body.error_code)(
@@ -520,6 +684,19 @@ def error_from_response(operation: str, response: httpx.Response, *, note: str =
         error_code=body.error_code,
         request_id=body.request_id or response.headers.get("x-request-id"),
         operation=operation,
+        secrets=secrets,
+    )
+
+
+def _redirect_message(status: int, location: str | None) -> str:
+    where = ""
+    if location:
+        parts = urlsplit(location)
+        if parts.scheme and parts.hostname:
+            where = f" to {parts.scheme}://{parts.hostname}"
+    return (
+        f"the API answered a redirect ({status}){where}, which the driver does not follow "
+        "(the token would go along): set OXIDE_HOST to the API's own URL"
     )
 
 
@@ -533,6 +710,7 @@ def _error_class(status: int, error_code: str | None) -> type[OxideError]:
 
 _BY_STATUS: dict[int, type[OxideError]] = {
     401: OxideUnauthorizedError,
+    429: OxideUnavailableError,
     403: OxideForbiddenError,
     404: OxideNotFoundError,
     409: OxideConflictError,

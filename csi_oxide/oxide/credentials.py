@@ -17,12 +17,16 @@ state except the files it is pointed at. No message, log line or repr ever carri
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import stat
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
 
 import structlog
 
@@ -132,6 +136,7 @@ class OxideCredentials:
     token: TokenProvider = field(repr=False, compare=False)
     ca_file: Path | None
     source: str
+    warnings: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.host} project {self.project} ({self.source})"
@@ -146,6 +151,13 @@ def load_credentials(
     or contradictory.
     """
     host, token, source = _host_and_token(env, config_dir)
+    warnings: tuple[str, ...] = ()
+    if source.startswith("profile "):
+        directory = config_dir if config_dir is not None else default_config_dir(env)
+        problem = file_mode_problem(directory / "credentials.toml")
+        if problem is not None:
+            log.warning("oxide_credentials_file_not_private", problem=problem)
+            warnings = (problem,)
     project = _get(env, OXIDE_PROJECT)
     if project is None:
         if require_project:
@@ -155,21 +167,105 @@ def load_credentials(
             )
         project = ""
     return OxideCredentials(
-        host=host, project=project, token=token, ca_file=_ca_file(env), source=source
+        host=host,
+        project=project,
+        token=token,
+        ca_file=_ca_file(env),
+        source=source,
+        warnings=warnings,
+    )
+
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def file_mode_problem(path: Path) -> str | None:
+    """Why a file holding a token is not private enough (group or others may read or write it),
+    or None. The Oxide CLI and ssh warn or refuse likewise."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    if mode & 0o077 == 0:
+        return None
+    return (
+        f"{path} holds an Oxide token and is readable or writable by group or others "
+        f"(mode {mode:04o}): run chmod 600 {path}"
     )
 
 
 def normalize_host(host: str, *, origin: str = OXIDE_HOST) -> str:
-    """``https://`` when no scheme is given; no trailing slash. Only http and https."""
-    value = host.strip().rstrip("/")
-    if "://" not in value:
-        value = f"https://{value}"
-    scheme, _, rest = value.partition("://")
-    if scheme.lower() not in ("http", "https") or not rest or "/" in rest:
+    """The API's base URL: ``http(s)://HOST[:PORT]``, no trailing slash.
+
+    As in Oxide's SDKs a value without a scheme gets ``https://``, but only when it is plainly a
+    host (a dotted name, ``localhost``, or an IP address, with an optional port), so that a value
+    like ``not-a-url`` is refused at start instead of failing every request later. Refused too:
+    other schemes, paths, queries, and ``user:password@`` (never echoed back: the message shows
+    the value without it). Nothing is resolved here.
+    """
+    value = host.strip()
+    scheme_given = "://" in value
+    candidate = value if scheme_given else f"https://{value}"
+    parts = urlsplit(candidate)
+    shown = _without_userinfo(value)
+    expected = "expected https://HOST[:PORT], for example https://oxide.sys.example.com"
+    if "@" in parts.netloc:
         raise ConfigurationError(
-            f"{origin}: {host!r} is not an Oxide host; expected https://HOST[:PORT] or HOST[:PORT]"
+            f"{origin}: {shown!r} carries a user name or password (user:password@), which the "
+            f"driver never sends nor logs: remove it; the token goes in {OXIDE_TOKEN} or a "
+            "profile"
         )
-    return f"{scheme.lower()}://{rest}"
+    problem = _url_problem(parts, scheme_given)
+    if problem:
+        raise ConfigurationError(
+            f"{origin}: {shown!r} is not an Oxide API URL ({problem}); {expected}"
+        )
+    netloc = parts.netloc.lower()
+    return f"{parts.scheme.lower()}://{netloc}"
+
+
+def _url_problem(parts: SplitResult, scheme_given: bool) -> str | None:
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"scheme {parts.scheme!r}: only http and https"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a path, query or fragment is not allowed"
+    try:
+        port = parts.port
+    except ValueError:
+        return "the port is not a number from 1 to 65535"
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    name = parts.hostname or ""
+    if not name:
+        return "no host"
+    if _is_ip(name):
+        return None
+    if not _HOSTNAME_RE.match(name):
+        return f"{name!r} is not a host name"
+    if not scheme_given and "." not in name and name != "localhost":
+        return "no scheme, and not a dotted host name"
+    return None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _without_userinfo(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "<redacted>@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
 def check_token(token: str, origin: str) -> str:

@@ -3,11 +3,43 @@
 Each class is also a domain error (``csi_oxide.errors``), so an Oxide error that a caller does not
 handle specially still reaches the user with a sensible gRPC code. Every instance carries Oxide's
 ``request_id`` for correlation with the rack's logs, and never the token.
+
+``OxideError``'s constructor is the one place where text from the Oxide side (the server's error
+message, its request ID, a library's exception text) becomes text of the driver, which then
+reaches gRPC details, Kubernetes events, logs and metrics. It scrubs that text there, whatever the
+server sent: anything shaped like an Oxide token or a bearer credential, the secrets the client
+registered (``scrub_also``: the exact token, which might lack the ``oxide-token-`` prefix), and the
+``user:password@`` part of URLs; and it cuts the text to ``MAX_MESSAGE`` characters.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from csi_oxide import errors
+from csi_oxide.log import redact_text
+
+MAX_MESSAGE = 600
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"'}]+")
+_ASSIGNED_RE = re.compile(r"(?i)\b(token|password|authorization)(\"?\s*[:=]\s*\"?)[^\s,;\"'}]+")
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+REDACTED = "<redacted>"
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without tokens, bearer credentials, URL credentials or any of ``secrets``, and
+    at most ``MAX_MESSAGE`` characters long."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = redact_text(text)
+    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _ASSIGNED_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + f"... ({len(text) - MAX_MESSAGE} more characters cut)"
+    return text
 
 
 class OxideError(errors.CsiOxideError):
@@ -21,11 +53,13 @@ class OxideError(errors.CsiOxideError):
         error_code: str | None = None,
         request_id: str | None = None,
         operation: str = "",
+        secrets: Iterable[str] = (),
     ) -> None:
-        super().__init__(message)
+        hidden = tuple(secrets)
+        super().__init__(scrub(message, hidden))
         self.status = status
-        self.error_code = error_code
-        self.request_id = request_id
+        self.error_code = None if error_code is None else scrub(error_code, hidden)[:64]
+        self.request_id = None if request_id is None else scrub(request_id, hidden)[:64]
         self.operation = operation
 
     def __str__(self) -> str:

@@ -1,10 +1,11 @@
 """JSON <-> domain values for the Oxide API: pure functions, no I/O.
 
 Request bodies are built exactly as the published schema (``oxide/oxide-api.json``) spells them;
-response bodies are read defensively. Anything that does not match the schema raises
-``WireError`` (an unknown enum value raises its subclass ``UnknownValueError``, so a list can skip
-the one object it cannot represent). ``csi_oxide.oxide.client`` turns these into
-``OxideServerError``.
+response bodies are read defensively and checked for plausibility: sizes are positive whole GiB,
+block sizes one of 512/2048/4096, IDs UUIDs, names non-empty, quota figures not negative. Anything
+that does not match raises ``WireError`` (an unknown enum value raises its subclass
+``UnknownValueError``, so a list can skip the one object it cannot represent).
+``csi_oxide.oxide.client`` turns these into ``OxideServerError``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.oxide.names import MAX_NAME_LENGTH, is_uuid
 from csi_oxide.oxide.types import (
+    BLOCK_SIZES,
+    GIB,
     Disk,
     DiskSpec,
     DiskState,
@@ -107,21 +111,25 @@ def parse_disk(value: object) -> Disk:
     """A ``Disk`` body. The ``state`` object gives the state and, while (de)attaching or
     attached, the instance ID."""
     obj = _object(value, "disk")
-    name = _str(obj, "name")
+    name = _name(obj)
+    what = f"disk {name!r}"
     state_obj = _object(obj.get("state"), "disk state")
-    state = _enum(DiskState, _str(state_obj, "state"), f"state of disk {name!r}")
-    instance_id = _str(state_obj, "instance") if state in _STATES_WITH_INSTANCE else None
+    state = _enum(DiskState, _str(state_obj, "state"), f"state of {what}")
+    instance_id = _uuid(state_obj, "instance", what) if state in _STATES_WITH_INSTANCE else None
+    block_size = _int(obj, "block_size")
+    if block_size not in BLOCK_SIZES:
+        raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")
     return Disk(
-        id=_str(obj, "id"),
+        id=_uuid(obj, "id", what),
         name=name,
         description=_str(obj, "description"),
-        project_id=_str(obj, "project_id"),
-        size=_int(obj, "size"),
-        block_size=_int(obj, "block_size"),
+        project_id=_uuid(obj, "project_id", what),
+        size=_size(obj, "size", what),
+        block_size=block_size,
         state=state,
         instance_id=instance_id,
-        snapshot_id=_opt_str(obj, "snapshot_id"),
-        image_id=_opt_str(obj, "image_id"),
+        snapshot_id=_opt_uuid(obj, "snapshot_id", what),
+        image_id=_opt_uuid(obj, "image_id", what),
         read_only=_bool(obj, "read_only"),
         disk_type=_str(obj, "disk_type"),
         time_created=_time(obj, "time_created"),
@@ -131,14 +139,15 @@ def parse_disk(value: object) -> Disk:
 def parse_snapshot(value: object) -> Snapshot:
     """A ``Snapshot`` body."""
     obj = _object(value, "snapshot")
-    name = _str(obj, "name")
+    name = _name(obj)
+    what = f"snapshot {name!r}"
     return Snapshot(
-        id=_str(obj, "id"),
+        id=_uuid(obj, "id", what),
         name=name,
         description=_str(obj, "description"),
-        project_id=_str(obj, "project_id"),
-        disk_id=_str(obj, "disk_id"),
-        size=_int(obj, "size"),
+        project_id=_uuid(obj, "project_id", what),
+        disk_id=_uuid(obj, "disk_id", what),
+        size=_size(obj, "size", what),
         state=_enum(SnapshotState, _str(obj, "state"), f"state of snapshot {name!r}"),
         time_created=_time(obj, "time_created"),
     )
@@ -147,22 +156,28 @@ def parse_snapshot(value: object) -> Snapshot:
 def parse_instance(value: object) -> Instance:
     """An ``Instance`` body (only the fields the driver uses)."""
     obj = _object(value, "instance")
-    name = _str(obj, "name")
+    name = _name(obj)
+    what = f"instance {name!r}"
     return Instance(
-        id=_str(obj, "id"),
+        id=_uuid(obj, "id", what),
         name=name,
-        project_id=_str(obj, "project_id"),
-        run_state=_enum(InstanceState, _str(obj, "run_state"), f"run_state of instance {name!r}"),
-        boot_disk_id=_opt_str(obj, "boot_disk_id"),
+        project_id=_uuid(obj, "project_id", what),
+        run_state=_enum(InstanceState, _str(obj, "run_state"), f"run_state of {what}"),
+        boot_disk_id=_opt_uuid(obj, "boot_disk_id", what),
     )
 
 
 def parse_utilization(value: object) -> Utilization:
     """A ``Utilization`` body: the storage figures of ``capacity`` and ``provisioned``."""
     obj = _object(value, "utilization")
+    figures = {}
+    for key in ("capacity", "provisioned"):
+        storage = _int(_object(obj.get(key), key), "storage")
+        if storage < 0:
+            raise WireError(f"utilization: {key} storage {storage} is negative")
+        figures[key] = storage
     return Utilization(
-        capacity_storage=_int(_object(obj.get("capacity"), "capacity"), "storage"),
-        provisioned_storage=_int(_object(obj.get("provisioned"), "provisioned"), "storage"),
+        capacity_storage=figures["capacity"], provisioned_storage=figures["provisioned"]
     )
 
 
@@ -222,6 +237,31 @@ def _str(obj: Mapping[str, object], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
         raise WireError(f"field {key!r}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _name(obj: Mapping[str, object]) -> str:
+    value = _str(obj, "name")
+    if not 0 < len(value) <= MAX_NAME_LENGTH:
+        raise WireError(f"field 'name': {len(value)} characters, not 1 to {MAX_NAME_LENGTH}")
+    return value
+
+
+def _uuid(obj: Mapping[str, object], key: str, what: str) -> str:
+    value = _str(obj, key)
+    if not is_uuid(value):
+        raise WireError(f"{what}: field {key!r} is not a UUID: {value[:40]!r}")
+    return value
+
+
+def _opt_uuid(obj: Mapping[str, object], key: str, what: str) -> str | None:
+    return None if obj.get(key) is None else _uuid(obj, key, what)
+
+
+def _size(obj: Mapping[str, object], key: str, what: str) -> int:
+    value = _int(obj, key)
+    if value <= 0 or value % GIB:
+        raise WireError(f"{what}: {key} {value} is not a positive whole number of GiB")
     return value
 
 

@@ -19,6 +19,8 @@ import structlog
 from google.protobuf.message import Message
 
 from csi_oxide.errors import CsiOxideError
+from csi_oxide.inflight import rpc_deadline
+from csi_oxide.log import redact_text
 from csi_oxide.server.errors import status_for
 
 log = structlog.get_logger("csi_oxide.rpc")
@@ -90,7 +92,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             started = time.monotonic()
             for observer in self._observers:
                 observer.rpc_started(method)
-            with structlog.contextvars.bound_contextvars(rpc=method, request_id=request_id, **ids):
+            # The call's deadline reaches the work below (InFlight cuts it after deadline + grace).
+            with (
+                structlog.contextvars.bound_contextvars(rpc=method, request_id=request_id, **ids),
+                rpc_deadline(context.time_remaining()),
+            ):
                 code = grpc.StatusCode.OK
                 message = ""
                 try:
@@ -99,11 +105,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     code, message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
                     raise
                 except CsiOxideError as exc:
-                    code, message = status_for(exc), str(exc)
+                    # Scrubbed where it was made (OxideError); masked again on the way out.
+                    code, message = status_for(exc), redact_text(str(exc))
                 except NotImplementedError:
                     code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
                 except Exception as exc:
-                    code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+                    code, message = grpc.StatusCode.INTERNAL, redact_text(f"internal error: {exc}")
                     log.exception("rpc failed unexpectedly")
                 finally:
                     seconds = time.monotonic() - started

@@ -9,11 +9,12 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from csi_oxide.sim import contract, errors, routing
@@ -136,7 +137,26 @@ class _Exchange:
             raise errors.for_status(fault.status)  # applied, but the answer is lost
         if self.sim.draw_lost():
             raise errors.unavailable()  # applied, but the answer is lost
-        return self.reply(status, payload)
+        response = self.reply(status, payload)
+        pause = self.sim.draw_slow()
+        if pause > 0:
+            return _trickled(response, pause)  # applied; the answer comes a byte at a time
+        return response
+
+
+def _trickled(response: Response, pause: float) -> Response:
+    """``response`` sent one byte every ``pause`` seconds."""
+
+    body = bytes(response.body)
+
+    async def bytes_one_by_one() -> AsyncIterator[bytes]:
+        for i in range(len(body)):
+            yield body[i : i + 1]
+            await asyncio.sleep(pause)
+
+    return StreamingResponse(
+        bytes_one_by_one(), status_code=response.status_code, headers=dict(response.headers)
+    )
 
 
 def build_app(sim: Simulator, *, validate: bool) -> Starlette:

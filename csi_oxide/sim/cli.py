@@ -58,6 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="probability that a request is carried out but answered 503 (a lost answer)",
     )
+    parser.add_argument(
+        "--slow-rate",
+        type=float,
+        default=0.0,
+        help="probability that a request is carried out but its answer trickles out slowly",
+    )
+    parser.add_argument(
+        "--slow-byte-ms",
+        type=float,
+        default=200.0,
+        help="with --slow-rate: milliseconds between single bytes of a slow answer",
+    )
     parser.add_argument("--quota-gib", type=int, default=10240, help="silo storage quota")
     parser.add_argument("--env-file", type=Path, help="write shell export lines here once bound")
 
@@ -80,6 +92,8 @@ def _config(args: argparse.Namespace) -> SimConfig:
         jitter_ms=args.jitter_ms,
         lost_rate=args.lost_rate,
         fail_rate=args.fail_rate,
+        slow_rate=args.slow_rate,
+        slow_byte_ms=args.slow_byte_ms,
         quota_gib=args.quota_gib,
     )
 

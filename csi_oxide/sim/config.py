@@ -18,6 +18,9 @@ class SimConfig:
     ``latency_ms`` is added to every request, plus up to ``jitter_ms`` more; ``fail_rate`` is the
     probability that a request is answered 503 before it is handled, ``lost_rate`` that it is
     handled but its answer is lost (a 503, as a dropped connection looks to a client that retries);
+    ``slow_rate`` is the probability that a request is handled but its answer trickles out one
+    byte every ``slow_byte_ms`` (a stalled network or overloaded API: a client without a total
+    deadline waits for minutes);
     all drawn from a generator seeded with ``seed``.
     ``quota_gib`` is the silo's storage quota.
     """
@@ -32,6 +35,8 @@ class SimConfig:
     jitter_ms: float = 0.0
     fail_rate: float = 0.0
     lost_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_byte_ms: float = 200.0
     quota_gib: int = 10240
     seed: int | None = None
 
@@ -43,5 +48,6 @@ class SimConfig:
             f"backing={self.backing!r}, state_dir={self.state_dir!r}, instances={self.instances}, "
             f"latency_ms={self.latency_ms}, jitter_ms={self.jitter_ms}, "
             f"fail_rate={self.fail_rate}, lost_rate={self.lost_rate}, "
+            f"slow_rate={self.slow_rate}, slow_byte_ms={self.slow_byte_ms}, "
             f"quota_gib={self.quota_gib}, seed={self.seed})"
         )

@@ -44,6 +44,8 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         if not 0.0 <= config.fail_rate <= 1.0:
             raise ValueError("fail_rate must be between 0 and 1")
+        if not 0.0 <= config.slow_rate <= 1.0 or config.slow_byte_ms < 0:
+            raise ValueError("slow_rate must be between 0 and 1, slow_byte_ms not negative")
         self.config = config
         self.token = config.token if config.token is not None else new_token()
         self.backing: Backing = make_backing(config.backing, config.state_dir)
@@ -86,6 +88,12 @@ class Simulator:
     def draw_lost(self) -> bool:
         """True when this request's answer is lost (``lost_rate``)."""
         return self.config.lost_rate > 0 and self._random.random() < self.config.lost_rate
+
+    def draw_slow(self) -> float:
+        """Seconds between single bytes of this request's answer (0: sent at once)."""
+        if self.config.slow_rate > 0 and self._random.random() < self.config.slow_rate:
+            return self.config.slow_byte_ms / 1000
+        return 0.0
 
     def draw_delay(self) -> float:
         """Seconds to hold this request: the latency plus a random share of the jitter."""

@@ -486,10 +486,10 @@ async def test_a_rotated_token_file_is_used_by_the_next_request(tmp_path: Path) 
 
 def test_constructor_refuses_a_bare_token_string_and_a_bad_ca_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="token provider") as info:
-        HttpOxideClient("h", TOKEN, PROJECT)  # type: ignore[arg-type]
+        HttpOxideClient("h.example", TOKEN, PROJECT)  # type: ignore[arg-type]
     assert TOKEN not in str(info.value)
     with pytest.raises(ConfigurationError, match="CA bundle"):
-        HttpOxideClient("h", StaticToken(TOKEN), PROJECT, ca_file=tmp_path / "missing.pem")
+        HttpOxideClient("h.example", StaticToken(TOKEN), PROJECT, ca_file=tmp_path / "missing.pem")
 
 
 async def test_from_credentials_uses_their_host_project_and_token(tmp_path: Path) -> None:

@@ -95,23 +95,27 @@ def test_config_dir_defaults_to_home(tmp_path: Path) -> None:
     ("env", "match"),
     [
         (
-            {"OXIDE_HOST": "h", "OXIDE_PROFILE": "rack1", "OXIDE_TOKEN": TOKEN},
+            {"OXIDE_HOST": "h.example", "OXIDE_PROFILE": "rack1", "OXIDE_TOKEN": TOKEN},
             "both OXIDE_HOST and OXIDE_PROFILE",
         ),
         ({"OXIDE_TOKEN": TOKEN}, "OXIDE_TOKEN is set but OXIDE_HOST is not"),
         ({"OXIDE_TOKEN": TOKEN, "OXIDE_PROFILE": "rack1"}, "both OXIDE_TOKEN and OXIDE_PROFILE"),
-        ({"OXIDE_HOST": "h", "OXIDE_TOKEN": "  "}, "OXIDE_HOST is set without OXIDE_TOKEN"),
-        ({"OXIDE_HOST": "h", "OXIDE_TOKEN": "a b"}, "cannot be sent in an HTTP header"),
-        ({"OXIDE_HOST": "ftp://h", "OXIDE_TOKEN": TOKEN}, "not an Oxide host"),
-        ({"OXIDE_HOST": "https://h/api", "OXIDE_TOKEN": TOKEN}, "not an Oxide host"),
+        ({"OXIDE_HOST": "h.example", "OXIDE_TOKEN": "  "}, "OXIDE_HOST is set without OXIDE_TOKEN"),
+        ({"OXIDE_HOST": "h.example", "OXIDE_TOKEN": "a b"}, "cannot be sent in an HTTP header"),
+        ({"OXIDE_HOST": "ftp://h", "OXIDE_TOKEN": TOKEN}, "not an Oxide API URL"),
+        ({"OXIDE_HOST": "https://h/api", "OXIDE_TOKEN": TOKEN}, "not an Oxide API URL"),
         ({"OXIDE_PROFILE": "nope"}, "profile 'nope' .*OXIDE_PROFILE.* does not exist"),
         ({}, "no Oxide credentials: set OXIDE_HOST and OXIDE_TOKEN"),
         (
-            {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "CSI_OXIDE_TOKEN_FILE": "/x"},
+            {"OXIDE_HOST": "h.example", "OXIDE_TOKEN": TOKEN, "CSI_OXIDE_TOKEN_FILE": "/x"},
             "both OXIDE_TOKEN and CSI_OXIDE_TOKEN_FILE",
         ),
         (
-            {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "CSI_OXIDE_CA_FILE": "/nonexistent/ca"},
+            {
+                "OXIDE_HOST": "h.example",
+                "OXIDE_TOKEN": TOKEN,
+                "CSI_OXIDE_CA_FILE": "/nonexistent/ca",
+            },
             "CSI_OXIDE_CA_FILE",
         ),
     ],
@@ -125,7 +129,7 @@ def test_missing_or_contradictory_settings_name_what_to_set(
 
 
 def test_project_is_required_unless_told_otherwise(tmp_path: Path) -> None:
-    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN}
+    env = {"OXIDE_HOST": "h.example", "OXIDE_TOKEN": TOKEN}
     with pytest.raises(ConfigurationError, match="OXIDE_PROJECT is not set"):
         load_credentials(env, tmp_path)
     assert load_credentials(env, tmp_path, require_project=False).project == ""
@@ -137,11 +141,13 @@ def test_profile_errors_name_the_file(tmp_path: Path) -> None:
         ConfigurationError, match=r"profile 'rack9' .* is not in .*credentials\.toml"
     ):
         load_credentials({"OXIDE_PROFILE": "rack9", "OXIDE_PROJECT": "p"}, tmp_path)
-    (tmp_path / "credentials.toml").write_text(f'[profile.x]\nhost = "h"\ntoken = "{TOKEN}\n')
+    (tmp_path / "credentials.toml").write_text(
+        f'[profile.x]\nhost = "h.example"\ntoken = "{TOKEN}\n'
+    )
     with pytest.raises(ConfigurationError, match=r"credentials\.toml is not valid TOML") as info:
         load_credentials({"OXIDE_PROFILE": "x", "OXIDE_PROJECT": "p"}, tmp_path)
     assert TOKEN not in str(info.value)
-    (tmp_path / "credentials.toml").write_text('[profile.x]\nhost = "h"\n')
+    (tmp_path / "credentials.toml").write_text('[profile.x]\nhost = "h.example"\n')
     with pytest.raises(ConfigurationError, match=r"profile 'x' .* has no token"):
         load_credentials({"OXIDE_PROFILE": "x", "OXIDE_PROJECT": "p"}, tmp_path)
     (tmp_path / "config.toml").write_text("other = 1\n")
@@ -151,8 +157,10 @@ def test_profile_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_host_without_a_matching_profile(tmp_path: Path) -> None:
     write_profiles(tmp_path)
-    with pytest.raises(ConfigurationError, match=r"no profile in .* has host https://other"):
-        load_credentials({"OXIDE_HOST": "other", "OXIDE_PROJECT": "p"}, tmp_path)
+    with pytest.raises(
+        ConfigurationError, match=r"no profile in .* has host https://other.example"
+    ):
+        load_credentials({"OXIDE_HOST": "other.example", "OXIDE_PROJECT": "p"}, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +179,7 @@ def test_normalize_host(given: str, expected: str) -> None:
 def test_ca_file_is_passed_on(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    env = {"OXIDE_HOST": "h.example", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
     assert load_credentials({**env, "CSI_OXIDE_CA_FILE": str(ca)}, tmp_path).ca_file == ca
 
 
@@ -179,7 +187,8 @@ def test_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "oxide-token"
     path.write_text(TOKEN + "\n")
     creds = load_credentials(
-        {"OXIDE_HOST": "h", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"}, tmp_path
+        {"OXIDE_HOST": "h.example", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"},
+        tmp_path,
     )
     assert creds.token() == TOKEN
     assert str(path) in creds.source
@@ -218,9 +227,9 @@ def test_token_file_must_exist_and_hold_a_token_at_start(tmp_path: Path) -> None
 def test_the_token_is_in_no_repr_or_str(tmp_path: Path) -> None:
     path = tmp_path / "tok"
     path.write_text(TOKEN)
-    env = {"OXIDE_HOST": "h", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    env = {"OXIDE_HOST": "h.example", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
     by_env = load_credentials(env, tmp_path)
-    env_file = {"OXIDE_HOST": "h", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"}
+    env_file = {"OXIDE_HOST": "h.example", "CSI_OXIDE_TOKEN_FILE": str(path), "OXIDE_PROJECT": "p"}
     by_file = load_credentials(env_file, tmp_path)
     for obj in (by_env, by_file, by_env.token, by_file.token, StaticToken(TOKEN)):
         assert TOKEN not in repr(obj)
@@ -241,3 +250,74 @@ def test_a_broken_token_file_is_reported_once_per_change(tmp_path: Path) -> None
     with capture_logs() as logs:
         assert provider() == OTHER
     assert [e["event"] for e in logs] == ["oxide_token_reloaded"]
+
+
+@pytest.mark.parametrize(
+    ("given", "complaint"),
+    [
+        ("not-a-url", "not a dotted host name"),
+        ("https://", "no host"),
+        ("https://:443", "no host"),
+        ("ftp://rack.example.com", "only http and https"),
+        ("https://rack.example.com/api", "path"),
+        ("https://rack.example.com?x=1", "path, query"),
+        ("https://rack.example.com:99999", "port"),
+        ("https://rack.example.com:0", "port"),
+        ("https://rack_example!.com", "not a host name"),
+    ],
+)
+def test_a_host_that_is_not_an_api_url_is_refused_at_start(given: str, complaint: str) -> None:
+    env = {"OXIDE_HOST": given, "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    with pytest.raises(ConfigurationError, match="OXIDE_HOST") as info:
+        load_credentials(env, Path("/nonexistent"))
+    assert complaint in str(info.value)
+    assert "https://HOST[:PORT]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "given", ["https://admin:hunter2@rack.example.com", "admin:hunter2@rack.example.com:443"]
+)
+def test_credentials_in_the_host_are_refused_and_never_echoed(given: str) -> None:
+    env = {"OXIDE_HOST": given, "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    with capture_logs() as logs, pytest.raises(ConfigurationError, match="user:password@") as info:
+        load_credentials(env, Path("/nonexistent"))
+    assert "hunter2" not in str(info.value)
+    assert "admin" not in str(info.value)
+    assert "hunter2" not in repr(logs)
+
+
+def test_dotted_names_localhost_and_addresses_may_omit_the_scheme() -> None:
+    assert normalize_host("localhost:12220") == "https://localhost:12220"
+    assert normalize_host("10.0.0.5") == "https://10.0.0.5"
+    assert normalize_host("[fd00::1]:443") == "https://[fd00::1]:443"
+    assert normalize_host("https://oxide") == "https://oxide"  # with a scheme, any host name
+
+
+@pytest.mark.parametrize(
+    ("mode", "private"),
+    [(0o600, True), (0o400, True), (0o640, False), (0o644, False), (0o602, False)],
+)
+def test_a_credentials_file_others_can_read_is_warned_about(
+    tmp_path: Path, mode: int, private: bool
+) -> None:
+    write_profiles(tmp_path)
+    (tmp_path / "credentials.toml").chmod(mode)
+    with capture_logs() as logs:
+        creds = load_credentials({"OXIDE_PROJECT": "p"}, tmp_path)
+    warned = [e for e in logs if e["event"] == "oxide_credentials_file_not_private"]
+    if private:
+        assert creds.warnings == ()
+        assert warned == []
+    else:
+        assert len(creds.warnings) == 1
+        assert f"mode {mode:04o}" in creds.warnings[0]
+        assert "chmod 600" in creds.warnings[0]
+        assert len(warned) == 1
+        assert TOKEN not in repr(logs)
+
+
+def test_the_environment_route_has_no_file_to_warn_about(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    (tmp_path / "credentials.toml").chmod(0o644)
+    env = {"OXIDE_HOST": "rack.example.com", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
+    assert load_credentials(env, tmp_path).warnings == ()

@@ -1,0 +1,258 @@
+"""A small, deliberately misbehaving HTTP/1.1 server on 127.0.0.1 standing in for the Oxide API.
+
+It speaks just enough HTTP over raw asyncio streams to do what a well-behaved framework would
+never let a test do: trickle a status line or a body one byte at a time, announce a body and never
+send it, answer with fifty megabytes, redirect elsewhere. What it answers is decided per request by
+a ``behave`` function of the test (``Seen`` -> ``Answer``); every request it saw is kept in
+``seen`` (headers and body included, so a test can check what the client sent).
+
+Not a fake of the Oxide API's logic (the simulator is that); a fake of a hostile network peer,
+which cannot be had any other way on one machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One request as received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        """The whole request as text (what an echoing server would put in its message)."""
+        lines = [f"{self.method} {self.path}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        return "\n".join(lines) + "\n\n" + self.body.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to send back. ``head_delay`` / ``body_delay``: seconds between single bytes of the
+    status line and headers / of the body (0 sends at once). ``body_size`` sends that many bytes
+    of filler instead of ``body`` (without holding them in memory). ``length`` overrides the
+    Content-Length header (None: the true length; -1: no header, close the connection at the end).
+    ``stall``: send nothing at all for this many seconds first."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    head_delay: float = 0.0
+    body_delay: float = 0.0
+    body_size: int | None = None
+    length: int | None = None
+    stall: float = 0.0
+
+    @staticmethod
+    def json(
+        status: int, payload: object, *, headers: dict[str, str] | None = None, **kwargs: float
+    ) -> Answer:
+        """A JSON answer (``headers`` are added to the content type)."""
+        body = json.dumps(payload).encode()
+        return Answer(
+            status, body, {"content-type": "application/json", **(headers or {})}, **kwargs
+        )
+
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    302: "Found",
+    400: "Bad Request",
+    401: "Unauthorized",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class HostileServer:
+    """``async with HostileServer(behave) as server:`` then point a client at ``server.url``."""
+
+    def __init__(self, behave: Callable[[Seen], Answer]) -> None:
+        self.behave = behave
+        self.seen: list[Seen] = []
+        self.bytes_sent = 0
+        self.open_connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def __aenter__(self) -> HostileServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self.open_connections += 1
+        try:
+            while True:
+                seen = await _read_request(reader)
+                if seen is None:
+                    return
+                self.seen.append(seen)
+                answer = self.behave(seen)
+                keep = await self._send(writer, answer)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            return  # the server is closing: end quietly (asyncio logs a cancelled handler)
+        finally:
+            self.open_connections -= 1
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: Answer) -> bool:
+        if answer.stall:
+            await asyncio.sleep(answer.stall)
+        size = answer.body_size if answer.body_size is not None else len(answer.body)
+        headers = dict(answer.headers)
+        if answer.length != -1:
+            headers["content-length"] = str(answer.length if answer.length is not None else size)
+        else:
+            headers["connection"] = "close"
+        reason = _REASONS.get(answer.status, "Whatever")
+        head = f"HTTP/1.1 {answer.status} {reason}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        await self._write(writer, head.encode("latin-1"), answer.head_delay)
+        if answer.body_size is not None:
+            chunk = b" " * (1 << 16)
+            left = answer.body_size
+            while left > 0:
+                piece = chunk[: min(left, len(chunk))]
+                await self._write(writer, piece, answer.body_delay)
+                left -= len(piece)
+        else:
+            await self._write(writer, answer.body, answer.body_delay)
+        return answer.length != -1
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes, delay: float) -> None:
+        if delay <= 0:
+            writer.write(data)
+            await writer.drain()
+            self.bytes_sent += len(data)
+            return
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            self.bytes_sent += 1
+            await asyncio.sleep(delay)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Seen | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    parts = urlsplit(target)
+    return Seen(method, parts.path, dict(parse_qsl(parts.query)), headers, body)
+
+
+# ---- well-formed Oxide bodies, to be spoiled by tests ------------------------------------------
+
+GIB = 1024**3
+DISK_UUID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
+PROJECT_UUID = "11111111-2222-4333-8444-555555555555"
+INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"
+SNAPSHOT_UUID = "22222222-3333-4444-8555-666666666666"
+
+
+def disk_body(name: str = "csi-0123456789abcdef", **changes: object) -> dict[str, object]:
+    """A valid ``Disk`` body (detached), with ``changes`` applied."""
+    body: dict[str, object] = {
+        "id": DISK_UUID,
+        "name": name,
+        "description": "",
+        "project_id": PROJECT_UUID,
+        "size": GIB,
+        "block_size": 4096,
+        "state": {"state": "detached"},
+        "device_path": f"/mnt/{name}",
+        "disk_type": "distributed",
+        "read_only": False,
+        "image_id": None,
+        "snapshot_id": None,
+        "time_created": "2026-01-02T03:04:05Z",
+        "time_modified": "2026-01-02T03:04:05Z",
+    }
+    body.update(changes)
+    return body
+
+
+def snapshot_body(name: str = "snap-0123456789abcdef", **changes: object) -> dict[str, object]:
+    """A valid ``Snapshot`` body, with ``changes`` applied."""
+    body: dict[str, object] = {
+        "id": SNAPSHOT_UUID,
+        "name": name,
+        "description": "",
+        "project_id": PROJECT_UUID,
+        "disk_id": DISK_UUID,
+        "size": GIB,
+        "state": "ready",
+        "time_created": "2026-01-02T03:04:05Z",
+        "time_modified": "2026-01-02T03:04:05Z",
+    }
+    body.update(changes)
+    return body
+
+
+def instance_body(**changes: object) -> dict[str, object]:
+    """A valid ``Instance`` body (running), with ``changes`` applied."""
+    body: dict[str, object] = {
+        "id": INSTANCE_UUID,
+        "name": "node-1",
+        "description": "",
+        "project_id": PROJECT_UUID,
+        "run_state": "running",
+        "boot_disk_id": None,
+        "hostname": "node-1",
+        "memory": GIB,
+        "ncpus": 2,
+        "time_created": "2026-01-02T03:04:05Z",
+        "time_modified": "2026-01-02T03:04:05Z",
+        "time_run_state_updated": "2026-01-02T03:04:05Z",
+    }
+    body.update(changes)
+    return body

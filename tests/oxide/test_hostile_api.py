@@ -1,0 +1,486 @@
+"""The controller against a slow or hostile Oxide API (issue 13).
+
+A real ``HttpOxideClient`` (and, where the CO's view matters, the real gRPC server with the
+interceptor and ``ControllerService``) talks over real TCP to ``HostileServer`` (tests/oxide/
+hostile.py): slow headers, slow bodies, endless pages, errors echoing every request header,
+fifty-megabyte answers, implausible values, redirects, 429 with Retry-After. Deadlines here are
+short so the suite stays quick; ``asyncio.wait_for`` guards only stop a test that would otherwise
+hang on the old behaviour (they are not timing assertions). Convergence after a lost answer runs
+against the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.record import volume_name
+from csi_oxide.errors import CsiOxideError
+from csi_oxide.health import Health
+from csi_oxide.inflight import InFlight
+from csi_oxide.oxide import errors as oxerr
+from csi_oxide.oxide.api import OxideApi
+from csi_oxide.oxide.client import HttpOxideClient, RequestRecord, RetryPolicy
+from csi_oxide.oxide.credentials import StaticToken
+from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.controller import ControllerService
+from csi_oxide.server.identity import IdentityService
+from csi_oxide.sim import SimConfig, Simulator
+from tests.oxide.hostile import (
+    GIB,
+    Answer,
+    HostileServer,
+    Seen,
+    disk_body,
+    instance_body,
+    snapshot_body,
+)
+
+# Shaped like a real token, and a second secret without the prefix (scrubbed by exact value).
+TOKEN = "oxide-token-5ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4"
+BARE_TOKEN = "hunter2-not-prefixed-0123456789"
+NAME = "csi-0123456789abcdef"
+QUICK = RetryPolicy(max_elapsed=0.3, base_delay=0.01, max_delay=0.05)
+GUARD = 30.0  # stops a test that would hang on the old behaviour; never reached when it passes
+
+Behave = Callable[[Seen], Answer]
+
+
+def client(url: str, *, token: str = TOKEN, **kwargs: object) -> HttpOxideClient:
+    kwargs.setdefault("retry", QUICK)
+    return HttpOxideClient(url, StaticToken(token), "p", **kwargs)  # type: ignore[arg-type]
+
+
+def not_found(_seen: Seen) -> Answer:
+    return Answer.json(404, {"error_code": "ObjectNotFound", "message": "not found"})
+
+
+@asynccontextmanager
+async def hostile(behave: Behave) -> AsyncIterator[HostileServer]:
+    async with HostileServer(behave) as server:
+        yield server
+
+
+# ---- 1. a total deadline per request ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_a_trickling_answer_cannot_outlive_the_request_deadline(where: str) -> None:
+    """One byte every 0.4 s: each read is quick, so only a total deadline ends the request."""
+    slow = {"head_delay": 0.4} if where == "headers" else {"body_delay": 0.4}
+    records: list[RequestRecord] = []
+    async with hostile(lambda s: Answer.json(200, disk_body(), **slow)) as server:
+        api = client(server.url, timeout=1.0, request_observer=records.append)
+        with pytest.raises(oxerr.OxideUnavailableError, match="request deadline") as info:
+            await asyncio.wait_for(api.disk_view(NAME), GUARD)
+        await api.aclose()
+    assert info.value.operation == "disk_view"
+    assert records, "every attempt is recorded"
+    assert {r.outcome for r in records} == {"timeout"}
+    # Retries stop being started after max_elapsed: a handful of attempts, not an endless stream.
+    assert len(server.seen) == len(records) <= 5
+
+
+@dataclass
+class Controller:
+    stub: csi_grpc.ControllerStub
+    inflight: InFlight
+
+
+@asynccontextmanager
+async def controller(tmp_path: Path, api: OxideApi, grace: float) -> AsyncIterator[Controller]:
+    inflight = InFlight(grace=grace)
+    service = ControllerService(ControllerOps(api, cluster="test", inflight=inflight))
+    server = CsiServer(
+        f"unix://{tmp_path}/c.sock",
+        Services(identity=IdentityService(Health()), controller=service),
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/c.sock") as channel:
+            yield Controller(csi_grpc.ControllerStub(channel), inflight)
+    finally:
+        await server.stop(grace=0.5)
+        await api.aclose()
+
+
+def create_request(name: str = "pvc-slow") -> csi.CreateVolumeRequest:
+    mode = csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER)
+    return csi.CreateVolumeRequest(
+        name=name,
+        capacity_range=csi.CapacityRange(required_bytes=GIB),
+        volume_capabilities=[
+            csi.VolumeCapability(
+                mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=mode
+            )
+        ],
+    )
+
+
+async def until_not_aborted(call: Callable[[], object]) -> grpc.StatusCode:
+    """Retry like the provisioner while the answer is ABORTED; the final code."""
+    while True:
+        try:
+            await call()  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ABORTED:
+                return exc.code()
+            await asyncio.sleep(0.1)
+            continue
+        return grpc.StatusCode.OK
+
+
+async def test_the_guard_is_free_soon_after_the_rpc_deadline(tmp_path: Path) -> None:
+    """The Oxide request may take 60 s (its own deadline), but the RPC's work is cut at the RPC's
+    deadline plus the grace, so the volume's guard is free and a retry starts afresh."""
+    healthy = asyncio.Event()
+
+    def behave(seen: Seen) -> Answer:
+        if seen.method == "POST" and seen.path == "/v1/disks":
+            asked = json.loads(seen.body)
+            body = disk_body(asked["name"], description=asked["description"], size=asked["size"])
+            return Answer.json(201, body, head_delay=0 if healthy.is_set() else 1.0)
+        return not_found(seen)
+
+    async with hostile(behave) as server:
+        api = client(server.url, timeout=60.0)
+        async with controller(tmp_path, api, grace=0.3) as ctl:
+            with pytest.raises(grpc.aio.AioRpcError) as first:
+                await ctl.stub.CreateVolume(create_request(), timeout=0.5)
+            assert first.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            healthy.set()
+            code = await asyncio.wait_for(
+                until_not_aborted(lambda: ctl.stub.CreateVolume(create_request(), timeout=5)),
+                GUARD,
+            )
+            assert code == grpc.StatusCode.OK
+            assert not ctl.inflight.busy(volume_name("pvc-slow"))
+    posts = [s for s in server.seen if s.method == "POST"]
+    assert len(posts) == 2  # the cut attempt and the fresh one
+
+
+async def test_a_retry_converges_when_the_lost_answer_was_applied(tmp_path: Path) -> None:
+    """The simulator carries out disk_create and then trickles its answer: the driver never hears
+    that it worked. The retry finds the disk by name, compares the description, and answers OK
+    with the one disk that exists."""
+    sim = Simulator(SimConfig(slow_rate=1.0, slow_byte_ms=500))
+    api = HttpOxideClient(
+        "http://sim",
+        StaticToken(sim.token),
+        "csi",
+        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
+        retry=QUICK,
+        timeout=0.5,
+    )
+    async with controller(tmp_path, api, grace=0.2) as ctl:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ctl.stub.CreateVolume(create_request("pvc-lost"), timeout=1.0)
+        assert len(sim.disk_names()) == 1  # applied, though no answer came
+        sim.config = dataclasses.replace(sim.config, slow_rate=0.0)
+        code = await asyncio.wait_for(
+            until_not_aborted(lambda: ctl.stub.CreateVolume(create_request("pvc-lost"))), GUARD
+        )
+        assert code == grpc.StatusCode.OK
+        answer = await ctl.stub.CreateVolume(create_request("pvc-lost"))
+    assert sim.disk_names() == [answer.volume.volume_id]
+    assert sim.request_counts["disk_create"] >= 2
+    assert sim.contract_violations == []
+
+
+# ---- 2. bounded listings, bounded reconciler passes ----------------------------------------------
+
+
+def endless(seen: Seen) -> Answer:
+    """Every page has one item and a fresh next_page."""
+    n = len(seen.query.get("page_token", "")) + 1
+    item = snapshot_body(f"s{n}") if "snapshots" in seen.path else disk_body(f"d{n}")
+    return Answer.json(200, {"items": [item], "next_page": "x" * n})
+
+
+async def test_endless_paging_stops_at_the_page_limit_with_a_clear_error() -> None:
+    async with hostile(endless) as server:
+        api = client(server.url, max_pages=25)
+        with pytest.raises(oxerr.OxideServerError, match="did not end after 25 pages") as info:
+            await asyncio.wait_for(api.disk_list(), GUARD)
+        await api.aclose()
+    assert len(server.seen) == 25
+    assert info.value.operation == "disk_list"
+
+
+async def test_a_listing_stops_at_the_item_limit() -> None:
+    def big_pages(seen: Seen) -> Answer:
+        token = seen.query.get("page_token", "")
+        items = [disk_body(f"d{len(token)}-{i}") for i in range(10)]
+        return Answer.json(200, {"items": items, "next_page": token + "x"})
+
+    async with hostile(big_pages) as server:
+        api = client(server.url, max_items=35)
+        with pytest.raises(oxerr.OxideServerError, match="40 items"):
+            await asyncio.wait_for(api.disk_list(), GUARD)
+        await api.aclose()
+    assert len(server.seen) == 4
+
+
+async def test_a_page_token_seen_before_is_caught() -> None:
+    def cycle(seen: Seen) -> Answer:
+        token = seen.query.get("page_token")
+        following = {None: "a", "a": "b", "b": "a"}[token]
+        return Answer.json(200, {"items": [disk_body()], "next_page": following})
+
+    async with hostile(cycle) as server:
+        api = client(server.url)
+        with pytest.raises(oxerr.OxideServerError, match="did not advance"):
+            await asyncio.wait_for(api.disk_list(), GUARD)
+        await api.aclose()
+    assert len(server.seen) == 3
+
+
+async def test_the_reconciler_works_in_bounded_passes_and_backs_off() -> None:
+    pauses: list[float] = []
+
+    class StopError(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            raise StopError
+
+    async with hostile(endless) as server:
+        api = client(server.url, max_pages=10)
+        reconciler = Reconciler(api, cluster="test", inflight=InFlight())
+        with pytest.raises(StopError):
+            await asyncio.wait_for(
+                reconciler.run_forever(100.0, sleep=sleep, random=lambda: 0.5), GUARD
+            )
+        await api.aclose()
+    assert len(server.seen) == 30  # three passes of ten pages, then the error each time
+    assert pauses == [100.0, 200.0, 400.0]
+
+
+async def test_a_stuck_reconciler_pass_is_cut() -> None:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        raise asyncio.CancelledError
+
+    # Headers a byte a second: the request's own deadline (60 s) is far away; the pass limit cuts.
+    async with hostile(lambda s: Answer.json(200, {"items": []}, head_delay=1.0)) as server:
+        api = client(server.url, timeout=60.0)
+        reconciler = Reconciler(api, cluster="test", inflight=InFlight())
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(
+                reconciler.run_forever(7.0, pass_limit=0.3, sleep=sleep, random=lambda: 0.5),
+                GUARD,
+            )
+        await api.aclose()
+    assert pauses == [7.0]  # the first failure waits one interval (with jitter 0.5 -> x1.0)
+
+
+# ---- 3. nothing secret in any text that leaves the process ---------------------------------------
+
+
+def echo_everything(seen: Seen) -> Answer:
+    everything = seen.text()
+    body = {
+        "error_code": "InvalidRequest",
+        "message": f"refused: {everything}",
+        "request_id": seen.headers.get("authorization", "none"),
+    }
+    return Answer.json(400, body, headers={"x-request-id": seen.headers.get("authorization", "")})
+
+
+async def test_an_echoing_server_never_gets_the_token_into_grpc_details_or_logs(
+    tmp_path: Path,
+) -> None:
+    async with hostile(echo_everything) as server:
+        api = client(server.url, token=TOKEN)
+        with capture_logs() as logs:
+            async with controller(tmp_path, api, grace=1.0) as ctl:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await ctl.stub.CreateVolume(create_request())
+    assert server.seen[0].headers["authorization"] == f"Bearer {TOKEN}"  # it was echoed
+    details = info.value.details() or ""
+    assert "refused" in details  # the server's message still reaches the CO...
+    for secret in (TOKEN, TOKEN.removeprefix("oxide-token-")):
+        assert secret not in details  # ...without the token
+        assert secret not in repr(logs)
+
+
+@pytest.mark.parametrize("token", [TOKEN, BARE_TOKEN])
+async def test_every_oxide_error_text_is_scrubbed(token: str) -> None:
+    async with hostile(echo_everything) as server:
+        api = client(server.url, token=token)
+        with pytest.raises(oxerr.OxideError) as info:
+            await api.disk_create(DiskSpec(name=NAME, description="d", size=GIB, block_size=4096))
+        await api.aclose()
+    err = info.value
+    for text in (str(err), err.message, err.request_id or "", repr(err.args)):
+        assert token not in text
+        assert token[12:] not in text
+
+
+# ---- 4. implausible answers, capped bodies -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"size": -5}, "size -5 is not a positive whole number of GiB"),
+        ({"size": 0}, "size 0"),
+        ({"size": GIB + 512}, "not a positive whole number of GiB"),
+        ({"block_size": 7}, "block_size 7"),
+        ({"id": "not-a-uuid"}, "'id' is not a UUID"),
+        ({"project_id": 12}, "expected a string"),
+        ({"state": {"state": "exploded"}}, "unknown state"),
+        ({"state": {"state": "attached", "instance": "node-1"}}, "'instance' is not a UUID"),
+        ({"name": ""}, "field 'name'"),
+        ({"time_created": "yesterday"}, "timestamp"),
+    ],
+)
+async def test_an_implausible_disk_is_one_clear_error_naming_the_operation(
+    changes: dict[str, object], complaint: str
+) -> None:
+    async with hostile(lambda s: Answer.json(200, disk_body(**changes))) as server:
+        api = client(server.url)
+        with pytest.raises(oxerr.OxideServerError, match="unexpected answer") as info:
+            await api.disk_view(NAME)
+        await api.aclose()
+    assert complaint in str(info.value)
+    assert str(info.value).startswith("Oxide disk_view:")
+
+
+async def test_implausible_values_reach_the_co_as_internal_never_as_values(
+    tmp_path: Path,
+) -> None:
+    def behave(seen: Seen) -> Answer:
+        if seen.path == "/v1/disks":
+            return Answer.json(200, {"items": [disk_body(size=-5)], "next_page": None})
+        if seen.path == "/v1/utilization":
+            figures = {"capacity": {"storage": 10 * GIB}, "provisioned": {"storage": -GIB}}
+            return Answer.json(200, figures)
+        if seen.path == "/v1/snapshots":
+            return Answer.json(200, {"items": [], "next_page": None})
+        return not_found(seen)
+
+    async with hostile(behave) as server, controller(tmp_path, client(server.url), 1.0) as ctl:
+        for call, operation in [
+            (ctl.stub.ListVolumes(csi.ListVolumesRequest()), "disk_list"),
+            (ctl.stub.GetCapacity(csi.GetCapacityRequest()), "utilization_view"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert f"Oxide {operation}" in (info.value.details() or "")
+
+
+async def test_instances_and_utilization_are_checked_too() -> None:
+    answers = {
+        "/v1/instances/node-1": instance_body(id="nope"),
+        "/v1/utilization": {"capacity": {"storage": -1}, "provisioned": {"storage": 0}},
+    }
+    async with hostile(lambda s: Answer.json(200, answers[s.path])) as server:
+        api = client(server.url)
+        with pytest.raises(oxerr.OxideServerError, match="'id' is not a UUID"):
+            await api.instance_view("node-1")
+        with pytest.raises(oxerr.OxideServerError, match="capacity storage -1 is negative"):
+            await api.utilization_view()
+        await api.aclose()
+
+
+@pytest.mark.parametrize("length", [None, -1], ids=["announced", "unannounced"])
+async def test_a_huge_answer_is_abandoned_not_held(length: int | None) -> None:
+    huge = 50 * 1024 * 1024
+    answer = Answer(200, b"", {"content-type": "application/json"}, body_size=huge, length=length)
+    async with hostile(lambda s: answer) as server:
+        api = client(server.url, max_body=1024 * 1024)
+        with pytest.raises(oxerr.OxideServerError, match="bytes the driver reads"):
+            await asyncio.wait_for(api.disk_view(NAME), GUARD)
+        await api.aclose()
+        await asyncio.sleep(0.05)
+    # The client stopped reading: most of the 50 MB never left the server.
+    assert server.bytes_sent < huge // 4
+
+
+# ---- 5. 429/503 with Retry-After; redirects ----------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(429, "7", 7.0), (503, "2", 2.0), (429, "100000", 30.0), (503, "soon", None)],
+)
+async def test_429_and_503_are_retried_honouring_a_capped_retry_after(
+    status: int, retry_after: str, expected: float | None
+) -> None:
+    def behave(seen: Seen) -> Answer:
+        if len(server.seen) == 1:
+            headers = {"retry-after": retry_after}
+            return Answer.json(status, {"message": "slow down"}, headers=headers)
+        return Answer.json(200, disk_body())
+
+    clock = FakeClock()
+    async with hostile(behave) as server:
+        api = HttpOxideClient(
+            server.url,
+            StaticToken(TOKEN),
+            "p",
+            retry=RetryPolicy(max_elapsed=120, base_delay=0.5, max_delay=1.0),
+            sleep=clock.sleep,
+            monotonic=clock.monotonic,
+            random=lambda: 0.5,
+        )
+        disk = await api.disk_view(NAME)
+        await api.aclose()
+    assert disk.name == NAME
+    assert len(server.seen) == 2
+    assert clock.sleeps == [expected if expected is not None else 0.25]
+
+
+async def test_a_redirect_is_not_followed_and_says_so() -> None:
+    async with hostile(not_found) as elsewhere:
+        moved = Answer(302, b"", {"location": f"{elsewhere.url}/v1/disks/{NAME}"})
+        async with hostile(lambda s: moved) as server:
+            api = client(server.url)
+            with pytest.raises(oxerr.OxideServerError, match="redirect") as info:
+                await api.disk_view(NAME)
+            await api.aclose()
+    assert elsewhere.seen == []  # the token never went anywhere else
+    assert "OXIDE_HOST" in str(info.value)
+    assert len(server.seen) == 1
+
+
+async def test_a_garbage_answer_is_one_internal_error() -> None:
+    async with hostile(lambda s: Answer(200, b"<html>hello</html>")) as server:
+        api = client(server.url)
+        with pytest.raises(CsiOxideError, match="not JSON"):
+            await api.disk_view(NAME)
+        await api.aclose()
