@@ -1,9 +1,10 @@
 """The reconciler: finishes or rolls back what a crash left behind, at start and periodically.
 
-It looks only at temporary snapshots (``tmp-grow-``, ``tmp-clone-``) that carry this cluster's
-marker and are older than ``stale_after``, so it never races an operation still running in this
-or another controller replica. For each it takes the volume's guard (skipping the volume when an
-RPC holds it) and then:
+It looks only at temporary snapshots (``tmp-grow-``, ``tmp-clone-``) that are this cluster's
+(``controller.owner``: our marker and a record naming that very snapshot) and are older than
+``stale_after``, so it never races an operation still running in this or another controller
+replica. For each it takes the volume's guard (skipping the volume when an RPC holds it) and
+then:
 
 - expansion snapshot: finishes the expansion (re-creates a missing disk from it) or deletes it
   when the disk provably holds the data (``Expander.settle``);
@@ -13,13 +14,14 @@ RPC holds it) and then:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random as _random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from csi_oxide.controller import record
+from csi_oxide.controller import owner, record
 from csi_oxide.controller.expand import Expander
 from csi_oxide.errors import AbortedError, CsiOxideError
 from csi_oxide.inflight import InFlight
@@ -30,6 +32,9 @@ from csi_oxide.oxide.types import Snapshot
 log = structlog.get_logger(__name__)
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
+# A pass that has not ended after this long is cut (its repairs are resumable like any other).
+DEFAULT_PASS_LIMIT = 900.0
+MAX_BACKOFF = 3600.0
 
 
 @dataclass
@@ -79,21 +84,48 @@ class Reconciler:
             log.info("reconcile pass", **vars(result))
         return result
 
-    async def run_forever(self, interval: float) -> None:
-        """Pass after pass, ``interval`` seconds apart; errors are logged, never fatal."""
+    async def run_forever(
+        self,
+        interval: float,
+        *,
+        pass_limit: float = DEFAULT_PASS_LIMIT,
+        max_backoff: float = MAX_BACKOFF,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        """Pass after pass, ``interval`` seconds apart; errors are logged, never fatal.
+
+        Each pass is bounded: cut after ``pass_limit`` seconds (whatever the API does, a pass
+        never runs on by itself). After a failed or cut pass the pause doubles, up to
+        ``max_backoff`` (with jitter, so replicas do not beat in step), and returns to
+        ``interval`` after a pass that worked: a sick API is asked less often, never in a loop.
+        """
+        failures = 0
         while True:
             try:
-                await self.run_once()
+                async with asyncio.timeout(pass_limit):
+                    await self.run_once()
+            except TimeoutError:
+                failures += 1
+                log.warning("reconcile pass cut", after_s=pass_limit, failures=failures)
             except CsiOxideError as exc:
-                log.warning("reconcile pass failed", error=str(exc))
-            await asyncio.sleep(interval)
+                failures += 1
+                log.warning("reconcile pass failed", error=str(exc), failures=failures)
+            else:
+                failures = 0
+            pause = interval
+            if failures:
+                pause = min(max_backoff, interval * 2.0 ** min(failures - 1, 30))
+                pause *= 0.75 + 0.5 * random()
+            await sleep(pause)
 
     def _stale_record(self, snap: Snapshot) -> record.Record | None:
         if not record.is_temporary_snapshot_name(snap.name):
             return None
         if self._now() - snap.time_created < self._stale_after:
             return None
-        return record.owned_by(snap.description, self._cluster)
+        # Ours by the one rule: our marker AND a record that names this very snapshot.
+        return owner.of_snapshot(snap, self._cluster).record
 
     async def _repair(self, snap: Snapshot, rec: record.Record, result: Pass) -> None:
         if snap.name.startswith(record.GROW_PREFIX):
