@@ -35,6 +35,16 @@ def serial_of(volume_id: str) -> bytes:
     return volume_id.encode()[:SERIAL_BYTES]
 
 
+def serial_text(volume_id: str) -> str:
+    """The serial of ``volume_id`` as text, for messages, keys and records (never ``b'...'``)."""
+    return show_serial(serial_of(volume_id))
+
+
+def show_serial(serial: bytes | None) -> str:
+    """A serial read from a device, as text (undecodable bytes escaped); "none" when absent."""
+    return "none" if serial is None else serial.decode(errors="backslashreplace")
+
+
 def normalize_serial(raw: bytes) -> bytes:
     """A serial as read from sysfs, without the padding (NULs, spaces, newline)."""
     return raw.rstrip(b"\x00 \n\t")
@@ -123,8 +133,8 @@ class UdevDeviceFinder:
         now = await asyncio.to_thread(self.current_serial, device)
         if now != serial_of(volume_id):
             raise FailedPreconditionError(
-                f"{device.path} no longer carries serial {serial_of(volume_id)!r} of volume "
-                f"{volume_id} (it has {now!r}); nothing was written"
+                f"{device.path} no longer carries serial {serial_text(volume_id)!r} of volume "
+                f"{volume_id} (it has {show_serial(now)!r}); nothing was written"
             )
 
     async def max_volumes(self) -> int:
@@ -142,7 +152,7 @@ class UdevDeviceFinder:
             if left <= 0:
                 raise NotFoundError(
                     f"volume {volume_id} is not attached to this node: no block device with "
-                    f"serial {serial_of(volume_id).decode()!r} appeared within "
+                    f"serial {serial_text(volume_id)!r} appeared within "
                     f"{self._timeout:.0f}s"
                 )
             if monitor is not None:
@@ -178,8 +188,8 @@ def _only(volume_id: str, devices: list[BlockDevice]) -> BlockDevice | None:
     if len(matches) > 1:
         paths = ", ".join(d.path for d in matches)
         raise FailedPreconditionError(
-            f"several devices carry serial {wanted.decode()!r} of volume {volume_id} ({paths}); "
-            "refusing to guess which one is the volume"
+            f"several devices carry serial {show_serial(wanted)!r} of volume {volume_id} "
+            f"({paths}); refusing to guess which one is the volume"
         )
     return matches[0] if matches else None
 

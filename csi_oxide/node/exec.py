@@ -1,8 +1,16 @@
-"""The one place the node runs external tools (mkfs, blkid, mount, resize): asyncio subprocesses."""
+"""The one place the node runs external tools (mkfs, blkid, mount, resize): asyncio subprocesses.
+
+Every tool runs under ``setpriv --pdeathsig KILL`` when util-linux's setpriv is there: if the
+plugin dies (kill -9, OOM), the kernel kills its running tool too, so no orphaned mkfs keeps
+writing to a device while a restarted plugin looks at it. (mkfs also opens the device O_EXCL, and
+the node checks for that before it decides anything, which covers a host without setpriv.)
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import shutil
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -40,9 +48,13 @@ async def run(
     argv: Sequence[str], *, accept: Collection[int] = (0,), limit: float = DEFAULT_TIMEOUT
 ) -> Completed:
     """Run ``argv`` (no shell); CommandFailedError unless its exit code is in ``accept``."""
+    if shutil.which(argv[0]) is None:
+        raise FailedPreconditionError(
+            f"{argv[0]} is not installed on this node (see `csi-oxide doctor --mode node`)"
+        )
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *_with_pdeathsig(argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -65,3 +77,14 @@ async def run(
     if code not in accept:
         raise CommandFailedError(argv, code, result.stderr or result.stdout)
     return result
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
+
+
+def _with_pdeathsig(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that the kernel kills it when this process dies."""
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)

@@ -1,16 +1,29 @@
-"""Filesystems on a device: signature probe, the blank check, mkfs, online growth, sizes.
+"""Filesystems on a device: signature probe, the zero check, mkfs, online growth, sizes.
 
-"Blank" is strict: ``blkid -p`` (a low-level probe that ignores the blkid cache) finds no
-signature at all AND the first and last MiB of the device read as zeros. Data written in raw block
-mode has no signature; the zero check keeps it from being formatted over.
+``Filesystems`` is the seam the node's decisions go through; ``LinuxFilesystems`` is the real one
+(blkid, e2fsprogs, xfsprogs, reads of the device). The decision itself (format or refuse) lives in
+``ops.py``.
+
+The zero check reads the device with O_DIRECT (what the disk holds, not a stale page cache) at
+samples spread over the WHOLE device: the first 4 MiB and the last MiB in full, plus
+``ZERO_SAMPLES`` reads of ``ZERO_SAMPLE_BYTES`` at evenly spaced offsets in between (on a 1 GiB
+disk one every 128 KiB, on a 1 TiB disk one every 128 MiB: 37 MiB read in all, whatever the
+size). Sampling is not proof of emptiness for data smaller than the spacing; it is one of two
+conditions (with "no signature at all") and the controller's record of the disk's birth is the
+stronger proof (see ``ops.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import errno
+import mmap
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node.exec import run
@@ -84,26 +97,87 @@ async def probe(device: str) -> Signature:
     return parse_blkid_export(result.stdout)
 
 
-def _edges_are_zero(device: str) -> bool:
-    fd = os.open(device, os.O_RDONLY)
+HEAD_BYTES = 4 * MIB
+TAIL_BYTES = MIB
+ZERO_SAMPLES = 8192
+ZERO_SAMPLE_BYTES = 4096
+ALIGN = 4096
+ZERO_CHECK_THREADS = 8
+
+
+def zero_check_ranges(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of every read of the zero check on a device of ``size`` bytes: the head
+    and tail in full and evenly spaced samples between them, all 4 KiB aligned, in order."""
+    if size <= HEAD_BYTES + TAIL_BYTES + ZERO_SAMPLES * ZERO_SAMPLE_BYTES:
+        return [(0, size)] if size else []
+    ranges = [(0, HEAD_BYTES)]
+    tail = (size - TAIL_BYTES) // ALIGN * ALIGN
+    span = tail - HEAD_BYTES
+    for i in range(ZERO_SAMPLES):
+        offset = (HEAD_BYTES + span * i // ZERO_SAMPLES) // ALIGN * ALIGN
+        if offset > ranges[-1][0] + ranges[-1][1] - 1:
+            ranges.append((offset, min(ZERO_SAMPLE_BYTES, tail - offset)))
+    ranges.append((tail, size - tail))
+    return [(o, n) for o, n in ranges if n > 0]
+
+
+def reads_as_zeros(device: str) -> bool:
+    """True when every range of ``zero_check_ranges`` reads as zeros (blocking). The reads run
+    on ``ZERO_CHECK_THREADS`` threads (a network disk answers many small reads at once far
+    faster than one after the other) and stop at the first non-zero byte."""
+    size = _device_size(device)
+    ranges = zero_check_ranges(size)
+    found = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(ZERO_CHECK_THREADS) as pool:
+        shares = [ranges[i::ZERO_CHECK_THREADS] for i in range(ZERO_CHECK_THREADS)]
+        results = list(pool.map(lambda share: _zeros(device, share, found), shares))
+    return all(results)
+
+
+def _zeros(device: str, ranges: list[tuple[int, int]], found: threading.Event) -> bool:
+    if not ranges:
+        return True
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        for offset in {0, max(0, size - MIB)}:
-            data = os.pread(fd, min(MIB, size), offset)
-            if data.count(0) != len(data):
-                return False
+        fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)  # no O_DIRECT here: buffered reads
+    chunk = MIB
+    buf = mmap.mmap(-1, chunk)  # page aligned, as O_DIRECT wants
+    view = memoryview(buf)
+    try:
+        for offset, length in ranges:
+            done = 0
+            while done < length:
+                if found.is_set():
+                    return False
+                want = min(chunk, length - done)
+                got = os.preadv(fd, [view[:want]], offset + done)
+                if got <= 0:
+                    break
+                if view[:got].tobytes().count(0) != got:
+                    found.set()
+                    return False
+                done += got
         return True
     finally:
+        view.release()
+        buf.close()
         os.close(fd)
 
 
-async def examine(device: str) -> tuple[Signature, bool]:
-    """The device's signature, and whether it is blank: no signature at all and the first and
-    last MiB reading as zeros. The probe and the reads run side by side."""
-    signature, zero_edges = await asyncio.gather(
-        probe(device), asyncio.to_thread(_edges_are_zero, device)
-    )
-    return signature, zero_edges and not signature.found
+def held_exclusively(device: str) -> bool:
+    """True when something holds the device: a mount, a running mkfs (which opens it O_EXCL), a
+    device mapper or md stack. The kernel answers an O_EXCL open of a block device with EBUSY."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return True
+        raise
+    os.close(fd)
+    return False
 
 
 async def mkfs(device: str, fstype: str) -> None:
@@ -197,3 +271,75 @@ async def device_size(device: str) -> int:
 async def statvfs(path: str) -> os.statvfs_result:
     """``os.statvfs`` off the event loop."""
     return await asyncio.to_thread(os.statvfs, path)
+
+
+class Filesystems(Protocol):
+    """Inspecting, formatting and growing filesystems on block devices."""
+
+    async def probe(self, device: str) -> Signature:
+        """What ``blkid -p`` finds on the device (never "blank" on a failure: that raises)."""
+        ...
+
+    async def reads_as_zeros(self, device: str) -> bool:
+        """Whether the device reads as zeros at samples spread over all of it."""
+        ...
+
+    async def held_exclusively(self, device: str) -> bool:
+        """Whether something (a mount, a running mkfs) holds the device."""
+        ...
+
+    async def mkfs(self, device: str, fstype: str) -> None:
+        """Create a filesystem (the caller has proven it may)."""
+        ...
+
+    async def needs_growth(self, device: str, fstype: str) -> bool:
+        """True when the device is larger than its filesystem."""
+        ...
+
+    async def grow_mounted(self, fstype: str, device: str, mount_point: str) -> None:
+        """Grow a mounted filesystem to its device."""
+        ...
+
+    async def grow_unmounted_ext4(self, device: str) -> None:
+        """Grow an unmounted ext4 to its device."""
+        ...
+
+    async def device_size(self, device: str) -> int:
+        """The device's size in bytes."""
+        ...
+
+
+class LinuxFilesystems:
+    """The real tools: blkid, mkfs, resize2fs, xfs_growfs, reads of the device."""
+
+    async def probe(self, device: str) -> Signature:
+        """See ``probe``."""
+        return await probe(device)
+
+    async def reads_as_zeros(self, device: str) -> bool:
+        """See ``reads_as_zeros``."""
+        return await asyncio.to_thread(reads_as_zeros, device)
+
+    async def held_exclusively(self, device: str) -> bool:
+        """See ``held_exclusively``."""
+        return await asyncio.to_thread(held_exclusively, device)
+
+    async def mkfs(self, device: str, fstype: str) -> None:
+        """See ``mkfs``."""
+        await mkfs(device, fstype)
+
+    async def needs_growth(self, device: str, fstype: str) -> bool:
+        """See ``needs_growth``."""
+        return await needs_growth(device, fstype)
+
+    async def grow_mounted(self, fstype: str, device: str, mount_point: str) -> None:
+        """See ``grow_mounted``."""
+        await grow_mounted(fstype, device, mount_point)
+
+    async def grow_unmounted_ext4(self, device: str) -> None:
+        """See ``grow_unmounted_ext4``."""
+        await grow_unmounted_ext4(device)
+
+    async def device_size(self, device: str) -> int:
+        """See ``device_size``."""
+        return await device_size(device)

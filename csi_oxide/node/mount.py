@@ -27,8 +27,16 @@ class Mounter(Protocol):
         when asked, and never left writable when making it read-only fails."""
         ...
 
+    async def make_read_only(self, target: str, options: Sequence[str] = ()) -> None:
+        """Remount the bind mount at ``target`` read-only (finishing a half-done ``bind``)."""
+        ...
+
     async def unmount(self, target: str) -> None:
         """Unmount the topmost mount at ``target``."""
+        ...
+
+    async def mounts(self) -> list[Mount]:
+        """Every mount this process sees, in mountinfo order."""
         ...
 
     async def mounts_at(self, path: str) -> list[Mount]:
@@ -63,6 +71,10 @@ class LinuxMounter:
                 await run(["umount", target])  # never leave a writable bind behind
                 raise
 
+    async def make_read_only(self, target: str, options: Sequence[str] = ()) -> None:
+        """Remount the bind at ``target`` read-only."""
+        await run(["mount", "-o", ",".join(["remount", "bind", *options, "ro"]), target])
+
     async def unmount(self, target: str) -> None:
         """Unmount the top mount at ``target``."""
         await run(["umount", target])
@@ -70,6 +82,10 @@ class LinuxMounter:
     async def mounts_at(self, path: str) -> list[Mount]:
         """The mounts whose mount point is ``path`` (after resolving symlinks), bottom first."""
         return await asyncio.to_thread(_mounts_at, path)
+
+    async def mounts(self) -> list[Mount]:
+        """Every mount, in mountinfo order."""
+        return await asyncio.to_thread(mountinfo.read)
 
     async def mounts_of(self, major_minor: str, device_path: str) -> list[Mount]:
         """Every mount of the block device: its filesystem's, and binds of its /dev node."""

@@ -1,12 +1,32 @@
 """Node operations at the domain level, each idempotent: stage, publish, stats, expand.
 
-Stage (filesystem volumes): find the device by serial, then mount what is on it. A device with a
-filesystem of the requested type is mounted (and grown to the device's size); a provably blank one
-is formatted first, after a last identity check; anything else (another filesystem, a partition
-table, raw data) is refused untouched. A disk re-created larger by offline expansion has its
-filesystem grown at the next stage: after mounting (online), except ext4 when this process lacks
-CAP_SYS_RESOURCE, which is then grown just before mounting. Raw block volumes need no staging
-beyond the device being there; publish bind-mounts the device node onto a file.
+The node acts only on proof, and keeps the proof itself (``state.py``: a record per volume on the
+host, written and fsynced BEFORE anything is mounted or formatted, removed after unmounting):
+
+- **Unmount and delete.** A mount is unmounted only when the volume's record names its path
+  (compared after realpath), was made in the current boot, and the mount's identity in mountinfo
+  (device major:minor, root, filesystem type) is the one recorded. A publish target file or
+  directory is deleted only when the record says this plugin created it, and it is still that
+  inode (if the plugin died between recording its intent to create the target and creating it,
+  the record has no inode: then only an empty directory or empty file of the recorded kind
+  qualifies). Anything else at the path is left alone with FAILED_PRECONDITION; nothing mounted
+  and nothing recorded is OK. The volume's device being present or not changes nothing.
+- **Format.** Never over any signature ``blkid -p`` finds. Without one, only when (a) the device
+  reads as zeros at samples spread over all of it (``fs.zero_check_ranges``), or (b) the
+  controller says the disk was created blank (``publish_context`` origin ``blank``) AND this
+  node's record shows that this plugin itself started mkfs on it (after proving it blank) and
+  that mkfs never completed. A record of a completed mkfs, or of raw block use, means the disk
+  holds data: never blank again. Nothing is decided while something else holds the device open
+  exclusively (a mount elsewhere, a mkfs still running).
+- **One serial, one volume.** The device is found by NVMe serial (the first 20 bytes of the volume
+  ID); a volume whose serial another volume already uses on this node (recorded staged or
+  published in this boot) is refused. The server's per-operation guard is keyed by that serial.
+
+Stage (filesystem volumes) mounts what is on the device, formatting first only as above; a disk
+re-created larger by offline expansion has its filesystem grown at the next stage: after mounting
+(online), except ext4 when this process lacks CAP_SYS_RESOURCE, which is then grown just before
+mounting. Raw block volumes need no staging beyond the device being there (and a record); publish
+bind-mounts the device node onto a file.
 """
 
 from __future__ import annotations
@@ -14,16 +34,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from csi_oxide.node import fs
-from csi_oxide.node.devices import BlockDevice, DeviceFinder, UdevDeviceFinder, serial_of
-from csi_oxide.node.mount import LinuxMounter, Mounter
+from csi_oxide.node.devices import BlockDevice, DeviceFinder, serial_text
+from csi_oxide.node.fs import Filesystems
+from csi_oxide.node.mount import Mounter
 from csi_oxide.node.mountinfo import Mount
+from csi_oxide.node.state import (
+    MKFS_DONE,
+    MKFS_STARTED,
+    RAW,
+    Made,
+    MountIdentity,
+    MountRecord,
+    RecordStore,
+    VolumeRecord,
+)
+from csi_oxide.publish_context import Origin
 
 MKFS_CONCURRENCY = 2
 
@@ -43,23 +76,72 @@ class VolumeStats:
 
 
 class NodeOps:
-    """The node's data path over a device finder and a mounter."""
+    """The node's data path over its seams: devices, filesystems, mounts and records."""
 
     def __init__(
-        self, devices: DeviceFinder, mounter: Mounter, *, online_ext4_growth: bool | None = None
+        self,
+        devices: DeviceFinder,
+        mounter: Mounter,
+        filesystems: Filesystems,
+        records: RecordStore,
+        *,
+        online_ext4_growth: bool | None = None,
     ) -> None:
         """``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find out from
         this process's capabilities). Without it, stage grows ext4 before mounting."""
         self._devices = devices
         self._mounter = mounter
+        self._fs = filesystems
+        self._records = records
         self._online_ext4 = (
             fs.can_grow_ext4_online() if online_ext4_growth is None else online_ext4_growth
         )
         self._format_slots = asyncio.Semaphore(MKFS_CONCURRENCY)
+        self._serial_locks: dict[str, asyncio.Lock] = {}
 
     async def max_volumes(self) -> int:
         """Volumes this node can still take: 12 minus non-CSI NVMe disks (never negative)."""
         return await self._devices.max_volumes()
+
+    # ---- records ----
+
+    def _lock(self, volume_id: str) -> asyncio.Lock:
+        """One change at a time per serial in this process (the server's guard answers ABORTED
+        before this; the lock makes the check-then-record of ``_claim_serial`` atomic anyway)."""
+        return self._serial_locks.setdefault(serial_text(volume_id), asyncio.Lock())
+
+    async def _claim_serial(self, volume_id: str) -> None:
+        """FailedPreconditionError when another volume with the same serial is in use here."""
+        serial = serial_text(volume_id)
+        boot = self._records.boot
+        for other in await self._records.sharing_serial(serial):
+            if other.volume_id != volume_id and other.serial == serial and other.in_use(boot):
+                raise FailedPreconditionError(
+                    f"volume {volume_id} resolves to NVMe serial {serial!r}, which volume "
+                    f"{other.volume_id} already uses on this node (staged or published); two "
+                    "volumes can never share one device: unstage the other first"
+                )
+
+    def _ours(self, record: MountRecord | None, top: Mount) -> bool:
+        """True when ``top`` provably is the mount ``record`` describes."""
+        return (
+            record is not None
+            and record.identity is not None
+            and record.boot == self._records.boot
+            and record.identity.matches(top)
+        )
+
+    async def _unmount_ours(self, volume_id: str, path: str, record: MountRecord | None) -> None:
+        """Unmount the mounts at ``path`` while each provably is ``record``'s; refuse the rest."""
+        while mounted := await self._mounter.mounts_at(path):
+            top = mounted[-1]
+            if not self._ours(record, top):
+                raise FailedPreconditionError(
+                    f"{path} has {top.source} ({top.fstype}, {top.major_minor}) mounted, which is "
+                    f"not volume {volume_id}'s as far as this plugin can prove (no record of "
+                    "mounting it there in this boot); it was left mounted"
+                )
+            await self._mounter.unmount(path)
 
     # ---- stage ----
 
@@ -71,37 +153,85 @@ class NodeOps:
         fs_type: str,
         mount_flags: Sequence[str],
         block: bool,
+        origin: Origin | None = None,
     ) -> None:
-        """Make the volume ready on this node (mount its filesystem at ``staging``)."""
+        """Make the volume ready on this node (mount its filesystem at ``staging``).
+
+        ``origin``: how the controller says the disk was born (None: unknown, proves nothing).
+        """
+        async with self._lock(volume_id):
+            await self._stage(volume_id, staging, fs_type, mount_flags, block, origin)
+
+    async def _stage(
+        self,
+        volume_id: str,
+        staging: str,
+        fs_type: str,
+        mount_flags: Sequence[str],
+        block: bool,
+        origin: Origin | None,
+    ) -> None:
         fstype = "" if block else fs.check_fstype(fs_type)
+        await self._claim_serial(volume_id)
         device = await self._devices.find(volume_id)
+        if not block:
+            await asyncio.to_thread(os.makedirs, staging, exist_ok=True)
+        real = await asyncio.to_thread(os.path.realpath, staging)
+        record = await self._records.load(volume_id)
+        if record.stage is not None and record.stage.path != real:
+            if await self._still_mounted(record.stage):
+                raise FailedPreconditionError(
+                    f"volume {volume_id} is already staged at {record.stage.path}, not {real}"
+                )
+            record = replace(record, stage=None)
+        boot = self._records.boot
         if block:
+            history = RAW if record.history in ("", MKFS_STARTED) else record.history
+            stage = MountRecord(real, boot, True, None)
+            await self._records.save(replace(record, history=history, stage=stage))
             return
-        await asyncio.to_thread(os.makedirs, staging, exist_ok=True)
-        mounted = await self._mounter.mounts_at(staging)
+        mounted = await self._mounter.mounts_at(real)
         if mounted:
-            _require_same_device(mounted[-1], device, staging)
-            if mounted[-1].fstype != fstype:
+            top = mounted[-1]
+            if not self._ours(record.stage, top):
                 raise AlreadyExistsError(
-                    f"volume {volume_id} is already staged at {staging} as "
-                    f"{mounted[-1].fstype}, not {fstype}"
+                    f"{staging} already has something mounted ({top.source}, {top.major_minor}) "
+                    f"that this plugin did not mount there for volume {volume_id}"
+                )
+            if top.fstype != fstype:
+                raise AlreadyExistsError(
+                    f"volume {volume_id} is already staged at {staging} as {top.fstype}, "
+                    f"not {fstype}"
+                )
+            if top.major_minor != device.major_minor:
+                raise FailedPreconditionError(
+                    f"volume {volume_id} is staged at {staging} from a device that is gone "
+                    f"({top.major_minor}); unstage it first"
                 )
         else:
             async with self._format_slots:
-                fresh = await self._prepare(volume_id, device, fstype)
+                record, fresh = await self._prepare(record, device, fstype, origin)
                 if not fresh and fstype == "ext4" and not self._online_ext4:
                     await self._grow_offline(volume_id, device)
+            identity = MountIdentity(device.major_minor, "/", fstype)
+            await self._records.save(
+                replace(record, stage=MountRecord(real, boot, False, identity))
+            )
             options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
-            await self._mounter.mount(device.path, staging, fstype, options)
+            await self._mounter.mount(device.path, real, fstype, options)
             if fresh:
                 return
         # Offline expansion re-created a larger disk: grow now, online (also on a retry that
         # finds the volume mounted by an earlier call which failed while growing).
-        await self._grow(volume_id, device, fstype, staging)
+        await self._grow(volume_id, device, fstype, real)
+
+    async def _still_mounted(self, record: MountRecord) -> bool:
+        mounted = await self._mounter.mounts_at(record.path)
+        return bool(mounted) and self._ours(record, mounted[-1])
 
     async def _grow(self, volume_id: str, device: BlockDevice, fstype: str, mounted: str) -> None:
         """Grow the filesystem mounted at ``mounted`` when its device is larger."""
-        if not await fs.needs_growth(device.path, fstype):
+        if not await self._fs.needs_growth(device.path, fstype):
             return
         if fstype == "ext4" and not self._online_ext4:
             raise FailedPreconditionError(
@@ -110,49 +240,74 @@ class NodeOps:
                 "it grows at its next NodeStageVolume instead"
             )
         await self._devices.verify(device, volume_id)
-        await fs.grow_mounted(fstype, device.path, mounted)
+        await self._fs.grow_mounted(fstype, device.path, mounted)
 
     async def _grow_offline(self, volume_id: str, device: BlockDevice) -> None:
         """Grow an unmounted ext4 when its device is larger (no online growth here)."""
-        if await fs.needs_growth(device.path, "ext4"):
+        if await self._fs.needs_growth(device.path, "ext4"):
             await self._devices.verify(device, volume_id)
-            await fs.grow_unmounted_ext4(device.path)
+            await self._fs.grow_unmounted_ext4(device.path)
 
-    async def _prepare(self, volume_id: str, device: BlockDevice, fstype: str) -> bool:
-        """Format the device if (and only if) it is blank; True when it was formatted."""
-        found, blank = await fs.examine(device.path)
+    async def _prepare(
+        self, record: VolumeRecord, device: BlockDevice, fstype: str, origin: Origin | None
+    ) -> tuple[VolumeRecord, bool]:
+        """Format the device if (and only if) that is proven safe; the updated record and
+        whether it was formatted. See the module docstring for the rule."""
+        volume_id = record.volume_id
+        where = f"volume {volume_id} ({device.path})"
+        if await self._fs.held_exclusively(device.path):
+            raise FailedPreconditionError(
+                f"{where} is held by something else (mounted elsewhere, or a tool such as mkfs "
+                "still running on it); nothing was done: retry once it is released"
+            )
+        found, zeros = await asyncio.gather(
+            self._fs.probe(device.path), self._fs.reads_as_zeros(device.path)
+        )
         if found.fstype == fstype:
-            return False
+            if record.history == MKFS_STARTED:  # that mkfs did finish: its superblock is there
+                record = replace(record, history=MKFS_DONE, history_fstype=fstype)
+                await self._records.save(record)
+            return record, False
         if found.found:
             what = found.fstype or found.pttype or found.usage
             raise FailedPreconditionError(
-                f"volume {volume_id} ({device.path}) holds {what!r}, not {fstype}; it was left "
-                "untouched (a volume is never re-formatted)"
+                f"{where} holds {what!r}, not {fstype}; it was left untouched (a volume is never "
+                "re-formatted)"
             )
-        if not blank:
+        if record.history in (MKFS_DONE, RAW):
+            was = "a complete filesystem" if record.history == MKFS_DONE else "raw block data"
             raise FailedPreconditionError(
-                f"volume {volume_id} ({device.path}) has no filesystem but is not blank (it holds "
-                "data, perhaps written in raw block mode); it was left untouched"
+                f"{where} has no filesystem signature, but this node recorded that it held {was}; "
+                "it is not blank and was left untouched"
+            )
+        interrupted = origin is Origin.BLANK and record.history == MKFS_STARTED
+        if not zeros and not interrupted:
+            raise FailedPreconditionError(
+                f"{where} has no filesystem but is not blank (it holds data, perhaps written in "
+                "raw block mode, or by an interrupted mkfs of a disk this node cannot prove was "
+                "created blank); it was left untouched"
             )
         await self._devices.verify(device, volume_id)
-        await fs.mkfs(device.path, fstype)
-        return True
+        record = replace(record, history=MKFS_STARTED, history_fstype=fstype)
+        await self._records.save(record)  # fsynced before mkfs writes a byte
+        await self._fs.mkfs(device.path, fstype)
+        record = replace(record, history=MKFS_DONE)
+        await self._records.save(record)
+        return record, True
 
     async def unstage(self, volume_id: str, staging: str) -> None:
-        """Unmount the staging path (all stacked mounts); done when nothing is mounted there."""
-        await self._release(volume_id, staging)
+        """Unmount what this plugin mounted at ``staging`` for the volume (see the module
+        docstring); done when nothing is mounted there."""
+        async with self._lock(volume_id):
+            await self._unstage(volume_id, staging)
 
-    async def _release(self, volume_id: str, path: str) -> None:
-        """Unmount every mount at ``path``, each only if it provably is this volume's."""
-        device = await self._devices.find_now(volume_id)
-        while mounted := await self._mounter.mounts_at(path):
-            top = mounted[-1]
-            if not _unmountable(top, device, path):
-                raise FailedPreconditionError(
-                    f"{path} has {top.source} ({top.fstype}) mounted, which is not volume "
-                    f"{volume_id}; it was left mounted"
-                )
-            await self._mounter.unmount(path)
+    async def _unstage(self, volume_id: str, staging: str) -> None:
+        real = await asyncio.to_thread(os.path.realpath, staging)
+        record = await self._records.load(volume_id)
+        stage = record.stage if record.stage is not None and record.stage.path == real else None
+        await self._unmount_ours(volume_id, real, stage)
+        if stage is not None:
+            await self._records.save(replace(record, stage=None))
 
     # ---- publish ----
 
@@ -168,47 +323,116 @@ class NodeOps:
         single_writer: bool,
     ) -> None:
         """Bind the staged filesystem (or the device) at ``target``."""
+        async with self._lock(volume_id):
+            await self._publish(
+                volume_id, staging, target, block, read_only, mount_flags, single_writer
+            )
+
+    async def _publish(
+        self,
+        volume_id: str,
+        staging: str,
+        target: str,
+        block: bool,
+        read_only: bool,
+        mount_flags: Sequence[str],
+        single_writer: bool,
+    ) -> None:
+        await self._claim_serial(volume_id)
         device = await self._devices.find_now(volume_id)
         if device is None:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
-        source = device.path if block else await self._staged_source(volume_id, staging, device)
-        existing = await self._mounter.mounts_at(target)
+        real_target, real_staging = await asyncio.to_thread(
+            lambda: (os.path.realpath(target), os.path.realpath(staging))
+        )
+        record = await self._records.load(volume_id)
+        if block:
+            source = device.path
+            identity = bound_identity(await self._mounter.mounts(), device.path)
+        else:
+            source = real_staging
+            identity = await self._staged_identity(record, device, real_staging)
+        entry = record.publish.get(real_target)
+        existing = await self._mounter.mounts_at(real_target)
         if existing:
-            await self._check_republish(existing[-1], device, target, block, read_only)
+            top = existing[-1]
+            if entry is None or not self._ours(entry, top):
+                raise AlreadyExistsError(
+                    f"{target} already has something mounted ({top.source}, {top.major_minor}) "
+                    f"that this plugin did not publish there for volume {volume_id}"
+                )
+            if entry.identity != identity or entry.block != block:
+                raise AlreadyExistsError(f"{target} already holds another publish of the volume")
+            if entry.read_only != read_only:
+                raise AlreadyExistsError(
+                    f"volume is already published at {target} "
+                    f"{'read-only' if entry.read_only else 'read-write'}; the request differs"
+                )
+            if read_only and not top.read_only:
+                await self._mounter.make_read_only(real_target, mount_flags)  # a bind half done
             return
         if single_writer:
-            await self._refuse_second_writer(device, staging, target)
-        await asyncio.to_thread(_make_target, target, block)
-        await self._mounter.bind(source, target, read_only=read_only, options=mount_flags)
+            await self._refuse_second_writer(device, real_staging, real_target)
+        made = await self._ensure_target(record, entry, real_target, block, identity, read_only)
+        entry = MountRecord(real_target, self._records.boot, block, identity, read_only, made)
+        record = await self._records.load(volume_id)
+        await self._records.save(record.with_publish(real_target, entry))
+        await self._mounter.bind(source, real_target, read_only=read_only, options=mount_flags)
 
-    async def _staged_source(self, volume_id: str, staging: str, device: BlockDevice) -> str:
+    async def _staged_identity(
+        self, record: VolumeRecord, device: BlockDevice, staging: str
+    ) -> MountIdentity:
+        stage = record.stage
         mounted = await self._mounter.mounts_at(staging)
-        if not mounted:
+        if (
+            stage is None
+            or stage.path != staging
+            or stage.identity is None
+            or not mounted
+            or not self._ours(stage, mounted[-1])
+        ):
             raise FailedPreconditionError(
-                f"volume {volume_id} is not staged at {staging}: NodeStageVolume first"
+                f"volume {record.volume_id} is not staged at {staging}: NodeStageVolume first"
             )
-        _require_same_device(mounted[-1], device, staging)
-        return staging
+        if mounted[-1].major_minor != device.major_minor:
+            raise FailedPreconditionError(
+                f"volume {record.volume_id} is staged at {staging} from a device that is gone"
+            )
+        return stage.identity
 
-    async def _check_republish(
-        self, top: Mount, device: BlockDevice, target: str, block: bool, read_only: bool
-    ) -> None:
-        if block:
-            rdev = await asyncio.to_thread(_rdev, target)
-            if rdev != device.major_minor:
-                raise AlreadyExistsError(f"{target} is already a different block device")
-        else:
-            _require_same_device(top, device, target)
-        if top.read_only != read_only:
-            raise AlreadyExistsError(
-                f"volume is already published at {target} "
-                f"{'read-only' if top.read_only else 'read-write'}; the request differs"
-            )
+    async def _ensure_target(
+        self,
+        record: VolumeRecord,
+        entry: MountRecord | None,
+        target: str,
+        block: bool,
+        identity: MountIdentity,
+        read_only: bool,
+    ) -> Made | None:
+        """The target exists afterwards; what this plugin made of it (None: it was there)."""
+        kind = "file" if block else "dir"
+        known = entry.made if entry is not None else None
+        st = await asyncio.to_thread(_lstat, target)
+        if st is not None:
+            if known is None:
+                return None  # the CO made it: never ours to delete
+            if known.ino is None:  # a crash right after recording the intent
+                return (
+                    _made_from(kind, st)
+                    if await asyncio.to_thread(_is_fresh, target, st, kind)
+                    else None
+                )
+            same_boot = entry is not None and entry.boot == self._records.boot
+            return known if _same_inode(known, st, same_boot=same_boot) else None
+        # Record the intent first, so that a crash right after creating it still leaves proof.
+        pending = MountRecord(target, self._records.boot, block, identity, read_only, Made(kind))
+        await self._records.save(record.with_publish(target, pending))
+        st = await asyncio.to_thread(_make_target, target, block)
+        return _made_from(kind, st)
 
     async def _refuse_second_writer(self, device: BlockDevice, staging: str, target: str) -> None:
-        real = await asyncio.to_thread(lambda: {os.path.realpath(p) for p in (staging, target)})
         mounts = await self._mounter.mounts_of(device.major_minor, device.path)
-        others = [m for m in mounts if m.mount_point not in real]
+        others = [m for m in mounts if m.mount_point not in (staging, target)]
         if others:
             raise FailedPreconditionError(
                 f"the volume is SINGLE_NODE_SINGLE_WRITER and already published at "
@@ -216,9 +440,22 @@ class NodeOps:
             )
 
     async def unpublish(self, volume_id: str, target: str) -> None:
-        """Unmount and remove ``target``; a target that is not there is already unpublished."""
-        await self._release(volume_id, target)
-        await asyncio.to_thread(_remove_target, target)
+        """Unmount what this plugin bound at ``target`` for the volume and remove the target if
+        this plugin created it; nothing mounted and nothing recorded is already unpublished."""
+        async with self._lock(volume_id):
+            await self._unpublish(volume_id, target)
+
+    async def _unpublish(self, volume_id: str, target: str) -> None:
+        real = await asyncio.to_thread(os.path.realpath, target)
+        record = await self._records.load(volume_id)
+        entry = record.publish.get(real)
+        await self._unmount_ours(volume_id, real, entry)
+        if entry is None:
+            return
+        if entry.made is not None:
+            same_boot = entry.boot == self._records.boot
+            await asyncio.to_thread(_remove_target, real, entry.made, same_boot)
+        await self._records.save(record.with_publish(real, None))
 
     # ---- stats and growth ----
 
@@ -227,9 +464,9 @@ class NodeOps:
         top, device = await self._mount_of(volume_id, path)
         gone = None
         if device is None:
-            gone = f"the device of volume {volume_id} (serial {serial_of(volume_id)!r}) is gone"
+            gone = f"the device of volume {volume_id} (serial {serial_text(volume_id)!r}) is gone"
         if await asyncio.to_thread(_is_block_file, path):
-            size = await fs.device_size(path)
+            size = await self._fs.device_size(path)
             return VolumeStats(size, 0, 0, 0, 0, 0, True, gone)
         st = await fs.statvfs(path)
         abnormal = gone or ("the filesystem is read-only" if "ro" in top.super_options else None)
@@ -250,9 +487,9 @@ class NodeOps:
         if device is None:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
         if await asyncio.to_thread(_is_block_file, path):
-            return await fs.device_size(device.path)
+            return await self._fs.device_size(device.path)
         await self._grow(volume_id, device, fs.check_fstype(top.fstype), path)
-        return await fs.device_size(device.path)
+        return await self._fs.device_size(device.path)
 
     async def _mount_of(self, volume_id: str, path: str) -> tuple[Mount, BlockDevice | None]:
         """The volume's mount at ``path`` and its device (None: a device that vanished under
@@ -266,16 +503,30 @@ class NodeOps:
         device = await self._devices.find_now(volume_id)
         if device is not None and _mount_is_device(top, device, path):
             return top, device
-        if device is None and await asyncio.to_thread(_vanished_under, top):
-            return top, None
+        if device is None:
+            real = await asyncio.to_thread(os.path.realpath, path)
+            record = await self._records.load(volume_id)
+            if any(m.path == real and self._ours(m, top) for m in record.mounts()):
+                return top, None
         raise NotFoundError(f"{path} does not hold volume {volume_id}")
 
 
-def _vanished_under(top: Mount) -> bool:
-    """True for a filesystem mount of a block device the kernel no longer has."""
-    if top.fstype not in fs.FILESYSTEMS or not top.source.startswith("/dev/"):
-        return False
-    return not os.path.exists(f"/sys/dev/block/{top.major_minor}")
+def bound_identity(table: Sequence[Mount], device_path: str) -> MountIdentity:
+    """The identity a bind mount of the device node ``device_path`` shows in mountinfo: the
+    filesystem holding the node (devtmpfs), with the node's path inside it as root."""
+    real = os.path.realpath(device_path)
+    best: Mount | None = None
+    for m in table:  # later lines are mounted over earlier ones: the last match is visible
+        point = m.mount_point.rstrip("/") or "/"
+        inside = real == point or real.startswith(point if point == "/" else point + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
+            best = m
+    if best is None:
+        raise FailedPreconditionError(f"no mount holds the device node {device_path}")
+    point = best.mount_point.rstrip("/") or "/"
+    rel = real[len(point) :] if point != "/" else real
+    root = posixpath.normpath(posixpath.join(best.root, rel.lstrip("/")))
+    return MountIdentity(best.major_minor, root, best.fstype)
 
 
 def _mount_is_device(top: Mount, device: BlockDevice, path: str) -> bool:
@@ -284,27 +535,6 @@ def _mount_is_device(top: Mount, device: BlockDevice, path: str) -> bool:
     with contextlib.suppress(OSError):
         return _rdev(path) == device.major_minor  # a device node bound onto a file
     return False
-
-
-def _unmountable(top: Mount, device: BlockDevice | None, path: str) -> bool:
-    """True when the mount at ``path`` is the volume's: its filesystem or a bind of its device.
-
-    With the device gone (detached under a mount), only a block-device filesystem of a type this
-    driver makes, or a bind of a /dev node, qualifies: never proc, sysfs, tmpfs, overlay...
-    """
-    if device is not None:
-        return _mount_is_device(top, device, path)
-    if top.fstype == "devtmpfs":
-        return top.root != "/"
-    return top.fstype in fs.FILESYSTEMS and top.source.startswith("/dev/")
-
-
-def _require_same_device(top: Mount, device: BlockDevice, path: str) -> None:
-    if top.major_minor != device.major_minor:
-        raise AlreadyExistsError(
-            f"{path} already has something else mounted ({top.source}, {top.major_minor}), "
-            f"not {device.path}"
-        )
 
 
 def _rdev(path: str) -> str:
@@ -316,38 +546,74 @@ def _is_block_file(path: str) -> bool:
     return stat.S_ISBLK(os.stat(path).st_mode)
 
 
-def _make_target(target: str, block: bool) -> None:
-    if block:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).touch(exist_ok=True)
-    else:
-        Path(target).mkdir(parents=True, exist_ok=True)
-
-
-def _remove_target(target: str) -> None:
-    """Remove what publish made: an empty directory or an empty file (never anything holding
-    data: that would not be a target this plugin created)."""
-    path = Path(target)
+def _lstat(path: str) -> os.stat_result | None:
     try:
-        st = path.lstat()
+        return os.lstat(path)
     except FileNotFoundError:
+        return None
+
+
+def _made_from(kind: str, st: os.stat_result) -> Made:
+    return Made(kind, st.st_dev, st.st_ino)
+
+
+def _same_inode(made: Made, st: os.stat_result, *, same_boot: bool) -> bool:
+    """``st`` is the inode recorded in ``made`` (device numbers may change across a reboot)."""
+    return st.st_ino == made.ino and (not same_boot or st.st_dev == made.dev)
+
+
+def _is_fresh(path: str, st: os.stat_result, kind: str) -> bool:
+    """An empty directory or empty regular file of ``kind``, as publish creates them."""
+    if kind == "dir":
+        return stat.S_ISDIR(st.st_mode) and not os.listdir(path)
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def _make_target(target: str, block: bool) -> os.stat_result:
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if block:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    else:
+        path.mkdir(mode=0o750)
+    return os.lstat(path)
+
+
+def _remove_target(target: str, made: Made, same_boot: bool) -> None:
+    """Remove the target this plugin created: only that very inode (a crash between recording
+    the intent and creating it leaves no inode on record: then only an empty file or directory
+    of the recorded kind qualifies), and only while it is empty."""
+    st = _lstat(target)
+    if st is None:
         return
-    if stat.S_ISDIR(st.st_mode):
+    mine = (
+        _is_fresh(target, st, made.kind)
+        if made.ino is None
+        else _same_inode(made, st, same_boot=same_boot)
+    )
+    if not mine:
+        raise FailedPreconditionError(
+            f"target {target} is not the {made.kind} this plugin created; it was left in place"
+        )
+    if made.kind == "dir":
         try:
-            path.rmdir()
+            os.rmdir(target)
         except OSError as exc:
             raise FailedPreconditionError(
                 f"target {target} is not empty after unmounting; it was left in place"
             ) from exc
     elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        path.unlink()
-    elif not stat.S_ISLNK(st.st_mode):
+        os.unlink(target)
+    else:
         raise FailedPreconditionError(
-            f"target {target} is not an empty file or directory; it was left in place"
+            f"target {target} is no longer the empty file this plugin created; it was left in place"
         )
 
 
-def build_node_ops(*, sim_device_dir: Path | None, device_timeout: float = 60.0) -> NodeOps:
-    """The production node: udev device discovery, util-linux mounts."""
-    finder = UdevDeviceFinder(sim_device_dir=sim_device_dir, timeout=device_timeout)
-    return NodeOps(finder, LinuxMounter())
+def build_node_ops(
+    *, sim_device_dir: Path | None, device_timeout: float = 60.0, state_dir: Path | None = None
+) -> NodeOps:
+    """The production node (see ``csi_oxide.wiring.build_node_ops``, which this forwards to)."""
+    from csi_oxide.wiring import build_node_ops as build
+
+    return build(sim_device_dir=sim_device_dir, device_timeout=device_timeout, state_dir=state_dir)

@@ -1,4 +1,10 @@
-"""CSI Node service: validate, make one ``NodeOps`` call under the volume's guard, respond."""
+"""CSI Node service: validate, make one ``NodeOps`` call under the volume's guard, respond.
+
+Every RPC that names a volume validates its ID first: anything that is not an Oxide disk name
+(``../../etc``, a UUID, upper case, ...) is NOT_FOUND and never reaches ``NodeOps``. The guard that
+keeps one operation per volume in flight is keyed by the NVMe serial the volume ID resolves to
+(its first 20 characters), so two IDs that share a serial, and so a device, never run at once.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from csi_oxide.inflight import InFlight
+from csi_oxide.node.devices import serial_text
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.oxide.names import is_valid_name
+from csi_oxide.publish_context import decode
 from csi_oxide.server import parse
 
 Ctx = grpc.aio.ServicerContext[object, object]
@@ -29,6 +37,11 @@ def _volume_id(value: str) -> str:
     if not is_valid_name(value):
         raise NotFoundError(f"volume {value!r} does not exist (volume IDs are Oxide disk names)")
     return value
+
+
+def _guard(volume_id: str) -> list[str]:
+    """The in-flight key of a volume: the device it resolves to, by serial."""
+    return [f"serial:{serial_text(volume_id)}"]
 
 
 def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capability:
@@ -73,14 +86,15 @@ class NodeService(csi_grpc.NodeServicer):
         staging = parse.path(request.staging_target_path, "staging_target_path")
         cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
         await self._inflight.run(
-            [volume_id],
-            "NodeStageVolume",
+            _guard(volume_id),
+            f"NodeStageVolume of {volume_id}",
             self._ops.stage(
                 volume_id,
                 staging,
                 fs_type=cap.fs_type,
                 mount_flags=cap.mount_flags,
                 block=cap.block,
+                origin=decode(request.publish_context),
             ),
         )
         return csi.NodeStageVolumeResponse()
@@ -88,10 +102,13 @@ class NodeService(csi_grpc.NodeServicer):
     async def NodeUnstageVolume(
         self, request: csi.NodeUnstageVolumeRequest, context: Ctx
     ) -> csi.NodeUnstageVolumeResponse:
-        volume_id = parse.require(request.volume_id, "volume_id")
+        parse.require(request.volume_id, "volume_id")
         staging = parse.path(request.staging_target_path, "staging_target_path")
+        volume_id = _volume_id(request.volume_id)
         await self._inflight.run(
-            [volume_id], "NodeUnstageVolume", self._ops.unstage(volume_id, staging)
+            _guard(volume_id),
+            f"NodeUnstageVolume of {volume_id}",
+            self._ops.unstage(volume_id, staging),
         )
         return csi.NodeUnstageVolumeResponse()
 
@@ -107,8 +124,8 @@ class NodeService(csi_grpc.NodeServicer):
             )
         staging = parse.path(request.staging_target_path, "staging_target_path")
         await self._inflight.run(
-            [volume_id],
-            "NodePublishVolume",
+            _guard(volume_id),
+            f"NodePublishVolume of {volume_id}",
             self._ops.publish(
                 volume_id,
                 staging,
@@ -124,10 +141,13 @@ class NodeService(csi_grpc.NodeServicer):
     async def NodeUnpublishVolume(
         self, request: csi.NodeUnpublishVolumeRequest, context: Ctx
     ) -> csi.NodeUnpublishVolumeResponse:
-        volume_id = parse.require(request.volume_id, "volume_id")
+        parse.require(request.volume_id, "volume_id")
         target = parse.path(request.target_path, "target_path")
+        volume_id = _volume_id(request.volume_id)
         await self._inflight.run(
-            [volume_id], "NodeUnpublishVolume", self._ops.unpublish(volume_id, target)
+            _guard(volume_id),
+            f"NodeUnpublishVolume of {volume_id}",
+            self._ops.unpublish(volume_id, target),
         )
         return csi.NodeUnpublishVolumeResponse()
 
@@ -136,7 +156,7 @@ class NodeService(csi_grpc.NodeServicer):
     ) -> csi.NodeGetVolumeStatsResponse:
         parse.require(request.volume_id, "volume_id")
         volume_path = parse.require(request.volume_path, "volume_path")
-        stats = await self._ops.stats(request.volume_id, volume_path)
+        stats = await self._ops.stats(_volume_id(request.volume_id), volume_path)
         usage = [csi.VolumeUsage(unit=csi.VolumeUsage.BYTES, total=stats.total_bytes)]
         if not stats.block:
             usage = [
@@ -161,11 +181,14 @@ class NodeService(csi_grpc.NodeServicer):
     async def NodeExpandVolume(
         self, request: csi.NodeExpandVolumeRequest, context: Ctx
     ) -> csi.NodeExpandVolumeResponse:
-        volume_id = parse.require(request.volume_id, "volume_id")
+        parse.require(request.volume_id, "volume_id")
         volume_path = parse.require(request.volume_path, "volume_path")
         if request.HasField("volume_capability"):
             parse.capability(request.volume_capability)
+        volume_id = _volume_id(request.volume_id)
         size = await self._inflight.run(
-            [volume_id], "NodeExpandVolume", self._ops.expand(volume_id, volume_path)
+            _guard(volume_id),
+            f"NodeExpandVolume of {volume_id}",
+            self._ops.expand(volume_id, volume_path),
         )
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

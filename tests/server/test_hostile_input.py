@@ -77,7 +77,9 @@ def _serve_in_thread(workdir: Path) -> Iterator[Target]:
         )
         devices = workdir / "devices"
         devices.mkdir()
-        node_ops = build_node_ops(sim_device_dir=devices, device_timeout=0.05)
+        node_ops = build_node_ops(
+            sim_device_dir=devices, device_timeout=0.05, state_dir=workdir / "node-state"
+        )
         services = Services(
             identity=IdentityService(Health()),
             controller=ControllerService(ControllerOps(api, cluster="fuzz")),

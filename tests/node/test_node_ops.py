@@ -1,0 +1,397 @@
+"""The node's decisions against fakes of its seams (no root): format or refuse, unmount or refuse,
+delete or leave, one serial per volume. Each finding of issue 12 has its case here; the same
+findings are reproduced on real loop devices in ``test_node_safety_loop.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError
+from csi_oxide.node.fs import Signature
+from csi_oxide.node.ops import NodeOps
+from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore
+from csi_oxide.publish_context import Origin
+from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter, MkfsInterruptedError
+
+VOLUME = "csi-0123456789abcdef"
+TWIN = "csi-0123456789abcdef-twin"  # the same first 20 characters: the same NVMe serial
+OTHER = "csi-fedcba9876543210"
+
+
+@dataclass
+class World:
+    root: Path
+    devices: FakeDevices
+    mounter: FakeMounter
+    fs: FakeFilesystems
+    store: FileRecordStore
+    ops: NodeOps
+
+    def staging(self, name: str = "a") -> str:
+        path = self.root / "kubelet" / "pv" / name / "globalmount"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def target(self, name: str = "a") -> str:
+        path = self.root / "kubelet" / "pods" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path / "mount")
+
+    def reboot(self) -> None:
+        """A node reboot: every mount is gone, the records stay, the boot ID changes."""
+        self.store.close()
+        self.mounter.table[2:] = []
+        self.store = FileRecordStore(self.root / "state", boot="boot-2")
+        self.ops = NodeOps(self.devices, self.mounter, self.fs, self.store, online_ext4_growth=True)
+
+    async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> None:
+        options: dict[str, object] = {"fs_type": "ext4", "mount_flags": [], "block": False}
+        options.update(kw)
+        await self.ops.stage(volume, self.staging(name), **options)  # type: ignore[arg-type]
+
+    async def publish(self, volume: str = VOLUME, name: str = "a", **kw: bool) -> None:
+        options = {"block": False, "read_only": False, "single_writer": False, **kw}
+        await self.ops.publish(
+            volume, self.staging(name), self.target(name), mount_flags=[], **options
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    devices = FakeDevices()
+    mounter = FakeMounter(devices)
+    filesystems = FakeFilesystems()
+    store = FileRecordStore(tmp_path / "state", boot="boot-1")
+    ops = NodeOps(devices, mounter, filesystems, store, online_ext4_growth=True)
+    return World(tmp_path, devices, mounter, filesystems, store, ops)
+
+
+def _mounted(world: World, path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(m.mount_point == real for m in world.mounter.table)
+
+
+# ---- finding 1: unmount only what provably is ours ----
+
+
+async def test_unstage_leaves_a_foreign_mount_when_the_device_is_absent(world: World) -> None:
+    staging = world.staging()
+    world.mounter.add("8:16", "/", staging, "ext4", "/dev/sdb")  # the host's own disk
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(VOLUME, staging)
+    assert _mounted(world, staging)
+    assert ("unmount", os.path.realpath(staging)) not in world.mounter.calls
+
+
+async def test_unstage_leaves_a_foreign_mount_when_the_device_is_present(world: World) -> None:
+    world.devices.attach(VOLUME)
+    staging = world.staging()
+    world.mounter.add("8:16", "/", staging, "ext4", "/dev/sdb")
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(VOLUME, staging)
+    assert _mounted(world, staging)
+
+
+async def test_unpublish_through_a_symlink_to_a_root_fs_bind_is_refused(world: World) -> None:
+    host_dir = world.root / "etc-bind"
+    host_dir.mkdir()
+    world.mounter.add("8:1", "/etc", str(host_dir), "ext4", "/dev/sda1")
+    link = Path(world.target())
+    link.symlink_to(host_dir)
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unpublish(VOLUME, str(link))
+    assert _mounted(world, str(host_dir))
+    assert host_dir.is_dir() and link.is_symlink()
+
+
+async def test_unpublish_of_another_volumes_target_touches_nothing(world: World) -> None:
+    world.devices.attach(OTHER)
+    await world.stage(OTHER, "b")
+    await world.publish(OTHER, "b")
+    target = world.target("b")
+    for volume in (VOLUME, "csi-aaaaaaaaaaaaaaaa"):  # attached or not: the same answer
+        with pytest.raises(FailedPreconditionError, match="left mounted"):
+            await world.ops.unpublish(volume, target)
+    assert _mounted(world, target) and Path(target).is_dir()
+
+
+async def test_unstage_through_dotdot_to_another_volumes_staging_is_refused(
+    world: World,
+) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(VOLUME, "a")
+    sneaky = os.path.join(world.staging("b"), "..", "..", "a", "globalmount")
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(OTHER, sneaky)
+    assert _mounted(world, world.staging("a"))
+
+
+async def test_our_mounts_are_released_with_the_device_gone(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    await world.publish()
+    world.devices.detach(VOLUME)
+    await world.ops.unpublish(VOLUME, world.target())
+    await world.ops.unstage(VOLUME, world.staging())
+    assert not _mounted(world, world.target()) and not _mounted(world, world.staging())
+    assert not Path(world.target()).exists()
+    record = await world.store.load(VOLUME)
+    assert (record.stage, record.publish, record.history) == (None, {}, MKFS_DONE)
+
+
+async def test_after_a_plugin_restart_the_records_still_prove_it(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    await world.publish()
+    world.store.close()  # a new process, the same host directory and boot
+    store = FileRecordStore(world.root / "state", boot="boot-1")
+    ops = NodeOps(world.devices, world.mounter, world.fs, store, online_ext4_growth=True)
+    await ops.unpublish(VOLUME, world.target())
+    await ops.unstage(VOLUME, world.staging())
+    assert not _mounted(world, world.staging())
+
+
+async def test_after_a_reboot_nothing_mounted_is_ours(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    await world.publish()
+    world.reboot()
+    # Someone mounts the same device number at the old staging path: not provably ours.
+    dev = await world.devices.find(VOLUME)
+    world.mounter.add(dev.major_minor, "/", world.staging(), "ext4", dev.path)
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(VOLUME, world.staging())
+    world.mounter.table.pop()
+    # Nothing mounted: done; the target this plugin made (same inode) is removed.
+    await world.ops.unpublish(VOLUME, world.target())
+    await world.ops.unstage(VOLUME, world.staging())
+    assert not Path(world.target()).exists()
+    assert (await world.store.load(VOLUME)).stage is None
+
+
+async def test_the_record_is_on_disk_before_anything_is_mounted(world: World) -> None:
+    world.devices.attach(VOLUME)
+    seen: list[str] = []
+
+    def check(target: str) -> None:
+        text = (world.root / "state" / f"{VOLUME}.json").read_text()
+        assert os.path.realpath(target) in text
+        seen.append(target)
+
+    world.mounter.before_mount = check
+    await world.stage()
+    await world.publish()
+    assert len(seen) == 2
+
+
+async def test_a_half_done_read_only_bind_is_finished_by_the_retry(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    await world.publish(read_only=True)
+    top = world.mounter.table[-1]
+    world.mounter.table[-1] = replace(top, options=("rw",))  # killed between bind and remount
+    await world.publish(read_only=True)
+    assert world.mounter.table[-1].read_only
+    with pytest.raises(AlreadyExistsError, match="read-only"):
+        await world.publish(read_only=False)
+
+
+# ---- finding 2: delete only the target this plugin created ----
+
+
+async def test_unpublish_never_deletes_an_empty_file_or_directory_it_did_not_create(
+    world: World,
+) -> None:
+    empty_dir = Path(world.target("d"))
+    empty_dir.mkdir()
+    empty_file = Path(world.target("f"))
+    empty_file.touch()
+    for path in (empty_dir, empty_file):
+        await world.ops.unpublish(VOLUME, str(path))
+        assert path.exists()
+
+
+async def test_a_target_the_co_made_is_left_for_the_co(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    Path(world.target()).mkdir()  # kubelet creates the mount directory itself
+    await world.publish()
+    await world.ops.unpublish(VOLUME, world.target())
+    assert Path(world.target()).is_dir() and not _mounted(world, world.target())
+
+
+async def test_a_target_replaced_after_publish_is_left_in_place(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage()
+    await world.publish()
+    target = Path(world.target())
+    world.mounter.table.pop()  # unmounted behind the plugin's back...
+    target.rename(target.with_name("moved"))
+    target.mkdir()  # ...and the directory replaced by another one
+    with pytest.raises(FailedPreconditionError, match="left in place"):
+        await world.ops.unpublish(VOLUME, str(target))
+    assert target.is_dir()
+
+
+async def test_block_publish_creates_and_removes_its_file(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(block=True)
+    await world.publish(block=True)
+    await world.publish(block=True)  # idempotent
+    target = Path(world.target())
+    assert target.is_file() and world.mounter.table[-1].root == "/nvme1n1"
+    await world.ops.unpublish(VOLUME, str(target))
+    assert not target.exists()
+
+
+# ---- findings 3 and 4: format only on proof ----
+
+
+async def _staged_with(world: World, origin: Origin | None = None) -> None:
+    await world.stage(origin=origin)
+
+
+async def test_a_signature_free_device_that_reads_as_zeros_is_formatted(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    await _staged_with(world)
+    assert world.fs.formatted == [(dev.path, "ext4")]
+    assert (await world.store.load(VOLUME)).history == MKFS_DONE
+
+
+async def test_data_anywhere_on_the_device_is_never_formatted(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).zeros = False  # some sample in the middle is not zero
+    for origin in (None, Origin.BLANK, Origin.SNAPSHOT):
+        with pytest.raises(FailedPreconditionError, match="not blank"):
+            await _staged_with(world, origin)
+    assert world.fs.formatted == [] and not _mounted(world, world.staging())
+
+
+async def test_any_other_signature_is_refused_untouched(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    for sig in (Signature(fstype="xfs"), Signature(pttype="gpt"), Signature(usage="raid")):
+        world.fs.disk(dev.path).signature = sig
+        with pytest.raises(FailedPreconditionError, match="never re-formatted"):
+            await _staged_with(world, Origin.BLANK)
+    assert world.fs.formatted == []
+
+
+async def test_an_existing_filesystem_is_mounted_not_formatted(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).signature = Signature(fstype="ext4")
+    world.fs.disk(dev.path).zeros = False
+    await _staged_with(world)
+    assert world.fs.formatted == [] and _mounted(world, world.staging())
+
+
+async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.interrupt_next_mkfs = True
+    with pytest.raises(MkfsInterruptedError):
+        await _staged_with(world, Origin.BLANK)
+    assert (await world.store.load(VOLUME)).history == MKFS_STARTED
+    assert not world.fs.disk(dev.path).zeros  # the issue's wedge: no signature, not zeros
+    await _staged_with(world, Origin.BLANK)
+    assert world.fs.formatted == [(dev.path, "ext4")]
+    assert (await world.store.load(VOLUME)).history == MKFS_DONE
+
+
+@pytest.mark.parametrize("origin", [None, Origin.SNAPSHOT, Origin.VOLUME, Origin.STATIC])
+async def test_an_interrupted_mkfs_without_the_controllers_word_stays_refused(
+    world: World, origin: Origin | None
+) -> None:
+    world.devices.attach(VOLUME)
+    world.fs.interrupt_next_mkfs = True
+    with pytest.raises(MkfsInterruptedError):
+        await _staged_with(world, Origin.BLANK)
+    with pytest.raises(FailedPreconditionError, match="not blank"):
+        await _staged_with(world, origin)
+    assert world.fs.formatted == []
+
+
+async def test_a_disk_that_carried_a_filesystem_is_never_blank_again(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    await _staged_with(world, Origin.BLANK)
+    await world.ops.unstage(VOLUME, world.staging())
+    disk = world.fs.disk(dev.path)
+    disk.signature, disk.zeros = Signature(), True  # superblock wiped, samples all zero
+    with pytest.raises(FailedPreconditionError, match="complete filesystem"):
+        await _staged_with(world, Origin.BLANK)
+    assert world.fs.formatted == [(dev.path, "ext4")]
+
+
+async def test_a_disk_used_raw_is_never_formatted_on_the_controllers_word(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.interrupt_next_mkfs = True
+    with pytest.raises(MkfsInterruptedError):
+        await _staged_with(world, Origin.BLANK)
+    await world.stage(block=True)  # then handed out as a raw device
+    await world.ops.unstage(VOLUME, world.staging())
+    assert (await world.store.load(VOLUME)).history == RAW
+    with pytest.raises(FailedPreconditionError, match="raw block data"):
+        await _staged_with(world, Origin.BLANK)
+    assert world.fs.formatted == [] and world.fs.disk(dev.path).signature == Signature()
+
+
+async def test_a_device_held_by_a_running_mkfs_is_left_alone(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).held = True
+    with pytest.raises(FailedPreconditionError, match="held by something else"):
+        await _staged_with(world, Origin.BLANK)
+    assert world.fs.formatted == []
+
+
+# ---- finding 5: one serial, one volume ----
+
+
+async def test_a_second_volume_with_the_same_serial_is_refused(world: World) -> None:
+    world.devices.attach(VOLUME)  # TWIN resolves to this very device
+    await world.stage(VOLUME, "a")
+    for call in (
+        world.stage(TWIN, "b"),
+        world.ops.publish(
+            TWIN,
+            world.staging("a"),
+            world.target("b"),
+            block=False,
+            read_only=False,
+            mount_flags=[],
+            single_writer=False,
+        ),
+    ):
+        with pytest.raises(FailedPreconditionError, match=f"volume {VOLUME} already uses"):
+            await call
+    assert not _mounted(world, world.staging("b"))
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(TWIN, world.staging("a"))
+    assert _mounted(world, world.staging("a"))
+    await world.ops.unstage(VOLUME, world.staging("a"))
+    await world.stage(TWIN, "b")  # free now
+    assert world.fs.formatted == [("/dev/nvme1n1", "ext4")]  # formatted once, by VOLUME
+
+
+async def test_a_record_from_an_earlier_boot_does_not_hold_the_serial(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(VOLUME, "a", block=True)
+    world.reboot()
+    await world.stage(TWIN, "b", block=True)
+
+
+# ---- finding 6: serials are text ----
+
+
+async def test_messages_show_serials_as_text(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(VOLUME, "a")
+    with pytest.raises(FailedPreconditionError) as caught:
+        await world.stage(TWIN, "b")
+    assert "serial 'csi-0123456789abcdef'" in str(caught.value)
+    world.devices.detach(VOLUME)
+    stats = await world.ops.stats(VOLUME, world.staging("a"))
+    assert stats.abnormal is not None
+    assert "b'" not in stats.abnormal and "'csi-0123456789abcdef'" in stats.abnormal

@@ -1,0 +1,303 @@
+"""Issue 12's findings reproduced on real loop devices, real mounts and real mkfs (root).
+
+Each test sets up what the issue's hostile or unlucky caller did and checks that nothing that is
+not provably the volume's is unmounted, deleted or formatted, and that what is ours still gets
+released (device gone, plugin restarted, node rebooted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from csi_oxide.errors import FailedPreconditionError, NotFoundError
+from csi_oxide.harness import unmount_below
+from csi_oxide.node import fs, mountinfo
+from csi_oxide.node.devices import UdevDeviceFinder
+from csi_oxide.node.fs import LinuxFilesystems
+from csi_oxide.node.mount import LinuxMounter
+from csi_oxide.node.ops import NodeOps
+from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, FileRecordStore
+from csi_oxide.publish_context import Origin
+from tests.node.test_node_loop import GIB, MIB, OTHER, VOLUME, Rack, _digest, _sh
+
+pytestmark = pytest.mark.root
+
+TWIN = VOLUME + "-twin"  # shares the first 20 characters: the same NVMe serial
+
+
+class World:
+    """A rack of loop devices and a node plugin over it, restartable with the same records."""
+
+    def __init__(self, rack: Rack) -> None:
+        self.rack = rack
+        self.state = rack.root / "state"
+        self.filesystems: LinuxFilesystems = LinuxFilesystems()
+        self.store = FileRecordStore(self.state)
+        self.ops = self._ops()
+
+    def _ops(self) -> NodeOps:
+        devices = UdevDeviceFinder(sim_device_dir=self.rack.devices, timeout=2.0)
+        return NodeOps(devices, LinuxMounter(), self.filesystems, self.store)
+
+    def restart(self, boot: str | None = None) -> None:
+        """A new plugin process (``boot``: after a reboot with that boot ID)."""
+        self.store.close()
+        self.store = FileRecordStore(self.state, boot=boot)
+        self.ops = self._ops()
+
+    async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> str:
+        staging, _ = self.rack.paths(name)
+        options: dict[str, object] = {"fs_type": "ext4", "mount_flags": [], "block": False}
+        options.update(kw)
+        await self.ops.stage(volume, staging, **options)  # type: ignore[arg-type]
+        return staging
+
+    async def publish(self, volume: str = VOLUME, name: str = "a") -> str:
+        staging, target = self.rack.paths(name)
+        await self.ops.publish(
+            volume,
+            staging,
+            target,
+            block=False,
+            read_only=False,
+            mount_flags=[],
+            single_writer=False,
+        )
+        return target
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    rack = Rack(tmp_path, devices)
+    w = World(rack)
+    try:
+        yield w
+    finally:
+        w.store.close()
+        unmount_below(tmp_path)
+        for dev in rack.loops:
+            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+
+
+def _host_disk(world: World, name: str = "host-disk") -> str:
+    """A loop device the host formatted and uses itself (outside the rack's directory)."""
+    elsewhere = world.rack.root / "host"
+    elsewhere.mkdir(exist_ok=True)
+    dev = world.rack.attach(world.rack.disk(name, 64 * MIB, elsewhere))
+    _sh("mkfs.ext4", "-q", dev)
+    return dev
+
+
+def _mounted(path: Path) -> bool:
+    """Whether anything is mounted at ``path`` (os.path.ismount misses binds within one fs)."""
+    return any(m.mount_point == str(path) for m in mountinfo.read())
+
+
+# ---- finding 1 ----
+
+
+async def test_unstage_with_the_device_absent_leaves_the_hosts_own_mount(world: World) -> None:
+    staging, _ = world.rack.paths()
+    _sh("mount", _host_disk(world), staging)
+    Path(staging, "keep").write_text("keep")
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(VOLUME, staging)  # a valid volume ID, not attached
+    assert os.path.ismount(staging) and Path(staging, "keep").read_text() == "keep"
+
+
+async def test_unpublish_through_a_symlink_to_a_bind_of_a_host_directory(world: World) -> None:
+    host_dir = world.rack.root / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "keep").write_text("keep")
+    bound = world.rack.root / "bound"
+    bound.mkdir()
+    _sh("mount", "--bind", str(host_dir), str(bound))
+    _, target = world.rack.paths()
+    Path(target).symlink_to(bound)
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unpublish(VOLUME, target)
+    assert _mounted(bound) and (bound / "keep").read_text() == "keep"
+
+
+async def test_unpublish_of_another_volumes_target_leaves_it(world: World) -> None:
+    world.rack.attach(world.rack.disk(OTHER))
+    await world.stage(OTHER, "b")
+    target = await world.publish(OTHER, "b")
+    Path(target, "data").write_text("data")
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unpublish(VOLUME, target)
+    assert os.path.ismount(target) and Path(target, "data").read_text() == "data"
+
+
+async def test_unstage_through_dotdot_leaves_the_other_volumes_staging(world: World) -> None:
+    world.rack.attach(world.rack.disk(VOLUME))
+    staging_a = await world.stage(VOLUME, "a")
+    staging_b, _ = world.rack.paths("b")
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(OTHER, os.path.join(staging_b, "..", "..", "a", "globalmount"))
+    assert os.path.ismount(staging_a)
+
+
+async def test_our_mounts_are_released_with_the_device_gone_and_after_a_restart(
+    world: World,
+) -> None:
+    backing = world.rack.disk(VOLUME)
+    world.rack.attach(backing)
+    staging = await world.stage()
+    target = await world.publish()
+    backing.rename(world.rack.root / "detached")  # the finder no longer sees the volume
+    assert await world.ops.max_volumes() == 12
+    world.restart()
+    await world.ops.unpublish(VOLUME, target)
+    await world.ops.unstage(VOLUME, staging)
+    assert not os.path.ismount(target) and not os.path.ismount(staging)
+    assert not Path(target).exists()
+
+
+async def test_after_a_reboot_only_the_records_own_leftovers_are_cleaned(world: World) -> None:
+    dev = world.rack.attach(world.rack.disk(VOLUME))
+    staging = await world.stage()
+    target = await world.publish()
+    _sh("umount", target)  # what a reboot does to every mount
+    _sh("umount", staging)
+    world.restart(boot="a-later-boot")
+    _sh("mount", dev, staging)  # the same device at the same path, mounted by someone else
+    with pytest.raises(FailedPreconditionError, match="left mounted"):
+        await world.ops.unstage(VOLUME, staging)
+    assert os.path.ismount(staging)
+    _sh("umount", staging)
+    await world.ops.unpublish(VOLUME, target)
+    await world.ops.unstage(VOLUME, staging)
+    assert not Path(target).exists()  # the directory this plugin made, same inode
+
+
+# ---- finding 2 ----
+
+
+async def test_unpublish_deletes_no_empty_file_or_directory_it_did_not_create(
+    world: World,
+) -> None:
+    empty_dir = world.rack.root / "empty-dir"
+    empty_dir.mkdir()
+    empty_file = world.rack.root / "empty-file"
+    empty_file.touch()
+    for path in (empty_dir, empty_file):
+        await world.ops.unpublish(VOLUME, str(path))
+        assert path.exists()
+
+
+# ---- finding 3 ----
+
+
+@pytest.mark.parametrize("offset", [1 * MIB, 100 * MIB, 700 * MIB])
+async def test_data_past_the_edges_is_never_formatted_over(world: World, offset: int) -> None:
+    backing = world.rack.disk(VOLUME)
+    with backing.open("r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(4 * MIB))
+    dev = world.rack.attach(backing)
+    before = _digest(dev)
+    for origin in (None, Origin.BLANK):
+        with pytest.raises(FailedPreconditionError, match="not blank"):
+            await world.stage(origin=origin)
+    assert _digest(dev) == before
+
+
+async def test_an_ext4_with_its_first_mib_zeroed_is_never_formatted_over(world: World) -> None:
+    backing = world.rack.disk(VOLUME)
+    dev = world.rack.attach(backing)
+    _sh("mkfs.ext4", "-q", dev)
+    mnt = world.rack.root / "fill"
+    mnt.mkdir()
+    _sh("mount", dev, str(mnt))
+    (mnt / "precious").write_bytes(os.urandom(8 * MIB))
+    _sh("umount", str(mnt))
+    with open(dev, "r+b") as f:
+        f.write(bytes(MIB))
+    assert not (await fs.probe(dev)).found
+    before = _digest(dev)
+    with pytest.raises(FailedPreconditionError, match="not blank"):
+        await world.stage()
+    assert _digest(dev) == before
+
+
+# ---- finding 4 ----
+
+
+class MkfsDiesBeforeItsSuperblock(LinuxFilesystems):
+    """The real mkfs, then the state a kill -9 of it leaves: its metadata written, no signature
+    (``wipefs`` removes the superblock magic mkfs writes last). The chaos run kills for real."""
+
+    async def mkfs(self, device: str, fstype: str) -> None:
+        await super().mkfs(device, fstype)
+        _sh("wipefs", "-a", "-q", device)
+        raise OSError("mkfs killed")
+
+
+async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: World) -> None:
+    dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
+    world.filesystems = MkfsDiesBeforeItsSuperblock()
+    world.restart()
+    with pytest.raises(OSError, match="killed"):
+        await world.stage(origin=Origin.BLANK)
+    assert (await world.store.load(VOLUME)).history == MKFS_STARTED
+    assert not (await fs.probe(dev)).found and not fs.reads_as_zeros(dev)  # the wedge
+    world.filesystems = LinuxFilesystems()
+    world.restart()
+    for origin in (None, Origin.SNAPSHOT, Origin.STATIC):  # without the controller's word: no
+        with pytest.raises(FailedPreconditionError, match="not blank"):
+            await world.stage(origin=origin)
+    staging = await world.stage(origin=Origin.BLANK)
+    Path(staging, "data").write_text("data")
+    await world.ops.unstage(VOLUME, staging)
+    assert (await world.store.load(VOLUME)).history == MKFS_DONE
+    _sh("fsck.ext4", "-n", "-f", dev)
+    # Its superblock wiped now, the disk is still not blank: it carried a complete filesystem.
+    _sh("wipefs", "-a", "-q", dev)
+    with pytest.raises(FailedPreconditionError, match="complete filesystem"):
+        await world.stage(origin=Origin.BLANK)
+
+
+# ---- finding 5 ----
+
+
+async def test_two_ids_sharing_a_serial_never_share_the_device(world: World) -> None:
+    dev = world.rack.attach(world.rack.disk(VOLUME))
+    results = await asyncio.gather(
+        world.stage(VOLUME, "a"), world.stage(TWIN, "b"), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], FailedPreconditionError), results
+    assert "already uses" in str(errors[0])
+    first_won = not isinstance(results[0], BaseException)
+    winner, loser = (VOLUME, TWIN) if first_won else (TWIN, VOLUME)
+    staged = world.rack.paths("a" if winner == VOLUME else "b")[0]
+    Path(staged, "data").write_text("data")
+    with pytest.raises(FailedPreconditionError):
+        await world.ops.unstage(loser, staged)
+    assert os.path.ismount(staged) and Path(staged, "data").read_text() == "data"
+    await world.ops.unstage(winner, staged)
+    _sh("fsck.ext4", "-n", "-f", dev)
+
+
+# ---- finding 6 ----
+
+
+async def test_messages_show_serials_as_text(world: World) -> None:
+    backing = world.rack.disk(VOLUME)
+    world.rack.attach(backing)
+    world.rack.attach(backing)
+    with pytest.raises(FailedPreconditionError) as several:
+        await world.stage()
+    with pytest.raises(NotFoundError) as missing:
+        await world.stage(OTHER)
+    for caught in (several, missing):
+        assert "b'" not in str(caught.value) and "serial 'csi-" in str(caught.value)

@@ -1,0 +1,167 @@
+"""The Node service over real gRPC, its NodeOps over fakes of the node's seams (no root needed):
+volume ID validation on every RPC, the guard keyed by NVMe serial, and the controller's
+``publish_context`` reaching the format decision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.health import Health
+from csi_oxide.node.ops import NodeOps
+from csi_oxide.node.state import MKFS_STARTED, FileRecordStore, VolumeRecord, to_json
+from csi_oxide.publish_context import Origin, encode
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.identity import IdentityService
+from csi_oxide.server.node import NodeService
+from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter
+
+VOLUME = "csi-0123456789abcdef"
+TWIN = "csi-0123456789abcdef-twin"
+BAD_IDS = ["../../etc", "UPPER", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f", "a" * 64, "-x"]
+NODE_ID = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+
+
+class SlowFilesystems(FakeFilesystems):
+    """mkfs waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def mkfs(self, device: str, fstype: str) -> None:
+        self.started.set()
+        await self.release.wait()
+        await super().mkfs(device, fstype)
+
+
+@dataclass
+class Node:
+    stub: csi_grpc.NodeAsyncStub
+    devices: FakeDevices
+    fs: SlowFilesystems
+    root: Path
+
+    def mount_cap(self) -> csi.VolumeCapability:
+        return csi.VolumeCapability(
+            mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
+            access_mode=csi.VolumeCapability.AccessMode(
+                mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+            ),
+        )
+
+    def stage_request(
+        self, volume: str, name: str, context: dict[str, str] | None = None
+    ) -> csi.NodeStageVolumeRequest:
+        staging = self.root / name
+        staging.mkdir(exist_ok=True)
+        return csi.NodeStageVolumeRequest(
+            volume_id=volume,
+            staging_target_path=str(staging),
+            volume_capability=self.mount_cap(),
+            publish_context=context or {},
+        )
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    devices = FakeDevices()
+    filesystems = SlowFilesystems()
+    store = FileRecordStore(tmp_path / "state", boot="boot-1")
+    ops = NodeOps(devices, FakeMounter(devices), filesystems, store, online_ext4_growth=True)
+    server = CsiServer(
+        f"unix://{tmp_path}/csi.sock",
+        Services(identity=IdentityService(Health()), node=NodeService(node_id=NODE_ID, ops=ops)),
+    )
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix://{tmp_path}/csi.sock")
+    try:
+        yield Node(csi_grpc.NodeStub(channel), devices, filesystems, tmp_path)
+    finally:
+        filesystems.release.set()
+        await channel.close()
+        await server.stop(grace=1)
+        store.close()
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+async def test_every_node_rpc_refuses_an_id_that_is_not_a_disk_name(node: Node, bad: str) -> None:
+    path = str(node.root / "p")
+    stub = node.stub
+    calls = [
+        stub.NodeStageVolume(node.stage_request(bad, "s")),
+        stub.NodeUnstageVolume(
+            csi.NodeUnstageVolumeRequest(volume_id=bad, staging_target_path=path)
+        ),
+        stub.NodePublishVolume(
+            csi.NodePublishVolumeRequest(
+                volume_id=bad,
+                staging_target_path=path,
+                target_path=path + "-t",
+                volume_capability=node.mount_cap(),
+            )
+        ),
+        stub.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=bad, target_path=path)),
+        stub.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=bad, volume_path=path)),
+        stub.NodeExpandVolume(csi.NodeExpandVolumeRequest(volume_id=bad, volume_path=path)),
+    ]
+    assert [await _code(c) for c in calls] == [grpc.StatusCode.NOT_FOUND] * len(calls)
+    assert not list((node.root / "state").glob("*.json"))
+
+
+async def test_missing_fields_are_invalid_arguments(node: Node) -> None:
+    codes = [
+        await _code(node.stub.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=VOLUME))),
+        await _code(
+            node.stub.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(target_path="/x"))
+        ),
+    ]
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+
+
+async def test_the_guard_is_keyed_by_serial(node: Node) -> None:
+    node.devices.attach(VOLUME)
+    first = asyncio.ensure_future(node.stub.NodeStageVolume(node.stage_request(VOLUME, "a")))
+    await asyncio.wait_for(node.fs.started.wait(), 10)  # VOLUME's mkfs is running
+    code = await _code(node.stub.NodeStageVolume(node.stage_request(TWIN, "b")))
+    assert code == grpc.StatusCode.ABORTED
+    node.fs.release.set()
+    await first
+    # Once VOLUME is staged, its serial is taken: TWIN is refused, not merely busy.
+    code = await _code(node.stub.NodeStageVolume(node.stage_request(TWIN, "b")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert node.fs.formatted == [("/dev/nvme1n1", "ext4")]
+
+
+async def test_the_controllers_origin_reaches_the_format_decision(node: Node) -> None:
+    node.fs.release.set()
+    dev = node.devices.attach(VOLUME)
+    store = node.root / "state" / f"{VOLUME}.json"
+    # A disk this plugin began to format (record: mkfs started), left with no signature and
+    # non-zero bytes, exactly what a kill -9 during mkfs leaves.
+    store.write_text(to_json(VolumeRecord(VOLUME, VOLUME, MKFS_STARTED, "ext4")))
+    node.fs.disk(dev.path).zeros = False
+    code = await _code(node.stub.NodeStageVolume(node.stage_request(VOLUME, "a")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    snapshot = encode(Origin.SNAPSHOT)
+    code = await _code(node.stub.NodeStageVolume(node.stage_request(VOLUME, "a", snapshot)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert node.fs.formatted == []
+    await node.stub.NodeStageVolume(node.stage_request(VOLUME, "a", encode(Origin.BLANK)))
+    assert node.fs.formatted == [(dev.path, "ext4")]
