@@ -415,7 +415,7 @@ def main() -> int:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="csi-oxide-chaos-") as tmp:
             report = asyncio.run(
-                run_storm(Path(tmp), volumes=args.volumes, seed=args.seed, **settings)  # type: ignore[arg-type]
+                run_storm(Path(tmp), volumes=args.volumes, seed=args.seed, **settings)
             )
         print(f"== phase: {phase} ({', '.join(f'{k}={v}' for k, v in settings.items())})")
         for line in report.lines():

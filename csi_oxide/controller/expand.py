@@ -13,14 +13,17 @@ The steps, each resumable from what exists in Oxide (all names are deterministic
 
 The data always sits in at least one durable object. When the disk exists, any ``tmp-grow-``
 snapshot of it is redundant (the disk holds the data), with one exception that is treated as an
-error rather than guessed at: a disk newer than the snapshot and not made from it.
+error rather than guessed at: a disk that is neither the one the snapshot was taken of nor made
+from it (someone else's, made under the name after step 3).
+
+Deletes address the disk or snapshot that was checked by its UUID, never by name: between the check
+and the delete, someone else may have replaced it with an object of their own under the same name.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from datetime import datetime
 
 from csi_oxide.controller import lookup, owner, record
 from csi_oxide.controller.sizing import CapacityRange, disk_size
@@ -28,6 +31,7 @@ from csi_oxide.errors import (
     FailedPreconditionError,
     InternalError,
     NotFoundError,
+    OutOfRangeError,
     ResourceExhaustedError,
 )
 from csi_oxide.oxide.api import OxideApi
@@ -62,6 +66,11 @@ class Expander:
                 "expanding it would re-create the disk and lose its identity, so it is refused"
             )
         if disk.size >= capacity.required:
+            if capacity.limit and disk.size > capacity.limit:
+                raise OutOfRangeError(
+                    f"volume {volume_id} already has {disk.size} bytes, more than limit_bytes="
+                    f"{capacity.limit}; an Oxide disk cannot shrink"
+                )
             return disk.size
         if disk.published and disk.instance_id:
             node = await lookup.instance_label(self._api, disk.instance_id)
@@ -96,7 +105,7 @@ class Expander:
             await self._recreate(volume_id, snap)
             return await self._api.disk_view(volume_id)
         _check_redundant(disk, snap)
-        await self._delete_snapshot(snap.name)
+        await self._delete_snapshot(snap)
         return disk
 
     async def pending(self, volume_id: str) -> Snapshot | None:
@@ -111,7 +120,7 @@ class Expander:
         this cluster's own."""
         snap = await self.pending(volume_id)
         if snap is not None:
-            await self._delete_snapshot(snap.name)
+            await self._delete_snapshot(snap)
 
     async def _check_quota(self, volume_id: str, old: int, new: int) -> None:
         # The snapshot (old size) is counted until the disk is deleted; then the new disk is.
@@ -125,9 +134,19 @@ class Expander:
     async def _take_snapshot(self, disk: Disk, rec: record.Record) -> Snapshot:
         name = record.grow_snapshot_name(disk.name)
         try:
-            return await self._api.snapshot_create(name, rec.encode(), disk.name)
+            snap = await self._api.snapshot_create(name, rec.encode(), disk.name)
         except OxideAlreadyExistsError:
             pass
+        else:
+            if snap.disk_id == disk.id:
+                return snap
+            # Taken by name of a disk made under the volume's name since the check: not ours.
+            await self._delete_snapshot(snap)
+            raise NotFoundError(
+                f"volume {disk.name} does not exist any more: its disk was deleted and another "
+                "disk made under its name while it was being expanded (that disk was left "
+                "untouched)"
+            )
         # Made by a retried request of ours, or something else under our name: the disk is deleted
         # next, so only a snapshot that is ours AND of this very disk may hold its data.
         snap = await self._api.snapshot_view(name)
@@ -141,11 +160,11 @@ class Expander:
 
     async def _delete_original(self, disk: Disk, snap: Snapshot) -> None:
         try:
-            await self._api.disk_delete(disk.name)
+            await self._api.disk_delete(disk.id)  # by UUID: never a disk made since the check
         except OxideNotFoundError:
-            return  # a retried request deleted it
+            return  # a retried request deleted it (or someone else did: the snapshot holds it)
         except OxideInvalidRequestError as exc:
-            await self._delete_snapshot(snap.name)  # nothing else changed: undo step 2
+            await self._delete_snapshot(snap)  # nothing else changed: undo step 2
             raise FailedPreconditionError(
                 f"Oxide refused to delete volume {disk.name} for re-creation ({exc.message}); "
                 "nothing was changed"
@@ -164,12 +183,12 @@ class Expander:
         except OxideInsufficientCapacityError as exc:
             old = replace(rec, grow_from=0, grow_to=0)
             await self._create_from(volume_id, snap, old, rec.grow_from or snap.size)
-            await self._delete_snapshot(snap.name)
+            await self._delete_snapshot(snap)
             raise ResourceExhaustedError(
                 f"Oxide has no room for volume {volume_id} at {rec.grow_to} bytes ({exc.message}); "
                 f"it was restored at its previous size, {rec.grow_from or snap.size} bytes"
             ) from exc
-        await self._delete_snapshot(snap.name)
+        await self._delete_snapshot(snap)
         return disk.size
 
     async def _create_from(
@@ -191,21 +210,21 @@ class Expander:
             )
         return disk
 
-    async def _delete_snapshot(self, name: str) -> None:
+    async def _delete_snapshot(self, snap: Snapshot) -> None:
         with contextlib.suppress(OxideNotFoundError):
-            await self._api.snapshot_delete(name)
+            await self._api.snapshot_delete(snap.id)
 
 
 def _check_redundant(disk: Disk, snap: Snapshot) -> None:
     """Refuse to delete ``snap`` unless ``disk`` provably holds its data: the disk was made from
-    the snapshot (step 4 ran), or the disk predates it (step 3 did not run)."""
-    if disk.snapshot_id == snap.id or _before(disk.time_created, snap.time_created):
+    the snapshot (step 4 ran), or the snapshot was taken of this very disk (step 3 did not run).
+
+    By UUIDs, never by timestamps: Oxide's times come from several Nexus instances whose clocks
+    differ slightly, so a disk made by someone else just after step 3 may look older than the
+    snapshot."""
+    if disk.snapshot_id == snap.id or snap.disk_id == disk.id:
         return
     raise InternalError(
-        f"volume {disk.name} exists beside expansion snapshot {snap.name} but was neither made "
-        "from it nor before it; both were left untouched for an operator to inspect"
+        f"volume {disk.name} exists beside expansion snapshot {snap.name} but is neither the disk "
+        "it was taken of nor made from it; both were left untouched for an operator to inspect"
     )
-
-
-def _before(a: datetime, b: datetime) -> bool:
-    return a <= b

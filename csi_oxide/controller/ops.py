@@ -7,6 +7,11 @@ operation on an object by ID applies the one ownership rule (``owner``) before i
 anything. Happy paths make the fewest
 Oxide requests the API allows; when Oxide refuses something, a few extra reads explain why in the
 error the Kubernetes user sees.
+
+Changes (delete, attach, detach) address the disk or snapshot that passed the ownership check by
+its UUID, never by name: between the check and the change, someone else may have deleted it and
+made an object of their own under the same name, which must never be touched. A snapshot taken by
+name is checked to be of the disk that was checked.
 """
 
 from __future__ import annotations
@@ -251,6 +256,13 @@ class ControllerOps:
         return await self._create_disk(new, spec)
 
     async def _clone(self, disk_name: str, spec: NewVolume, source_id: str) -> VolumeInfo:
+        if source_id == disk_name:
+            # A clone of itself. Its source's guard is this call's own (it would answer ABORTED
+            # for ever): the source does not exist yet, or it is an existing volume of this name.
+            existing = await lookup.disk_or_none(self._api, disk_name)
+            if existing is None:
+                raise NotFoundError(f"source volume {source_id} is the volume being created")
+            return await self._cloned(existing, spec)
         try:
             source, _ = await self._usable_volume(source_id, "source volume")
         except NotFoundError:
@@ -276,9 +288,9 @@ class ControllerOps:
         except CsiOxideError:
             # Not left for the reconciler: the snapshot holds quota and nothing needs it now.
             with contextlib.suppress(CsiOxideError):
-                await self._delete_snapshot_if_present(temporary.name)
+                await self._delete_snapshot_if_present(temporary)
             raise
-        await self._delete_snapshot_if_present(temporary.name)
+        await self._delete_snapshot_if_present(temporary)
         return info
 
     async def _cloned(self, disk: Disk, spec: NewVolume) -> VolumeInfo:
@@ -292,7 +304,7 @@ class ControllerOps:
         name = record.clone_snapshot_name(target)
         rec = record.Record(cluster=self._cluster, name=target, source=f"volume:{source.name}")
         try:
-            return await self._take_snapshot(name, rec, source.name)
+            return await self._of_disk(await self._take_snapshot(name, rec, source.name), source)
         except OxideAlreadyExistsError:
             pass
         left = await self._api.snapshot_view(name)
@@ -308,8 +320,28 @@ class ControllerOps:
             and left.state is SnapshotState.READY
         ):
             return left
-        await self._delete_snapshot_if_present(name)
-        return await self._take_snapshot(name, rec, source.name)
+        await self._delete_snapshot_if_present(left)
+        return await self._of_disk(await self._take_snapshot(name, rec, source.name), source)
+
+    async def _of_disk(self, snap: Snapshot, disk: Disk) -> Snapshot:
+        """``snap``, just taken of ``disk`` by name, if it is of that very disk; otherwise the disk
+        was replaced under its name since it was checked, and the snapshot is deleted again: by
+        the volume's own expansion (a new disk of this cluster: ABORTED, the retry takes it
+        afresh), or by someone else (NOT_FOUND: the volume's disk is gone, the newcomer is not
+        this cluster's and nothing of it is copied)."""
+        if snap.disk_id == disk.id:
+            return snap
+        with contextlib.suppress(CsiOxideError):
+            await self._delete_snapshot_if_present(snap)
+        current = await lookup.disk_or_none(self._api, disk.name)
+        if current is not None and owner.of_disk(current, self._cluster).owner is owner.Owner.OURS:
+            raise AbortedError(
+                f"volume {disk.name} was re-created (expanded) while this operation ran; retry"
+            )
+        raise NotFoundError(
+            f"volume {disk.name} does not exist any more: its disk was deleted and another disk "
+            "made under its name while this operation ran (that disk was left untouched)"
+        )
 
     async def _take_snapshot(self, name: str, rec: record.Record, source: str) -> Snapshot:
         try:
@@ -367,17 +399,22 @@ class ControllerOps:
             if not owner.of_disk(disk, self._cluster).usable:
                 log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)
                 return
-            await self._delete_disk(disk)
+            if self._maybe_impostor(disk) and await self._expander.pending(volume_id):
+                # The volume's data is in its expansion snapshot (deleted below); the disk under
+                # its name was made by someone else in the gap and is not the volume.
+                log.warning("disk under the volume's name is not the volume: left untouched")
+            else:
+                await self._delete_disk(disk)
         # A crash mid-expansion leaves the data in a snapshot; the volume's deletion ends it too.
         await self._expander.discard(volume_id)
 
     async def _delete_disk(self, disk: Disk) -> None:
         try:
-            await self._api.disk_delete(disk.name)
+            await self._api.disk_delete(disk.id)
         except OxideNotFoundError:
             return
         except OxideInvalidRequestError as exc:
-            current = await lookup.disk_or_none(self._api, disk.name)
+            current = await lookup.disk_or_none(self._api, disk.id)
             if current is None:
                 return
             if current.published and current.instance_id:
@@ -445,9 +482,9 @@ class ControllerOps:
         if disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
             return origin
         try:
-            await self._api.instance_disk_attach(node_id, volume_id)
+            await self._api.instance_disk_attach(node_id, disk.id)
         except OxideNotFoundError:
-            if await lookup.disk_or_none(self._api, volume_id) is None:
+            if await lookup.disk_or_none(self._api, disk.id) is None:
                 raise NotFoundError(f"volume {volume_id} does not exist") from None
             raise NotFoundError(
                 f"node {node_id} does not exist: no Oxide instance has that UUID"
@@ -501,11 +538,11 @@ class ControllerOps:
             return  # not attached to that node: unpublished from it already
         node_id = disk.instance_id
         try:
-            await self._api.instance_disk_detach(node_id, volume_id)
+            await self._api.instance_disk_detach(node_id, disk.id)
         except OxideNotFoundError:
             return  # the disk or the instance is gone: nothing is attached
         except OxideInvalidRequestError as exc:
-            current = await lookup.disk_or_none(self._api, volume_id)
+            current = await lookup.disk_or_none(self._api, disk.id)
             if current is None or current.instance_id != node_id:
                 return  # not attached to that node: unpublished already
             instance = await self._api.instance_view(node_id)
@@ -537,21 +574,23 @@ class ControllerOps:
             return self._existing_snapshot(existing, name, rec)
         try:
             snap = await self._snapshot_create(
-                snap_name, replace(rec, block_size=disk.block_size), source
+                snap_name, replace(rec, block_size=disk.block_size), disk
             )
         except OxideAlreadyExistsError:
             snap = await self._api.snapshot_view(snap_name)
             return self._existing_snapshot(snap, name, rec)
         return _snapshot_info(snap, source)
 
-    async def _snapshot_create(self, name: str, rec: record.Record, source: str) -> Snapshot:
+    async def _snapshot_create(self, name: str, rec: record.Record, disk: Disk) -> Snapshot:
+        """A snapshot of volume ``disk.name``, checked to be of the disk the volume has."""
         try:
-            return await self._api.snapshot_create(name, rec.encode(), source)
+            snap = await self._api.snapshot_create(name, rec.encode(), disk.name)
         except OxideNotFoundError:
             # Gone since it was read: perhaps an expansion is re-creating it (ABORTED while it
-            # runs, finished here when it was interrupted), else NOT_FOUND.
-            await self._usable_volume(source, "source volume")
-            return await self._take_snapshot(name, rec, source)
+            # runs, finished here when it was interrupted: a new disk), else NOT_FOUND.
+            disk, _ = await self._usable_volume(disk.name, "source volume")
+            snap = await self._take_snapshot(name, rec, disk.name)
+        return await self._of_disk(snap, disk)
 
     def _existing_snapshot(self, snap: Snapshot, name: str, rec: record.Record) -> SnapshotInfo:
         existing = owner.of_snapshot(snap, self._cluster).record
@@ -583,21 +622,24 @@ class ControllerOps:
         if not owner.of_snapshot(snap, self._cluster).usable:
             log.info("not this cluster's snapshot: answered OK, left untouched", snapshot=snap.name)
             return
-        await self._delete_snapshot_if_present(snapshot_id)
+        await self._delete_snapshot_if_present(snap)
 
-    async def _delete_snapshot_if_present(self, name: str) -> None:
+    async def _delete_snapshot_if_present(self, snap: Snapshot) -> None:
+        """Delete ``snap`` by its UUID (never a snapshot made under its name since it was read)."""
         try:
-            await self._api.snapshot_delete(name)
+            await self._api.snapshot_delete(snap.id)
         except OxideNotFoundError:
             return
         except OxideInvalidRequestError as exc:
-            raise AbortedError(f"snapshot {name} cannot be deleted yet: {exc.message}") from exc
+            raise AbortedError(
+                f"snapshot {snap.name} cannot be deleted yet: {exc.message}"
+            ) from exc
 
     async def _discard_temporary(self, name: str) -> None:
         """Delete the temporary snapshot ``name`` if it exists and is this cluster's."""
         snap = await lookup.snapshot_or_none(self._api, name)
         if snap is not None and owner.of_snapshot(snap, self._cluster).owner is owner.Owner.OURS:
-            await self._delete_snapshot_if_present(name)
+            await self._delete_snapshot_if_present(snap)
 
     async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """One snapshot; NotFoundError if missing (or not a CSI snapshot, or another cluster's)."""
@@ -664,6 +706,11 @@ class ControllerOps:
         except OxideNotFoundError as exc:
             raise NotFoundError(f"{what} {volume_id} does not exist") from exc
 
+    def _maybe_impostor(self, disk: Disk) -> bool:
+        """A disk without a record under a name only this driver makes (rare: one more read)."""
+        claim = owner.of_disk(disk, self._cluster)
+        return claim.owner is owner.Owner.STATIC and record.is_driver_volume_name(disk.name)
+
     async def _usable_volume(
         self, volume_id: str, what: str, *, guarded: bool = False
     ) -> tuple[Disk, owner.Claim]:
@@ -674,7 +721,10 @@ class ControllerOps:
         if not _plausible_name(volume_id):
             raise NotFoundError(f"{what} {volume_id!r} does not exist")
         disk = await lookup.disk_or_none(self._api, volume_id)
-        if disk is None:
+        if disk is None or self._maybe_impostor(disk):
+            # No disk (an interrupted expansion may hold the data), or a disk without a record
+            # under a driver-made name: if this cluster's expansion of the volume is pending, that
+            # disk is someone else's made in the gap, and settling refuses it (INTERNAL).
             settle = self._expander.settle(volume_id)
             if guarded:
                 disk = await settle

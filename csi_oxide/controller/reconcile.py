@@ -93,7 +93,8 @@ class Reconciler:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        """Pass after pass, ``interval`` seconds apart; errors are logged, never fatal.
+        """Pass after pass, ``interval`` seconds apart; errors are logged, never fatal (an
+        unexpected exception too: it is logged with its traceback and backed off like a failure).
 
         Each pass is bounded: cut after ``pass_limit`` seconds (whatever the API does, a pass
         never runs on by itself). After a failed or cut pass the pause doubles, up to
@@ -111,6 +112,9 @@ class Reconciler:
             except CsiOxideError as exc:
                 failures += 1
                 log.warning("reconcile pass failed", error=str(exc), failures=failures)
+            except Exception:  # a bug in one pass must not end all later ones
+                failures += 1
+                log.exception("reconcile pass crashed", failures=failures)
             else:
                 failures = 0
             pause = interval
@@ -137,11 +141,11 @@ class Reconciler:
             )
             result.finished.append(disk_name)
             return
-        await self._inflight.run([rec.name], "reconcile clone", self._delete(snap.name))
+        await self._inflight.run([rec.name], "reconcile clone", self._delete(snap))
         result.deleted.append(snap.name)
 
-    async def _delete(self, name: str) -> None:
+    async def _delete(self, snap: Snapshot) -> None:
         try:
-            await self._api.snapshot_delete(name)
+            await self._api.snapshot_delete(snap.id)  # by UUID: never one made since the listing
         except OxideNotFoundError:
             return

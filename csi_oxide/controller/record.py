@@ -36,11 +36,12 @@ GROW_PREFIX = "tmp-grow-"
 TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX)
 
 _HEX16 = r"[0-9a-f]{16}"
-_VOLUME_RE = re.compile(rf"^{VOLUME_PREFIX}{_HEX16}$")
-_SNAPSHOT_RE = re.compile(rf"^{SNAPSHOT_PREFIX}{_HEX16}$")
+# Matched with fullmatch: ``$`` would also accept a final newline.
+_VOLUME_RE = re.compile(rf"{VOLUME_PREFIX}{_HEX16}")
+_SNAPSHOT_RE = re.compile(rf"{SNAPSHOT_PREFIX}{_HEX16}")
 
 MAX_CLUSTER_ID_LENGTH = 63
-_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 def _digest(text: str) -> str:
@@ -69,12 +70,12 @@ def grow_snapshot_name(disk: str) -> str:
 
 def is_driver_volume_name(name: str) -> bool:
     """True for disk names this driver makes."""
-    return bool(_VOLUME_RE.match(name))
+    return bool(_VOLUME_RE.fullmatch(name))
 
 
 def is_driver_snapshot_name(name: str) -> bool:
     """True for (non-temporary) snapshot names this driver makes."""
-    return bool(_SNAPSHOT_RE.match(name))
+    return bool(_SNAPSHOT_RE.fullmatch(name))
 
 
 def is_temporary_snapshot_name(name: str) -> bool:
@@ -155,37 +156,54 @@ class Record:
         return PREFIX + json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
 
 
+_TEXT_KEYS = ("c", "n", "h", "src", "pvc", "pv")
+_NUMBER_KEYS = ("s", "gf", "gt", "b")
+_INT64 = 2**63
+
+
 def decode(description: str) -> Record | None:
-    """The record in ``description``, or None when it is not one of ours (or is damaged)."""
+    """The record in ``description``, or None when it is not one of ours (or is damaged).
+
+    Strict, because ownership hangs on it: duplicate keys (which parsers resolve differently), a
+    known field of the wrong type, a number that is negative, not whole or beyond int64, or JSON
+    nested beyond the decoder's depth make the record damaged, never a guess. Unknown keys are
+    ignored (a later version may add some)."""
     if not description.startswith(PREFIX):
         return None
     try:
-        data = json.loads(description[len(PREFIX) :])
-    except ValueError:
+        data = json.loads(description[len(PREFIX) :], object_pairs_hook=_without_duplicates)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
         return None
-
-    def text(key: str) -> str:
-        value = data.get(key, "")
-        return value if isinstance(value, str) else ""
-
-    def number(key: str) -> int:
+    for key in _TEXT_KEYS:
+        if key in data and not isinstance(data[key], str):
+            return None
+    for key in _NUMBER_KEYS:
         value = data.get(key, 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT64:
+            return None
     return Record(
         cluster=data["c"],
-        name=text("n"),
-        name_hash=text("h"),
-        size=number("s"),
-        source=text("src"),
-        pvc=text("pvc"),
-        pv=text("pv"),
-        grow_from=number("gf"),
-        grow_to=number("gt"),
-        block_size=number("b"),
+        name=data.get("n", ""),
+        name_hash=data.get("h", ""),
+        size=data.get("s", 0),
+        source=data.get("src", ""),
+        pvc=data.get("pvc", ""),
+        pv=data.get("pv", ""),
+        grow_from=data.get("gf", 0),
+        grow_to=data.get("gt", 0),
+        block_size=data.get("b", 0),
     )
+
+
+def _without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
 
 
 def owned_by(description: str, cluster: str) -> Record | None:
@@ -210,7 +228,7 @@ def check_cluster_id(cluster: str) -> None:
             f"--cluster-id is {len(cluster)} characters long; at most {MAX_CLUSTER_ID_LENGTH} fit "
             "in the record each disk's description carries"
         )
-    if not _CLUSTER_ID_RE.match(cluster):
+    if not _CLUSTER_ID_RE.fullmatch(cluster):
         raise ConfigurationError(
             f"--cluster-id {cluster!r} is not usable: use letters, digits, '.', '_' and '-', "
             "starting and ending with a letter or digit"

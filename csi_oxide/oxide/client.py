@@ -23,20 +23,23 @@ operation of the driver is therefore safe to repeat: creates are found again by 
 by description (400 ObjectAlreadyExists -> re-read), deletes of a missing object succeed, attach
 and detach are idempotent for the same instance.
 
-The token never leaves the ``authorization`` header: it is not stored on the client, not logged
-(the one debug line per request has no headers), and every error carries scrubbed text only (see
-``csi_oxide.oxide.errors``: the token is scrubbed even when the server echoes it back).
+The token never leaves the ``authorization`` header: it is not logged (the one debug line per
+request has no headers), shows in no repr, and every error carries scrubbed text only (see
+``csi_oxide.oxide.errors``: the token is scrubbed even when the server echoes it back, also the
+previous token after a rotation: the client remembers the last few it sent for that only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import json
 import random as _random
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,8 +161,12 @@ class Answer:
         return 200 <= self.status_code < 300
 
     def json(self) -> object:
-        """The body as JSON (``ValueError`` when it is not)."""
-        result: object = json.loads(self.content)
+        """The body as JSON (``ValueError`` when it is not, also when it is nested so deeply that
+        the decoder gives up with ``RecursionError``: a few hundred kilobytes of ``[`` do that)."""
+        try:
+            result: object = json.loads(self.content)
+        except RecursionError as exc:
+            raise ValueError("the answer is nested too deeply to decode") from exc
         return result
 
 
@@ -220,6 +227,7 @@ class HttpOxideClient:
         self._monotonic = monotonic
         self._random = random
         self._observer = request_observer
+        self._sent: collections.deque[str] = collections.deque(maxlen=4)
         self._semaphore = asyncio.Semaphore(max_concurrency)
         limits = httpx.Limits(max_connections=max_concurrency)
         if transport is None:
@@ -319,13 +327,13 @@ class HttpOxideClient:
         """``disk_create`` in the project. The returned state is the stale ``creating``."""
         body = wire.disk_create_body(spec)
         answer = await self._call("disk_create", "POST", "/v1/disks", self._parent(), body)
-        return self._parse("disk_create", answer, wire.parse_disk)
+        return self._parse("disk_create", answer, wire.parse_disk, about=spec.name)
 
     async def disk_view(self, disk: str) -> Disk:
         """``disk_view``; ``OxideNotFoundError`` when there is no such disk."""
         path = f"/v1/disks/{_segment(disk, 'disk')}"
         answer = await self._call("disk_view", "GET", path, self._selector(disk))
-        return self._parse("disk_view", answer, wire.parse_disk)
+        return self._parse("disk_view", answer, wire.parse_disk, about=disk)
 
     async def disk_list(self) -> list[Disk]:
         """``disk_list`` over all pages of the project."""
@@ -342,13 +350,13 @@ class HttpOxideClient:
         """``snapshot_create`` of ``disk`` in the project; ready on return."""
         body = wire.snapshot_create_body(name, description, disk)
         answer = await self._call("snapshot_create", "POST", "/v1/snapshots", self._parent(), body)
-        return self._parse("snapshot_create", answer, wire.parse_snapshot)
+        return self._parse("snapshot_create", answer, wire.parse_snapshot, about=name)
 
     async def snapshot_view(self, snapshot: str) -> Snapshot:
         """``snapshot_view``."""
         path = f"/v1/snapshots/{_segment(snapshot, 'snapshot')}"
         answer = await self._call("snapshot_view", "GET", path, self._selector(snapshot))
-        return self._parse("snapshot_view", answer, wire.parse_snapshot)
+        return self._parse("snapshot_view", answer, wire.parse_snapshot, about=snapshot)
 
     async def snapshot_list(self) -> list[Snapshot]:
         """``snapshot_list`` over all pages of the project."""
@@ -367,7 +375,7 @@ class HttpOxideClient:
         """``instance_view``."""
         path = f"/v1/instances/{_segment(instance, 'instance')}"
         answer = await self._call("instance_view", "GET", path, self._selector(instance))
-        return self._parse("instance_view", answer, wire.parse_instance)
+        return self._parse("instance_view", answer, wire.parse_instance, about=instance)
 
     async def instance_list(self) -> list[Instance]:
         """``instance_list`` over all pages of the project."""
@@ -406,14 +414,14 @@ class HttpOxideClient:
     async def _instance_action(self, operation: str, instance: str, action: str) -> Instance:
         path = f"/v1/instances/{_segment(instance, 'instance')}/{action}"
         answer = await self._call(operation, "POST", path, self._selector(instance))
-        return self._parse(operation, answer, wire.parse_instance)
+        return self._parse(operation, answer, wire.parse_instance, about=instance)
 
     async def _disk_action(self, operation: str, instance: str, disk: str, action: str) -> Disk:
         _segment(disk, "disk")
         path = f"/v1/instances/{_segment(instance, 'instance')}/disks/{action}"
         body = wire.disk_path_body(disk)
         answer = await self._call(operation, "POST", path, self._selector(instance), body)
-        return self._parse(operation, answer, wire.parse_disk)
+        return self._parse(operation, answer, wire.parse_disk, about=disk)
 
     # ---- selectors, lists, parsing ------------------------------------------------------------
 
@@ -462,16 +470,34 @@ class HttpOxideClient:
             seen_tokens.add(page.next_page)
             token = page.next_page
 
-    def _parse(self, operation: str, answer: Answer, parse: Callable[[object], _T]) -> _T:
-        """``parse`` applied to the JSON body; ``OxideServerError`` when it does not fit."""
+    def _parse(
+        self,
+        operation: str,
+        answer: Answer,
+        parse: Callable[[object], _T],
+        *,
+        about: str | None = None,
+    ) -> _T:
+        """``parse`` applied to the JSON body; ``OxideServerError`` when it does not fit, or when
+        it describes another object than ``about`` (the name or UUID asked for): the driver acts
+        on what a view answers (it deletes by the UUID it read), so an answer about another
+        object, from a confused proxy or a buggy or hostile server, must never pass for it."""
         try:
             body: object = answer.json()
         except ValueError as exc:
             raise self._server_error(operation, answer, "the answer is not JSON") from exc
         try:
-            return parse(body)
+            result = parse(body)
         except wire.WireError as exc:
             raise self._server_error(operation, answer, f"unexpected answer: {exc}") from exc
+        if about is not None and not _is_about(result, about):
+            found = f"{getattr(result, 'name', '')!r} ({getattr(result, 'id', '')})"
+            raise self._server_error(
+                operation,
+                answer,
+                f"the answer is about another object, {found}, not {about[:64]!r}",
+            )
+        return result
 
     def _server_error(self, operation: str, answer: Answer, message: str) -> OxideError:
         return OxideServerError(
@@ -522,7 +548,10 @@ class HttpOxideClient:
         body: Mapping[str, object] | None,
         attempt: int,
     ) -> Answer | _Failed:
-        headers = {"authorization": f"Bearer {self._token()}"}
+        token = self._token()
+        if token not in self._sent:
+            self._sent.append(token)  # scrubbed from errors even once the provider rotated it
+        headers = {"authorization": f"Bearer {token}"}
         async with self._semaphore:
             start = self._monotonic()
             try:
@@ -636,8 +665,17 @@ class HttpOxideClient:
         )
 
     def _secrets(self) -> tuple[str, ...]:
-        """What no error text may contain: the token as it is now."""
-        return (self._token(),)
+        """What no error text may contain: the token as it is now, and the last few sent (an
+        answer to a request that carried the previous token may arrive after a rotation)."""
+        return (self._token(), *self._sent)
+
+
+def _is_about(obj: object, asked: str) -> bool:
+    """True when ``obj`` (a parsed Disk, Snapshot or Instance) is the object named or
+    identified by ``asked``."""
+    if is_uuid(asked):
+        return uuid.UUID(asked) == uuid.UUID(str(getattr(obj, "id", "")))
+    return asked == getattr(obj, "name", None)
 
 
 def _short(value: str | None, secrets: tuple[str, ...]) -> str | None:
@@ -653,7 +691,7 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit() alone also says yes to "²" and "٣"
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)

@@ -404,8 +404,7 @@ def _profiles(path: Path, *, missing: str) -> dict[str, Mapping[str, object]]:
 
 def _load_toml(path: Path) -> dict[str, object]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(_read_small(path, MAX_CREDENTIALS_FILE))
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -441,7 +440,31 @@ def _file_key(path: Path) -> tuple[int, int, int, int]:
 
 
 def _read_token(path: Path) -> str:
-    return check_token(path.read_text(encoding="utf-8", errors="replace"), f"{TOKEN_FILE} {path}")
+    text = _read_small(path, MAX_TOKEN_FILE)
+    return check_token(text, f"{TOKEN_FILE} {path}")
+
+
+# A token is tens of characters; a credentials file with many profiles a few kilobytes.
+MAX_TOKEN_FILE = 64 * 1024
+MAX_CREDENTIALS_FILE = 1024 * 1024
+
+
+def _read_small(path: Path, limit: int) -> str:
+    """The text of ``path``, a regular file of at most ``limit`` bytes (``ConfigurationError``
+    otherwise; ``OSError`` when it cannot be opened).
+
+    The file is opened without blocking and checked AFTER opening (no window for a swap): the
+    token is read on the event loop before every request, so a FIFO behind a Secret's symlink
+    must not block the controller, nor a symlink to ``/dev/zero`` feed it without end.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigurationError(f"{path} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigurationError(f"{path} is larger than {limit} bytes: not a token or profile")
+    return data.decode("utf-8", errors="replace")
 
 
 def _safe_detail(exc: BaseException) -> str:

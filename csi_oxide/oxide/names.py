@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
-_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]*[a-z0-9])?$")
+# fullmatch, never ``match`` with ``$``: ``$`` also matches before a final newline.
+_NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]*[a-z0-9])?")
 MAX_NAME_LENGTH = 63
 
 
@@ -24,7 +25,9 @@ def is_uuid(value: str) -> bool:
 
 def is_valid_name(value: str) -> bool:
     """True for names the Oxide server accepts (stricter than the published regex: lowercase)."""
-    return 0 < len(value) <= MAX_NAME_LENGTH and bool(_NAME_RE.match(value)) and not is_uuid(value)
+    return (
+        0 < len(value) <= MAX_NAME_LENGTH and bool(_NAME_RE.fullmatch(value)) and not is_uuid(value)
+    )
 
 
 def is_canonical_uuid(value: str) -> bool:

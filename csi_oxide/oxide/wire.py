@@ -270,10 +270,16 @@ def _opt_str(obj: Mapping[str, object], key: str) -> str | None:
     return None if value is None else _str(obj, key)
 
 
+# Every figure the driver reads ends up in a CSI message as an int64 (or is compared with one).
+_INT64 = 2**63
+
+
 def _int(obj: Mapping[str, object], key: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise WireError(f"field {key!r}: expected an integer, got {type(value).__name__}")
+    if not -_INT64 <= value < _INT64:
+        raise WireError(f"field {key!r}: {value} is out of range (more than 64 bits)")
     return value
 
 
@@ -285,11 +291,16 @@ def _bool(obj: Mapping[str, object], key: str) -> bool:
 
 
 def _time(obj: Mapping[str, object], key: str) -> datetime:
+    """An RFC 3339 timestamp, which always has a time zone: a time without one could not be
+    compared with the driver's own (aware) times, and every comparison would raise TypeError."""
     text = _str(obj, key)
     try:
-        return datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise WireError(f"field {key!r}: not an RFC 3339 timestamp: {text!r}") from exc
+        raise WireError(f"field {key!r}: not an RFC 3339 timestamp: {text[:40]!r}") from exc
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise WireError(f"field {key!r}: timestamp {text[:40]!r} has no time zone")
+    return when
 
 
 def _enum(kind: type[_E], value: str, what: str) -> _E:

@@ -111,7 +111,7 @@ class ControllerService(csi_grpc.ControllerServicer):
     async def CreateVolume(
         self, request: csi.CreateVolumeRequest, context: Ctx
     ) -> csi.CreateVolumeResponse:
-        name = parse.require(request.name, "name")
+        name = parse.csi_name(request.name, "name")
         caps = parse.capabilities(request.volume_capabilities)
         _supported(caps)
         params = parse.volume_parameters(request.parameters)
@@ -250,7 +250,7 @@ class ControllerService(csi_grpc.ControllerServicer):
         self, request: csi.CreateSnapshotRequest, context: Ctx
     ) -> csi.CreateSnapshotResponse:
         source = parse.require(request.source_volume_id, "source_volume_id")
-        name = parse.require(request.name, "name")
+        name = parse.csi_name(request.name, "name")
         parse.snapshot_parameters(request.parameters)
         info = await self._ops.create_snapshot(name, source)
         return csi.CreateSnapshotResponse(snapshot=_snapshot(info))

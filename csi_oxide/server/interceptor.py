@@ -42,6 +42,23 @@ class RpcObserver(Protocol):
         """A call to ``method`` finished with ``code`` after ``seconds``."""
 
 
+# The status message travels in the grpc-message trailer, percent-encoded (up to three characters
+# per byte); a client drops a trailer beyond its metadata limit (8 KiB by default) and reports
+# RESOURCE_EXHAUSTED instead of the real code. A request can put any amount of text into a
+# message (an ID is echoed in NOT_FOUND), so messages are cut to fit well within that limit.
+MAX_MESSAGE_ENCODED = 4096
+
+
+def bounded(message: str) -> str:
+    """``message`` cut so that its percent-encoded form stays within ``MAX_MESSAGE_ENCODED``."""
+    size = 0
+    for i, ch in enumerate(message):
+        size += sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in ch.encode())
+        if size > MAX_MESSAGE_ENCODED - 64:
+            return f"{message[:i]}... ({len(message) - i} more characters cut)"
+    return message
+
+
 def _ids(request: object) -> dict[str, str]:
     if not isinstance(request, Message):
         return {}
@@ -50,7 +67,8 @@ def _ids(request: object) -> dict[str, str]:
         if field in request.DESCRIPTOR.fields_by_name:
             value = getattr(request, field)
             if isinstance(value, str) and value:
-                out[field] = value
+                # Bounded: a request can carry megabytes here, and this goes on every log line.
+                out[field] = value if len(value) <= 128 else value[:128] + "..."
     return out
 
 
@@ -106,11 +124,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except CsiOxideError as exc:
                     # Scrubbed where it was made (OxideError); masked again on the way out.
-                    code, message = status_for(exc), redact_text(str(exc))
+                    code, message = status_for(exc), bounded(redact_text(str(exc)))
                 except NotImplementedError:
                     code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
                 except Exception as exc:
-                    code, message = grpc.StatusCode.INTERNAL, redact_text(f"internal error: {exc}")
+                    message = bounded(redact_text(f"internal error: {exc}"))
+                    code = grpc.StatusCode.INTERNAL
                     log.exception("rpc failed unexpectedly")
                 finally:
                     seconds = time.monotonic() - started

@@ -8,6 +8,7 @@ validated before any lookup (csi-sanity checks that order).
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -74,6 +75,24 @@ def require(value: str, field: str) -> str:
         raise InvalidArgumentError(f"{field} is required")
     if "\x00" in value:
         raise InvalidArgumentError(f"{field} must not contain NUL characters")
+    return value
+
+
+MAX_NAME_BYTES = 128
+
+
+def csi_name(value: str, field: str) -> str:
+    """A CO-chosen name (CreateVolume, CreateSnapshot): required, at most 128 bytes (the CSI
+    spec's string limit), no control characters (the spec bans them). Longer or stranger names
+    would travel on into records, logs and every error message about the object."""
+    require(value, field)
+    size = len(value.encode())
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgumentError(
+            f"{field} is {size} bytes long; the CSI spec allows at most {MAX_NAME_BYTES}"
+        )
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidArgumentError(f"{field} must not contain control characters")
     return value
 
 

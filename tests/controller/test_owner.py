@@ -78,8 +78,31 @@ def test_no_record_is_static(description: str) -> None:
         (record.volume_name("pvc-2"), VOLUME.encode()),  # ... on another driver-like name
         (VOLUME_NAME, record.PREFIX + "{damaged"),  # a damaged record is not "no record"
         (VOLUME_NAME, replace(VOLUME, grow_from=1, grow_to=2).encode()),  # a snapshot's record
+        # Odd JSON: whatever a parser could read differently, or only by guessing, is nobody's.
+        (VOLUME_NAME, record.PREFIX + '{"c":"other","n":"pvc-1","c":"prod"}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","n":"pvc-2"}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":{"pvc-1":1},"h":"' + "0" * 64 + '"}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","s":-1073741824}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","s":true}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","s":1e999}'),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","s":' + str(2**64) + "}"),
+        (VOLUME_NAME, record.PREFIX + '{"c":"prod","n":"pvc-1","x":' + "[" * 50_000),
     ],
-    ids=["other-cluster", "copied", "copied-csi-name", "damaged", "expansion-record"],
+    ids=[
+        "other-cluster",
+        "copied",
+        "copied-csi-name",
+        "damaged",
+        "expansion-record",
+        "duplicate-cluster",
+        "duplicate-name",
+        "nested-name",
+        "negative-size",
+        "boolean-size",
+        "infinite-size",
+        "size-beyond-int64",
+        "nested-too-deep",
+    ],
 )
 def test_everything_else_is_foreign(name: str, description: str) -> None:
     claim = owner.of_disk(disk(name, description), CLUSTER)
@@ -113,3 +136,8 @@ def test_temporary_snapshots_are_ours_or_nothing() -> None:
     other = replace(grow, name="pvc-2")
     assert owner.of_snapshot(snapshot(grow_name, other.encode()), CLUSTER) == owner.FOREIGN
     assert owner.of_snapshot(snapshot(clone_name, grow.encode()), CLUSTER) == owner.FOREIGN
+
+
+def test_unknown_keys_of_a_later_version_are_ignored() -> None:
+    text = VOLUME.encode()[:-1] + ',"future":{"a":[1,2]}}'
+    assert owner.of_disk(disk(VOLUME_NAME, text), CLUSTER) == owner.Claim(Owner.OURS, VOLUME)

@@ -125,8 +125,17 @@ def test_usable_cluster_ids(cluster: str) -> None:
         ("-leading", "not usable"),
         ("trailing.", "not usable"),
         ("new\nline", "not usable"),
+        ("prod\n", "not usable"),  # a regex ``$`` would let a final newline through
     ],
 )
 def test_unusable_cluster_ids_are_refused(cluster: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         record.check_cluster_id(cluster)
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " "])
+def test_a_driver_name_with_anything_after_it_is_none_of_ours(suffix: str) -> None:
+    vol, snap = record.volume_name("pvc-1"), record.snapshot_name("s")
+    assert not record.is_driver_volume_name(vol + suffix)
+    assert not record.is_driver_snapshot_name(snap + suffix)
+    assert not is_valid_name(vol + suffix)

@@ -17,6 +17,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -43,7 +44,8 @@ class Answer:
     status line and headers / of the body (0 sends at once). ``body_size`` sends that many bytes
     of filler instead of ``body`` (without holding them in memory). ``length`` overrides the
     Content-Length header (None: the true length; -1: no header, close the connection at the end).
-    ``stall``: send nothing at all for this many seconds first."""
+    ``stall``: send nothing at all for this many seconds first. ``cut``: send only that many
+    bytes of the body, then close the connection (a peer that dies mid-answer)."""
 
     status: int = 200
     body: bytes = b""
@@ -53,10 +55,11 @@ class Answer:
     body_size: int | None = None
     length: int | None = None
     stall: float = 0.0
+    cut: int | None = None
 
     @staticmethod
     def json(
-        status: int, payload: object, *, headers: dict[str, str] | None = None, **kwargs: float
+        status: int, payload: object, *, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> Answer:
         """A JSON answer (``headers`` are added to the content type)."""
         body = json.dumps(payload).encode()
@@ -113,7 +116,7 @@ class HostileServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.open_connections += 1
         try:
             while True:
@@ -131,7 +134,7 @@ class HostileServer:
             return  # the server is closing: end quietly (asyncio logs a cancelled handler)
         finally:
             self.open_connections -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -155,6 +158,9 @@ class HostileServer:
                 piece = chunk[: min(left, len(chunk))]
                 await self._write(writer, piece, answer.body_delay)
                 left -= len(piece)
+        elif answer.cut is not None:
+            await self._write(writer, answer.body[: answer.cut], answer.body_delay)
+            return False
         else:
             await self._write(writer, answer.body, answer.body_delay)
         return answer.length != -1

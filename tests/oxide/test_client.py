@@ -75,6 +75,16 @@ def disk_json(name: str = "csi-0123456789abcdef", state: str = "detached") -> di
     }
 
 
+def disk_answer(request: httpx.Request, state: str = "detached") -> dict[str, object]:
+    """A disk body about the disk ``request`` asks for (the client refuses answers about another
+    one): the name from the path or the body, unless that is a UUID."""
+    asked = request.url.path.rsplit("/", 1)[-1]
+    if request.content:
+        body = json.loads(request.content)
+        asked = body.get("name") or body.get("disk") or asked
+    return disk_json() if asked == DISK_UUID else disk_json(name=asked, state=state)
+
+
 def error(status: int, code: str | None, message: str, rid: str = "req-1") -> httpx.Response:
     body: dict[str, object] = {"request_id": rid, "message": message}
     if code is not None:
@@ -108,7 +118,7 @@ async def test_every_request_carries_version_token_and_user_agent() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(201, json=disk_json())
+        return httpx.Response(201, json=disk_answer(request))
 
     client = make_client(handler)
     await client.disk_create(DiskSpec("csi-a", "desc", 2 * GIB, block_size=4096))
@@ -136,8 +146,8 @@ async def test_project_is_sent_with_names_and_never_with_uuids() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.path.endswith("/attach"):
-            return httpx.Response(202, json=disk_json(state="attached"))
-        return httpx.Response(200, json=disk_json())
+            return httpx.Response(202, json=disk_answer(request, state="attached"))
+        return httpx.Response(200, json=disk_answer(request))
 
     client = make_client(handler)
     await client.disk_view("csi-a")
@@ -329,11 +339,11 @@ async def test_503_is_retried_with_exponential_full_jitter_backoff() -> None:
         status = statuses.pop(0)
         if status == 503:
             return error(503, "ServiceNotAvailable", "Service Unavailable")
-        return httpx.Response(200, json=disk_json())
+        return httpx.Response(200, json=disk_answer(request))
 
     retry = RetryPolicy(max_elapsed=60, base_delay=1.0, max_delay=3.0)
     client = make_client(handler, clock, retry=retry)
-    assert (await client.disk_view("csi-a")).name == "csi-0123456789abcdef"
+    assert (await client.disk_view("csi-a")).name == "csi-a"
     # random() is 0.5: half of 1, 2, then 4 capped at 3.
     assert clock.sleeps == [0.5, 1.0, 1.5]
     await client.aclose()
@@ -423,7 +433,7 @@ async def test_in_flight_requests_are_capped() -> None:
         peak = max(peak, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
-        return httpx.Response(200, json=disk_json())
+        return httpx.Response(200, json=disk_answer(request))
 
     client = make_client(handler, max_concurrency=3)
     disks = await asyncio.gather(*(client.disk_view(f"csi-{i}") for i in range(12)))
@@ -440,7 +450,7 @@ async def test_the_observer_sees_every_attempt_and_cannot_break_requests() -> No
         status = statuses.pop(0)
         if status == 503:
             return error(503, "ServiceNotAvailable", "busy", rid="a1")
-        return httpx.Response(200, json=disk_json(), headers={"x-request-id": "a2"})
+        return httpx.Response(200, json=disk_answer(request), headers={"x-request-id": "a2"})
 
     client = make_client(handler, request_observer=records.append)
     await client.disk_view("csi-a")
@@ -452,7 +462,7 @@ async def test_the_observer_sees_every_attempt_and_cannot_break_requests() -> No
     def broken(record: RequestRecord) -> None:
         raise RuntimeError("metrics backend down")
 
-    other = make_client(lambda r: httpx.Response(200, json=disk_json()), request_observer=broken)
+    other = make_client(lambda r: httpx.Response(200, json=disk_answer(r)), request_observer=broken)
     with capture_logs() as logs:
         assert (await other.disk_view("csi-a")).state is DiskState.DETACHED
     assert any(e["event"] == "oxide_request_observer_failed" for e in logs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,49 @@ def test_the_environment_route_has_no_file_to_warn_about(tmp_path: Path) -> None
     (tmp_path / "credentials.toml").chmod(0o644)
     env = {"OXIDE_HOST": "rack.example.com", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "p"}
     assert load_credentials(env, tmp_path).warnings == ()
+
+
+def _read_in_a_thread(provider: FileToken) -> tuple[threading.Thread, list[str]]:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(provider()), daemon=True)
+    reader.start()
+    reader.join(timeout=10)  # not a timing assertion: it stops a test that would hang
+    return reader, got
+
+
+def test_a_token_file_swapped_for_a_fifo_neither_hangs_nor_loses_the_token(
+    tmp_path: Path,
+) -> None:
+    """The token is read on the event loop before each request: a FIFO behind the Secret's
+    symlink would block the whole controller on the read (no writer ever comes)."""
+    real = tmp_path / "token-v1"
+    real.write_text(TOKEN)
+    link = tmp_path / "oxide-token"
+    link.symlink_to(real)
+    provider = FileToken(link)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link.unlink()
+    link.symlink_to(fifo)
+    with capture_logs() as logs:
+        reader, got = _read_in_a_thread(provider)
+    if reader.is_alive():  # unblock the old behaviour's reader so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+    assert got == [TOKEN]
+    assert [e["event"] for e in logs] == ["oxide_token_reload_failed"]
+    assert "not a regular file" in str(logs[0]["detail"])
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "huge"])
+def test_a_token_file_that_never_ends_is_refused(tmp_path: Path, target: str) -> None:
+    """A symlink to /dev/zero (or a file of megabytes) is read up to a small bound, not into
+    memory whole."""
+    if target == "huge":
+        huge = tmp_path / "huge"
+        huge.write_bytes(b"a" * (8 * 1024 * 1024))
+        target = str(huge)
+    link = tmp_path / "oxide-token"
+    link.symlink_to(target)
+    with pytest.raises(ConfigurationError, match=r"not a regular file|larger than"):
+        FileToken(link)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.record import PREFIX as DESCRIPTION_PREFIX
 from csi_oxide.controller.record import volume_name
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.health import Health
@@ -42,7 +43,9 @@ from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.sim import SimConfig, Simulator
 from tests.oxide.hostile import (
+    DISK_UUID,
     GIB,
+    INSTANCE_UUID,
     Answer,
     HostileServer,
     Seen,
@@ -82,9 +85,13 @@ async def hostile(behave: Behave) -> AsyncIterator[HostileServer]:
 @pytest.mark.parametrize("where", ["headers", "body"])
 async def test_a_trickling_answer_cannot_outlive_the_request_deadline(where: str) -> None:
     """One byte every 0.4 s: each read is quick, so only a total deadline ends the request."""
-    slow = {"head_delay": 0.4} if where == "headers" else {"body_delay": 0.4}
+    slow = Answer.json(200, disk_body())
+    if where == "headers":
+        slow = dataclasses.replace(slow, head_delay=0.4)
+    else:
+        slow = dataclasses.replace(slow, body_delay=0.4)
     records: list[RequestRecord] = []
-    async with hostile(lambda s: Answer.json(200, disk_body(), **slow)) as server:
+    async with hostile(lambda s: slow) as server:
         api = client(server.url, timeout=1.0, request_observer=records.append)
         with pytest.raises(oxerr.OxideUnavailableError, match="request deadline") as info:
             await asyncio.wait_for(api.disk_view(NAME), GUARD)
@@ -98,7 +105,7 @@ async def test_a_trickling_answer_cannot_outlive_the_request_deadline(where: str
 
 @dataclass
 class Controller:
-    stub: csi_grpc.ControllerStub
+    stub: csi_grpc.ControllerAsyncStub
     inflight: InFlight
 
 
@@ -323,7 +330,12 @@ async def test_an_echoing_server_never_gets_the_token_into_grpc_details_or_logs(
         assert secret not in repr(logs)
 
 
-@pytest.mark.parametrize("token", [TOKEN, BARE_TOKEN])
+# A token made of regular-expression metacharacters: scrubbing is by exact text, never a pattern
+# built from the token (which would match other text, or fail to compile, or miss the token).
+META_TOKEN = r"t0k.*+?[x](y){2}|^$\\d"
+
+
+@pytest.mark.parametrize("token", [TOKEN, BARE_TOKEN, META_TOKEN])
 async def test_every_oxide_error_text_is_scrubbed(token: str) -> None:
     async with hostile(echo_everything) as server:
         api = client(server.url, token=token)
@@ -334,6 +346,87 @@ async def test_every_oxide_error_text_is_scrubbed(token: str) -> None:
     for text in (str(err), err.message, err.request_id or "", repr(err.args)):
         assert token not in text
         assert token[12:] not in text
+
+
+async def test_a_token_rotated_during_a_request_is_scrubbed_too() -> None:
+    """The error is built after the answer came, when the token provider may already hand out
+    the next token (a Secret rotation): the token the request carried must be scrubbed as well."""
+    tokens = iter(["old-bare-token-q7w8e9r0t1y2", *["new-bare-token-fedcba9876543210"] * 50])
+    current = ["", ""]
+
+    def provider() -> str:
+        current[0], current[1] = current[1], next(tokens)
+        return current[1]
+
+    def echo_credential(seen: Seen) -> Answer:
+        credential = seen.headers["authorization"].removeprefix("Bearer ")
+        body = {"error_code": "Unauthorized", "message": f"credential {credential} is revoked"}
+        return Answer.json(401, body)
+
+    async with hostile(echo_credential) as server:
+        api = HttpOxideClient(server.url, provider, "p", retry=QUICK)
+        with pytest.raises(oxerr.OxideError) as info:
+            await api.disk_view(NAME)
+        await api.aclose()
+    assert server.seen[0].headers["authorization"] == "Bearer old-bare-token-q7w8e9r0t1y2"
+    err = info.value
+    for text in (str(err), err.message, err.request_id or ""):
+        assert "old-bare-token" not in text
+        assert "q7w8e9r0t1y2" not in text
+
+
+# ---- answers about another object than the one asked for -----------------------------------
+
+OTHER = "csi-fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    ("call", "answer"),
+    [
+        ("disk_view", disk_body(OTHER)),
+        ("disk_view_by_id", disk_body(NAME, id="6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e60")),
+        ("disk_create", disk_body(OTHER)),
+        ("snapshot_view", snapshot_body("snap-fedcba9876543210")),
+        ("instance_view", instance_body(id="0f1e2d3c-4b5a-4968-8776-655443322111")),
+        ("attach", disk_body(OTHER, state={"state": "attached", "instance": INSTANCE_UUID})),
+    ],
+)
+async def test_an_answer_about_another_object_is_refused(call: str, answer: object) -> None:
+    """The driver acts on what a view answers (it deletes by the UUID it read): an answer about
+    another object than the one asked for (a confused proxy, a buggy or hostile server) must
+    never be taken for it."""
+    async with hostile(lambda s: Answer.json(200, answer)) as server:
+        api = client(server.url)
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "disk_view": lambda: api.disk_view(NAME),
+            "disk_view_by_id": lambda: api.disk_view(DISK_UUID),
+            "disk_create": lambda: api.disk_create(
+                DiskSpec(name=NAME, description="d", size=GIB, block_size=4096)
+            ),
+            "snapshot_view": lambda: api.snapshot_view("snap-0123456789abcdef"),
+            "instance_view": lambda: api.instance_view(INSTANCE_UUID),
+            "attach": lambda: api.instance_disk_attach(INSTANCE_UUID, NAME),
+        }
+        with pytest.raises(oxerr.OxideServerError, match="another") as info:
+            await calls[call]()
+        await api.aclose()
+    assert str(info.value).startswith("Oxide ")
+
+
+async def test_delete_volume_never_deletes_what_a_lying_view_names(tmp_path: Path) -> None:
+    def behave(seen: Seen) -> Answer:
+        if seen.method == "GET" and seen.path == f"/v1/disks/{NAME}":
+            # Another volume of this cluster (its record and name agree): a tempting target.
+            rec = '{"c":"test","n":"pvc-other"}'
+            other = disk_body(volume_name("pvc-other"), description=DESCRIPTION_PREFIX + rec)
+            return Answer.json(200, other)
+        return not_found(seen)
+
+    async with hostile(behave) as server, controller(tmp_path, client(server.url), 1.0) as ctl:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ctl.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=NAME))
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert [s.method for s in server.seen if s.method == "DELETE"] == []
 
 
 # ---- 4. implausible answers, capped bodies -------------------------------------------------------
@@ -352,12 +445,17 @@ async def test_every_oxide_error_text_is_scrubbed(token: str) -> None:
         ({"state": {"state": "attached", "instance": "node-1"}}, "'instance' is not a UUID"),
         ({"name": ""}, "field 'name'"),
         ({"time_created": "yesterday"}, "timestamp"),
+        # No time zone: such a time cannot be compared with an aware one (the reconciler's age
+        # check, the expansion's "made before" check) without a TypeError.
+        ({"time_created": "2026-01-02T03:04:05"}, "time zone"),
+        # Whole GiB, but beyond what a CSI answer (int64) can carry.
+        ({"size": 2**70}, "out of range"),
     ],
 )
 async def test_an_implausible_disk_is_one_clear_error_naming_the_operation(
     changes: dict[str, object], complaint: str
 ) -> None:
-    async with hostile(lambda s: Answer.json(200, disk_body(**changes))) as server:
+    async with hostile(lambda s: Answer.json(200, {**disk_body(), **changes})) as server:
         api = client(server.url)
         with pytest.raises(oxerr.OxideServerError, match="unexpected answer") as info:
             await api.disk_view(NAME)
@@ -380,10 +478,11 @@ async def test_implausible_values_reach_the_co_as_internal_never_as_values(
         return not_found(seen)
 
     async with hostile(behave) as server, controller(tmp_path, client(server.url), 1.0) as ctl:
-        for call, operation in [
+        calls: list[tuple[Awaitable[object], str]] = [
             (ctl.stub.ListVolumes(csi.ListVolumesRequest()), "disk_list"),
             (ctl.stub.GetCapacity(csi.GetCapacityRequest()), "utilization_view"),
-        ]:
+        ]
+        for call, operation in calls:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call
             assert info.value.code() == grpc.StatusCode.INTERNAL
@@ -402,6 +501,31 @@ async def test_instances_and_utilization_are_checked_too() -> None:
         with pytest.raises(oxerr.OxideServerError, match="capacity storage -1 is negative"):
             await api.utilization_view()
         await api.aclose()
+
+
+async def test_figures_beyond_int64_are_internal_naming_the_operation(tmp_path: Path) -> None:
+    """Protobuf refuses a number beyond int64 with a bare ValueError when the answer is built:
+    the client refuses it first, as an implausible answer."""
+
+    def behave(seen: Seen) -> Answer:
+        if seen.path == "/v1/utilization":
+            figures = {"capacity": {"storage": 2**64}, "provisioned": {"storage": 0}}
+            return Answer.json(200, figures)
+        if seen.path == "/v1/disks":
+            return Answer.json(200, {"items": [disk_body(size=2**70)], "next_page": None})
+        return Answer.json(200, {"items": [], "next_page": None})
+
+    async with hostile(behave) as server, controller(tmp_path, client(server.url), 1.0) as ctl:
+        calls: list[tuple[Awaitable[object], str]] = [
+            (ctl.stub.GetCapacity(csi.GetCapacityRequest()), "utilization_view"),
+            (ctl.stub.ListVolumes(csi.ListVolumesRequest()), "disk_list"),
+        ]
+        for call, operation in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            details = info.value.details() or ""
+            assert f"Oxide {operation}" in details and "out of range" in details
 
 
 @pytest.mark.parametrize("length", [None, -1], ids=["announced", "unannounced"])
@@ -436,7 +560,16 @@ class FakeClock:
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "expected"),
-    [(429, "7", 7.0), (503, "2", 2.0), (429, "100000", 30.0), (503, "soon", None)],
+    [
+        (429, "7", 7.0),
+        (503, "2", 2.0),
+        (429, "100000", 30.0),
+        (503, "soon", None),
+        # Not ASCII digits: str.isdigit() says yes to both, float() chokes on the first.
+        (503, "\u00b2", None),
+        (503, "\u0663", None),
+        (429, "Thu, 01 Jan 1970 00:00:00 GMT", 0.25),  # a date in the past: no wait asked
+    ],
 )
 async def test_429_and_503_are_retried_honouring_a_capped_retry_after(
     status: int, retry_after: str, expected: float | None
@@ -484,3 +617,94 @@ async def test_a_garbage_answer_is_one_internal_error() -> None:
         with pytest.raises(CsiOxideError, match="not JSON"):
             await api.disk_view(NAME)
         await api.aclose()
+
+
+@pytest.mark.parametrize("status", [200, 400])
+async def test_a_deeply_nested_answer_is_one_clear_error(status: int) -> None:
+    """JSON nested a hundred thousand deep is a few hundred kilobytes, well under the body cap,
+    and makes the JSON decoder raise RecursionError (not ValueError)."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    answer = Answer(status, nested, {"content-type": "application/json"})
+    async with hostile(lambda s: answer) as server:
+        api = client(server.url)
+        with pytest.raises(oxerr.OxideError) as info:
+            await api.disk_view(NAME)
+        await api.aclose()
+    if status == 200:
+        assert isinstance(info.value, oxerr.OxideServerError)
+        assert "not JSON" in str(info.value)
+    else:
+        assert isinstance(info.value, oxerr.OxideInvalidRequestError)
+
+
+async def test_the_reconciler_outlives_an_error_it_did_not_expect() -> None:
+    """Whatever a pass raises, the loop logs it and carries on with backoff: a background task
+    that died would repair nothing until the controller restarts, and nobody would notice. The
+    API here raises a TypeError, standing in for any bug below the reconciler (a fake, as no real
+    component here raises one any more)."""
+    pauses: list[float] = []
+
+    class StopError(Exception):
+        pass
+
+    class Broken:
+        async def snapshot_list(self) -> list[object]:
+            raise TypeError("can't compare offset-naive and offset-aware datetimes")
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            raise StopError
+
+    reconciler = Reconciler(Broken(), cluster="test", inflight=InFlight())  # type: ignore[arg-type]
+    with capture_logs() as logs, pytest.raises(StopError):
+        await reconciler.run_forever(10.0, sleep=sleep, random=lambda: 0.5)
+    assert pauses == [10.0, 20.0]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["reconcile pass crashed"] * 2
+
+
+def _first_then_fine(first: Answer) -> Behave:
+    """``first`` for the first request, a good disk for every later one."""
+    pending = [first]
+    return lambda _seen: pending.pop() if pending else Answer.json(200, disk_body())
+
+
+_ERROR_BODY = {"error_code": "ObjectNotFound", "message": "gone", "request_id": "r-1"}
+
+
+@pytest.mark.parametrize(
+    ("first", "outcome"),
+    [
+        # The connection dies mid-body: a transport failure, retried (reads are repeatable).
+        (dataclasses.replace(Answer.json(200, disk_body()), cut=40), "retried"),
+        # Not JSON's content type, but JSON: the body decides, as for the real server.
+        (Answer(200, json.dumps(disk_body()).encode(), {"content-type": "text/html"}), "ok"),
+        # Success status, error body: an answer that does not fit, never "the disk".
+        (Answer.json(200, _ERROR_BODY), "internal"),
+        # Invalid UTF-8 in the body.
+        (Answer(200, b'{"name": "\xff\xfe"}', {"content-type": "application/json"}), "internal"),
+        # An error status whose body is not JSON at all: still the right class of error.
+        (Answer(404, b"\x00\x01 not json"), "not_found"),
+    ],
+    ids=["cut-mid-body", "wrong-content-type", "200-with-error-body", "bad-utf8", "404-garbage"],
+)
+async def test_protocol_misbehaviour_ends_in_one_oxide_error_or_a_retry(
+    first: Answer, outcome: str
+) -> None:
+    async with hostile(_first_then_fine(first)) as server:
+        api = client(server.url)
+        try:
+            disk = await asyncio.wait_for(api.disk_view(NAME), GUARD)
+        except oxerr.OxideError as exc:
+            error: oxerr.OxideError | None = exc
+        else:
+            error = None
+        await api.aclose()
+    if outcome in ("ok", "retried"):
+        assert error is None and disk.name == NAME
+        assert len(server.seen) == (2 if outcome == "retried" else 1)
+    elif outcome == "internal":
+        assert isinstance(error, oxerr.OxideServerError)
+        assert str(error).startswith("Oxide disk_view:")
+    else:
+        assert isinstance(error, oxerr.OxideNotFoundError)

@@ -7,9 +7,10 @@ client ``World.api`` reads and changes the simulator behind the drivers' backs (
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 import httpx
@@ -18,6 +19,8 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.health import Health
+from csi_oxide.inflight import InFlight
+from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
@@ -150,13 +153,50 @@ class Cluster:
         return [e.snapshot.snapshot_id for e in answer.entries]
 
 
+Hook = Callable[..., Awaitable[None]]
+
+
+class Interposer:
+    """A cluster's ``OxideApi`` that runs a test's hooks around its Oxide calls: ``before[op]``
+    once before the next call of ``op`` (someone else changing Oxide between two of the driver's
+    steps, at exactly that point), and ``each`` around every call (given the operation's name and
+    whether the call was made yet: raising or stalling there cuts the operation at that point).
+    The simulator and the client stay real; only the moment is scripted."""
+
+    def __init__(self, api: HttpOxideClient, world: World) -> None:
+        self._api = api
+        self._world = world
+
+    def __getattr__(self, name: str) -> object:
+        target = getattr(self._api, name)
+        if not callable(target) or name.startswith("_") or name == "aclose":
+            return target
+
+        async def call(*args: object) -> object:
+            hook = self._world.before.pop(name, None)
+            if hook is not None:
+                await hook(*args)
+            if self._world.each is not None:
+                await self._world.each(name, False)
+            try:
+                return await target(*args)
+            finally:  # also after an error answer: a hook raising here replaces it (lost)
+                if self._world.each is not None:
+                    await self._world.each(name, True)
+
+        return call
+
+
 @dataclass
 class World:
-    """One simulator, its raw client, and a controller per cluster."""
+    """One simulator, its raw client, and a controller per cluster. ``before``: hooks run once
+    before a driver's next call of an Oxide operation (see ``Interposer``)."""
 
     sim: Simulator
     api: HttpOxideClient
     clusters: dict[str, Cluster] = field(default_factory=dict)
+    before: dict[str, Hook] = field(default_factory=dict)
+    each: Callable[[str, bool], Awaitable[None]] | None = None
 
     @property
     def node(self) -> str:
@@ -177,9 +217,14 @@ class World:
 
 
 async def serve(
-    tmp_path: Path, clusters: Sequence[str] = ("test",), **config: object
-) -> AsyncIterator[World]:
-    """Start the simulator and one controller per cluster ID; stop them afterwards."""
+    tmp_path: Path,
+    clusters: Sequence[str] = ("test",),
+    *,
+    inflight: Callable[[], InFlight] = InFlight,
+    **config: object,
+) -> AsyncGenerator[World, None]:
+    """Start the simulator and one controller per cluster ID; stop them afterwards.
+    ``inflight`` makes each controller's guard (the default never cuts an operation)."""
     sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
     world = World(sim, client(sim))
     servers: list[CsiServer] = []
@@ -189,7 +234,9 @@ async def serve(
         for i, cluster_id in enumerate(clusters):
             api = client(sim)
             apis.append(api)
-            ops = ControllerOps(api, cluster=cluster_id)
+            ops = ControllerOps(
+                cast(OxideApi, Interposer(api, world)), cluster=cluster_id, inflight=inflight()
+            )
             socket = f"unix://{tmp_path}/c{i}.sock"
             server = CsiServer(
                 socket,

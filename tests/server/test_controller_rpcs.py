@@ -19,6 +19,7 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.controller.record import volume_name
 from csi_oxide.health import Health
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.types import DiskSpec
@@ -146,6 +147,17 @@ def _create(**kw: object) -> csi.CreateVolumeRequest:
             ),
             Code.NOT_FOUND,
         ),
+        (
+            # A clone of itself: the source cannot exist yet (was ABORTED forever: the source's
+            # guard is the volume's own, held by this very call).
+            _create(
+                name="pvc-self",
+                volume_content_source=csi.VolumeContentSource(
+                    volume=csi.VolumeContentSource.VolumeSource(volume_id=volume_name("pvc-self"))
+                ),
+            ),
+            Code.NOT_FOUND,
+        ),
         (_create(), Code.OK),
     ],
 )
@@ -187,6 +199,79 @@ async def test_delete_volume_rows(world: World) -> None:
         assert await _code(world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=unknown))) == (
             Code.OK
         )
+
+
+async def test_an_id_with_a_trailing_newline_is_no_volume_and_never_sent(world: World) -> None:
+    """``csi-…\\n`` is not an Oxide name (``$`` in a Python regex also matches before a final
+    newline): every RPC treats it as unknown without asking Oxide, and the volume it resembles is
+    untouched (the simulator's router, like that regex, would resolve it to that volume)."""
+    vol = await world.volume()
+    snap = (
+        await world.stub.CreateSnapshot(csi.CreateSnapshotRequest(name="s", source_volume_id=vol))
+    ).snapshot.snapshot_id
+    bad, bad_snap = vol + "\n", snap + "\n"
+    requests_before = sum(world.sim.request_counts.values())
+    calls = {
+        "DeleteVolume": (world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=bad)), Code.OK),
+        "GetVolume": (
+            world.stub.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=bad)),
+            Code.NOT_FOUND,
+        ),
+        "Expand": (
+            world.stub.ControllerExpandVolume(
+                csi.ControllerExpandVolumeRequest(
+                    volume_id=bad, capacity_range=csi.CapacityRange(required_bytes=2 * GIB)
+                )
+            ),
+            Code.NOT_FOUND,
+        ),
+        "DeleteSnapshot": (
+            world.stub.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=bad_snap)),
+            Code.OK,
+        ),
+        "GetSnapshot": (
+            world.stub.GetSnapshot(csi.GetSnapshotRequest(snapshot_id=bad_snap)),
+            Code.NOT_FOUND,
+        ),
+    }
+    for what, (call, code) in calls.items():
+        assert await _code(call) == code, what
+    assert sum(world.sim.request_counts.values()) == requests_before
+    assert world.sim.disk_names() == [vol]
+    assert world.sim.snapshot_names() == [snap]
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("n" * 128, Code.OK),  # csi-sanity's maximum-length name
+        ("\u00e9" * 64, Code.OK),  # 128 bytes
+        ("\u00e9" * 65, Code.INVALID_ARGUMENT),  # 130 bytes
+        ("n" * 100_000, Code.INVALID_ARGUMENT),
+        ("pvc\n1", Code.INVALID_ARGUMENT),  # control characters are banned by the spec
+        ("pvc\x7f", Code.INVALID_ARGUMENT),
+    ],
+    ids=["128-ascii", "128-bytes", "130-bytes", "100k", "newline", "del"],
+)
+async def test_names_beyond_the_spec_limits_are_invalid(
+    world: World, name: str, code: Code
+) -> None:
+    assert await _code(world.stub.CreateVolume(_create(name=name))) == code
+    snapshot = csi.CreateSnapshotRequest(name=name, source_volume_id=await world.volume("src"))
+    assert await _code(world.stub.CreateSnapshot(snapshot)) == code
+
+
+async def test_an_enormous_id_gets_its_own_code_not_a_dropped_trailer(world: World) -> None:
+    """A NOT_FOUND message names the ID it was asked about; with an ID of 100,000 characters the
+    status trailer outgrew the client's 8 KiB metadata limit, and the CO saw RESOURCE_EXHAUSTED
+    from its own gRPC library instead of NOT_FOUND."""
+    for huge in ("v" * 100_000, "\u00e9" * 50_000):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await world.stub.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=huge))
+        assert info.value.code() == Code.NOT_FOUND
+        details = info.value.details() or ""
+        assert "more characters cut" in details
+        assert len(details) < 4096
 
 
 # ---- ControllerPublishVolume / ControllerUnpublishVolume ----
@@ -372,6 +457,9 @@ async def test_expand_rows(world: World) -> None:
     assert (grown.capacity_bytes, grown.node_expansion_required) == (2 * GIB, True)
     block = await expand(req(volume_capability=cap(block=True)))
     assert (block.capacity_bytes, block.node_expansion_required) == (2 * GIB, False)
+    # Already larger than the limit: a disk cannot shrink, and 2 GiB is not "at most 1 GiB".
+    beyond = req(capacity_range=csi.CapacityRange(required_bytes=GIB, limit_bytes=GIB))
+    assert await _code(expand(beyond)) == Code.OUT_OF_RANGE
     await world.api.disk_create(DiskSpec(name="by-hand", description="", size=GIB, block_size=4096))
     assert await _code(expand(req(volume_id="by-hand"))) == Code.FAILED_PRECONDITION
 

@@ -312,3 +312,57 @@ async def test_publish_context_of_an_expanded_volume_keeps_its_origin(world: Wor
         assert await ctl.expand(name, 2 * GIB) == 2 * GIB
     assert (await ctl.publish(vol, world.node))[ORIGIN_KEY] == "blank"
     assert (await ctl.publish(restored, world.node))[ORIGIN_KEY] == "snapshot"
+
+
+# ---- CreateVolume retried with changed parameters: compared with the record, never rebuilt ----
+
+
+async def test_create_volume_retried_with_changed_parameters(world: World) -> None:
+    ctl = _ctl(world)
+    v = await _volume(world, "src-v", b"data of V")
+    w = await _volume(world, "src-w", b"data of W")
+    s1 = (await ctl.snapshot("s1", v)).snapshot_id
+    s2 = (await ctl.snapshot("s2", w)).snapshot_id
+    blank = (await ctl.create("pvc-blank")).volume_id
+    restored = (await ctl.create("pvc-restored", snapshot=s1)).volume_id
+    cloned = (await ctl.create("pvc-cloned", volume=v)).volume_id
+    before = await world.state()
+    k8s = {"csi.storage.k8s.io/pvc/name": "renamed", "csi.storage.k8s.io/pvc/namespace": "x"}
+    retries = {
+        ("pvc-blank", "same"): (ctl.create("pvc-blank"), Code.OK),
+        ("pvc-blank", "pvc renamed"): (ctl.create("pvc-blank", parameters=k8s), Code.OK),
+        ("pvc-blank", "default block size"): (
+            ctl.create("pvc-blank", parameters={"blockSize": "4096"}),
+            Code.OK,
+        ),
+        ("pvc-blank", "other block size"): (
+            ctl.create("pvc-blank", parameters={"blockSize": "512"}),
+            Code.ALREADY_EXISTS,
+        ),
+        ("pvc-blank", "bigger"): (ctl.create("pvc-blank", 2 * GIB), Code.ALREADY_EXISTS),
+        ("pvc-blank", "now a restore"): (ctl.create("pvc-blank", snapshot=s1), Code.ALREADY_EXISTS),
+        ("pvc-blank", "now a clone"): (ctl.create("pvc-blank", volume=v), Code.ALREADY_EXISTS),
+        ("pvc-restored", "same"): (ctl.create("pvc-restored", snapshot=s1), Code.OK),
+        ("pvc-restored", "other snapshot"): (
+            ctl.create("pvc-restored", snapshot=s2),
+            Code.ALREADY_EXISTS,
+        ),
+        ("pvc-restored", "now blank"): (ctl.create("pvc-restored"), Code.ALREADY_EXISTS),
+        ("pvc-restored", "now a clone"): (
+            ctl.create("pvc-restored", volume=v),
+            Code.ALREADY_EXISTS,
+        ),
+        ("pvc-cloned", "same"): (ctl.create("pvc-cloned", volume=v), Code.OK),
+        ("pvc-cloned", "other source"): (ctl.create("pvc-cloned", volume=w), Code.ALREADY_EXISTS),
+        ("pvc-cloned", "now a restore"): (
+            ctl.create("pvc-cloned", snapshot=s1),
+            Code.ALREADY_EXISTS,
+        ),
+    }
+    for what, (call, code) in retries.items():
+        assert await code_of(call) == code, what
+    # Nothing was made, changed or left behind by any of them.
+    assert await world.state() == before
+    assert world.sim.read_content(restored) == b"data of V"
+    assert world.sim.read_content(cloned) == b"data of V"
+    assert world.sim.read_content(blank) != b"data of V"

@@ -1,0 +1,178 @@
+"""Every multi-step controller operation, cut at every one of its Oxide calls, then retried.
+
+A CO's deadline can expire at any await point: the controller then cuts the work there (``InFlight``
+cancels it once the deadline and a grace have passed); or an answer is lost after Oxide applied
+the request (the client raises "no answer"). For each operation this runs it once cleanly to count
+its Oxide calls, then, for each call ``k``, runs it on a fresh simulator with the ``k``-th call cut
+BEFORE it is sent or AFTER it was applied, either by the real cut (the call stalls until the
+controller's ``InFlight`` limit cancels the work at that await) or as an Oxide "no answer" error
+(which the operation's own clean-up paths see), and then retries the same RPC once. The retry must
+succeed with the right data and size, and leave no temporary snapshot behind. Over real gRPC
+against the simulator (the cut is injected between the driver and its HTTP client: ``World.each``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.controller import record
+from csi_oxide.inflight import InFlight
+from csi_oxide.oxide.errors import OxideUnavailableError
+
+from .controller_world import GIB, Cluster, Code, World, code_of, serve
+
+DATA = b"precious user data"
+Operation = Callable[[World, Cluster, str, str], Awaitable[object]]
+
+
+# Every operation is cut after this long: far longer than any step here takes against the
+# in-process simulator, far shorter than the stall. Not a timing assertion.
+LIMIT = 0.2
+
+
+@dataclass
+class Cut:
+    """Cut the ``at``-th Oxide call (0-based), ``after`` it was applied or before it was sent.
+    (The operations here make their calls one after another, never two at once.)"""
+
+    at: int
+    after: bool
+    kind: str  # "stall" (the controller's cut) or "no-answer" (OxideUnavailableError)
+    calls: int = 0
+    fired: bool = False
+
+    async def __call__(self, operation: str, done: bool) -> None:
+        if not done:
+            self.calls += 1
+        if self.fired or done != self.after or self.calls - 1 != self.at:
+            return
+        self.fired = True
+        if self.kind == "stall":
+            await asyncio.sleep(3600)  # until InFlight cuts the operation at this await
+        raise OxideUnavailableError("no complete answer (cut by the test)", operation=operation)
+
+
+async def _expand(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.expand(vol, 2 * GIB)
+
+
+async def _clone(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.create("pvc-clone", 2 * GIB, volume=vol)
+
+
+async def _restore(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.create("pvc-restored", 2 * GIB, snapshot=snap)
+
+
+async def _snapshot(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.snapshot("snap-2", vol)
+
+
+async def _delete(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))
+
+
+OPERATIONS: dict[str, Operation] = {
+    "expand": _expand,
+    "clone": _clone,
+    "restore": _restore,
+    "snapshot": _snapshot,
+    "delete": _delete,
+}
+
+
+async def _check(world: World, name: str, vol: str) -> None:
+    temporary = [n for n in world.sim.snapshot_names() if record.is_temporary_snapshot_name(n)]
+    assert temporary == [], "no temporary snapshot is left once the operation succeeded"
+    if name == "expand":
+        assert (await world.api.disk_view(vol)).size == 2 * GIB
+        assert world.sim.read_content(vol) == DATA
+    elif name in ("clone", "restore"):
+        made = record.volume_name("pvc-clone" if name == "clone" else "pvc-restored")
+        assert (await world.api.disk_view(made)).size == 2 * GIB
+        assert world.sim.read_content(made) == DATA
+    elif name == "snapshot":
+        assert record.snapshot_name("snap-2") in world.sim.snapshot_names()
+    else:
+        assert vol not in world.sim.disk_names()
+
+
+async def _meet(world: World, ctl: Cluster, vol: str, meeting: str) -> None:
+    """Another RPC meets what the cut expansion left: it finishes the expansion or refuses,
+    and never answers with a wrong value or builds on a blank disk."""
+    if meeting == "get":
+        request = csi.ControllerGetVolumeRequest(volume_id=vol)
+        got = await ctl.stub.ControllerGetVolume(request)
+        assert got.volume.capacity_bytes in (GIB, 2 * GIB)
+    elif meeting == "publish":
+        await ctl.publish(vol, world.node)
+        assert world.sim.read_content(vol) == DATA
+        await ctl.unpublish(vol, world.node)
+    elif meeting == "snapshot":
+        await ctl.snapshot("snap-3", vol)
+    elif meeting == "clone":
+        made = (await ctl.create("pvc-c", volume=vol)).volume_id
+        assert world.sim.read_content(made) == DATA
+    elif meeting == "list":
+        assert vol in await ctl.listed_volumes()
+    elif meeting == "create-again":
+        assert (await ctl.create("pvc-1")).volume_id == vol
+        assert world.sim.read_content(vol) == DATA
+
+
+async def _run(tmp_path: Path, name: str, cut: Cut | None, meeting: str = "") -> int:
+    """One run on a fresh simulator; the number of Oxide calls the (first) operation made.
+    ``meeting``: another RPC that meets the leftovers before the retry."""
+    where = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+    where.mkdir()
+    worlds = serve(
+        where, hotplug=True, instances=1, quota_gib=100, inflight=lambda: InFlight(limit=LIMIT)
+    )
+    async with contextlib.aclosing(worlds) as run:
+        async for world in run:
+            ctl = world.clusters["test"]
+            vol = (await ctl.create("pvc-1")).volume_id
+            world.sim.write_content(vol, DATA)
+            snap = (await ctl.snapshot("snap-1", vol)).snapshot_id
+            counter = cut or Cut(at=-1, after=False, kind="no-answer")
+            world.each = counter
+            first = await code_of(OPERATIONS[name](world, ctl, vol, snap))
+            world.each = None
+            if cut is None:
+                assert first == Code.OK
+            else:
+                assert cut.fired
+                if meeting:
+                    await _meet(world, ctl, vol, meeting)
+                retried = await code_of(OPERATIONS[name](world, ctl, vol, snap))
+                assert retried == Code.OK, (cut, first)
+            await _check(world, name, vol)
+            return counter.calls
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+async def test_cut_at_every_oxide_call_then_retried(tmp_path: Path, name: str) -> None:
+    steps = await _run(tmp_path, name, None)
+    assert steps >= 1
+    for at in range(steps):
+        for after in (False, True):
+            for kind in ("stall", "no-answer"):
+                await _run(tmp_path, name, Cut(at=at, after=after, kind=kind))
+
+
+@pytest.mark.parametrize("meeting", ["get", "publish", "snapshot", "clone", "list", "create-again"])
+async def test_every_rpc_meeting_a_cut_expansion_finishes_it_or_refuses(
+    tmp_path: Path, meeting: str
+) -> None:
+    steps = await _run(tmp_path, "expand", None)
+    for at in range(steps):
+        for after in (False, True):
+            await _run(tmp_path, "expand", Cut(at=at, after=after, kind="no-answer"), meeting)
