@@ -46,6 +46,9 @@ class Health:
                 await check()
             except CsiOxideError as exc:
                 self.mark(False, str(exc))
+            except Exception as exc:  # the watch must outlive any one failure
+                log.exception("health check failed unexpectedly")
+                self.mark(False, f"health check failed unexpectedly: {type(exc).__name__}")
             else:
                 self.mark(True)
             await sleep(interval)

@@ -26,7 +26,7 @@ from csi_oxide.errors import FailedPreconditionError, NotFoundError
 
 SERIAL_BYTES = 20
 MAX_DISKS_PER_INSTANCE = 12
-_CSI_SERIAL = re.compile(rb"^csi-[0-9a-f]{16}$")
+_CSI_SERIAL = re.compile(rb"csi-[0-9a-f]{16}")  # fullmatch: "$" accepts a final newline
 POLL_SECONDS = 0.5
 
 
@@ -177,7 +177,7 @@ def volume_slots(devices: list[BlockDevice]) -> int:
     others = [
         d
         for d in devices
-        if Path(d.sys_path).name.startswith("nvme") and not _CSI_SERIAL.match(d.serial)
+        if Path(d.sys_path).name.startswith("nvme") and not _CSI_SERIAL.fullmatch(d.serial)
     ]
     return max(0, MAX_DISKS_PER_INSTANCE - len(others))
 

@@ -20,7 +20,7 @@ class Route:
 
 def _compile(template: str) -> re.Pattern[str]:
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return re.compile(f"^{regex}$")
+    return re.compile(regex)  # used with fullmatch: "$" would also accept a trailing newline
 
 
 _TABLE = tuple(Route(m, _compile(t), op, h) for m, t, op, h in ROUTES)
@@ -39,7 +39,7 @@ def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
     parameters."""
     path_matched = False
     for route in _TABLE:
-        found = route.pattern.match(path)
+        found = route.pattern.fullmatch(path)
         if found is None:
             continue
         if route.method == method:
