@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -68,9 +69,15 @@ def _mount_cap(fs: str = "ext4") -> csi.VolumeCapability:
 class Demo:
     """The CO's side of the conversation with one driver."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        workdir: Path,
+        node_channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self.controller = csi_grpc.ControllerStub(channel)
-        self.node = csi_grpc.NodeStub(channel)
+        self.node = csi_grpc.NodeStub(node_channel if node_channel is not None else channel)
         self.node_id = node_id
         self.workdir = workdir
 
@@ -273,14 +280,128 @@ async def _expansion_advertised(channel: grpc.aio.Channel) -> bool:
     return any(c.rpc.type == wanted for c in caps.capabilities)
 
 
+def _disk_type(path: Path, tag: str = "TYPE") -> str:
+    probe = subprocess.run(  # noqa: S603 (fixed argv)
+        ["blkid", "-p", "-o", "value", "-s", tag, str(path)],  # noqa: S607 (util-linux)
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return probe.stdout.strip()
+
+
+async def guest_lifecycle(workdir: Path, steps: Steps) -> None:
+    """The lifecycle with the node plugin in a qemu guest: attach is a real NVMe hot-plug."""
+    from csi_oxide.guest.vm import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise DemoFailedError(f"--guest cannot run here: {reason}")
+    print("booting the simulated rack's local instance as a qemu guest (TCG: a minute or two)")
+    sim = await steps.run(
+        "boot the guest (SMBIOS UUID = instance ID, boot NVMe disk)",
+        asyncio.to_thread(
+            harness.start_sim, workdir, "--hotplug", "--backing", "guest", timeout=600
+        ),
+    )
+    with harness.stopping(sim.proc):
+        guest_dir = Path(sim.env["CSI_OXIDE_GUEST_DIR"])
+        devices = guest_dir.parent / "devices"
+        driver = harness.start_driver(workdir, sim.env, mode="controller", name="controller")
+        with harness.stopping(driver.proc):
+            async with (
+                grpc.aio.insecure_channel(driver.endpoint) as channel,
+                grpc.aio.insecure_channel(sim.env["CSI_OXIDE_GUEST_NODE_ENDPOINT"]) as node,
+            ):
+                demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], guest_dir / "co", node)
+                info = await steps.run(
+                    "NodeGetInfo from the plugin in the guest",
+                    demo.node.NodeGetInfo(csi.NodeGetInfoRequest()),
+                )
+                steps.note(f"node ID {info.node_id} (read from SMBIOS; the rack's instance ID)")
+                steps.note(f"attach limit {info.max_volumes_per_node} (12 less the boot disk)")
+                await _check(info.node_id == demo.node_id, "the node ID is not the instance ID")
+                vol = await steps.run(
+                    "CreateVolume 'demo-data' (1 GiB)", demo.create("demo-data", GIB)
+                )
+                vid = vol.volume_id
+                steps.note(f"NVMe serial in the guest: {vid}")
+                mount = await steps.run(
+                    "hot-plug (QMP device_add) + stage (mkfs) + publish",
+                    demo.attach_and_mount(vid),
+                )
+                before = await demo.stats(vid, mount)
+                snap = await steps.run(
+                    "CreateSnapshot 'demo-snap'",
+                    demo.controller.CreateSnapshot(
+                        csi.CreateSnapshotRequest(name="demo-snap", source_volume_id=vid)
+                    ),
+                )
+                await steps.run(
+                    "unpublish + unstage + hot-unplug (device_del)", demo.unmount_and_detach(vid)
+                )
+                fstype = await asyncio.to_thread(_disk_type, devices / vid)
+                fs_uuid = await asyncio.to_thread(_disk_type, devices / vid, "UUID")
+                await steps.run(
+                    "the disk's file holds the guest's ext4", _check(fstype == "ext4", fstype)
+                )
+                await steps.run(
+                    "ControllerExpandVolume to 2 GiB (offline)",
+                    demo.controller.ControllerExpandVolume(
+                        csi.ControllerExpandVolumeRequest(
+                            volume_id=vid,
+                            capacity_range=csi.CapacityRange(required_bytes=2 * GIB),
+                            volume_capability=_mount_cap(),
+                        )
+                    ),
+                )
+                mount = await steps.run(
+                    "hot-plug again + stage (grow) + publish", demo.attach_and_mount(vid)
+                )
+                after = await demo.stats(vid, mount)
+                steps.note(f"filesystem size {before} -> {after} bytes")
+                await _check(after > before, "the filesystem did not grow")
+                await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(vid))
+                snap_id = snap.snapshot.snapshot_id
+                restored = await steps.run(
+                    "CreateVolume 'demo-restore' from the snapshot",
+                    demo.create("demo-restore", GIB, snap_id),
+                )
+                rid = restored.volume_id
+                await steps.run(
+                    "hot-plug + stage (no mkfs: it has a filesystem) + publish the restored one",
+                    demo.attach_and_mount(rid),
+                )
+                await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(rid))
+                restored_uuid = await asyncio.to_thread(_disk_type, devices / rid, "UUID")
+                steps.note(f"filesystem UUID {fs_uuid} -> {restored_uuid}")
+                await steps.run(
+                    "the restored disk holds the snapshot's filesystem (not re-formatted)",
+                    _check(bool(fs_uuid) and restored_uuid == fs_uuid, "the UUID changed"),
+                )
+                await steps.run(
+                    "DeleteSnapshot",
+                    demo.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap_id)),
+                )
+                for v in (vid, rid):
+                    await steps.run(
+                        f"DeleteVolume {v}",
+                        demo.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v)),
+                    )
+    gone = not await asyncio.to_thread(guest_dir.exists)
+    await steps.run("guest shut down, its files removed", _check(gone, f"{guest_dir} left"))
+
+
 def _can_use_loop_devices() -> bool:
     return os.geteuid() == 0 and Path("/dev/loop-control").exists()
 
 
-async def run_demo(workdir: Path) -> None:
-    """The whole demo in ``workdir``."""
+async def run_demo(workdir: Path, *, guest: bool = False) -> None:
+    """The whole demo in ``workdir`` (``guest``: the node plugin in a qemu guest)."""
     steps = Steps()
-    if _can_use_loop_devices():
+    if guest:
+        await guest_lifecycle(workdir, steps)
+    elif _can_use_loop_devices():
         state = workdir / "rack"
         sim = harness.start_sim(
             workdir, "--hotplug", "--backing", "loop", "--state-dir", str(state)
@@ -301,11 +422,11 @@ async def run_demo(workdir: Path) -> None:
     print(f"demo finished: {steps.count} steps in {time.monotonic() - steps.started:.1f}s")
 
 
-def main() -> int:
-    """Entry point of ``csi-oxide demo``."""
+def main(*, guest: bool = False) -> int:
+    """Entry point of ``csi-oxide demo`` (``--guest``: the node plugin in a qemu guest)."""
     workdir = Path(tempfile.mkdtemp(prefix="csi-oxide-demo-"))
     try:
-        asyncio.run(run_demo(workdir))
+        asyncio.run(run_demo(workdir, guest=guest))
     except (DemoFailedError, grpc.aio.AioRpcError, harness.HarnessError) as exc:
         print(f"demo FAILED: {exc}")
         for log_file in sorted(workdir.glob("*.log")):

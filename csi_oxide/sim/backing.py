@@ -189,9 +189,13 @@ class LoopBacking:
 
 
 def make_backing(kind: str, state_dir: Path | None) -> Backing:
-    """The backing named ``kind`` (``memory`` or ``loop``)."""
+    """The backing named ``kind`` (``memory``, ``loop`` or ``guest``)."""
     if kind == "memory":
         return MemoryBacking()
     if kind == "loop":
         return LoopBacking(state_dir)
-    raise ValueError(f"unknown backing {kind!r}: use memory or loop")
+    if kind == "guest":
+        from csi_oxide.guest.backing import GuestBacking  # qemu's world, only when asked for
+
+        return GuestBacking(state_dir)
+    raise ValueError(f"unknown backing {kind!r}: use memory, loop or guest")

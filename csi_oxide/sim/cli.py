@@ -2,8 +2,10 @@
 
 Once the port is bound it writes ``--env-file`` atomically (shell ``export`` lines for
 ``OXIDE_HOST``, ``OXIDE_TOKEN``, ``OXIDE_PROJECT``, ``CSI_OXIDE_NODE_ID`` and, with loop backing,
-``CSI_OXIDE_SIM_DEVICE_DIR``) and prints where it listens. SIGTERM or SIGINT stops it cleanly: loop
-devices are detached, and backing files are kept only in a ``--state-dir`` the user chose.
+``CSI_OXIDE_SIM_DEVICE_DIR``; with guest backing ``CSI_OXIDE_GUEST_NODE_ENDPOINT`` and
+``CSI_OXIDE_GUEST_DIR`` instead) and prints where it listens. SIGTERM or SIGINT stops it
+cleanly: loop devices are detached, a guest is powered off, and backing files are kept only in a
+``--state-dir`` the user chose.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow attach/detach on running instances (the anticipated platform)",
     )
-    parser.add_argument("--backing", choices=("memory", "loop"), default="memory")
+    parser.add_argument(
+        "--backing",
+        choices=("memory", "loop", "guest"),
+        default="memory",
+        help="guest: the local instance is a qemu guest running the node plugin; attach is NVMe "
+        "hot-plug (needs --hotplug to attach while it runs)",
+    )
     parser.add_argument(
         "--state-dir", type=Path, help="loop backing: keep the backing files here (kept on exit)"
     )
@@ -126,7 +134,16 @@ def env_lines(sim: Simulator, url: str) -> str:
         "OXIDE_PROJECT": sim.config.project,
         "CSI_OXIDE_NODE_ID": sim.local_instance_id,
     }
-    if isinstance(sim.backing, LoopBacking):
+    if sim.config.backing == "guest":
+        from csi_oxide.guest.backing import GuestBacking
+
+        assert isinstance(sim.backing, GuestBacking)
+        assert sim.backing.vm is not None
+        # The node plugin runs in the guest (node ID from SMBIOS); the CO reaches it here, and
+        # puts staging and target paths below the folder the guest shares.
+        values["CSI_OXIDE_GUEST_NODE_ENDPOINT"] = f"unix://{sim.backing.vm.node_socket}"
+        values["CSI_OXIDE_GUEST_DIR"] = str(sim.backing.guest_dir)
+    elif isinstance(sim.backing, LoopBacking):
         values["CSI_OXIDE_SIM_DEVICE_DIR"] = str(sim.backing.device_dir)
     return "".join(f"export {k}={_single_quoted(v)}\n" for k, v in values.items())
 
@@ -178,6 +195,14 @@ async def _serve(sim: Simulator, sock: socket.socket, env_file: Path | None) -> 
     await server.serve(sockets=[sock])
 
 
+def _print_guest_timings(sim: Simulator) -> None:
+    from csi_oxide.guest.backing import GuestBacking
+
+    if isinstance(sim.backing, GuestBacking) and sim.backing.vm is not None:
+        timings = ", ".join(f"{k} {v:.1f}" for k, v in sim.backing.vm.timings.items())
+        print(f"csi-oxide sim: guest {sim.local_instance_id} booted ({timings})", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 0 on a clean stop, 2 on bad arguments."""
     try:
@@ -187,7 +212,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"csi-oxide sim: {exc}", file=sys.stderr)
         return 2
-    sim = Simulator(config)
+    try:
+        sim = Simulator(config)
+    except (OSError, RuntimeError) as exc:  # the guest did not boot: say why, leave nothing
+        sock.close()
+        print(f"csi-oxide sim: {exc}", file=sys.stderr)
+        return 1
+    _print_guest_timings(sim)
     try:
         with _quiet_signals():
             asyncio.run(_serve(sim, sock, args.env_file))

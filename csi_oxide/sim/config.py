@@ -14,7 +14,8 @@ class SimConfig:
     token it accepts (generated when None). ``hotplug`` off means today's platform: disks attach and
     detach only while their instance is stopped. ``backing`` is ``memory`` (no data, a content token
     per disk) or ``loop`` (sparse files under ``state_dir`` and loop devices for the local
-    instance). ``instances`` adds that many running instances besides the local one.
+    instance) or ``guest`` (the same files; the local instance is a qemu guest and attach is
+    NVMe hot-plug). ``instances`` adds that many running instances besides the local one.
     ``latency_ms`` is added to every request, plus up to ``jitter_ms`` more; ``fail_rate`` is the
     probability that a request is answered 503 before it is handled, ``lost_rate`` that it is
     handled but its answer is lost (a 503, as a dropped connection looks to a client that retries);

@@ -18,7 +18,7 @@ from csi_oxide.sim.backing import Backing, make_backing
 from csi_oxide.sim.config import SimConfig
 from csi_oxide.sim.faults import Faults
 from csi_oxide.sim.handlers import Call, Handler, Reply
-from csi_oxide.sim.model import SimState
+from csi_oxide.sim.model import BlankSource, SimState
 from csi_oxide.sim.records import DiskRecord, InstanceRecord
 
 T = TypeVar("T")
@@ -31,7 +31,8 @@ def new_token() -> str:
 
 class Simulator:
     """A simulated Oxide rack: one silo, one project, the local instance plus ``config.instances``
-    more, all running. The local instance has no boot disk, so all 12 disk slots are usable.
+    more, all running. The local instance has no boot disk, so all 12 disk slots are usable
+    (with ``guest`` backing it is a qemu guest with a boot disk: 11 slots are left).
 
     Serve it with ``asgi_app()`` (in-process with ``httpx.ASGITransport``, or under uvicorn).
     ``request_counts`` counts routed requests per operationId; ``faults`` scripts failures;
@@ -58,6 +59,8 @@ class Simulator:
         )
         self.project_id = self._state.project_id
         self.local_instance_id = self._state.local_instance_id
+        if config.backing == "guest":
+            self._boot_guest()
         self.instance_ids = list(self._state.instances)
         self.contract_violations: list[str] = []
         self.request_counts: Counter[str] = Counter()
@@ -74,6 +77,25 @@ class Simulator:
         from csi_oxide.sim.app import build_app
 
         return build_app(self, validate=validate)
+
+    def _boot_guest(self) -> None:
+        """Guest backing: give the local instance a (non-CSI) boot disk, then boot the guest as
+        that instance with the boot disk cold-plugged; attach and detach are NVMe hot-plug."""
+        from csi_oxide.guest.backing import GuestBacking
+
+        backing = self.backing
+        assert isinstance(backing, GuestBacking)
+        inst = self._state.instances[self.local_instance_id]
+        boot = self._state.create_disk(
+            f"{inst.name}-boot", "boot disk of the guest", GIB, BlankSource(block_size=512)
+        )
+        boot.state, boot.instance_id = DiskState.ATTACHED, inst.id
+        inst.boot_disk_id = boot.id
+        try:
+            backing.boot(inst.id, boot.name)
+        except BaseException:
+            backing.close()
+            raise
 
     # ---- used by the app ----
 

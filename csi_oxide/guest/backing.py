@@ -1,0 +1,51 @@
+"""The simulator's ``guest`` backing: disks are sparse files (as with loop backing), and the local
+instance is a real qemu guest in which attach is an NVMe hot-plug and detach a hot-unplug."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from csi_oxide.guest.vm import GuestVM
+from csi_oxide.sim.backing import LoopBacking
+
+
+class GuestBacking(LoopBacking):
+    """Files under ``<state_dir>/devices`` and ``<state_dir>/snapshots`` like ``LoopBacking``;
+    ``boot`` starts the guest (it needs the instance ID and the boot disk, which the simulator
+    makes first). ``guest_dir`` is shared read-write with the guest at the same path."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        super().__init__(state_dir)
+        self.guest_dir = self.state_dir / "guest"
+        self.vm: GuestVM | None = None
+
+    def boot(self, instance_id: str, boot_disk: str) -> GuestVM:
+        """Boot the guest as instance ``instance_id`` with ``boot_disk`` cold-plugged."""
+        self.vm = GuestVM(
+            workdir=self.guest_dir,
+            instance_id=instance_id,
+            boot_disk=self._disk_file(boot_disk),
+            boot_serial=boot_disk,
+        )
+        self.vm.start()
+        return self.vm
+
+    def _running(self) -> GuestVM:
+        if self.vm is None:
+            raise RuntimeError("the guest has not been booted")
+        return self.vm
+
+    def attach_local(self, disk: str, block_size: int) -> None:
+        self._running().hotplug(disk, self._disk_file(disk), block_size)
+
+    def detach_local(self, disk: str) -> None:
+        self._running().unplug(disk)
+
+    def device(self, disk: str) -> str | None:
+        return None  # the device lives in the guest; only the guest's udev names it
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.stop()
+            self.vm = None
+        super().close()
