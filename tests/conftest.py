@@ -23,13 +23,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SANITY_RESULTS] = []
 
 
+def sanity_required() -> bool:
+    """True where root tests and csi-sanity must run (CI): their skip becomes a failure."""
+    return os.environ.get("CSI_OXIDE_REQUIRE_SANITY") == "1"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = root_skip_reason()
     if reason is None:
         return
     for item in items:
-        if item.get_closest_marker("root"):
+        if item.get_closest_marker("root") and not sanity_required():
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = root_skip_reason()
+    if reason is not None and sanity_required() and item.get_closest_marker("root"):
+        pytest.fail(f"CSI_OXIDE_REQUIRE_SANITY=1 but this test cannot run: {reason}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

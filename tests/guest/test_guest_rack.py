@@ -366,3 +366,4 @@ def test_csi_sanity_against_the_node_in_the_guest(
     assert result.failed == 0, f"{result.failures}\n{result.output[-8000:]}"
     assert result.passed > 0, result.output[-4000:]
     assert result.exit_code == 0, result.output[-8000:]
+    assert harness.unexplained_skips(result.skips) == [], "skips nobody explained"

@@ -37,11 +37,18 @@ def sanity_binary() -> str:
     pytest.skip("csi-sanity is not installed (`make tools` installs it)")
 
 
+def test_only_known_skips_are_accepted() -> None:
+    assert harness.unexplained_skips(["[It] ModifyVolume [Controller Server] should fail"]) == []
+    node_spec = "[It] Node Service should work"
+    assert harness.unexplained_skips([node_spec]) == [node_spec]
+
+
 def _check(result: harness.SanityResult, label: str, report: Callable[[str], None]) -> None:
     report(f"{label}: {result.summary()}")
     assert result.failed == 0, f"{label} failures: {result.failures}\n{result.output[-8000:]}"
     assert result.passed > 0, f"{label}: nothing ran\n{result.output[-4000:]}"
     assert result.exit_code == 0, result.output[-8000:]
+    assert harness.unexplained_skips(result.skips) == [], f"{label}: skips nobody explained"
 
 
 def _run(binary: str, workdir: Path, *, processes: int, args: list[str]) -> harness.SanityResult:
