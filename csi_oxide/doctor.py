@@ -15,21 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_oxide.errors import CsiOxideError
-from csi_oxide.nodeid import resolve_node_id
+from csi_oxide.log import configure as configure_logging
+from csi_oxide.nodeid import SMBIOS_UUID, resolve_node_id
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import OxideCredentials, load_credentials
 from csi_oxide.oxide.types import GIB
 
+# Every program csi_oxide.node runs (tests/test_doctor.py holds the list to the node's code).
 NODE_TOOLS = (
     "blkid",
     "mount",
     "umount",
     "mkfs.ext4",
+    "dumpe2fs",
+    "e2fsck",
     "resize2fs",
     "mkfs.xfs",
+    "xfs_db",
     "xfs_growfs",
-    "blockdev",
+    "setpriv",  # kills a running tool with the plugin (csi_oxide.node.exec)
 )
 KUBELET_DIR = Path("/var/lib/kubelet")
 
@@ -62,7 +67,7 @@ class NodeHost:
     euid: Callable[[], int] = os.geteuid
     which: Callable[[str], str | None] = shutil.which
     kubelet_dir: Path = KUBELET_DIR
-    smbios_path: Path = Path("/sys/class/dmi/id/product_uuid")
+    smbios_path: Path = SMBIOS_UUID
     netlink: Callable[[], str] = _open_uevent_socket
 
 
@@ -157,10 +162,19 @@ def render(checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
-def run(mode: str, env: Mapping[str, str]) -> int:
-    """Run the checks of ``mode``, print the table, return the exit code."""
+def run(
+    mode: str,
+    env: Mapping[str, str],
+    *,
+    client_factory: ClientFactory = HttpOxideClient.from_credentials,
+) -> int:
+    """Run the checks of ``mode``, print the table, return the exit code.
+
+    A doctor's output is its table: meanwhile only warnings and errors are logged (to stderr), so
+    the client's per-request lines do not end up above it."""
+    configure_logging(fmt="console", level="warning")
     if mode == "controller":
-        checks = asyncio.run(controller_checks(env))
+        checks = asyncio.run(controller_checks(env, client_factory=client_factory))
     else:
         checks = node_checks(NodeHost(env=env))
     print(render(checks))

@@ -18,11 +18,10 @@ log = structlog.get_logger("csi_oxide.health")
 
 
 class Health:
-    """Readiness flag plus the last problem seen."""
+    """Readiness flag; the problem behind a change to not ready is logged."""
 
     def __init__(self, *, ready: bool = True) -> None:
         self.ready = ready
-        self.problem: str | None = None
 
     def mark(self, ok: bool, problem: str | None = None) -> None:
         """Record the outcome of a check, logging transitions only."""
@@ -31,7 +30,7 @@ class Health:
                 log.info("ready again")
             else:
                 log.warning("not ready", problem=problem)
-        self.ready, self.problem = ok, (None if ok else problem)
+        self.ready = ok
 
     async def watch(
         self,

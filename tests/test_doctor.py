@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
+import csi_oxide.node
 from csi_oxide import doctor
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import OxideCredentials
@@ -58,7 +64,7 @@ def test_node_problems_are_named(tmp_path: Path) -> None:
     )
     checks = _by_name(doctor.node_checks(host))
     assert not any(c.ok for c in checks.values())
-    assert checks["filesystem tools"].detail == "missing: mkfs.xfs, xfs_growfs"
+    assert checks["filesystem tools"].detail == "missing: mkfs.xfs, xfs_db, xfs_growfs"
     assert "netlink socket refused" in checks["device events (udev)"].detail
     assert "no node ID" in checks["instance UUID (node ID)"].detail
     table = doctor.render(list(checks.values()))
@@ -142,3 +148,56 @@ async def test_a_credentials_file_others_can_read_fails_its_row(tmp_path: Path) 
     checks = _by_name(await doctor.controller_checks(env, client_factory=_factory(sim)))
     assert "credentials file private" not in checks
     assert all(c.ok for c in checks.values())
+
+
+def _programs_named_in_node_code() -> tuple[set[str], set[str]]:
+    """(every string that opens a list or tuple literal, the programs ``shutil.which`` is asked
+    for) across csi_oxide/node: argv lists such as ``["mount", "-t", ...]`` open with a program."""
+    heads: set[str] = set()
+    asked: set[str] = set()
+    for source in Path(csi_oxide.node.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
+                first = node.elts[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    heads.add(first.value)
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "which":
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    asked.add(arg.value)
+    return heads, asked
+
+
+def test_doctor_checks_the_tools_the_node_runs() -> None:
+    heads, asked = _programs_named_in_node_code()
+    runs = {h for h in heads if shutil.which(h) is not None} | asked  # programs, not options
+    assert runs, "no program found in the node's code"
+    assert runs <= set(doctor.NODE_TOOLS), f"not checked by doctor: {runs - set(doctor.NODE_TOOLS)}"
+    assert set(doctor.NODE_TOOLS) <= heads | asked, "doctor checks a tool the node never runs"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """doctor.run configures logging for the process; put the previous configuration back."""
+    before = structlog.get_config()
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    structlog.configure(**before)
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
+def test_the_doctor_prints_its_table_alone(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    sim = Simulator(SimConfig(quota_gib=10))
+    structlog.reset_defaults()  # as in a fresh `csi-oxide doctor` process: nothing configured
+    code = doctor.run("controller", _env(sim), client_factory=_factory(sim))
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["check", "detail"]
+    assert len(lines) == 1 + 3 + 1  # header, the three controller checks, the summary
+    assert lines[-1] == "3 passed, 0 failed"
+    assert "oxide_request" not in out + err  # the client's debug lines

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
+import structlog.testing
 
 from csi_oxide.errors import UnavailableError
 from csi_oxide.health import Health
@@ -38,5 +40,9 @@ async def test_a_driver_error_marks_not_ready_until_the_next_success() -> None:
 
 
 async def test_an_unexpected_error_does_not_end_the_watch() -> None:
-    health = await _watch_through([RuntimeError("bug"), KeyError("x")])
-    assert health.ready and health.problem is None
+    with structlog.testing.capture_logs() as logs:
+        health = await _watch_through([RuntimeError("bug"), KeyError("x")])
+    assert health.ready
+    problems = [e.get("problem") for e in logs if e["event"] == "not ready"]
+    assert problems == ["health check failed unexpectedly: RuntimeError"]  # logged once, on change
+    assert [e["event"] for e in logs][-1] == "ready again"

@@ -24,6 +24,7 @@ import structlog
 
 from csi_oxide.controller import lookup, owner, record
 from csi_oxide.controller.expand import Expander
+from csi_oxide.controller.record import Source, SourceKind
 from csi_oxide.controller.sizing import CapacityRange, disk_size
 from csi_oxide.errors import (
     AbortedError,
@@ -54,10 +55,10 @@ from csi_oxide.oxide.types import (
     SnapshotState,
 )
 from csi_oxide.publish_context import Origin
+from csi_oxide.volumes import DEFAULT_BLOCK_SIZE
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_BLOCK_SIZE = 4096
 ATTACHABLE_STATES = frozenset({InstanceState.STOPPED, InstanceState.CREATING})
 NO_HOTPLUG = (
     "this Oxide release attaches and detaches disks only while the instance is stopped "
@@ -72,17 +73,6 @@ DETACH_ADVICE = (
     "What to do: stop the instance, let the detach happen (the attacher retries on its own), "
     "then start it again; or wait for disk hot-plug."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a new volume's content comes from: ``kind`` is "snapshot" or "volume"."""
-
-    kind: str
-    id: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,21 +118,16 @@ class Capacity:
     minimum_volume_size: int
 
 
-def _source_of(rec: record.Record | None) -> Source | None:
-    if rec is None or ":" not in rec.source:
-        return None
-    kind, _, ident = rec.source.partition(":")
-    return Source(kind, ident)
-
-
 def origin_of(claim: owner.Claim) -> Origin | None:
     """How the volume's disk was born, for the node (``publish_context``); None if unknown."""
     if claim.owner is owner.Owner.STATIC:
         return Origin.STATIC
     if claim.record is None:
         return None
-    kind = claim.record.source.partition(":")[0]
-    return {"": Origin.BLANK, "snapshot": Origin.SNAPSHOT, "volume": Origin.VOLUME}.get(kind)
+    source = claim.record.source
+    if source is None:
+        return Origin.BLANK
+    return Origin.SNAPSHOT if source.kind is SourceKind.SNAPSHOT else Origin.VOLUME
 
 
 def volume_info(disk: Disk, rec: record.Record | None) -> VolumeInfo:
@@ -153,7 +138,7 @@ def volume_info(disk: Disk, rec: record.Record | None) -> VolumeInfo:
     return VolumeInfo(
         volume_id=disk.name,
         capacity_bytes=disk.size,
-        source=_source_of(rec),
+        source=rec.source if rec is not None else None,
         published_node=disk.instance_id if disk.published else None,
         abnormal=abnormal,
     )
@@ -195,7 +180,7 @@ class ControllerOps:
                 block_size=spec.block_size or DEFAULT_BLOCK_SIZE,
             )
             return await self._create_disk(blank, spec)
-        if spec.source.kind == "snapshot":
+        if spec.source.kind is SourceKind.SNAPSHOT:
             return await self._restore(disk_name, spec, spec.source.id)
         return await self._clone(disk_name, spec, spec.source.id)
 
@@ -204,7 +189,7 @@ class ControllerOps:
             cluster=self._cluster,
             name=spec.name,
             size=spec.capacity.required,
-            source=str(spec.source) if spec.source else "",
+            source=spec.source,
             pvc=spec.pvc,
             pv=spec.pv,
         )
@@ -302,7 +287,9 @@ class ControllerOps:
         attempt of this very clone (same record, same source disk); any other leftover is
         deleted and taken afresh, never built on."""
         name = record.clone_snapshot_name(target)
-        rec = record.Record(cluster=self._cluster, name=target, source=f"volume:{source.name}")
+        rec = record.Record(
+            cluster=self._cluster, name=target, source=Source(SourceKind.VOLUME, source.name)
+        )
         try:
             return await self._of_disk(await self._take_snapshot(name, rec, source.name), source)
         except OxideAlreadyExistsError:
@@ -356,11 +343,10 @@ class ControllerOps:
                 f"Oxide disk {disk.name} exists but was not created by this cluster for volume "
                 f"name {spec.name!r}"
             )
-        wanted = str(spec.source) if spec.source else ""
-        if rec.source != wanted:
+        if rec.source != spec.source:
             raise AlreadyExistsError(
-                f"volume {spec.name!r} exists with content source {rec.source or 'none'!r}, "
-                f"not {wanted or 'none'!r}"
+                f"volume {spec.name!r} exists with content source {_shown(rec.source)!r}, "
+                f"not {_shown(spec.source)!r}"
             )
         if not spec.capacity.admits(disk.size):
             raise AlreadyExistsError(
@@ -563,7 +549,9 @@ class ControllerOps:
         )
 
     async def _create_snapshot(self, snap_name: str, name: str, source: str) -> SnapshotInfo:
-        rec = record.Record(cluster=self._cluster, name=name, source=f"volume:{source}")
+        rec = record.Record(
+            cluster=self._cluster, name=name, source=Source(SourceKind.VOLUME, source)
+        )
         try:
             disk, _ = await self._usable_volume(source, "source volume")
         except NotFoundError:
@@ -601,10 +589,10 @@ class ControllerOps:
             )
         if existing.source != rec.source:
             raise AlreadyExistsError(
-                f"snapshot {name!r} exists for source {existing.source.partition(':')[2]}, "
-                f"not {rec.source.partition(':')[2]}"
+                f"snapshot {name!r} exists for source {_source_id(existing.source)}, "
+                f"not {_source_id(rec.source)}"
             )
-        return _snapshot_info(snap, rec.source.partition(":")[2])
+        return _snapshot_info(snap, _source_id(rec.source))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot; missing (or another cluster's) is success. Temporary snapshots are
@@ -669,8 +657,7 @@ class ControllerOps:
 
     async def _describe_snapshot(self, snap: Snapshot, claim: owner.Claim) -> SnapshotInfo:
         if claim.record is not None:
-            source = claim.record.source
-            return _snapshot_info(snap, source.partition(":")[2] if ":" in source else "")
+            return _snapshot_info(snap, _source_id(claim.record.source))
         # A snapshot made outside the driver: its source is the disk it was taken of, named as
         # a volume ID (the disk's name), never the disk's UUID; unknown once that disk is gone.
         try:
@@ -756,6 +743,16 @@ def _check_block_size(spec: NewVolume, source_block_size: int | None) -> None:
     )
 
 
+def _shown(source: Source | None) -> str:
+    """A content source in a message."""
+    return str(source) if source else "none"
+
+
+def _source_id(source: Source | None) -> str:
+    """The ID in ``source``; "" for none."""
+    return source.id if source else ""
+
+
 def _snapshot_info(snap: Snapshot, source_volume_id: str) -> SnapshotInfo:
     return SnapshotInfo(
         snapshot_id=snap.name,
@@ -771,7 +768,7 @@ def _half_expanded(snap: Snapshot, rec: record.Record) -> VolumeInfo:
     return VolumeInfo(
         volume_id=rec.disk_name(),
         capacity_bytes=rec.grow_from or snap.size,
-        source=_source_of(rec),
+        source=rec.source,
         published_node=None,
         abnormal=(
             f"an expansion was interrupted after the disk was deleted; the data is in snapshot "

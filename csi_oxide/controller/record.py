@@ -24,12 +24,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
+from csi_oxide.volumes import VOLUME_PREFIX, is_volume_name
 
 PREFIX = "csi.oxide.computer/v1 "
-VOLUME_PREFIX = "csi-"
 SNAPSHOT_PREFIX = "snap-"
 CLONE_PREFIX = "tmp-clone-"
 GROW_PREFIX = "tmp-grow-"
@@ -37,7 +38,6 @@ TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX)
 
 _HEX16 = r"[0-9a-f]{16}"
 # Matched with fullmatch: ``$`` would also accept a final newline.
-_VOLUME_RE = re.compile(rf"{VOLUME_PREFIX}{_HEX16}")
 _SNAPSHOT_RE = re.compile(rf"{SNAPSHOT_PREFIX}{_HEX16}")
 
 MAX_CLUSTER_ID_LENGTH = 63
@@ -70,7 +70,7 @@ def grow_snapshot_name(disk: str) -> str:
 
 def is_driver_volume_name(name: str) -> bool:
     """True for disk names this driver makes."""
-    return bool(_VOLUME_RE.fullmatch(name))
+    return is_volume_name(name)
 
 
 def is_driver_snapshot_name(name: str) -> bool:
@@ -83,12 +83,46 @@ def is_temporary_snapshot_name(name: str) -> bool:
     return name.startswith(TEMPORARY_PREFIXES)
 
 
+class SourceKind(StrEnum):
+    """What a volume's content comes from (CSI's volume content source types)."""
+
+    SNAPSHOT = "snapshot"
+    VOLUME = "volume"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A volume's content source (a CSI snapshot or volume ID), or the volume a snapshot is of.
+
+    In a record it is written ``<kind>:<id>``; only this module encodes and decodes that."""
+
+    kind: SourceKind
+    id: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", SourceKind(self.kind))  # ValueError for another kind
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+def _decode_source(text: str) -> Source | None:
+    """The source written as ``text`` ("" for none); ValueError when it is not one."""
+    if not text:
+        return None
+    kind, sep, ident = text.partition(":")
+    if not sep or not ident or kind not in tuple(SourceKind):
+        raise ValueError(f"not a content source: {text!r}")
+    return Source(SourceKind(kind), ident)
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """What the driver remembers about an object it created.
 
     ``name`` is the CSI name (``name_hash`` replaces it when the record would be too long);
-    ``size`` the requested bytes; ``source`` ``snapshot:<id>`` or ``volume:<id>`` or "".
+    ``size`` the requested bytes; ``source`` where the content came from (a snapshot's record:
+    the volume it is of), None for a blank volume.
     A temporary expansion snapshot carries the disk's record plus ``grow_from`` and ``grow_to``
     (old and new disk sizes in bytes), enough to finish or roll back the expansion from it alone.
     A CSI snapshot's record carries its source disk's ``block_size`` (Oxide's snapshot view has
@@ -99,7 +133,7 @@ class Record:
     name: str = ""
     name_hash: str = ""
     size: int = 0
-    source: str = ""
+    source: Source | None = None
     pvc: str = ""
     pv: str = ""
     grow_from: int = 0
@@ -144,7 +178,7 @@ class Record:
             ("n", self.name),
             ("h", self.name_hash),
             ("s", self.size),
-            ("src", self.source),
+            ("src", str(self.source) if self.source else ""),
             ("pvc", self.pvc),
             ("pv", self.pv),
             ("gf", self.grow_from),
@@ -183,12 +217,16 @@ def decode(description: str) -> Record | None:
         value = data.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT64:
             return None
+    try:
+        source = _decode_source(data.get("src", ""))
+    except ValueError:
+        return None
     return Record(
         cluster=data["c"],
         name=data.get("n", ""),
         name_hash=data.get("h", ""),
         size=data.get("s", 0),
-        source=data.get("src", ""),
+        source=source,
         pvc=data.get("pvc", ""),
         pv=data.get("pv", ""),
         grow_from=data.get("gf", 0),
@@ -237,7 +275,7 @@ def check_cluster_id(cluster: str) -> None:
         cluster=cluster,
         name_hash="f" * 64,
         size=MAX_DISK_SIZE,
-        source="snapshot:" + "s" * 63,
+        source=Source(SourceKind.SNAPSHOT, "s" * 63),
         grow_from=MAX_DISK_SIZE,
         grow_to=MAX_DISK_SIZE,
         block_size=4096,

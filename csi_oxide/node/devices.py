@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,10 @@ from typing import Protocol
 import pyudev
 
 from csi_oxide.errors import FailedPreconditionError, NotFoundError
+from csi_oxide.oxide.types import MAX_DISKS_PER_INSTANCE
+from csi_oxide.volumes import is_volume_serial, serial_of
 
-SERIAL_BYTES = 20
-MAX_DISKS_PER_INSTANCE = 12
-_CSI_SERIAL = re.compile(rb"csi-[0-9a-f]{16}")  # fullmatch: "$" accepts a final newline
 POLL_SECONDS = 0.5
-
-
-def serial_of(volume_id: str) -> bytes:
-    """The serial the guest sees for the disk named ``volume_id``."""
-    return volume_id.encode()[:SERIAL_BYTES]
 
 
 def serial_text(volume_id: str) -> str:
@@ -110,7 +103,7 @@ class UdevDeviceFinder:
                 return None
             file = Path(backing.decode(errors="replace"))
             if file.parent == self._sim_dir:
-                return file.name.encode()[:SERIAL_BYTES]
+                return serial_of(file.name)
         return None
 
     def current_serial(self, device: BlockDevice) -> bytes | None:
@@ -177,7 +170,7 @@ def volume_slots(devices: list[BlockDevice]) -> int:
     others = [
         d
         for d in devices
-        if Path(d.sys_path).name.startswith("nvme") and not _CSI_SERIAL.fullmatch(d.serial)
+        if Path(d.sys_path).name.startswith("nvme") and not is_volume_serial(d.serial)
     ]
     return max(0, MAX_DISKS_PER_INSTANCE - len(others))
 

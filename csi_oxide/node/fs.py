@@ -27,10 +27,9 @@ from typing import Protocol
 
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node.exec import run
+from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MIB = 1024 * 1024
-FILESYSTEMS = ("ext4", "xfs")
-DEFAULT_FS = "ext4"
 # ext4: the DESIGN flags: no discard pass over the device (a new Oxide disk already reads as zeros,
 # and discarding a 1 TiB network disk takes long), inode tables and journal zeroed lazily by the
 # kernel after mount instead of by mkfs; flex groups of 256 block groups (default 16) so the
@@ -81,7 +80,7 @@ def parse_blkid_export(text: str) -> Signature:
 
 def check_fstype(fstype: str) -> str:
     """The filesystem to use for a requested ``fs_type`` ("" means ext4)."""
-    chosen = fstype or DEFAULT_FS
+    chosen = fstype or DEFAULT_FILESYSTEM
     if chosen not in FILESYSTEMS:
         raise InvalidArgumentError(
             f"filesystem {chosen!r} is not supported: use one of {', '.join(FILESYSTEMS)}"

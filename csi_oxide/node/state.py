@@ -32,11 +32,11 @@ from typing import Any, Protocol
 
 from csi_oxide.errors import ConfigurationError, FailedPreconditionError
 from csi_oxide.node.mountinfo import Mount
+from csi_oxide.volumes import serial_of
 
 DEFAULT_STATE_DIR = Path("/var/lib/csi-oxide/node")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 VERSION = 1
-SERIAL_BYTES = 20  # the NVMe serial: the first 20 bytes of the disk name
 
 MKFS_STARTED = "mkfs-started"
 MKFS_DONE = "mkfs-done"
@@ -262,9 +262,7 @@ class FileRecordStore:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            return VolumeRecord(
-                volume_id, volume_id.encode()[:SERIAL_BYTES].decode(errors="replace")
-            )
+            return VolumeRecord(volume_id, serial_of(volume_id).decode(errors="replace"))
         try:
             return from_json(text)
         except ValueError as exc:

@@ -14,7 +14,11 @@ from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilizatio
 
 
 class OxideApi(Protocol):
-    """The Oxide operations the driver uses, one method per API operation."""
+    """The Oxide operations the driver uses, one method per API operation.
+
+    ``HttpOxideClient`` has a few more (listing instances and their disks, starting and stopping an
+    instance) that only tests, benchmarks and the end-to-end checks call; they are not part of
+    this seam."""
 
     @property
     def project(self) -> str:
@@ -55,22 +59,6 @@ class OxideApi(Protocol):
 
     async def instance_view(self, instance: str) -> Instance:
         """``instance_view``."""
-        ...
-
-    async def instance_list(self) -> list[Instance]:
-        """``instance_list`` over all pages of the project."""
-        ...
-
-    async def instance_start(self, instance: str) -> Instance:
-        """``instance_start`` (202)."""
-        ...
-
-    async def instance_stop(self, instance: str) -> Instance:
-        """``instance_stop`` (202)."""
-        ...
-
-    async def instance_disk_list(self, instance: str) -> list[Disk]:
-        """``instance_disk_list`` over all pages: the disks attached to ``instance``."""
         ...
 
     async def instance_disk_attach(self, instance: str, disk: str) -> Disk:

@@ -377,6 +377,9 @@ class HttpOxideClient:
         answer = await self._call("instance_view", "GET", path, self._selector(instance))
         return self._parse("instance_view", answer, wire.parse_instance, about=instance)
 
+    # Not part of OxideApi: the driver never calls the four below; tests, benchmarks and the
+    # end-to-end checks do (to pick nodes, cold-plug, and look at what is attached).
+
     async def instance_list(self) -> list[Instance]:
         """``instance_list`` over all pages of the project."""
         return await self._list(

@@ -1,8 +1,12 @@
 """Errors from the Oxide API, translated once from HTTP by ``csi_oxide.oxide.client``.
 
 Each class is also a domain error (``csi_oxide.errors``), so an Oxide error that a caller does not
-handle specially still reaches the user with a sensible gRPC code. Every instance carries Oxide's
-``request_id`` for correlation with the rack's logs, and never the token.
+handle specially still reaches the user with a sensible gRPC code: the translation HTTP -> domain
+happens here, once, and the server's table maps domain -> gRPC. There is no second boundary. A
+caller catches an Oxide error only to decide something (a missing object is success, a refusal is
+explained with what the user asked for, e.g. "source volume X does not exist"), never merely to
+change its class. Every instance carries Oxide's ``request_id`` for correlation with the rack's
+logs, and never the token.
 
 ``OxideError``'s constructor is the one place where text from the Oxide side (the server's error
 message, its request ID, a library's exception text) becomes text of the driver, which then

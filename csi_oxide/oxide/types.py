@@ -132,3 +132,10 @@ class DiskSpec:
     size: int
     block_size: int | None = None
     snapshot_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # A programmer's error, never a user's: the controller builds every spec itself.
+        if (self.block_size is None) == (self.snapshot_id is None):
+            raise ValueError(
+                f"disk {self.name!r}: give exactly one of a block size (blank) or a snapshot ID"
+            )

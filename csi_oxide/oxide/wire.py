@@ -16,11 +16,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.oxide.names import MAX_NAME_LENGTH, is_uuid
 from csi_oxide.oxide.types import (
     BLOCK_SIZES,
     GIB,
+    PUBLISHED_STATES,
     Disk,
     DiskSpec,
     DiskState,
@@ -34,8 +34,6 @@ from csi_oxide.oxide.types import (
 JsonObject = dict[str, object]
 _E = TypeVar("_E", bound=StrEnum)
 _T = TypeVar("_T")
-
-_STATES_WITH_INSTANCE = frozenset({DiskState.ATTACHING, DiskState.ATTACHED, DiskState.DETACHING})
 
 
 class WireError(ValueError):
@@ -77,10 +75,6 @@ class ErrorBody:
 
 def disk_create_body(spec: DiskSpec) -> JsonObject:
     """``DiskCreate`` for a distributed (replicated) disk, blank or from a snapshot."""
-    if (spec.block_size is None) == (spec.snapshot_id is None):
-        raise InvalidArgumentError(
-            f"disk {spec.name!r}: give exactly one of a block size (blank) or a snapshot ID"
-        )
     source: JsonObject
     if spec.snapshot_id is not None:
         source = {"type": "snapshot", "snapshot_id": spec.snapshot_id}
@@ -115,7 +109,7 @@ def parse_disk(value: object) -> Disk:
     what = f"disk {name!r}"
     state_obj = _object(obj.get("state"), "disk state")
     state = _enum(DiskState, _str(state_obj, "state"), f"state of {what}")
-    instance_id = _uuid(state_obj, "instance", what) if state in _STATES_WITH_INSTANCE else None
+    instance_id = _uuid(state_obj, "instance", what) if state in PUBLISHED_STATES else None
     block_size = _int(obj, "block_size")
     if block_size not in BLOCK_SIZES:
         raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")

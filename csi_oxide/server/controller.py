@@ -13,9 +13,9 @@ from csi_oxide.controller.ops import (
     ControllerOps,
     NewVolume,
     SnapshotInfo,
-    Source,
     VolumeInfo,
 )
+from csi_oxide.controller.record import Source, SourceKind
 from csi_oxide.errors import InvalidArgumentError, UnimplementedError
 from csi_oxide.server import parse
 
@@ -42,7 +42,7 @@ CAPABILITIES = (
 def _content_source(source: Source | None) -> csi.VolumeContentSource | None:
     if source is None:
         return None
-    if source.kind == "snapshot":
+    if source.kind is SourceKind.SNAPSHOT:
         return csi.VolumeContentSource(
             snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=source.id)
         )
@@ -55,9 +55,9 @@ def _source(request: csi.CreateVolumeRequest) -> Source | None:
     src = request.volume_content_source
     kind = src.WhichOneof("type")
     if kind == "snapshot":
-        return Source("snapshot", parse.require(src.snapshot.snapshot_id, "snapshot_id"))
+        return Source(SourceKind.SNAPSHOT, parse.require(src.snapshot.snapshot_id, "snapshot_id"))
     if kind == "volume":
-        return Source("volume", parse.require(src.volume.volume_id, "volume_id"))
+        return Source(SourceKind.VOLUME, parse.require(src.volume.volume_id, "volume_id"))
     raise InvalidArgumentError("volume_content_source must name a snapshot or a volume")
 
 

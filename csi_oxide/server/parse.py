@@ -17,10 +17,12 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller.record import is_driver_snapshot_name, is_driver_volume_name
 from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import AbortedError, InvalidArgumentError
+from csi_oxide.oxide.types import BLOCK_SIZES
+from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MAX_PATH_BYTES = 4096
-DEFAULT_FS_TYPE = "ext4"
-FS_TYPES = frozenset({"ext4", "xfs"})
+FS_TYPES = FILESYSTEMS  # the name the deployment tests read
+_FS_CHOICES = " or ".join(FILESYSTEMS)
 
 AccessMode = csi.VolumeCapability.AccessMode
 
@@ -132,10 +134,10 @@ def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> C
         raise InvalidArgumentError(f"{field}: access_mode {mode} is not a CSI access mode")
     if kind == "block":
         return Capability(AccessType.BLOCK, mode)
-    fs_type = cap.mount.fs_type or DEFAULT_FS_TYPE
-    if fs_type not in FS_TYPES:
+    fs_type = cap.mount.fs_type or DEFAULT_FILESYSTEM
+    if fs_type not in FILESYSTEMS:
         raise InvalidArgumentError(
-            f"{field}: fs_type {cap.mount.fs_type!r} is not supported (use ext4 or xfs)"
+            f"{field}: fs_type {cap.mount.fs_type!r} is not supported (use {_FS_CHOICES})"
         )
     return Capability(AccessType.MOUNT, mode, fs_type, mount_flags(cap.mount.mount_flags))
 
@@ -169,17 +171,8 @@ def capacity_range(rng: csi.CapacityRange | None) -> CapacityRange:
     return CapacityRange(rng.required_bytes, rng.limit_bytes)
 
 
-def string_map(values: Mapping[str, str], field: str) -> dict[str, str]:
-    """A plain dict copy of a protobuf map, refusing NUL characters."""
-    out = dict(values)
-    for key, value in out.items():
-        if "\x00" in key or "\x00" in value:
-            raise InvalidArgumentError(f"{field}[{key!r}] contains a NUL character")
-    return out
-
-
 K8S_PREFIX = "csi.storage.k8s.io/"
-BLOCK_SIZES = ("512", "2048", "4096")
+_BLOCK_SIZE_TEXTS = tuple(str(size) for size in BLOCK_SIZES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +180,6 @@ class VolumeParameters:
     """StorageClass parameters after validation."""
 
     block_size: int | None = None  # None: not given (4096 for a blank volume)
-    fs_type: str = ""
     pvc: str = ""
     pv: str = ""
 
@@ -203,16 +195,17 @@ def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
             "blockSize and csi.storage.k8s.io/* keys"
         )
     block = params.get("blockSize")
-    if block is not None and block not in BLOCK_SIZES:
-        raise InvalidArgumentError(f"blockSize {block!r} must be one of 512, 2048, 4096")
+    if block is not None and block not in _BLOCK_SIZE_TEXTS:
+        raise InvalidArgumentError(
+            f"blockSize {block!r} must be one of {', '.join(_BLOCK_SIZE_TEXTS)}"
+        )
     fs_type = params.get("fsType", "")
-    if fs_type and fs_type.lower() not in FS_TYPES:
-        raise InvalidArgumentError(f"fsType {fs_type!r} is not supported (use ext4 or xfs)")
+    if fs_type and fs_type.lower() not in FILESYSTEMS:
+        raise InvalidArgumentError(f"fsType {fs_type!r} is not supported (use {_FS_CHOICES})")
     namespace = params.get(K8S_PREFIX + "pvc/namespace", "")
     pvc_name = params.get(K8S_PREFIX + "pvc/name", "")
     return VolumeParameters(
         block_size=None if block is None else int(block),
-        fs_type=fs_type.lower(),
         pvc=f"{namespace}/{pvc_name}" if pvc_name else "",
         pv=params.get(K8S_PREFIX + "pv/name", ""),
     )

@@ -14,8 +14,9 @@ from datetime import timedelta
 import pytest
 
 from csi_oxide.controller import record
-from csi_oxide.controller.ops import ControllerOps, Source
+from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.record import Source
 from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import (
     AbortedError,
@@ -240,7 +241,9 @@ async def test_reconciler_deletes_a_stale_clone_snapshot(env: Env) -> None:
 async def test_reconciler_leaves_a_temporary_snapshot_with_a_copied_record(env: Env) -> None:
     """Our marker on a temporary snapshot is not enough: the record must name that snapshot."""
     source = await _volume(env)
-    copied = record.Record(cluster="test", name=record.volume_name("pvc-other"), source="volume:x")
+    copied = record.Record(
+        cluster="test", name=record.volume_name("pvc-other"), source=record.Source("volume", "x")
+    )
     forged = record.clone_snapshot_name(record.volume_name("pvc-clone"))
     await env.api.snapshot_create(forged, copied.encode(), source)
     result = await Reconciler(

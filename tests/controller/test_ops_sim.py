@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide.controller import owner, record
-from csi_oxide.controller.ops import ControllerOps, Source, origin_of
+from csi_oxide.controller.ops import ControllerOps, origin_of
+from csi_oxide.controller.record import Source
 from csi_oxide.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -32,6 +33,27 @@ async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:
     disk = await env.api.disk_view(first.volume_id)
     rec = record.owned_by(disk.description, "test")
     assert rec is not None and rec.name == "pvc-1"
+
+
+async def test_recreate_respects_the_limit_of_the_new_request(env: Env) -> None:
+    first = await env.ops.create_volume(new(required=2 * GIB))
+    assert first.capacity_bytes == 2 * GIB
+    # The same name again, now with a 1 GiB limit: the existing 2 GiB disk does not fit it.
+    with pytest.raises(AlreadyExistsError, match="outside the requested range"):
+        await env.ops.create_volume(new(required=GIB, limit=GIB))
+    assert await env.ops.create_volume(new(required=GIB, limit=2 * GIB)) == first
+
+
+async def test_capacity_rounds_the_largest_volume_down_to_whole_gib() -> None:
+    sim, api = await make_env(quota_gib=8)
+    ops = ControllerOps(api, cluster="test")
+    # Real silo quotas are counted in bytes; the simulator's config takes GiB, so an odd quota is
+    # set on its state directly (the answer still travels through the real utilization endpoint).
+    sim._state.quota_bytes = 5 * GIB + 12345
+    cap = await ops.capacity()
+    assert cap.available == 5 * GIB + 12345
+    assert cap.maximum_volume_size == 5 * GIB
+    await api.aclose()
 
 
 async def test_another_clusters_disk_is_not_ours(env: Env) -> None:
@@ -184,20 +206,30 @@ async def test_static_provisioning_of_an_existing_disk(env: Env) -> None:
     assert "legacy-data" not in env.sim.disk_names()
 
 
+_IMAGE_SOURCE = record.PREFIX + '{"c":"test","n":"a","src":"image:x"}'
+
+
 @pytest.mark.parametrize(
     ("claim", "origin"),
     [
         (owner.Claim(owner.Owner.OURS, record.Record(cluster="test", name="a")), Origin.BLANK),
         (
-            owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="snapshot:snap-1")),
+            owner.Claim(
+                owner.Owner.OURS,
+                record.Record("test", "a", source=record.Source("snapshot", "snap-1")),
+            ),
             Origin.SNAPSHOT,
         ),
         (
-            owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="volume:csi-1")),
+            owner.Claim(
+                owner.Owner.OURS,
+                record.Record("test", "a", source=record.Source("volume", "csi-1")),
+            ),
             Origin.VOLUME,
         ),
         (owner.STATIC, Origin.STATIC),
-        (owner.Claim(owner.Owner.OURS, record.Record("test", "a", source="image:x")), None),
+        # A record naming a source of another kind is damaged: no record, no origin.
+        (owner.Claim(owner.Owner.OURS, record.decode(_IMAGE_SOURCE)), None),
         (owner.FOREIGN, None),
     ],
 )

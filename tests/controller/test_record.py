@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from csi_oxide.controller import record
@@ -33,7 +35,12 @@ def test_temporary_names_are_distinct_and_recognised() -> None:
 
 def test_round_trip() -> None:
     rec = record.Record(
-        cluster="prod", name="pvc-1", size=5, source="snapshot:snap-1", pvc="ns/claim", pv="pv-1"
+        cluster="prod",
+        name="pvc-1",
+        size=5,
+        source=record.Source("snapshot", "snap-1"),
+        pvc="ns/claim",
+        pv="pv-1",
     )
     text = rec.encode()
     assert text.startswith(record.PREFIX)
@@ -83,7 +90,9 @@ def test_grow_sizes_round_trip() -> None:
 
 @pytest.mark.parametrize("name", ["pvc-1", "é" * 200])
 def test_snapshot_and_clone_names_survive_the_hash_fallback(name: str) -> None:
-    rec = record.Record(cluster="c" * 63, name=name, source="volume:" + "v" * 63, pv="p" * 400)
+    rec = record.Record(
+        cluster="c" * 63, name=name, source=record.Source("volume", "v" * 63), pv="p" * 400
+    )
     decoded = record.decode(rec.encode())
     assert decoded is not None
     assert decoded.snapshot_name() == record.snapshot_name(name)
@@ -91,7 +100,9 @@ def test_snapshot_and_clone_names_survive_the_hash_fallback(name: str) -> None:
 
 
 def test_block_size_round_trips() -> None:
-    rec = record.Record(cluster="prod", name="s", source="volume:csi-1", block_size=512)
+    rec = record.Record(
+        cluster="prod", name="s", source=record.Source("volume", "csi-1"), block_size=512
+    )
     assert record.decode(rec.encode()) == rec
 
 
@@ -103,7 +114,7 @@ def test_usable_cluster_ids(cluster: str) -> None:
         cluster=cluster,
         name="é" * 300,
         size=1023 << 30,
-        source="snapshot:" + "s" * 63,
+        source=record.Source("snapshot", "s" * 63),
         pvc="n" * 300,
         pv="p" * 300,
         grow_from=1023 << 30,
@@ -139,3 +150,35 @@ def test_a_driver_name_with_anything_after_it_is_none_of_ours(suffix: str) -> No
     assert not record.is_driver_volume_name(vol + suffix)
     assert not record.is_driver_snapshot_name(snap + suffix)
     assert not is_valid_name(vol + suffix)
+
+
+@pytest.mark.parametrize(
+    ("source", "written"),
+    [
+        (None, None),
+        (record.Source(record.SourceKind.SNAPSHOT, "snap-1"), "snapshot:snap-1"),
+        (
+            record.Source(record.SourceKind.VOLUME, "csi-0123456789abcdef"),
+            "volume:csi-0123456789abcdef",
+        ),
+    ],
+)
+def test_a_content_source_is_written_as_kind_and_id(
+    source: record.Source | None, written: str | None
+) -> None:
+    text = record.Record(cluster="prod", name="pvc-1", source=source).encode()
+    assert json.loads(text[len(record.PREFIX) :]).get("src") == written
+    decoded = record.decode(text)
+    assert decoded is not None and decoded.source == source
+
+
+@pytest.mark.parametrize("src", ["image:x", "snapshot", "snapshot:", ":x", "Snapshot:x"])
+def test_a_record_with_an_unknown_content_source_is_damaged(src: str) -> None:
+    text = record.PREFIX + json.dumps({"c": "prod", "n": "pvc-1", "src": src})
+    assert record.decode(text) is None
+    assert record.decode(record.PREFIX + json.dumps({"c": "prod", "n": "pvc-1"})) is not None
+
+
+def test_a_source_of_another_kind_cannot_be_made() -> None:
+    with pytest.raises(ValueError, match="image"):
+        record.Source("image", "x")  # type: ignore[arg-type]

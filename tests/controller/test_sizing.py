@@ -43,3 +43,24 @@ def test_admits() -> None:
     assert CapacityRange(GIB, 0).admits(5 * GIB)
     assert not CapacityRange(GIB, GIB).admits(2 * GIB)
     assert not CapacityRange(2 * GIB, 0).admits(GIB)
+
+
+@pytest.mark.parametrize(
+    ("rng", "size", "admitted"),
+    [
+        (CapacityRange(GIB, GIB), GIB, True),  # exactly the limit and exactly the requirement
+        (CapacityRange(GIB, 0), GIB, True),  # exactly the requirement, no limit
+        (CapacityRange(0, 2 * GIB), 2 * GIB, True),  # exactly the limit
+        (CapacityRange(0, 2 * GIB), 2 * GIB + 1, False),  # one byte over the limit
+        (CapacityRange(2 * GIB, 0), 2 * GIB - 1, False),  # one byte short
+    ],
+)
+def test_admits_boundaries(rng: CapacityRange, size: int, admitted: bool) -> None:
+    assert rng.admits(size) is admitted
+
+
+def test_disk_size_boundaries() -> None:
+    assert disk_size(CapacityRange(2 * GIB, 2 * GIB)) == 2 * GIB  # rounded size == limit fits
+    assert disk_size(CapacityRange(1023 * GIB, 1023 * GIB)) == 1023 * GIB  # == Oxide's maximum
+    with pytest.raises(OutOfRangeError):
+        disk_size(CapacityRange(1023 * GIB + 1, 0))  # rounds up past the maximum

@@ -46,12 +46,13 @@ DAEMONSET = ROOT / "deploy" / "kubernetes" / "base" / "node.yaml"
 # The Debian package that provides each tool the node runs (checked against dpkg below).
 TOOL_PACKAGES = {
     "blkid": "util-linux",
-    "blockdev": "util-linux",
+    "setpriv": "util-linux",
     "mount": "mount",
     "umount": "mount",
     "mkfs.ext4": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
+    "dumpe2fs": "e2fsprogs",
     "mkfs.xfs": "xfsprogs",
     "xfs_growfs": "xfsprogs",
     "xfs_db": "xfsprogs",

@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from csi_oxide.errors import FailedPreconditionError, InternalError, NotFoundError
-from csi_oxide.node.devices import BlockDevice, serial_of, serial_text
+from csi_oxide.node.devices import BlockDevice, serial_text
 from csi_oxide.node.fs import Signature
 from csi_oxide.node.mountinfo import Mount
+from csi_oxide.volumes import serial_of
 
 DEV_MM = "0:6"  # the devtmpfs at /dev
 

@@ -22,6 +22,8 @@ from csi_oxide.server.errors import STATUS_BY_ERROR, status_for
         (errors.UnauthenticatedError("x"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.PermissionDeniedError("x"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.UnimplementedError("x"), grpc.StatusCode.UNIMPLEMENTED),
+        (errors.InternalError("x"), grpc.StatusCode.INTERNAL),
+        (errors.ConfigurationError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (oxide_errors.OxideNotFoundError("x"), grpc.StatusCode.NOT_FOUND),
         (oxide_errors.OxideInsufficientCapacityError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (oxide_errors.OxideUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),

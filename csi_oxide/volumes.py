@@ -1,0 +1,38 @@
+"""What a volume of this driver is, as both the controller and the node must agree: the name of its
+Oxide disk, the NVMe serial a guest sees for it, and the filesystems and block size it may have.
+
+These are the driver's own rules; Oxide's (block sizes it accepts, disks per instance) stay in
+``csi_oxide.oxide.types``. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+VOLUME_PREFIX = "csi-"
+# The disk name of a volume: the prefix and 16 hex digits of a SHA-256 (see controller.record).
+_VOLUME_NAME = VOLUME_PREFIX + "[0-9a-f]{16}"
+# Matched with fullmatch: ``$`` would also accept a final newline.
+_VOLUME_RE = re.compile(_VOLUME_NAME)
+_VOLUME_SERIAL_RE = re.compile(_VOLUME_NAME.encode())
+
+SERIAL_BYTES = 20  # an NVMe serial: the guest sees the first 20 bytes of the disk name
+
+FILESYSTEMS = ("ext4", "xfs")  # the filesystems the node formats, mounts and grows
+DEFAULT_FILESYSTEM = "ext4"  # for a mount capability without fs_type
+DEFAULT_BLOCK_SIZE = 4096  # for a blank volume without a blockSize parameter
+
+
+def is_volume_name(name: str) -> bool:
+    """True for the disk names this driver gives its volumes."""
+    return bool(_VOLUME_RE.fullmatch(name))
+
+
+def serial_of(volume_id: str) -> bytes:
+    """The serial the guest sees for the disk named ``volume_id``."""
+    return volume_id.encode()[:SERIAL_BYTES]
+
+
+def is_volume_serial(serial: bytes) -> bool:
+    """True for a serial (already stripped of padding) of a disk this driver made."""
+    return bool(_VOLUME_SERIAL_RE.fullmatch(serial))
