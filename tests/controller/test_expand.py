@@ -229,7 +229,9 @@ async def test_reconciler_deletes_a_stale_clone_snapshot(env: Env) -> None:
     # delete it at once; only a crash leaves it for the reconciler).
     env.sim.faults.inject("snapshot_create", status=500, after=True)
     with pytest.raises(CsiOxideError):
-        await env.ops.create_volume(new("pvc-clone", source=Source("volume", source)))
+        await env.ops.create_volume(
+            new("pvc-clone", source=Source(record.SourceKind.VOLUME, source))
+        )
     assert _temporary(env) == [record.clone_snapshot_name(target)]
     result = await Reconciler(
         env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
@@ -242,7 +244,9 @@ async def test_reconciler_leaves_a_temporary_snapshot_with_a_copied_record(env: 
     """Our marker on a temporary snapshot is not enough: the record must name that snapshot."""
     source = await _volume(env)
     copied = record.Record(
-        cluster="test", name=record.volume_name("pvc-other"), source=record.Source("volume", "x")
+        cluster="test",
+        name=record.volume_name("pvc-other"),
+        source=record.Source(record.SourceKind.VOLUME, "x"),
     )
     forged = record.clone_snapshot_name(record.volume_name("pvc-clone"))
     await env.api.snapshot_create(forged, copied.encode(), source)

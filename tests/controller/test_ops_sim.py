@@ -156,17 +156,24 @@ async def test_snapshots_restore_and_clone(env: Env) -> None:
         await env.ops.create_snapshot("snap-b", "fake-vol-id-1")
 
     restored = await env.ops.create_volume(
-        new("pvc-3", required=3 * GIB, source=Source("snapshot", snap.snapshot_id))
+        new("pvc-3", required=3 * GIB, source=Source(record.SourceKind.SNAPSHOT, snap.snapshot_id))
     )
     assert restored.capacity_bytes == 3 * GIB
-    assert restored.source == Source("snapshot", snap.snapshot_id)
+    assert restored.source == Source(record.SourceKind.SNAPSHOT, snap.snapshot_id)
     with pytest.raises(NotFoundError):
-        await env.ops.create_volume(new("pvc-4", source=Source("snapshot", "snap-missing")))
+        await env.ops.create_volume(
+            new("pvc-4", source=Source(record.SourceKind.SNAPSHOT, "snap-missing"))
+        )
 
-    clone = await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id)))
-    assert clone.source == Source("volume", vol.volume_id)
+    clone = await env.ops.create_volume(
+        new("pvc-5", source=Source(record.SourceKind.VOLUME, vol.volume_id))
+    )
+    assert clone.source == Source(record.SourceKind.VOLUME, vol.volume_id)
     assert (
-        await env.ops.create_volume(new("pvc-5", source=Source("volume", vol.volume_id))) == clone
+        await env.ops.create_volume(
+            new("pvc-5", source=Source(record.SourceKind.VOLUME, vol.volume_id))
+        )
+        == clone
     )
     names = {s.name for s in await env.api.snapshot_list()}
     assert names == {snap.snapshot_id}  # the clone's temporary snapshot is gone
@@ -185,8 +192,12 @@ async def test_data_follows_snapshot_and_clone(env: Env) -> None:
     vol = await env.ops.create_volume(new())
     env.sim.write_content(vol.volume_id, b"precious")
     snap = await env.ops.create_snapshot("s", vol.volume_id)
-    restored = await env.ops.create_volume(new("r", source=Source("snapshot", snap.snapshot_id)))
-    clone = await env.ops.create_volume(new("c", source=Source("volume", vol.volume_id)))
+    restored = await env.ops.create_volume(
+        new("r", source=Source(record.SourceKind.SNAPSHOT, snap.snapshot_id))
+    )
+    clone = await env.ops.create_volume(
+        new("c", source=Source(record.SourceKind.VOLUME, vol.volume_id))
+    )
     assert env.sim.read_content(restored.volume_id) == b"precious"
     assert env.sim.read_content(clone.volume_id) == b"precious"
 
@@ -216,14 +227,16 @@ _IMAGE_SOURCE = record.PREFIX + '{"c":"test","n":"a","src":"image:x"}'
         (
             owner.Claim(
                 owner.Owner.OURS,
-                record.Record("test", "a", source=record.Source("snapshot", "snap-1")),
+                record.Record(
+                    "test", "a", source=record.Source(record.SourceKind.SNAPSHOT, "snap-1")
+                ),
             ),
             Origin.SNAPSHOT,
         ),
         (
             owner.Claim(
                 owner.Owner.OURS,
-                record.Record("test", "a", source=record.Source("volume", "csi-1")),
+                record.Record("test", "a", source=record.Source(record.SourceKind.VOLUME, "csi-1")),
             ),
             Origin.VOLUME,
         ),

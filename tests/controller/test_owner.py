@@ -111,7 +111,9 @@ def test_everything_else_is_foreign(name: str, description: str) -> None:
 
 
 def test_snapshots() -> None:
-    csi = record.Record(cluster=CLUSTER, name="snap-a", source=record.Source("volume", VOLUME_NAME))
+    csi = record.Record(
+        cluster=CLUSTER, name="snap-a", source=record.Source(record.SourceKind.VOLUME, VOLUME_NAME)
+    )
     ours = snapshot(record.snapshot_name("snap-a"), csi.encode())
     assert owner.of_snapshot(ours, CLUSTER).owner is Owner.OURS
     assert owner.of_snapshot(replace(ours, name=record.snapshot_name("b")), CLUSTER) == (
@@ -123,7 +125,7 @@ def test_snapshots() -> None:
 
 def test_temporary_snapshots_are_ours_or_nothing() -> None:
     clone = record.Record(
-        cluster=CLUSTER, name=VOLUME_NAME, source=record.Source("volume", "csi-src")
+        cluster=CLUSTER, name=VOLUME_NAME, source=record.Source(record.SourceKind.VOLUME, "csi-src")
     )
     clone_name = record.clone_snapshot_name(VOLUME_NAME)
     assert owner.of_snapshot(snapshot(clone_name, clone.encode()), CLUSTER).owner is Owner.OURS

@@ -38,7 +38,7 @@ def test_round_trip() -> None:
         cluster="prod",
         name="pvc-1",
         size=5,
-        source=record.Source("snapshot", "snap-1"),
+        source=record.Source(record.SourceKind.SNAPSHOT, "snap-1"),
         pvc="ns/claim",
         pv="pv-1",
     )
@@ -91,7 +91,10 @@ def test_grow_sizes_round_trip() -> None:
 @pytest.mark.parametrize("name", ["pvc-1", "é" * 200])
 def test_snapshot_and_clone_names_survive_the_hash_fallback(name: str) -> None:
     rec = record.Record(
-        cluster="c" * 63, name=name, source=record.Source("volume", "v" * 63), pv="p" * 400
+        cluster="c" * 63,
+        name=name,
+        source=record.Source(record.SourceKind.VOLUME, "v" * 63),
+        pv="p" * 400,
     )
     decoded = record.decode(rec.encode())
     assert decoded is not None
@@ -101,7 +104,10 @@ def test_snapshot_and_clone_names_survive_the_hash_fallback(name: str) -> None:
 
 def test_block_size_round_trips() -> None:
     rec = record.Record(
-        cluster="prod", name="s", source=record.Source("volume", "csi-1"), block_size=512
+        cluster="prod",
+        name="s",
+        source=record.Source(record.SourceKind.VOLUME, "csi-1"),
+        block_size=512,
     )
     assert record.decode(rec.encode()) == rec
 
@@ -114,7 +120,7 @@ def test_usable_cluster_ids(cluster: str) -> None:
         cluster=cluster,
         name="é" * 300,
         size=1023 << 30,
-        source=record.Source("snapshot", "s" * 63),
+        source=record.Source(record.SourceKind.SNAPSHOT, "s" * 63),
         pvc="n" * 300,
         pv="p" * 300,
         grow_from=1023 << 30,

@@ -228,7 +228,7 @@ def test_every_rpc_survives_hostile_requests(target: Target, service: str, metho
             call(request, timeout=30)
             code, detail = grpc.StatusCode.OK, ""
         except grpc.RpcError as exc:
-            code, detail = exc.code(), exc.details()
+            code, detail = exc.code(), exc.details() or ""
         target.requests.append(code)
         allowed = ALLOWED | (
             {grpc.StatusCode.UNIMPLEMENTED} if method in UNIMPLEMENTED_OK else set()
