@@ -12,14 +12,25 @@ CSI_SANITY := $(TOOLS)/csi-sanity
 CSI_SANITY_MODULE := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity
 # Debian packages the node needs (mkfs, blkid, mount, resize); installed when running as root.
 NODE_TOOLS := util-linux e2fsprogs xfsprogs mount
+# What the guest rack (tests/guest, `demo --guest`) boots: qemu (TCG), the Debian kernel, and the
+# static busybox virtme-ng builds its initramfs with; installed when running as root.
+GUEST_DEBS := qemu-system-x86 linux-image-amd64 busybox-static
+# What the one-node Kubernetes test (tests/e2e) runs or builds images with, from Debian.
+CLUSTER_DEBS := etcd-server containerd runc containernetworking-plugins podman debootstrap \
+  busybox-static openssl iproute2
 
-.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos clean
+.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos node-chaos clean guest \
+  cluster-deps cluster-tools e2e e2e-if-root
 
 help:
 	@echo "make demo   - simulator + driver: one volume through its whole life (root for real devices)"
-	@echo "make test   - lint, types, stub drift check, every test including csi-sanity"
-	@echo "make chaos  - volume lifecycles under 20% 503s and 100 plugin kills"
+	@echo "make test   - lint, types, stub drift check, every test including csi-sanity and,"
+	@echo "              as root, the one-node Kubernetes test (make e2e)"
+	@echo "make chaos  - volume lifecycles under 20% 503s and 100 plugin kills (+ node-chaos)"
+	@echo "make node-chaos - 300 kill -9 of the node plugin inside its RPCs and mkfs"
 	@echo "make bench  - performance ratios against the physical limits"
+	@echo "make guest  - the node plugin in a qemu guest with NVMe hot-plug (root; minutes)"
+	@echo "make e2e    - the driver in a one-node Kubernetes built here (root; first run builds it)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +53,13 @@ system-deps:
 	else \
 	  echo "not root (or no apt-get): node tools not installed; root-only tests will be skipped"; \
 	fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1 \
+	     || ! command -v busybox >/dev/null; then \
+	    echo "installing the guest rack's qemu, kernel and busybox"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_DEBS) >/dev/null; \
+	  fi; \
+	fi
 
 tools: $(CSI_SANITY)
 
@@ -62,10 +80,42 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) scripts/gen_proto.py --check
 
+# In CI (CI set), a test that would skip for want of root, loop devices or csi-sanity fails
+# instead: a CI that silently lost its conformance run must not pass.
 pytest: setup
-	CSI_SANITY=$(CSI_SANITY) CSI_OXIDE_REQUIRE_SANITY=1 $(VENV)/bin/pytest
+	CSI_SANITY=$(CSI_SANITY) CSI_OXIDE_REQUIRE_SANITY=$(if $(CI),1,0) CSI_OXIDE_GUEST=1 \
+	  $(VENV)/bin/pytest
 
-test: setup lint typecheck proto-check pytest
+# Only the guest rack: the node plugin in a qemu guest, NVMe hot-plug, csi-sanity in the guest.
+guest: setup
+	CSI_SANITY=$(CSI_SANITY) CSI_OXIDE_GUEST=1 $(VENV)/bin/pytest -s -p no:randomly tests/guest
+
+test: setup lint typecheck proto-check pytest e2e-if-root
+
+# As root (CI), `make test` ends with the one-node Kubernetes test; otherwise it says why not.
+e2e-if-root:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory e2e; \
+	else echo "not root: the one-node Kubernetes test (make e2e) is skipped"; fi
+
+# The one-node Kubernetes test: Debian packages (root), then the Kubernetes and sidecar binaries
+# built from their Go modules into .tools/cluster (cached by version), then the scenarios.
+cluster-deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make e2e needs root"; exit 1; fi
+	@missing=""; \
+	for t in etcd containerd runc podman debootstrap busybox openssl ip; do \
+	  command -v $$t >/dev/null || missing="$$missing $$t"; \
+	done; \
+	[ -e /usr/lib/cni/loopback ] || missing="$$missing cni-loopback"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing cluster packages (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CLUSTER_DEBS) >/dev/null; \
+	fi
+
+cluster-tools: $(STAMP)
+	$(PY) scripts/cluster/build_tools.py --jobs 2
+
+e2e: setup cluster-deps cluster-tools
+	CSI_OXIDE_E2E=1 $(VENV)/bin/pytest -s -p no:randomly -p no:cacheprovider tests/e2e
 
 demo: setup
 	$(VENV)/bin/csi-oxide demo
@@ -76,5 +126,8 @@ clean:
 bench: setup
 	$(PY) scripts/bench.py
 
-chaos: setup
+chaos: setup node-chaos
 	$(PY) scripts/chaos.py --volumes 12 --kills 100 --fail-rate 0.2 --lost-rate 0.05
+
+node-chaos: setup
+	$(PY) scripts/node_chaos.py --kills 300

@@ -41,7 +41,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--cluster-id",
         default=_env("CSI_OXIDE_CLUSTER_ID", "default"),
-        help="marks the disks this cluster owns (env CSI_OXIDE_CLUSTER_ID, default 'default')",
+        help="marks the disks this cluster owns (env CSI_OXIDE_CLUSTER_ID, default 'default'); "
+        "letters, digits, '.', '_', '-', at most 63 characters, checked at start",
     )
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     p.add_argument("--log-level", choices=log.LEVELS, default="info")
@@ -51,11 +52,51 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="HOST:PORT for the Prometheus endpoint (off unless set)",
     )
     p.add_argument(
+        "--registration-dir",
+        default=_env("CSI_OXIDE_REGISTRATION_DIR"),
+        help="node: register with the kubelet by serving its plugin registration API in this "
+        "folder (the kubelet's plugins_registry, mounted); off unless set",
+    )
+    p.add_argument(
+        "--kubelet-registration-path",
+        default=_env(
+            "CSI_OXIDE_KUBELET_REGISTRATION_PATH",
+            f"/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock",
+        ),
+        help="node: the CSI socket's path on the host, told to the kubelet at registration",
+    )
+    p.add_argument(
+        "--oxide-timeout",
+        type=_seconds,
+        default=_env("CSI_OXIDE_OXIDE_TIMEOUT", "600"),
+        metavar="SECONDS",
+        help="controller: total deadline of one Oxide API request, connect to last byte "
+        "(env CSI_OXIDE_OXIDE_TIMEOUT, default 600, the slowest Oxide operation's bound)",
+    )
+    p.add_argument(
         "--sim-device-dir",
         default=_env("CSI_OXIDE_SIM_DEVICE_DIR"),
         help="simulator only: accept loop devices backed by files in this directory as disks",
     )
+    p.add_argument(
+        "--state-dir",
+        default=_env("CSI_OXIDE_NODE_STATE_DIR", "/var/lib/csi-oxide/node"),
+        help="node: host directory of the records of what this plugin mounted and formatted "
+        "(env CSI_OXIDE_NODE_STATE_DIR, default /var/lib/csi-oxide/node); it must survive "
+        "the plugin's container and node reboots",
+    )
     p.set_defaults(func=_run_serve)
+
+
+def _seconds(value: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 to 86400)")
+    return seconds
 
 
 def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +109,11 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="simulator + driver: one volume through its whole life")
+    p.add_argument(
+        "--guest",
+        action="store_true",
+        help="the node plugin runs in a qemu guest and attach is NVMe hot-plug (qemu, minutes)",
+    )
     p.set_defaults(func=_run_demo)
 
 
@@ -115,7 +161,7 @@ async def _serve(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from csi_oxide.demo import main as demo_main
 
-    return demo_main()
+    return demo_main(guest=args.guest)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:

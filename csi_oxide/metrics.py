@@ -1,12 +1,23 @@
 """Prometheus metrics: RPCs by method and code, Oxide API requests by operation, work in flight.
 
 Each process gets its own ``CollectorRegistry`` (no module-level globals), exposed on
-``--metrics-address`` by ``serve_metrics``.
+``--metrics-address`` by ``serve_metrics``, which also answers the liveness probe on ``/healthz``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.client import RequestRecord
@@ -78,7 +89,48 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the operator's choice
 
 
-def serve_metrics(metrics: Metrics, address: str) -> None:
-    """Serve ``/metrics`` on ``address`` from a background thread."""
+LivenessCheck = Callable[[], "str | None"]
+
+
+def _handler(metrics: Metrics, liveness: LivenessCheck | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/livez"):
+                problem = liveness() if liveness is not None else None
+                if problem is None:
+                    self._answer(200, b"ok\n")
+                else:
+                    self._answer(503, f"unhealthy: {problem}\n".encode())
+            else:
+                self._answer(404, b"not found: try /metrics or /healthz\n")
+
+        def _answer(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None  # a probe every few seconds is not worth a log line
+
+    return Handler
+
+
+def serve_metrics(
+    metrics: Metrics, address: str, liveness: LivenessCheck | None = None
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` and ``/healthz`` on ``address`` from a background thread.
+
+    ``/healthz`` answers 200 when ``liveness`` (run per request) reports no problem, else 503 with
+    the problem; without a check it answers 200 while the process serves HTTP.
+    """
     host, port = parse_address(address)
-    start_http_server(port, addr=host, registry=metrics.registry)
+    server = ThreadingHTTPServer((host, port), _handler(metrics, liveness))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server

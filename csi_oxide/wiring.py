@@ -5,29 +5,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.record import check_cluster_id
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
 from csi_oxide.metrics import Metrics, serve_metrics
 from csi_oxide.nodeid import resolve_node_id
-from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.oxide.client import DEFAULT_TIMEOUT, HttpOxideClient
 from csi_oxide.oxide.credentials import load_credentials
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
+from csi_oxide.server.liveness import Check, combine, probe_socket
 from csi_oxide.server.node import NodeService
+from csi_oxide.server.registration import RegistrationServer, RegistrationStatus
+
+if TYPE_CHECKING:
+    from csi_oxide.node.ops import NodeOps
 
 Closer = Callable[[], Awaitable[None]]
 log = structlog.get_logger("csi_oxide.wiring")
 
 HEALTH_INTERVAL = 30.0
 RECONCILE_INTERVAL = 300.0
+# Seconds an RPC's work may run past the RPC's deadline (then it is cut; the retry starts afresh).
+RPC_GRACE = 5.0
+SOCKET_WAIT = 0.05
 
 
 def _in_background(work: Awaitable[None]) -> Closer:
@@ -45,10 +56,16 @@ def _in_background(work: Awaitable[None]) -> Closer:
 def _controller(
     args: argparse.Namespace, env: Mapping[str, str], health: Health, metrics: Metrics
 ) -> tuple[ControllerService, list[Closer]]:
+    check_cluster_id(args.cluster_id)  # refused at start, not at every CreateVolume
     credentials = load_credentials(env)
     log.info("oxide credentials", oxide=str(credentials))
-    client = HttpOxideClient.from_credentials(credentials, request_observer=metrics.oxide_request)
-    inflight = InFlight()
+    client = HttpOxideClient.from_credentials(
+        credentials,
+        request_observer=metrics.oxide_request,
+        timeout=getattr(args, "oxide_timeout", None) or DEFAULT_TIMEOUT,
+    )
+    # A call's work is cut RPC_GRACE seconds after the call's deadline, freeing the volume.
+    inflight = InFlight(grace=RPC_GRACE)
     reconciler = Reconciler(client, cluster=args.cluster_id, inflight=inflight)
 
     async def check() -> None:
@@ -63,25 +80,79 @@ def _controller(
     return ControllerService(ops), closers
 
 
+async def _register_with_kubelet(
+    csi_socket: Path, registration: RegistrationServer, wait: float = SOCKET_WAIT
+) -> None:
+    """Once the CSI socket exists, serve the kubelet's registration API until cancelled.
+
+    Registering before the CSI socket answers would make the kubelet's NodeGetInfo fail and the
+    registration be refused, so this waits for the socket first.
+    """
+    # CsiServer binds the socket in another task of this process and offers no event for it.
+    while not await asyncio.to_thread(csi_socket.exists):  # noqa: ASYNC110
+        await asyncio.sleep(wait)
+    await registration.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(registration.stop())
+
+
+def _liveness(server: CsiServer, status: RegistrationStatus | None) -> Check:
+    """``/healthz``: the CSI socket answers Probe, and the kubelet did not refuse us."""
+    checks: list[Check] = [lambda: probe_socket(server.path)]
+    if status is not None:
+        checks.append(status.problem)
+    return combine(*checks)
+
+
 async def build_server(
     args: argparse.Namespace, env: Mapping[str, str]
 ) -> tuple[CsiServer, list[Closer]]:
     """The server for ``args.mode`` plus the coroutines that release what it holds."""
     health = Health()
     metrics = Metrics()
-    if args.metrics_address:
-        serve_metrics(metrics, args.metrics_address)
     closers: list[Closer] = []
     controller = node = None
     if args.mode in ("controller", "all"):
         controller, closers = _controller(args, env, health, metrics)
     if args.mode in ("node", "all"):
-        from csi_oxide.node.ops import build_node_ops  # pyudev: only the node needs it
-
         node_id = resolve_node_id(args.node_id, env)
         device_dir = Path(args.sim_device_dir) if args.sim_device_dir else None
-        node = NodeService(node_id=node_id, ops=build_node_ops(sim_device_dir=device_dir))
+        ops = build_node_ops(sim_device_dir=device_dir, state_dir=Path(args.state_dir))
+        node_inflight = InFlight()  # never cut: a mkfs or mount runs to its end
+        node = NodeService(node_id=node_id, ops=ops, inflight=node_inflight)
+        closers.append(node_inflight.drain)  # at shutdown, let running node work finish
     services = Services(
         identity=IdentityService(health), controller=controller, node=node, observers=[metrics]
     )
-    return CsiServer(args.endpoint, services), closers
+    server = CsiServer(args.endpoint, services)
+    status: RegistrationStatus | None = None
+    if node is not None and getattr(args, "registration_dir", None):
+        status = RegistrationStatus()
+        registration = RegistrationServer(
+            Path(args.registration_dir), args.kubelet_registration_path, status
+        )
+        closers.append(_in_background(_register_with_kubelet(server.path, registration)))
+    if args.metrics_address:
+        serve_metrics(metrics, args.metrics_address, liveness=_liveness(server, status))
+    return server, closers
+
+
+def build_node_ops(
+    *, sim_device_dir: Path | None, device_timeout: float = 60.0, state_dir: Path | None = None
+) -> NodeOps:
+    """The node's data path over its real seams: udev device discovery, util-linux mounts, the
+    filesystem tools, and the record store in ``state_dir`` (None: a fresh temporary directory,
+    for tests and benchmarks only; the daemon always passes its ``--state-dir``)."""
+    from csi_oxide.node.devices import UdevDeviceFinder  # pyudev: only the node needs it
+    from csi_oxide.node.fs import LinuxFilesystems
+    from csi_oxide.node.mount import LinuxMounter
+    from csi_oxide.node.ops import NodeOps
+    from csi_oxide.node.state import FileRecordStore
+
+    if state_dir is None:
+        state_dir = Path(tempfile.mkdtemp(prefix="csi-oxide-node-state-"))
+    finder = UdevDeviceFinder(sim_device_dir=sim_device_dir, timeout=device_timeout)
+    records = FileRecordStore(state_dir)
+    return NodeOps(finder, LinuxMounter(), LinuxFilesystems(), records)

@@ -86,3 +86,24 @@ def test_address(address: str, parsed: tuple[str, int]) -> None:
 def test_bad_address(address: str) -> None:
     with pytest.raises(ConfigurationError, match="HOST:PORT"):
         parse_address(address)
+
+
+async def test_healthz_answers_from_the_liveness_check_beside_metrics() -> None:
+    problems: list[str | None] = [None]
+    server = serve_metrics(Metrics(), f"127.0.0.1:{_free_port()}", liveness=lambda: problems[0])
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        async with httpx.AsyncClient() as client:
+            ok = await client.get(f"{base}/healthz")
+            assert (ok.status_code, ok.text) == (200, "ok\n")
+            problems[0] = "CSI socket /csi/csi.sock does not exist"
+            bad = await client.get(f"{base}/healthz")
+            assert bad.status_code == 503
+            assert "CSI socket /csi/csi.sock does not exist" in bad.text
+            metrics = await client.get(f"{base}/metrics")
+            assert metrics.status_code == 200
+            assert "csi_oxide_rpc_total" in metrics.text
+            assert (await client.get(f"{base}/other")).status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -392,10 +392,12 @@ def test_node_is_privileged_with_the_host_paths_it_needs() -> None:
         assert host[mounts[path]["name"]] == path
     socket_dir = f"/var/lib/kubelet/plugins/{DRIVER_NAME}"
     assert host[mounts["/csi"]["name"]] == socket_dir
-    registrar = _sidecar("DaemonSet", "csi-node-driver-registrar")
-    assert _flag(registrar, "kubelet-registration-path") == f"{socket_dir}/csi.sock"
-    registration = {m["mountPath"]: m["name"] for m in registrar["volumeMounts"]}
-    assert host[registration["/registration"]] == "/var/lib/kubelet/plugins_registry"
+    # csi-oxide registers with the kubelet itself (no node-driver-registrar): it serves the
+    # registration API in the kubelet's plugins_registry and names the CSI socket's host path.
+    args = build_parser().parse_args(ours["args"])
+    assert args.kubelet_registration_path == f"{socket_dir}/csi.sock"
+    assert args.registration_dir is not None
+    assert host[mounts[args.registration_dir]["name"]] == "/var/lib/kubelet/plugins_registry"
 
 
 def test_sidecars_are_the_pinned_set_and_share_the_socket() -> None:
@@ -405,9 +407,9 @@ def test_sidecars_are_the_pinned_set_and_share_the_socket() -> None:
             "csi-attacher",
             "csi-resizer",
             "csi-snapshotter",
-            "livenessprobe",
         },
-        "DaemonSet": {"csi-node-driver-registrar", "livenessprobe"},
+        # Registration and liveness are csi-oxide's own (README: "Install on a cluster").
+        "DaemonSet": set(),
     }
     for kind, names in expected.items():
         ours = {m["name"] for m in _ours(kind)["volumeMounts"] if m["mountPath"] == "/csi"}
@@ -445,20 +447,17 @@ def test_controller_sidecars_elect_a_leader_and_wait_long_enough() -> None:
 
 @pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
 def test_liveness_probes_point_at_a_listening_port(kind: str) -> None:
-    containers = _containers(kind)
-    listening: dict[str, int] = {}
-    for c in containers:
-        endpoint = _flag(c, "http-endpoint")
-        if endpoint is not None:
-            listening[c["name"]] = int(endpoint.rsplit(":", 1)[1])
-    named = {p["name"]: p["containerPort"] for c in containers for p in c.get("ports", [])}
-    probe = _sidecar(kind, "livenessprobe")
-    assert probe["name"] in listening
-    for c in containers:
-        if "livenessProbe" in c:
-            port = c["livenessProbe"]["httpGet"]["port"]
-            assert named.get(port, port) in listening.values(), f"{c['name']}: nothing on {port}"
-    assert named[_ours(kind)["livenessProbe"]["httpGet"]["port"]] == listening[probe["name"]]
+    # csi-oxide answers /healthz beside /metrics on --metrics-address (no livenessprobe sidecar).
+    ours = _ours(kind)
+    args = build_parser().parse_args(ours["args"])
+    assert args.metrics_address is not None, "the liveness answer needs --metrics-address"
+    listening = int(args.metrics_address.rsplit(":", 1)[1])
+    named = {p["name"]: p["containerPort"] for p in ours.get("ports", [])}
+    probe = ours["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert named.get(probe["port"], probe["port"]) == listening
+    for c in _containers(kind):
+        assert "livenessProbe" not in c or c["name"] == "csi-oxide", c["name"]
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])

@@ -1,0 +1,1 @@
+"""Stubs generated from proto/pluginregistration.proto by scripts/gen_proto.py; do not edit."""

@@ -1,0 +1,276 @@
+"""The cluster's container images, made on this machine (no registry is reachable here).
+
+- The driver: built with podman from the project's own Dockerfile. Its FROM image
+  (python:3.11.14-slim-bookworm) is stood in for by a Debian bookworm rootfs made with debootstrap
+  (Debian's python3 is 3.11), shaped like the official image where the Dockerfile relies on it: a
+  ``python`` command and a pip that may install (no PEP 668 EXTERNALLY-MANAGED marker). The host's
+  CA bundle goes in because PyPI is reached through a CA Debian's bundle lacks. Cached by recipe.
+- The sidecars and the snapshot controller: each static Go binary alone in an image.
+- A test image: Debian's busybox-static under the name the examples use.
+- The pod sandbox ("pause"): busybox's shell waiting for a signal.
+
+Every image is written as a docker-archive and imported into containerd's ``k8s.io`` namespace
+under the exact name the manifests use, so nothing is ever pulled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "docker.io/library/python:3.11.14-slim-bookworm"
+DRIVER_IMAGE = "docker.io/library/csi-oxide:0.1.0"
+BUSYBOX_IMAGE = "docker.io/library/busybox:1.37"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = ("python3", "python3-pip", "python3-venv")
+# Bump when the base recipe below changes: the cached rootfs is keyed by it.
+BASE_RECIPE = "bookworm-minbase-1"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# podman here: crun fails on cgroup v1 hybrid mode, and raising rlimits is not permitted.
+PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
+PODMAN_LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    archive: Path
+
+
+def _log(msg: str) -> None:
+    print(f"[images] {msg}", flush=True)
+
+
+def _run(*cmd: str | Path, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(c) for c in cmd], check=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+# ---- docker-archive writer ------------------------------------------------------------------
+
+
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    tar.addfile(info)
+
+
+def write_archive(
+    path: Path,
+    name: str,
+    files: Iterable[tuple[str, Path]],
+    entrypoint: list[str],
+    cmd: list[str] | None = None,
+    symlinks: Iterable[tuple[str, str]] = (),
+    dirs: Iterable[str] = ("tmp",),
+) -> Path:
+    """A one-layer docker-archive at ``path``: host ``files`` at their image paths."""
+    with tempfile.TemporaryFile() as layer_buf:
+        with tarfile.open(fileobj=layer_buf, mode="w") as layer:
+            for d in dirs:
+                _add_dir(layer, d, 0o1777 if d == "tmp" else 0o755)
+            made: set[str] = set()
+            for image_path, host in files:
+                parent = os.path.dirname(image_path)
+                if parent and parent not in made:
+                    _add_dir(layer, parent)
+                    made.add(parent)
+                info = layer.gettarinfo(str(host), arcname=image_path)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with host.open("rb") as f:
+                    layer.addfile(info, f)
+            for link, target in symlinks:
+                _add_symlink(layer, link, target)
+        layer_buf.seek(0)
+        digest = hashlib.sha256()
+        while chunk := layer_buf.read(1 << 20):
+            digest.update(chunk)
+        diff_id = f"sha256:{digest.hexdigest()}"
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": entrypoint,
+                "Cmd": cmd,
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "WorkingDir": "/",
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created_by": "csi-oxide tests/e2e/images.py"}],
+        }
+        config_bytes = json.dumps(config, sort_keys=True).encode()
+        config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        layer_name = digest.hexdigest() + "/layer.tar"
+        manifest = [{"Config": config_name, "RepoTags": [name], "Layers": [layer_name]}]
+        tmp = path.with_suffix(".part")
+        with tarfile.open(tmp, mode="w") as out:
+            _add_file(out, config_name, config_bytes)
+            _add_dir(out, digest.hexdigest())
+            info = tarfile.TarInfo(layer_name)
+            info.size = layer_buf.seek(0, io.SEEK_END)
+            layer_buf.seek(0)
+            out.addfile(info, layer_buf)
+            _add_file(out, "manifest.json", json.dumps(manifest).encode())
+    tmp.rename(path)
+    return path
+
+
+# ---- the images -------------------------------------------------------------------------------
+
+
+def sidecar_image(name: str, binary: Path, out_dir: Path) -> Image:
+    """``name`` (e.g. registry.k8s.io/sig-storage/csi-attacher:v4.12.0) holding ``binary``."""
+    exe = binary.name.rsplit("-v", 1)[0]  # .tools/cluster/csi-attacher-v4.12.0 -> csi-attacher
+    archive = out_dir / f"{exe}.tar"
+    write_archive(archive, name, [(exe, binary)], entrypoint=[f"/{exe}"])
+    return Image(name, archive)
+
+
+def _busybox() -> Path:
+    found = shutil.which("busybox")
+    if found is None:
+        raise RuntimeError("busybox not found (apt-get install busybox-static)")
+    return Path(found)
+
+
+def busybox_image(out_dir: Path) -> Image:
+    busybox = _busybox()
+    listed = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True)
+    links = [(f"bin/{a}", "busybox") for a in listed.stdout.split() if a != "busybox"]
+    archive = out_dir / "busybox.tar"
+    write_archive(archive, BUSYBOX_IMAGE, [("bin/busybox", busybox)], ["/bin/sh"], symlinks=links)
+    return Image(BUSYBOX_IMAGE, archive)
+
+
+PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+
+
+def pause_image(out_dir: Path) -> Image:
+    archive = out_dir / "pause.tar"
+    write_archive(
+        archive,
+        PAUSE_IMAGE,
+        [("bin/busybox", _busybox())],
+        entrypoint=["/bin/busybox", "sh", "-c", PAUSE_SCRIPT],
+        symlinks=[("bin/sh", "busybox"), ("bin/sleep", "busybox")],
+    )
+    return Image(PAUSE_IMAGE, archive)
+
+
+def base_rootfs(cache_dir: Path) -> Path:
+    """The stand-in for the Dockerfile's FROM image as a rootfs tarball (cached by recipe)."""
+    key = hashlib.sha256(
+        f"{BASE_RECIPE} {' '.join(BASE_PACKAGES)} {HOST_CA_BUNDLE.read_bytes()!r}".encode()
+    ).hexdigest()[:12]
+    target = cache_dir / f"python-base-{key}.tar"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    _log("debootstrap bookworm (minbase + python3) for the Dockerfile's base image ...")
+    with tempfile.TemporaryDirectory(prefix="csi-oxide-rootfs-", dir=cache_dir) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            "bookworm",
+            rootfs,
+            DEBIAN_MIRROR,
+            stdout=subprocess.DEVNULL,
+        )
+        # Shaped like python:3.11-slim where the Dockerfile relies on it.
+        (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+        for marker in (rootfs / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        part = target.with_suffix(".part")
+        _run("tar", "--numeric-owner", "-C", rootfs, "-cf", part, ".")
+        part.rename(target)
+    _log(f"base rootfs ready in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def driver_image(cache_dir: Path, out_dir: Path) -> Image:
+    """The driver image, built from the project's Dockerfile with podman."""
+    rootfs = base_rootfs(cache_dir)
+    have = subprocess.run(
+        [*PODMAN, "image", "exists", BASE_IMAGE], check=False, capture_output=True
+    )
+    if have.returncode != 0:
+        _run(*PODMAN, "import", "--quiet", rootfs, BASE_IMAGE, stdout=subprocess.DEVNULL)
+    started = time.monotonic()
+    _log("podman build of the Dockerfile ...")
+    _run(
+        *PODMAN,
+        "build",
+        *PODMAN_LIMITS,
+        "--network",
+        "host",
+        "--pull=never",
+        "-t",
+        DRIVER_IMAGE,
+        "-f",
+        ROOT / "Dockerfile",
+        ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    # Each build leaves the previous image and the builder stage untagged; keep the recent ones
+    # (the layer cache of the next run), drop the rest so podman's storage does not grow.
+    subprocess.run(
+        [*PODMAN, "image", "prune", "-f", "--filter", "until=30m"],
+        check=False,
+        capture_output=True,
+    )
+    archive = out_dir / "csi-oxide.tar"
+    archive.unlink(missing_ok=True)
+    _run(*PODMAN, "save", "--quiet", "--format", "docker-archive", "-o", archive, DRIVER_IMAGE)
+    _log(f"driver image built and saved in {time.monotonic() - started:.0f} s")
+    return Image(DRIVER_IMAGE, archive)
+
+
+def import_images(images: Iterable[Image], ctr_address: Path) -> None:
+    """Import each archive into containerd's k8s.io namespace under its name."""
+    for image in images:
+        _run(
+            "ctr",
+            "--address",
+            ctr_address,
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            image.archive,
+            stdout=subprocess.DEVNULL,
+        )
