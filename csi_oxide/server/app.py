@@ -64,6 +64,29 @@ def prepare_socket_path(path: Path) -> None:
     raise ConfigurationError(f"another process is already serving on {path}")
 
 
+async def start_on_socket(server: grpc.aio.Server, path: Path) -> None:
+    """Bind ``server`` to the unix socket ``path`` (made free by ``prepare_socket_path``), start
+    it, and leave the socket to its owner and group only."""
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
+    os.chmod(path, 0o660)
+
+
+async def stop_on_socket(server: grpc.aio.Server | None, path: Path, grace: float) -> None:
+    """Stop ``server`` (running calls get ``grace`` seconds) and remove its socket, if it still is
+    one: never a file that something else has put there since."""
+    if server is not None:
+        await server.stop(grace)
+    remove_socket(path)
+
+
+def remove_socket(path: Path) -> None:
+    """Remove ``path`` if it is a socket (a quick local call: no thread needed)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+
+
 @dataclass
 class Services:
     """The servicers to register (None = not served in this mode: UNIMPLEMENTED)."""
@@ -98,20 +121,14 @@ class CsiServer:
             csi_grpc.add_ControllerServicer_to_server(self._services.controller, server)
         if self._services.node is not None:
             csi_grpc.add_NodeServicer_to_server(self._services.node, server)
-        server.add_insecure_port(f"unix://{self.path}")
-        await server.start()
-        os.chmod(self.path, 0o660)
+        await start_on_socket(server, self.path)
         self._server = server
         log.info("serving", endpoint=f"unix://{self.path}")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting calls, let running ones finish for ``grace`` s, remove the socket."""
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
+        server, self._server = self._server, None
+        await stop_on_socket(server, self.path, grace)
         log.info("stopped")
 
     async def serve_until_signalled(self) -> None:

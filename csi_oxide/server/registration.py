@@ -13,9 +13,6 @@ the kubelet restarts the container and registration is tried again, as the sidec
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from csi_oxide import DRIVER_NAME
 from csi_oxide._pluginregistration import pluginregistration_pb2 as reg
 from csi_oxide._pluginregistration import pluginregistration_pb2_grpc as reg_grpc
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.server.app import prepare_socket_path
+from csi_oxide.server.app import prepare_socket_path, start_on_socket, stop_on_socket
 
 log = structlog.get_logger("csi_oxide.server.registration")
 
@@ -113,17 +110,11 @@ class RegistrationServer:
         prepare_socket_path(self.path)
         server = grpc.aio.server()
         reg_grpc.add_RegistrationServicer_to_server(self._service, server)
-        server.add_insecure_port(f"unix://{self.path}")
-        await server.start()
-        os.chmod(self.path, 0o660)
+        await start_on_socket(server, self.path)
         self._server = server
         log.info("serving plugin registration", socket=str(self.path))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving and remove the socket: the kubelet then unregisters the driver."""
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
+        server, self._server = self._server, None
+        await stop_on_socket(server, self.path, grace)
