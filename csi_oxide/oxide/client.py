@@ -628,7 +628,9 @@ class HttpOxideClient:
         if isinstance(result, Answer):
             status = result.status_code
             outcome = "ok" if result.is_success else "http_error"
-            request_id = _short(result.headers.get("x-request-id"), self._secrets())
+            # The tokens this client has sent (this attempt's included): what an answer can echo.
+            # Not ``_secrets()``: that asks the token provider again (a file stat per request).
+            request_id = _short(result.headers.get("x-request-id"), tuple(self._sent))
         else:
             outcome = result.outcome if result is not None else "bad_answer"
         log.debug(
