@@ -27,6 +27,7 @@ from csi_oxide.oxide.client import (
 )
 from csi_oxide.oxide.credentials import FileToken, StaticToken, load_credentials
 from csi_oxide.oxide.types import DiskSpec, DiskState
+from tests.oxide.fakes import FakeClock
 
 TOKEN = "oxide-token-c0ffee15secret0123456789"
 GIB = 1024**3
@@ -36,21 +37,6 @@ INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"
 PROJECT_UUID = "11111111-2222-4333-8444-555555555555"
 
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the client sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def disk_json(name: str = "csi-0123456789abcdef", state: str = "detached") -> dict[str, object]:

@@ -42,6 +42,7 @@ from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.sim import SimConfig, Simulator
+from tests.oxide.fakes import FakeClock
 from tests.oxide.hostile import (
     DISK_UUID,
     GIB,
@@ -543,19 +544,6 @@ async def test_a_huge_answer_is_abandoned_not_held(length: int | None) -> None:
 
 
 # ---- 5. 429/503 with Retry-After; redirects ----------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.mark.parametrize(
