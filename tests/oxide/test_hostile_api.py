@@ -31,16 +31,12 @@ from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.controller.record import PREFIX as DESCRIPTION_PREFIX
 from csi_oxide.controller.record import volume_name
 from csi_oxide.errors import CsiOxideError
-from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient, RequestRecord, RetryPolicy
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.server.app import CsiServer, Services
-from csi_oxide.server.controller import ControllerService
-from csi_oxide.server.identity import IdentityService
 from csi_oxide.sim import SimConfig, Simulator
 from tests.oxide.fakes import FakeClock
 from tests.oxide.hostile import (
@@ -54,6 +50,7 @@ from tests.oxide.hostile import (
     instance_body,
     snapshot_body,
 )
+from tests.server.controller_world import controller_stub
 
 # Shaped like a real token, and a second secret without the prefix (scrubbed by exact value).
 TOKEN = "oxide-token-5ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4"
@@ -113,17 +110,11 @@ class Controller:
 @asynccontextmanager
 async def controller(tmp_path: Path, api: OxideApi, grace: float) -> AsyncIterator[Controller]:
     inflight = InFlight(grace=grace)
-    service = ControllerService(ControllerOps(api, cluster="test", inflight=inflight))
-    server = CsiServer(
-        f"unix://{tmp_path}/c.sock",
-        Services(identity=IdentityService(Health()), controller=service),
-    )
-    await server.start()
+    ops = ControllerOps(api, cluster="test", inflight=inflight)
     try:
-        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/c.sock") as channel:
-            yield Controller(csi_grpc.ControllerStub(channel), inflight)
+        async with controller_stub(tmp_path / "c.sock", ops, grace=0.5) as stub:
+            yield Controller(stub, inflight)
     finally:
-        await server.stop(grace=0.5)
         await api.aclose()
 
 

@@ -7,7 +7,9 @@ client ``World.api`` reads and changes the simulator behind the drivers' backs (
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -48,6 +50,23 @@ def client(sim: Simulator) -> HttpOxideClient:
         project=sim.config.project,
         transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
     )
+
+
+@asynccontextmanager
+async def controller_stub(
+    socket: Path, ops: ControllerOps, *, grace: float = 1.0
+) -> AsyncIterator[csi_grpc.ControllerAsyncStub]:
+    """A real Controller server for ``ops`` on the unix socket ``socket``, and a stub for it."""
+    server = CsiServer(
+        f"unix://{socket}",
+        Services(identity=IdentityService(Health()), controller=ControllerService(ops)),
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
+            yield csi_grpc.ControllerStub(channel)
+    finally:
+        await server.stop(grace=grace)
 
 
 async def code_of(call: object) -> Code:
@@ -227,33 +246,15 @@ async def serve(
     ``inflight`` makes each controller's guard (the default never cuts an operation)."""
     sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
     world = World(sim, client(sim))
-    servers: list[CsiServer] = []
-    channels: list[grpc.aio.Channel] = []
-    apis: list[HttpOxideClient] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(world.api.aclose)
         for i, cluster_id in enumerate(clusters):
             api = client(sim)
-            apis.append(api)
+            stack.push_async_callback(api.aclose)
             ops = ControllerOps(
                 cast(OxideApi, Interposer(api, world)), cluster=cluster_id, inflight=inflight()
             )
-            socket = f"unix://{tmp_path}/c{i}.sock"
-            server = CsiServer(
-                socket,
-                Services(identity=IdentityService(Health()), controller=ControllerService(ops)),
-            )
-            await server.start()
-            servers.append(server)
-            channel = grpc.aio.insecure_channel(socket)
-            channels.append(channel)
-            world.clusters[cluster_id] = Cluster(cluster_id, csi_grpc.ControllerStub(channel), ops)
+            stub = await stack.enter_async_context(controller_stub(tmp_path / f"c{i}.sock", ops))
+            world.clusters[cluster_id] = Cluster(cluster_id, stub, ops)
         yield world
-    finally:
-        for channel in channels:
-            await channel.close()
-        for server in servers:
-            await server.stop(grace=1)
-        for api in apis:
-            await api.aclose()
-        await world.api.aclose()
     assert sim.contract_violations == []

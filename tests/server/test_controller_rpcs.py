@@ -13,20 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.record import volume_name
-from csi_oxide.health import Health
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.server.app import CsiServer, Services
-from csi_oxide.server.controller import ControllerService
-from csi_oxide.server.identity import IdentityService
 from csi_oxide.sim import SimConfig, Simulator
+from tests.server.controller_world import client, code_of, controller_stub
 
 GIB = 1024**3
 Code = grpc.StatusCode
@@ -73,23 +69,12 @@ class World:
 
 async def _serve(tmp_path: Path, **config: object) -> AsyncIterator[World]:
     sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
-    api = HttpOxideClient.for_tests(
-        host="http://sim",
-        token=sim.token,
-        project="csi",
-        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
-    )
-    service = ControllerService(ControllerOps(api, cluster="test"))
-    server = CsiServer(
-        f"unix://{tmp_path}/c.sock",
-        Services(identity=IdentityService(Health()), controller=service),
-    )
-    await server.start()
+    api = client(sim)
+    ops = ControllerOps(api, cluster="test")
     try:
-        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/c.sock") as channel:
-            yield World(sim, api, csi_grpc.ControllerStub(channel), sim.local_instance_id)
+        async with controller_stub(tmp_path / "c.sock", ops) as stub:
+            yield World(sim, api, stub, sim.local_instance_id)
     finally:
-        await server.stop(grace=1)
         await api.aclose()
     assert sim.contract_violations == []
 
@@ -98,14 +83,6 @@ async def _serve(tmp_path: Path, **config: object) -> AsyncIterator[World]:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     async for w in _serve(tmp_path, hotplug=True, instances=1, quota_gib=100):
         yield w
-
-
-async def _code(call: object) -> Code:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return Code.OK
 
 
 def _create(**kw: object) -> csi.CreateVolumeRequest:
@@ -164,23 +141,23 @@ def _create(**kw: object) -> csi.CreateVolumeRequest:
 async def test_create_volume_rows(
     world: World, request_: csi.CreateVolumeRequest, code: Code
 ) -> None:
-    assert await _code(world.stub.CreateVolume(request_)) == code
+    assert await code_of(world.stub.CreateVolume(request_)) == code
 
 
 async def test_create_volume_conflicts_and_quota(world: World) -> None:
     await world.volume("pvc-1", GIB)
-    assert await _code(world.stub.CreateVolume(_create(name="pvc-1"))) == Code.OK
+    assert await code_of(world.stub.CreateVolume(_create(name="pvc-1"))) == Code.OK
     bigger = _create(name="pvc-1", capacity_range=csi.CapacityRange(required_bytes=5 * GIB))
-    assert await _code(world.stub.CreateVolume(bigger)) == Code.ALREADY_EXISTS
+    assert await code_of(world.stub.CreateVolume(bigger)) == Code.ALREADY_EXISTS
     huge = _create(name="pvc-2", capacity_range=csi.CapacityRange(required_bytes=200 * GIB))
-    assert await _code(world.stub.CreateVolume(huge)) == Code.RESOURCE_EXHAUSTED
+    assert await code_of(world.stub.CreateVolume(huge)) == Code.RESOURCE_EXHAUSTED
 
 
 async def test_second_call_for_a_volume_in_flight_is_aborted(tmp_path: Path) -> None:
     async for slow in _serve(tmp_path, latency_ms=200):
         first = asyncio.ensure_future(slow.stub.CreateVolume(_create(name="pvc-slow")))
         await asyncio.sleep(0.05)
-        assert await _code(slow.stub.CreateVolume(_create(name="pvc-slow"))) == Code.ABORTED
+        assert await code_of(slow.stub.CreateVolume(_create(name="pvc-slow"))) == Code.ABORTED
         await first
 
 
@@ -189,16 +166,16 @@ async def test_second_call_for_a_volume_in_flight_is_aborted(tmp_path: Path) -> 
 
 async def test_delete_volume_rows(world: World) -> None:
     vol = await world.volume()
-    assert await _code(world.stub.DeleteVolume(csi.DeleteVolumeRequest())) == (
+    assert await code_of(world.stub.DeleteVolume(csi.DeleteVolumeRequest())) == (
         Code.INVALID_ARGUMENT
     )
     await world.publish(vol)
     attached = world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))
-    assert await _code(attached) == Code.FAILED_PRECONDITION
+    assert await code_of(attached) == Code.FAILED_PRECONDITION
     for unknown in ("csi-0000000000000000", "Not A Name", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"):
-        assert await _code(world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=unknown))) == (
-            Code.OK
-        )
+        assert await code_of(
+            world.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=unknown))
+        ) == (Code.OK)
 
 
 async def test_an_id_with_a_trailing_newline_is_no_volume_and_never_sent(world: World) -> None:
@@ -235,7 +212,7 @@ async def test_an_id_with_a_trailing_newline_is_no_volume_and_never_sent(world: 
         ),
     }
     for what, (call, code) in calls.items():
-        assert await _code(call) == code, what
+        assert await code_of(call) == code, what
     assert sum(world.sim.request_counts.values()) == requests_before
     assert world.sim.disk_names() == [vol]
     assert world.sim.snapshot_names() == [snap]
@@ -256,9 +233,9 @@ async def test_an_id_with_a_trailing_newline_is_no_volume_and_never_sent(world: 
 async def test_names_beyond_the_spec_limits_are_invalid(
     world: World, name: str, code: Code
 ) -> None:
-    assert await _code(world.stub.CreateVolume(_create(name=name))) == code
+    assert await code_of(world.stub.CreateVolume(_create(name=name))) == code
     snapshot = csi.CreateSnapshotRequest(name=name, source_volume_id=await world.volume("src"))
-    assert await _code(world.stub.CreateSnapshot(snapshot)) == code
+    assert await code_of(world.stub.CreateSnapshot(snapshot)) == code
 
 
 async def test_an_enormous_id_gets_its_own_code_not_a_dropped_trailer(world: World) -> None:
@@ -290,22 +267,22 @@ async def test_publish_rows(world: World) -> None:
         return csi.ControllerPublishVolumeRequest(**fields)  # type: ignore[arg-type]
 
     publish = world.stub.ControllerPublishVolume
-    assert await _code(publish(req(volume_id=""))) == Code.INVALID_ARGUMENT
-    assert await _code(publish(req(node_id=""))) == Code.INVALID_ARGUMENT
-    assert await _code(publish(req(volume_capability=None))) == Code.INVALID_ARGUMENT
-    assert await _code(publish(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
-    assert await _code(publish(req(node_id=MISSING_NODE))) == Code.NOT_FOUND
-    assert await _code(publish(req(node_id="not-a-uuid"))) == Code.NOT_FOUND
-    assert await _code(publish(req())) == Code.OK
-    assert await _code(publish(req())) == Code.OK  # idempotent
+    assert await code_of(publish(req(volume_id=""))) == Code.INVALID_ARGUMENT
+    assert await code_of(publish(req(node_id=""))) == Code.INVALID_ARGUMENT
+    assert await code_of(publish(req(volume_capability=None))) == Code.INVALID_ARGUMENT
+    assert await code_of(publish(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
+    assert await code_of(publish(req(node_id=MISSING_NODE))) == Code.NOT_FOUND
+    assert await code_of(publish(req(node_id="not-a-uuid"))) == Code.NOT_FOUND
+    assert await code_of(publish(req())) == Code.OK
+    assert await code_of(publish(req())) == Code.OK  # idempotent
     other = world.sim.instance_ids[1]
-    assert await _code(publish(req(node_id=other))) == Code.FAILED_PRECONDITION
+    assert await code_of(publish(req(node_id=other))) == Code.FAILED_PRECONDITION
 
 
 async def test_publish_beyond_the_attach_limit_is_resource_exhausted(world: World) -> None:
     volumes = [await world.volume(f"pvc-{i}") for i in range(13)]
     codes = [
-        await _code(
+        await code_of(
             world.stub.ControllerPublishVolume(
                 csi.ControllerPublishVolumeRequest(
                     volume_id=v, node_id=world.node, volume_capability=cap()
@@ -324,17 +301,17 @@ async def test_unpublish_rows(world: World) -> None:
     await world.publish(vol)
     unpublish = world.stub.ControllerUnpublishVolume
     missing_id = csi.ControllerUnpublishVolumeRequest(node_id=world.node)
-    assert await _code(unpublish(missing_id)) == Code.INVALID_ARGUMENT
+    assert await code_of(unpublish(missing_id)) == Code.INVALID_ARGUMENT
     for volume_id, node in (
         ("csi-0000000000000000", world.node),
         (vol, MISSING_NODE),
         (vol, world.sim.instance_ids[1]),
     ):
         request = csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=node)
-        assert await _code(unpublish(request)) == Code.OK
+        assert await code_of(unpublish(request)) == Code.OK
     assert (await world.api.disk_view(vol)).instance_id == world.node  # none of those detached it
     done = csi.ControllerUnpublishVolumeRequest(volume_id=vol, node_id=world.node)
-    assert await _code(unpublish(done)) == Code.OK
+    assert await code_of(unpublish(done)) == Code.OK
     assert (await world.api.disk_view(vol)).instance_id is None
 
 
@@ -360,13 +337,13 @@ async def test_hotplug_off_refuses_attach_and_detach(tmp_path: Path) -> None:
 async def test_validate_rows(world: World) -> None:
     vol = await world.volume()
     validate = world.stub.ValidateVolumeCapabilities
-    assert await _code(validate(csi.ValidateVolumeCapabilitiesRequest(volume_id=vol))) == (
+    assert await code_of(validate(csi.ValidateVolumeCapabilitiesRequest(volume_id=vol))) == (
         Code.INVALID_ARGUMENT
     )
     missing = csi.ValidateVolumeCapabilitiesRequest(
         volume_id="csi-0000000000000000", volume_capabilities=[cap()]
     )
-    assert await _code(validate(missing)) == Code.NOT_FOUND
+    assert await code_of(validate(missing)) == Code.NOT_FOUND
     multi = await validate(
         csi.ValidateVolumeCapabilitiesRequest(
             volume_id=vol, volume_capabilities=[cap(Mode.MULTI_NODE_READER_ONLY)]
@@ -383,17 +360,17 @@ async def test_validate_rows(world: World) -> None:
 async def test_get_and_list_rows(world: World) -> None:
     vols = sorted([await world.volume(f"pvc-{i}") for i in range(3)])
     get = world.stub.ControllerGetVolume
-    assert await _code(get(csi.ControllerGetVolumeRequest())) == Code.INVALID_ARGUMENT
+    assert await code_of(get(csi.ControllerGetVolumeRequest())) == Code.INVALID_ARGUMENT
     missing = csi.ControllerGetVolumeRequest(volume_id="csi-0000000000000000")
-    assert await _code(get(missing)) == Code.NOT_FOUND
+    assert await code_of(get(missing)) == Code.NOT_FOUND
     page = await world.stub.ListVolumes(csi.ListVolumesRequest(max_entries=2))
     assert [e.volume.volume_id for e in page.entries] == vols[:2]
     rest = await world.stub.ListVolumes(csi.ListVolumesRequest(starting_token=page.next_token))
     assert [e.volume.volume_id for e in rest.entries] == vols[2:]
     bad = csi.ListVolumesRequest(starting_token="garbage")
-    assert await _code(world.stub.ListVolumes(bad)) == Code.ABORTED
+    assert await code_of(world.stub.ListVolumes(bad)) == Code.ABORTED
     negative = csi.ListVolumesRequest(max_entries=-1)
-    assert await _code(world.stub.ListVolumes(negative)) == Code.INVALID_ARGUMENT
+    assert await code_of(world.stub.ListVolumes(negative)) == Code.INVALID_ARGUMENT
     capacity = await world.stub.GetCapacity(csi.GetCapacityRequest())
     assert capacity.available_capacity == 97 * GIB
 
@@ -405,25 +382,25 @@ async def test_snapshot_rows(world: World) -> None:
     vol = await world.volume()
     other = await world.volume("pvc-2")
     create = world.stub.CreateSnapshot
-    assert await _code(create(csi.CreateSnapshotRequest(source_volume_id=vol))) == (
+    assert await code_of(create(csi.CreateSnapshotRequest(source_volume_id=vol))) == (
         Code.INVALID_ARGUMENT
     )
-    assert await _code(create(csi.CreateSnapshotRequest(name="s"))) == Code.INVALID_ARGUMENT
+    assert await code_of(create(csi.CreateSnapshotRequest(name="s"))) == Code.INVALID_ARGUMENT
     missing = csi.CreateSnapshotRequest(name="s", source_volume_id="csi-0000000000000000")
-    assert await _code(create(missing)) == Code.NOT_FOUND
+    assert await code_of(create(missing)) == Code.NOT_FOUND
     first = csi.CreateSnapshotRequest(name="s", source_volume_id=vol)
-    assert await _code(create(first)) == Code.OK
-    assert await _code(create(first)) == Code.OK
+    assert await code_of(create(first)) == Code.OK
+    assert await code_of(create(first)) == Code.OK
     clash = csi.CreateSnapshotRequest(name="s", source_volume_id=other)
-    assert await _code(create(clash)) == Code.ALREADY_EXISTS
+    assert await code_of(create(clash)) == Code.ALREADY_EXISTS
     delete = world.stub.DeleteSnapshot
-    assert await _code(delete(csi.DeleteSnapshotRequest())) == Code.INVALID_ARGUMENT
+    assert await code_of(delete(csi.DeleteSnapshotRequest())) == Code.INVALID_ARGUMENT
     gone = csi.DeleteSnapshotRequest(snapshot_id="snap-0000000000000000")
-    assert await _code(delete(gone)) == Code.OK
+    assert await code_of(delete(gone)) == Code.OK
     bad = csi.ListSnapshotsRequest(starting_token="garbage")
-    assert await _code(world.stub.ListSnapshots(bad)) == Code.ABORTED
+    assert await code_of(world.stub.ListSnapshots(bad)) == Code.ABORTED
     get = world.stub.GetSnapshot
-    assert await _code(get(csi.GetSnapshotRequest(snapshot_id="snap-0000000000000000"))) == (
+    assert await code_of(get(csi.GetSnapshotRequest(snapshot_id="snap-0000000000000000"))) == (
         Code.NOT_FOUND
     )
 
@@ -443,13 +420,13 @@ async def test_expand_rows(world: World) -> None:
         fields.update(kw)
         return csi.ControllerExpandVolumeRequest(**fields)  # type: ignore[arg-type]
 
-    assert await _code(expand(req(volume_id=""))) == Code.INVALID_ARGUMENT
-    assert await _code(expand(req(capacity_range=None))) == Code.INVALID_ARGUMENT
-    assert await _code(expand(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
+    assert await code_of(expand(req(volume_id=""))) == Code.INVALID_ARGUMENT
+    assert await code_of(expand(req(capacity_range=None))) == Code.INVALID_ARGUMENT
+    assert await code_of(expand(req(volume_id="csi-0000000000000000"))) == Code.NOT_FOUND
     too_big = req(capacity_range=csi.CapacityRange(required_bytes=1024 * GIB))
-    assert await _code(expand(too_big)) == Code.OUT_OF_RANGE
+    assert await code_of(expand(too_big)) == Code.OUT_OF_RANGE
     await world.publish(vol)
-    assert await _code(expand(req())) == Code.FAILED_PRECONDITION
+    assert await code_of(expand(req())) == Code.FAILED_PRECONDITION
     await world.stub.ControllerUnpublishVolume(
         csi.ControllerUnpublishVolumeRequest(volume_id=vol, node_id=world.node)
     )
@@ -459,12 +436,12 @@ async def test_expand_rows(world: World) -> None:
     assert (block.capacity_bytes, block.node_expansion_required) == (2 * GIB, False)
     # Already larger than the limit: a disk cannot shrink, and 2 GiB is not "at most 1 GiB".
     beyond = req(capacity_range=csi.CapacityRange(required_bytes=GIB, limit_bytes=GIB))
-    assert await _code(expand(beyond)) == Code.OUT_OF_RANGE
+    assert await code_of(expand(beyond)) == Code.OUT_OF_RANGE
     await world.api.disk_create(DiskSpec(name="by-hand", description="", size=GIB, block_size=4096))
-    assert await _code(expand(req(volume_id="by-hand"))) == Code.FAILED_PRECONDITION
+    assert await code_of(expand(req(volume_id="by-hand"))) == Code.FAILED_PRECONDITION
 
 
 async def test_modify_volume_is_unimplemented(world: World) -> None:
     vol = await world.volume()
     modify = world.stub.ControllerModifyVolume(csi.ControllerModifyVolumeRequest(volume_id=vol))
-    assert await _code(modify) == Code.UNIMPLEMENTED
+    assert await code_of(modify) == Code.UNIMPLEMENTED
