@@ -42,6 +42,18 @@ async def _replace_disk(world: World, name: str) -> str:
     return await _hand_made(world, name)
 
 
+def _replace_before(world: World, operation: str, name: str) -> list[str]:
+    """Have someone replace disk ``name`` right before each ``operation`` request the driver
+    sends; the returned list collects the newcomers' UUIDs."""
+    replaced: list[str] = []
+
+    async def replace(*_args: object) -> None:
+        replaced.append(await _replace_disk(world, name))
+
+    world.before[operation] = replace
+    return replaced
+
+
 async def _hand_made(world: World, name: str) -> str:
     """Someone makes a disk of their own named ``name``; its UUID."""
     disk = await world.api.disk_create(
@@ -54,12 +66,7 @@ async def _hand_made(world: World, name: str) -> str:
 async def test_delete_volume_never_deletes_a_disk_made_after_its_check(world: World) -> None:
     ctl = world.clusters["test"]
     vol = (await ctl.create("pvc-1")).volume_id
-    replaced: list[str] = []
-
-    async def replace(*_args: object) -> None:
-        replaced.append(await _replace_disk(world, vol))
-
-    world.before["disk_delete"] = replace
+    replaced = _replace_before(world, "disk_delete", vol)
     assert await code_of(ctl.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))) == Code.OK
     assert replaced, "the other actor ran between the check and the delete"
     newcomer = await world.api.disk_view(vol)
@@ -71,12 +78,7 @@ async def test_an_expansion_never_deletes_a_disk_made_after_its_snapshot(world: 
     ctl = world.clusters["test"]
     vol = (await ctl.create("pvc-1")).volume_id
     world.sim.write_content(vol, DATA)
-    replaced: list[str] = []
-
-    async def replace(*_args: object) -> None:
-        replaced.append(await _replace_disk(world, vol))
-
-    world.before["disk_delete"] = replace
+    replaced = _replace_before(world, "disk_delete", vol)
     code = await code_of(ctl.expand(vol, 2 * GIB))
     assert replaced
     # The newcomer is untouched, and the cluster's data is still in the expansion snapshot.
@@ -128,12 +130,7 @@ async def test_unpublish_never_detaches_a_disk_made_after_its_check(world: World
 async def test_publish_never_attaches_a_disk_made_after_its_check(world: World) -> None:
     ctl = world.clusters["test"]
     vol = (await ctl.create("pvc-1")).volume_id
-    replaced: list[str] = []
-
-    async def replace(*_args: object) -> None:
-        replaced.append(await _replace_disk(world, vol))
-
-    world.before["instance_disk_attach"] = replace
+    replaced = _replace_before(world, "instance_disk_attach", vol)
     assert await code_of(ctl.publish(vol, world.node)) == Code.NOT_FOUND
     assert replaced
     newcomer = await world.api.disk_view(vol)
@@ -147,12 +144,7 @@ async def test_a_source_replaced_before_its_snapshot_is_never_copied(
     ctl = world.clusters["test"]
     vol = (await ctl.create("pvc-1")).volume_id
     world.sim.write_content(vol, DATA)
-    replaced: list[str] = []
-
-    async def replace(*_args: object) -> None:
-        replaced.append(await _replace_disk(world, vol))
-
-    world.before["snapshot_create"] = replace
+    replaced = _replace_before(world, "snapshot_create", vol)
     if operation == "snapshot":
         code = await code_of(ctl.snapshot("snap-1", vol))
     else:
@@ -168,12 +160,7 @@ async def test_a_source_replaced_before_its_snapshot_is_never_copied(
 async def test_an_expansion_never_snapshots_a_disk_made_after_its_check(world: World) -> None:
     ctl = world.clusters["test"]
     vol = (await ctl.create("pvc-1")).volume_id
-    replaced: list[str] = []
-
-    async def replace(*_args: object) -> None:
-        replaced.append(await _replace_disk(world, vol))
-
-    world.before["snapshot_create"] = replace
+    replaced = _replace_before(world, "snapshot_create", vol)
     assert await code_of(ctl.expand(vol, 2 * GIB)) == Code.NOT_FOUND
     assert replaced
     newcomer = await world.api.disk_view(vol)
