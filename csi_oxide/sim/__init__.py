@@ -2,7 +2,9 @@
 
 It serves the published paths, bodies, states, errors, pagination and headers of the Oxide API for
 everything the driver uses, with the real server's rules; ``openapi/`` holds the published API
-document it is checked against.
+document it is checked against. It models Oxide on its own: ``spec`` holds its definitions (taken
+from that document), and no module here imports the driver's (``csi_oxide.oxide`` and the rest).
+Test support (direct looks into the state) is in ``inprocess``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The HTTP face of the simulator: a Starlette app applying, in the real server's order, routing,
-the ``api-version`` header, request parsing, authentication and the operation; plus the test knobs
-(latency, scripted faults, random 503s) and, in validate mode, the contract check of every request
-and response against the published document."""
+the ``api-version`` header (and the translation of an older request), request parsing,
+authentication and the operation; plus the test knobs (latency, scripted faults, random 503s) and,
+in validate mode, the contract check of every request and response against the published document.
+
+The app sees the simulator only through ``Served``, so this module does not import the simulator
+(which imports this one to build its app).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,15 +23,46 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from csi_oxide.sim import contract, errors, routing
-from csi_oxide.sim.handlers import Call
-from csi_oxide.sim.versions import check_api_version
-
-if TYPE_CHECKING:
-    from csi_oxide.sim.simulator import Simulator
+from csi_oxide.sim.faults import Faults
+from csi_oxide.sim.handlers import Call, Handler, Reply
+from csi_oxide.sim.versions import check_api_version, upgrade_body
 
 _log = logging.getLogger(__name__)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _JSON = "application/json"
+
+
+class Served(Protocol):
+    """What the app needs of the simulator it serves."""
+
+    @property
+    def faults(self) -> Faults:
+        """Scripted failures per operation."""
+
+    @property
+    def request_counts(self) -> Counter[str]:
+        """Routed requests per operationId (the app counts them)."""
+
+    def token_matches(self, token: str) -> bool:
+        """Whether ``token`` is the simulator's bearer token."""
+
+    def draw_delay(self) -> float:
+        """Seconds to hold this request."""
+
+    def draw_failure(self) -> bool:
+        """Whether a random 503 strikes this request before it is applied."""
+
+    def draw_lost(self) -> bool:
+        """Whether this request's answer is lost after it is applied."""
+
+    def draw_slow(self) -> float:
+        """Seconds between single bytes of this request's answer (0: sent at once)."""
+
+    def record_violation(self, message: str) -> None:
+        """Note a contract violation."""
+
+    async def apply(self, handler: Handler, call: Call) -> Reply:
+        """Run one operation on the simulated state."""
 
 
 def _error_body(rid: str, err: errors.ApiError) -> bytes:
@@ -39,7 +75,7 @@ def _error_body(rid: str, err: errors.ApiError) -> bytes:
 class _Exchange:
     """One request on its way through the pipeline."""
 
-    def __init__(self, sim: Simulator, request: Request, body: bytes, validate: bool) -> None:
+    def __init__(self, sim: Served, request: Request, body: bytes, validate: bool) -> None:
         self.sim, self.request, self.body, self.validate = sim, request, body, validate
         self.rid = str(uuid.uuid4())
         self.checked_operation = False  # responses are validated once an operation matched
@@ -123,7 +159,9 @@ class _Exchange:
             return self.error(err)
 
     async def _operation(self, route: routing.Route, params: dict[str, str]) -> Response:
-        check_api_version(self.request.headers.get("api-version"))
+        version = check_api_version(self.request.headers.get("api-version"))
+        body = upgrade_body(route.operation_id, version, self.body)
+        self.checked.body = body
         self._check_request()
         self._check_auth()
         fault = self.sim.faults.take(route.operation_id)
@@ -132,7 +170,7 @@ class _Exchange:
         if self.sim.draw_failure():
             raise errors.unavailable()
         query = dict(self.request.query_params)
-        status, payload = await self.sim.apply(route.handler, Call(params, query, self.body))
+        status, payload = await self.sim.apply(route.handler, Call(params, query, body))
         if fault is not None:
             raise errors.for_status(fault.status)  # applied, but the answer is lost
         if self.sim.draw_lost():
@@ -159,7 +197,7 @@ def _trickled(response: Response, pause: float) -> Response:
     )
 
 
-def build_app(sim: Simulator, *, validate: bool) -> Starlette:
+def build_app(sim: Served, *, validate: bool) -> Starlette:
     """The ASGI app serving ``sim``."""
     if validate:
         contract.load()  # parse the document now, not during the first request

@@ -41,6 +41,11 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, None, message)
 
 
+def body_error(detail: str) -> ApiError:
+    """400 without an error code: the JSON body did not parse into the expected type."""
+    return bad_request(f"unable to parse JSON body: {detail}")
+
+
 def unauthorized() -> ApiError:
     """401 for a missing or wrong token."""
     return ApiError(401, "Unauthorized", "credentials missing or invalid")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from csi_oxide.oxide.types import DiskState
 from csi_oxide.sim import parse
 from csi_oxide.sim.model import SimState
 from csi_oxide.sim.paging import Scan, page, parse_scan
 from csi_oxide.sim.records import DiskRecord, JsonObject, rfc3339
+from csi_oxide.sim.spec import DiskState
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,26 +10,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from csi_oxide.oxide.names import is_uuid
-from csi_oxide.oxide.types import (
+from csi_oxide.sim import errors
+from csi_oxide.sim.backing import Backing
+from csi_oxide.sim.records import DiskRecord, InstanceRecord, SnapshotRecord, now
+from csi_oxide.sim.spec import (
+    ATTACHED_STATES,
     GIB,
+    MAX_DESCRIPTION_LENGTH,
     MAX_DISK_SIZE,
     MAX_DISKS_PER_INSTANCE,
     MIN_DISK_SIZE,
     DiskState,
     InstanceState,
     SnapshotState,
-)
-from csi_oxide.sim import errors
-from csi_oxide.sim.backing import Backing
-from csi_oxide.sim.records import (
-    ATTACHED_STATES,
-    DiskRecord,
-    InstanceRecord,
-    SnapshotRecord,
-    now,
+    canonical_id,
+    is_uuid,
 )
 
 R = TypeVar("R", DiskRecord, SnapshotRecord, InstanceRecord)
@@ -67,9 +64,36 @@ class SnapshotSource:
     read_only: bool = False
 
 
-def canonical_id(value: str) -> str:
-    """The canonical lowercase form of a UUID string."""
-    return str(uuid.UUID(value))
+@dataclass(frozen=True, slots=True)
+class UnservedSource:
+    """A disk the published API offers but the simulator does not make (an ASSUMPTION each, see
+    ``refusal``): a local disk, a disk from an image, a disk for a bulk import."""
+
+    kind: Literal["local", "image", "importing_blocks"]
+    ident: str = ""  # the image ID
+
+    def refusal(self) -> errors.ApiError:
+        """The simulator's answer: the simulated silo has no images (so any image is not found);
+        local disks and imports are not modelled (400 InvalidRequest)."""
+        if self.kind == "image":
+            return errors.not_found("image", self.ident, by_id=True)
+        if self.kind == "local":
+            return errors.invalid_request(
+                'the simulator serves distributed disks only (disk_backend type "local")'
+            )
+        return errors.invalid_request("the simulator does not support importing blocks")
+
+
+DiskSource = BlankSource | SnapshotSource | UnservedSource
+
+
+def check_description(description: str) -> None:
+    """ASSUMPTION: at most ``MAX_DESCRIPTION_LENGTH`` characters (400 InvalidValue); the published
+    document gives no limit, the simulator enforces one so the driver never depends on more."""
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise errors.invalid_value(
+            "description", f"description must be at most {MAX_DESCRIPTION_LENGTH} characters"
+        )
 
 
 class SimState:
@@ -204,10 +228,11 @@ class SimState:
         if any(get(rec) == name for rec in table.values()):
             raise errors.already_exists(kind, name)
 
-    def create_disk(
-        self, name: str, description: str, size: int, source: BlankSource | SnapshotSource
-    ) -> DiskRecord:
+    def create_disk(self, name: str, description: str, size: int, source: DiskSource) -> DiskRecord:
         """disk_create: validate, reserve quota, create (synchronously) and store as detached."""
+        check_description(description)
+        if isinstance(source, UnservedSource):
+            raise source.refusal()
         snap: SnapshotRecord | None = None
         if isinstance(source, SnapshotSource):
             snap = self._source_snapshot(source, size)
@@ -270,7 +295,13 @@ class SimState:
         )
 
     def attach(self, inst: InstanceRecord, disk: DiskRecord) -> DiskRecord:
-        """instance_disk_attach: idempotent for the same instance."""
+        """instance_disk_attach: idempotent for the same instance.
+
+        The refusals follow omicron's ``instance_attach_disk`` (nexus/db-queries, datastore
+        ``disk.rs``): a disk attached, attaching or detaching anywhere else, and also one still
+        detaching from THIS instance, is "attached to another instance" (the server looks at the
+        disk's state, not at which instance it names).
+        """
         if disk.instance_id == inst.id and disk.state in (DiskState.ATTACHED, DiskState.ATTACHING):
             return disk
         if disk.state in ATTACHED_STATES:
@@ -295,11 +326,20 @@ class SimState:
         return disk
 
     def detach(self, inst: InstanceRecord, disk: DiskRecord) -> DiskRecord:
-        """instance_disk_detach: idempotent when already detached."""
+        """instance_disk_detach: idempotent when already detached (or detaching from ``inst``).
+
+        The refusals follow omicron's ``instance_detach_disk``: a disk still attaching to this
+        instance is "currently being attached"; the instance's state is judged before its boot
+        disk (a running instance is "not fully stopped", whichever disk is asked for).
+        """
         if disk.state == DiskState.DETACHED:
             return disk
         if disk.state == DiskState.DETACHING and disk.instance_id == inst.id:
             return disk
+        if disk.state == DiskState.ATTACHING and disk.instance_id == inst.id:
+            raise errors.invalid_request(
+                f'cannot detach disk "{disk.name}": disk is currently being attached'
+            )
         if disk.state in ATTACHED_STATES and disk.instance_id != inst.id:
             raise errors.invalid_request(
                 f'cannot detach disk "{disk.name}": disk is attached to another instance'
@@ -308,10 +348,12 @@ class SimState:
             raise errors.invalid_request(
                 f'cannot detach disk "{disk.name}": invalid state {disk.state.value}'
             )
-        if inst.boot_disk_id == disk.id:
-            raise errors.ApiError(409, "Conflict", "boot disk cannot be detached")
         ok = frozenset({InstanceState.CREATING, InstanceState.STOPPED, InstanceState.FAILED})
         self._vmm_refusal(inst, "detach", ok)
+        if inst.boot_disk_id == disk.id:
+            if inst.run_state == InstanceState.FAILED:
+                raise errors.invalid_request("cannot detach disk from instance in failed state")
+            raise errors.ApiError(409, "Conflict", "boot disk cannot be detached")
         if inst.id == self.local_instance_id:
             self.backing.detach_local(disk.name)
         disk.state, disk.instance_id, disk.modified = DiskState.DETACHED, None, now()
@@ -345,6 +387,7 @@ class SimState:
 
     def create_snapshot(self, name: str, description: str, disk: DiskRecord) -> SnapshotRecord:
         """snapshot_create: synchronous, ready at once, size = the disk's size."""
+        check_description(description)
         if disk.read_only:
             raise errors.invalid_request("can't create a snapshot of a read-only disk")
         if disk.state not in _SNAPSHOT_DISK_STATES:

@@ -1,6 +1,7 @@
 """Dropshot-style pagination: opaque URL-safe base64 JSON page tokens carrying the scan params.
 
-A first page takes ``limit`` (default 100, at most 10000), ``sort_by`` (``name_ascending`` by
+A first page takes ``limit`` (a uint32 of at least 1: default 100, more than 10000 is lowered to
+10000, one beyond uint32 does not parse), ``sort_by`` (``name_ascending`` by
 default, ``name_descending``, ``id_ascending``) and the scan's parent selector (``project``).
 Every page that has items carries a ``next_page`` token; a scan ends on an empty page whose
 ``next_page`` is null. Later pages send ``page_token`` (and optionally ``limit``); the scan params
@@ -12,17 +13,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from csi_oxide.sim.errors import ApiError, bad_request
+from csi_oxide.sim.spec import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, UINT32_MAX
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10000
 SORT_MODES = ("name_ascending", "name_descending", "id_ascending")
 
 T = TypeVar("T")
+_UINT = re.compile(r"\+?[0-9]+")  # what an unsigned integer parse accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +42,17 @@ def _query_error(detail: str) -> ApiError:
 
 
 def parse_limit(raw: str | None) -> int:
-    """The page size: default 100, 1..10000, else 400."""
+    """The page size: a uint32 of at least 1 (else 400), lowered to the server's maximum."""
     if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise _query_error(f"limit: invalid digit in {raw!r}") from None
+        return DEFAULT_PAGE_LIMIT
+    if _UINT.fullmatch(raw) is None:
+        raise _query_error(f"limit: invalid digit found in {raw!r}")
+    limit = int(raw)
+    if limit > UINT32_MAX:
+        raise _query_error("limit: number too large to fit in target type")
     if limit < 1:
         raise _query_error("limit: must be at least 1")
-    return min(limit, MAX_LIMIT)
+    return min(limit, MAX_PAGE_LIMIT)
 
 
 def encode_token(sort_by: str, project: str | None, last_seen: str) -> str:

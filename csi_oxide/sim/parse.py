@@ -1,21 +1,28 @@
-"""Reading request bodies and query values the way the real server does (pure functions)."""
+"""Reading request bodies and query values the way the real server does (pure functions).
+
+A value that does not fit its published type (a bad `Name`, a block size outside the `BlockSize`
+enum, a malformed UUID, a missing field) fails while the body is parsed: 400 without an error
+code, as the real server (dropshot) answers. Rules the server checks after parsing (sizes, the
+description limit) answer 400 ``InvalidValue``.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 
-from csi_oxide.oxide.names import MAX_NAME_LENGTH, is_uuid
-from csi_oxide.oxide.types import BLOCK_SIZES, MAX_DESCRIPTION_LENGTH
 from csi_oxide.sim import errors
-from csi_oxide.sim.model import BlankSource, SnapshotSource, canonical_id
+from csi_oxide.sim.errors import body_error
+from csi_oxide.sim.model import BlankSource, DiskSource, SnapshotSource, UnservedSource
+from csi_oxide.sim.spec import (
+    BLOCK_SIZES,
+    canonical_id,
+    is_uuid,
+    name_problem,
+)
 
 JsonMap = Mapping[str, object]
-
-
-def body_error(detail: str) -> errors.ApiError:
-    """400 without an error code: the JSON body did not parse into the expected type."""
-    return errors.bad_request(f"unable to parse JSON body: {detail}")
+_UINT64_MAX = 2**64 - 1
 
 
 def json_body(raw: bytes) -> JsonMap:
@@ -58,57 +65,27 @@ def text(data: JsonMap, key: str, *, where: str = "") -> str:
 
 
 def integer(data: JsonMap, key: str, *, where: str = "") -> int:
-    """A required non-negative integer field (a JSON boolean is not an integer)."""
+    """A required uint64 field (a JSON boolean is not an integer)."""
     if key not in data:
         raise _missing(key, where)
     value = data[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _wrong_type(key, "a non-negative integer", where)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _UINT64_MAX:
+        raise _wrong_type(key, "a non-negative integer (u64)", where)
     return value
 
 
-def name_problem(value: str) -> str | None:
-    """Why the server would refuse ``value`` as a name, or None when it is a valid name."""
-    if not value:
-        return "name requires at least one character"
-    if len(value) > MAX_NAME_LENGTH:
-        return f"name may contain at most {MAX_NAME_LENGTH} characters"
-    if not ("a" <= value[0] <= "z"):
-        return "name must begin with an ASCII lowercase character"
-    for ch in value:
-        if not (("a" <= ch <= "z") or ("0" <= ch <= "9") or ch == "-"):
-            return (
-                f'name contains invalid character: "{ch}" '
-                '(allowed characters are lowercase ASCII, digits, and "-")'
-            )
-    if value.endswith("-"):
-        return 'name cannot end with "-"'
-    if is_uuid(value):
-        return "name cannot be a UUID"
-    return None
-
-
 def name(data: JsonMap) -> str:
-    """The ``name`` field, checked against the server's name rules (400 InvalidValue)."""
+    """The ``name`` field: a `Name` by the server's rules, or the body does not parse."""
     value = text(data, "name")
     problem = name_problem(value)
     if problem is not None:
-        raise errors.invalid_value("name", problem)
+        raise body_error(f"name: {problem}")
     return value
 
 
 def description(data: JsonMap) -> str:
-    """The ``description`` field.
-
-    The simulator refuses more than 512 characters. That limit is OUR ASSUMPTION about the real
-    server (the published document gives none), enforced so the driver never depends on more.
-    """
-    value = text(data, "description")
-    if len(value) > MAX_DESCRIPTION_LENGTH:
-        raise errors.invalid_value(
-            "description", f"description must be at most {MAX_DESCRIPTION_LENGTH} characters"
-        )
-    return value
+    """The ``description`` field (its length is checked once the body has parsed)."""
+    return text(data, "description")
 
 
 def name_or_id(value: str, what: str) -> str:
@@ -121,41 +98,57 @@ def name_or_id(value: str, what: str) -> str:
     return value
 
 
-def disk_source(data: JsonMap) -> BlankSource | SnapshotSource:
-    """The ``disk_backend`` of a DiskCreate (only ``distributed`` disks are simulated)."""
+def disk_source(data: JsonMap) -> DiskSource:
+    """The ``disk_backend`` of a `DiskCreate`, parsed whole; the disks the simulator does not make
+    come back as an ``UnservedSource`` (refused after parsing, as the real server refuses a
+    well-formed request)."""
     backend = obj(data, "disk_backend")
     kind = text(backend, "type", where="disk_backend.")
     if kind == "local":
-        raise errors.invalid_request(
-            'the simulator serves distributed disks only (disk_backend type "local")'
-        )
+        return UnservedSource("local")
     if kind != "distributed":
         raise body_error(f"disk_backend.type: unknown variant `{kind}`")
     return _source(obj(backend, "disk_source", where="disk_backend."))
 
 
-def _source(source: JsonMap) -> BlankSource | SnapshotSource:
+def _source(source: JsonMap) -> DiskSource:
     where = "disk_backend.disk_source."
     kind = text(source, "type", where=where)
     if kind == "blank":
-        block_size = integer(source, "block_size", where=where)
-        if block_size not in BLOCK_SIZES:
-            raise errors.invalid_value("block_size", "must be one of 512, 2048 or 4096")
-        return BlankSource(block_size)
+        return BlankSource(_block_size(source, where))
     if kind == "snapshot":
-        snapshot_id = text(source, "snapshot_id", where=where)
-        if not is_uuid(snapshot_id):
-            raise body_error(f"{where}snapshot_id: invalid UUID")
-        read_only = source.get("read_only", False)
-        if not isinstance(read_only, bool):
-            raise body_error(f"{where}read_only: invalid type, expected a boolean")
-        return SnapshotSource(canonical_id(snapshot_id), read_only)
+        return SnapshotSource(_uuid(source, "snapshot_id", where), _read_only(source, where))
     if kind == "image":
-        image_id = text(source, "image_id", where=where)
-        raise errors.not_found("image", image_id, by_id=True)
+        image_id = _uuid(source, "image_id", where)
+        _read_only(source, where)
+        return UnservedSource("image", image_id)
     if kind == "importing_blocks":
-        raise errors.invalid_request("the simulator does not support importing blocks")
+        _block_size(source, where)
+        return UnservedSource("importing_blocks")
     raise body_error(f"{where}type: unknown variant `{kind}`")
+
+
+def _uuid(data: JsonMap, key: str, where: str) -> str:
+    value = text(data, key, where=where)
+    if not is_uuid(value):
+        raise body_error(f"{where}{key}: invalid UUID")
+    return canonical_id(value)
+
+
+def _read_only(data: JsonMap, where: str) -> bool:
+    value = data.get("read_only", False)
+    if not isinstance(value, bool):
+        raise body_error(f"{where}read_only: invalid type, expected a boolean")
+    return value
+
+
+def _block_size(source: JsonMap, where: str) -> int:
+    """A `BlockSize`: one of the published enum's values, or the body does not parse."""
+    value = integer(source, "block_size", where=where)
+    if value not in BLOCK_SIZES:
+        allowed = ", ".join(str(b) for b in sorted(BLOCK_SIZES))
+        raise body_error(f"{where}block_size: invalid value {value}, expected one of {allowed}")
+    return value
 
 
 def optional_query(query: Mapping[str, str], key: str) -> str | None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from csi_oxide.oxide.types import DiskState, InstanceState, SnapshotState
+from csi_oxide.sim.spec import ATTACHED_STATES, DiskState, InstanceState, SnapshotState
 
 JsonObject = dict[str, object]
-
-ATTACHED_STATES = frozenset({DiskState.ATTACHING, DiskState.ATTACHED, DiskState.DETACHING})
 
 
 def now() -> datetime:

@@ -1,4 +1,9 @@
-"""The simulated Oxide API: state, knobs, the ASGI app and in-process test helpers."""
+"""The simulated Oxide rack: its state behind a lock, its knobs (latency, faults, random 503s,
+lost and slow answers) and the ASGI app that serves it.
+
+The app (``app.py``) knows the simulator only through the ``Served`` protocol it declares, so the
+import goes one way; the in-process test helpers are in ``inprocess.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ from typing import TypeVar
 
 from starlette.applications import Starlette
 
-from csi_oxide.oxide.types import GIB, DiskState, InstanceState
+from csi_oxide.sim.app import build_app
 from csi_oxide.sim.backing import Backing, make_backing
 from csi_oxide.sim.config import SimConfig
 from csi_oxide.sim.faults import Faults
 from csi_oxide.sim.handlers import Call, Handler, Reply
 from csi_oxide.sim.model import BlankSource, SimState
-from csi_oxide.sim.records import DiskRecord, InstanceRecord
+from csi_oxide.sim.spec import GIB, DiskState
 
 T = TypeVar("T")
 
@@ -34,7 +39,8 @@ class Simulator:
     more, all running. The local instance has no boot disk, so all 12 disk slots are usable
     (with ``guest`` backing it is a qemu guest with a boot disk: 11 slots are left).
 
-    Serve it with ``asgi_app()`` (in-process with ``httpx.ASGITransport``, or under uvicorn).
+    Serve it with ``asgi_app()`` (in-process with ``httpx.ASGITransport``, or under uvicorn);
+    tests that also look inside or force states use ``inprocess.InProcessSimulator``.
     ``request_counts`` counts routed requests per operationId; ``faults`` scripts failures;
     ``contract_violations`` lists every request or response that broke the published document
     (validate mode only). Instance start and stop answer ``starting``/``stopping`` and complete on
@@ -74,8 +80,6 @@ class Simulator:
     def asgi_app(self, *, validate: bool = False) -> Starlette:
         """A Starlette app serving this simulator; ``validate`` checks every request and
         response against the published document and records what breaks it."""
-        from csi_oxide.sim.app import build_app
-
         return build_app(self, validate=validate)
 
     def _boot_guest(self) -> None:
@@ -135,68 +139,6 @@ class Simulator:
     def _locked(self, fn: Callable[[], T]) -> T:
         with self._lock:
             return fn()
-
-    # ---- in-process test helpers (not HTTP) ----
-
-    def _disk(self, name: str) -> DiskRecord:
-        for disk in self._state.disks.values():
-            if disk.name == name:
-                return disk
-        raise KeyError(f"no disk named {name!r}")
-
-    def _instance(self, instance_id: str) -> InstanceRecord:
-        return self._state.instances[instance_id]
-
-    def write_content(self, disk: str, data: bytes) -> None:
-        """Put ``data`` on the disk named ``disk`` (memory backing: its content token, which a
-        snapshot copies and a disk created from that snapshot inherits)."""
-        self._locked(lambda: self.backing.write_content(self._disk(disk).name, data))
-
-    def read_content(self, disk: str) -> bytes:
-        """What the disk named ``disk`` holds (memory: its token; loop: its first MiB, trailing
-        zeros stripped)."""
-        return self._locked(lambda: self.backing.read_content(self._disk(disk).name))
-
-    def device_path(self, disk: str) -> str | None:
-        """The loop device of a disk attached to the local instance (loop backing only)."""
-        return self._locked(lambda: self.backing.device(self._disk(disk).name))
-
-    def set_run_state(self, instance_id: str, state: InstanceState | str) -> None:
-        """Force an instance's run_state (no transition in flight afterwards)."""
-
-        def change() -> None:
-            self._instance(instance_id).set_run_state(InstanceState(state))
-
-        self._locked(change)
-
-    def run_state(self, instance_id: str) -> InstanceState:
-        """An instance's run_state, as the next read would show it."""
-
-        def read() -> InstanceState:
-            inst = self._instance(instance_id)
-            inst.settle()
-            return inst.run_state
-
-        return self._locked(read)
-
-    def set_disk_state(self, disk: str, state: DiskState | str) -> None:
-        """Force a disk's state (keeps its instance for the attached-like states)."""
-
-        def change() -> None:
-            record = self._disk(disk)
-            record.state = DiskState(state)
-            if record.state not in (DiskState.ATTACHING, DiskState.ATTACHED, DiskState.DETACHING):
-                record.instance_id = None
-
-        self._locked(change)
-
-    def disk_names(self) -> list[str]:
-        """The names of all disks, sorted."""
-        return self._locked(lambda: sorted(d.name for d in self._state.disks.values()))
-
-    def snapshot_names(self) -> list[str]:
-        """The names of all snapshots, sorted."""
-        return self._locked(lambda: sorted(s.name for s in self._state.snapshots.values()))
 
     def close(self) -> None:
         """Release the backing (loop devices; a temporary state directory)."""

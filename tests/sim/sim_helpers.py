@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.sim import SimConfig
+from csi_oxide.sim.inprocess import InProcessSimulator
 
 GIB = 1024**3
 TOKEN = "oxide-token-" + "ab" * 20
@@ -18,7 +19,7 @@ TOKEN = "oxide-token-" + "ab" * 20
 class Api:
     """A simulator and an authenticated client talking to it over in-process HTTP."""
 
-    sim: Simulator
+    sim: InProcessSimulator
     http: httpx.AsyncClient
 
     @property
@@ -85,7 +86,7 @@ async def serve(
     *, validate: bool = True, token: str | None = TOKEN, **config: object
 ) -> AsyncIterator[Api]:
     """A fresh simulator (``config`` as SimConfig fields) and a client with its token."""
-    sim = Simulator(SimConfig(token=token, **config))  # type: ignore[arg-type]
+    sim = InProcessSimulator(SimConfig(token=token, **config))  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=sim.asgi_app(validate=validate))
     headers = {"authorization": f"Bearer {sim.token}"}
     try:

@@ -166,3 +166,69 @@ async def test_extra_instances_count() -> None:
         assert len(api.sim.instance_ids) == 4
         assert api.sim.instance_ids[0] == api.sim.local_instance_id
         assert api.sim.contract_violations == []
+
+
+async def test_attach_to_the_instance_a_disk_is_detaching_from(hot_api: Api) -> None:
+    # omicron's instance_attach_disk answers every attaching/attached/detaching disk that is not
+    # attached or attaching to THIS instance with "attached to another instance", including a disk
+    # detaching from this very instance (the message names the disk's state, not the instance).
+    await hot_api.create_disk("vol-a")
+    assert (await hot_api.attach("vol-a")).status_code == 202
+    hot_api.sim.set_disk_state("vol-a", "detaching")
+    r = await hot_api.attach("vol-a")
+    assert error_of(r) == (
+        400,
+        "InvalidRequest",
+        'cannot attach disk "vol-a": disk is attached to another instance',
+    )
+    r = await hot_api.detach("vol-a")  # a detach already under way: nothing to do
+    assert r.status_code == 202
+    assert r.json()["state"] == {"state": "detaching", "instance": hot_api.node}
+
+
+async def test_detach_while_attaching_to_the_same_instance(hot_api: Api) -> None:
+    await hot_api.create_disk("vol-a")
+    assert (await hot_api.attach("vol-a")).status_code == 202
+    hot_api.sim.set_disk_state("vol-a", "attaching")
+    r = await hot_api.detach("vol-a")
+    assert error_of(r) == (
+        400,
+        "InvalidRequest",
+        'cannot detach disk "vol-a": disk is currently being attached',
+    )
+    r = await hot_api.attach("vol-a")  # an attach already under way: nothing to do
+    assert r.status_code == 202
+    r = await hot_api.detach("vol-a", hot_api.sim.instance_ids[1])
+    assert error_of(r) == (
+        400,
+        "InvalidRequest",
+        'cannot detach disk "vol-a": disk is attached to another instance',
+    )
+
+
+async def test_the_instance_state_is_judged_before_the_boot_disk(api: Api) -> None:
+    await api.create_disk("vol-boot")
+    api.sim.set_run_state(api.node, "stopped")
+    assert (await api.attach("vol-boot")).status_code == 202
+    disk_id = (await api.disk("vol-boot"))["id"]
+    api.sim._state.instances[api.node].boot_disk_id = str(disk_id)
+    api.sim.set_run_state(api.node, "running")
+    r = await api.detach("vol-boot")
+    assert error_of(r) == (
+        400,
+        "InvalidRequest",
+        "cannot detach disk: instance is not fully stopped",
+    )
+    api.sim.set_run_state(api.node, "stopped")
+    assert error_of(await api.detach("vol-boot")) == (
+        409,
+        "Conflict",
+        "boot disk cannot be detached",
+    )
+    api.sim.set_run_state(api.node, "failed")
+    assert error_of(await api.detach("vol-boot")) == (
+        400,
+        "InvalidRequest",
+        "cannot detach disk from instance in failed state",
+    )
+    assert (await api.disk("vol-boot"))["state"] == {"state": "attached", "instance": api.node}

@@ -14,6 +14,7 @@ from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.types import GIB, DiskSpec
 from csi_oxide.sim import SimConfig, Simulator
 from csi_oxide.sim.cli import _config, add_arguments
+from csi_oxide.sim.inprocess import InProcessSimulator
 
 
 def _client(sim: Simulator, timeout: float) -> HttpOxideClient:
@@ -28,7 +29,7 @@ def _client(sim: Simulator, timeout: float) -> HttpOxideClient:
 
 
 async def test_a_slow_answer_is_applied_but_not_heard_within_the_deadline() -> None:
-    sim = Simulator(SimConfig(slow_rate=1.0, slow_byte_ms=100))
+    sim = InProcessSimulator(SimConfig(slow_rate=1.0, slow_byte_ms=100))
     api = _client(sim, timeout=0.3)
     spec = DiskSpec(name="d1", description="x", size=GIB, block_size=4096)
     with pytest.raises(oxerr.OxideUnavailableError, match="request deadline"):
