@@ -22,6 +22,7 @@ from typing import Protocol
 import pyudev
 
 from csi_oxide.errors import FailedPreconditionError, NotFoundError
+from csi_oxide.node.threads import in_own_thread
 from csi_oxide.oxide.types import MAX_DISKS_PER_INSTANCE
 from csi_oxide.volumes import is_volume_serial, serial_of
 
@@ -118,8 +119,9 @@ class UdevDeviceFinder:
         return _only(volume_id, await asyncio.to_thread(self.scan))
 
     async def find(self, volume_id: str) -> BlockDevice:
-        """The device of ``volume_id``, waiting for it to appear up to the timeout."""
-        return await asyncio.to_thread(self._wait, volume_id)
+        """The device of ``volume_id``, waiting for it to appear up to the timeout (in a thread
+        of its own: see ``csi_oxide.node.threads``)."""
+        return await in_own_thread(lambda: self._wait(volume_id), "device-wait")
 
     async def verify(self, device: BlockDevice, volume_id: str) -> None:
         """Check, right before a write, that ``device`` still is ``volume_id``'s disk."""

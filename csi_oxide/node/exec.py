@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from csi_oxide import tools
 from csi_oxide.errors import FailedPreconditionError, InternalError
 
 log = structlog.get_logger(__name__)
@@ -48,13 +48,14 @@ async def run(
     argv: Sequence[str], *, accept: Collection[int] = (0,), limit: float = DEFAULT_TIMEOUT
 ) -> Completed:
     """Run ``argv`` (no shell); CommandFailedError unless its exit code is in ``accept``."""
-    if shutil.which(argv[0]) is None:
+    program = tools.find(argv[0])  # also in /usr/sbin and /sbin when they are not on PATH
+    if program is None:
         raise FailedPreconditionError(
             f"{argv[0]} is not installed on this node (see `csi-oxide doctor --mode node`)"
         )
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_with_pdeathsig(argv),
+            *_with_pdeathsig([program, *argv[1:]]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -81,7 +82,7 @@ async def run(
 
 @functools.cache
 def _setpriv() -> str | None:
-    return shutil.which("setpriv")
+    return tools.find("setpriv")
 
 
 def _with_pdeathsig(argv: Sequence[str]) -> list[str]:

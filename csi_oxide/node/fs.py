@@ -27,6 +27,7 @@ from typing import Protocol
 
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node.exec import run
+from csi_oxide.node.threads import in_own_thread
 from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MIB = 1024 * 1024
@@ -79,7 +80,7 @@ def parse_blkid_export(text: str) -> Signature:
 
 
 def check_fstype(fstype: str) -> str:
-    """The filesystem to use for a requested ``fs_type`` ("" means ext4)."""
+    """The filesystem to use for a requested ``fstype`` ("" means ext4)."""
     chosen = fstype or DEFAULT_FILESYSTEM
     if chosen not in FILESYSTEMS:
         raise InvalidArgumentError(
@@ -120,13 +121,14 @@ def zero_check_ranges(size: int) -> list[tuple[int, int]]:
     return [(o, n) for o, n in ranges if n > 0]
 
 
-def reads_as_zeros(device: str) -> bool:
+def reads_as_zeros(device: str, stop: threading.Event | None = None) -> bool:
     """True when every range of ``zero_check_ranges`` reads as zeros (blocking). The reads run
     on ``ZERO_CHECK_THREADS`` threads (a network disk answers many small reads at once far
-    faster than one after the other) and stop at the first non-zero byte."""
+    faster than one after the other) and stop at the first non-zero byte, or once ``stop`` is
+    set by the caller (then the answer is False: nothing was proven)."""
     size = _device_size(device)
     ranges = zero_check_ranges(size)
-    found = threading.Event()
+    found = stop if stop is not None else threading.Event()
     with concurrent.futures.ThreadPoolExecutor(ZERO_CHECK_THREADS) as pool:
         shares = [ranges[i::ZERO_CHECK_THREADS] for i in range(ZERO_CHECK_THREADS)]
         results = list(pool.map(lambda share: _zeros(device, share, found), shares))
@@ -246,7 +248,7 @@ async def grow_unmounted_ext4(device: str) -> None:
     await run(["resize2fs", device])
 
 
-async def grow_mounted(fstype: str, device: str, mount_point: str) -> None:
+async def grow_mounted(device: str, fstype: str, mount_point: str) -> None:
     """Grow a mounted filesystem to its device (a no-op when it already fills it)."""
     if fstype == "ext4":
         await run(["resize2fs", device])
@@ -280,7 +282,8 @@ class Filesystems(Protocol):
         ...
 
     async def reads_as_zeros(self, device: str) -> bool:
-        """Whether the device reads as zeros at samples spread over all of it."""
+        """Whether the device reads as zeros at samples spread over all of it (cancelling the
+        call stops the reads)."""
         ...
 
     async def held_exclusively(self, device: str) -> bool:
@@ -295,7 +298,7 @@ class Filesystems(Protocol):
         """True when the device is larger than its filesystem."""
         ...
 
-    async def grow_mounted(self, fstype: str, device: str, mount_point: str) -> None:
+    async def grow_mounted(self, device: str, fstype: str, mount_point: str) -> None:
         """Grow a mounted filesystem to its device."""
         ...
 
@@ -316,8 +319,13 @@ class LinuxFilesystems:
         return await probe(device)
 
     async def reads_as_zeros(self, device: str) -> bool:
-        """See ``reads_as_zeros``."""
-        return await asyncio.to_thread(reads_as_zeros, device)
+        """See ``reads_as_zeros``; cancelled, its reading threads stop at their next read."""
+        stop = threading.Event()
+        try:
+            return await in_own_thread(lambda: reads_as_zeros(device, stop), "zero-check")
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def held_exclusively(self, device: str) -> bool:
         """See ``held_exclusively``."""
@@ -331,9 +339,9 @@ class LinuxFilesystems:
         """See ``needs_growth``."""
         return await needs_growth(device, fstype)
 
-    async def grow_mounted(self, fstype: str, device: str, mount_point: str) -> None:
+    async def grow_mounted(self, device: str, fstype: str, mount_point: str) -> None:
         """See ``grow_mounted``."""
-        await grow_mounted(fstype, device, mount_point)
+        await grow_mounted(device, fstype, mount_point)
 
     async def grow_unmounted_ext4(self, device: str) -> None:
         """See ``grow_unmounted_ext4``."""

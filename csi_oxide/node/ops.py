@@ -150,7 +150,7 @@ class NodeOps:
         volume_id: str,
         staging: str,
         *,
-        fs_type: str,
+        fstype: str,
         mount_flags: Sequence[str],
         block: bool,
         origin: Origin | None = None,
@@ -160,18 +160,18 @@ class NodeOps:
         ``origin``: how the controller says the disk was born (None: unknown, proves nothing).
         """
         async with self._lock(volume_id):
-            await self._stage(volume_id, staging, fs_type, mount_flags, block, origin)
+            await self._stage(volume_id, staging, fstype, mount_flags, block, origin)
 
     async def _stage(
         self,
         volume_id: str,
         staging: str,
-        fs_type: str,
+        fstype: str,
         mount_flags: Sequence[str],
         block: bool,
         origin: Origin | None,
     ) -> None:
-        fstype = "" if block else fs.check_fstype(fs_type)
+        fstype = "" if block else fs.check_fstype(fstype)
         await self._claim_serial(volume_id)
         device = await self._devices.find(volume_id)
         if not block:
@@ -209,9 +209,9 @@ class NodeOps:
                     f"({top.major_minor}); unstage it first"
                 )
         else:
-            async with self._format_slots:
-                record, fresh = await self._prepare(record, device, fstype, origin)
-                if not fresh and fstype == "ext4" and not self._online_ext4:
+            record, fresh = await self._prepare(record, device, fstype, origin)
+            if not fresh and fstype == "ext4" and not self._online_ext4:
+                async with self._format_slots:
                     await self._grow_offline(volume_id, device)
             identity = MountIdentity(device.major_minor, "/", fstype)
             await self._records.save(
@@ -240,7 +240,7 @@ class NodeOps:
                 "it grows at its next NodeStageVolume instead"
             )
         await self._devices.verify(device, volume_id)
-        await self._fs.grow_mounted(fstype, device.path, mounted)
+        await self._fs.grow_mounted(device.path, fstype, mounted)
 
     async def _grow_offline(self, volume_id: str, device: BlockDevice) -> None:
         """Grow an unmounted ext4 when its device is larger (no online growth here)."""
@@ -252,17 +252,15 @@ class NodeOps:
         self, record: VolumeRecord, device: BlockDevice, fstype: str, origin: Origin | None
     ) -> tuple[VolumeRecord, bool]:
         """Format the device if (and only if) that is proven safe; the updated record and
-        whether it was formatted. See the module docstring for the rule."""
+        whether it was formatted. See the module docstring for the rule.
+
+        The checks only read, and run for every volume at once (on a network disk the zero
+        check waits on thousands of reads); mkfs, which writes, takes one of the node's
+        ``MKFS_CONCURRENCY`` slots, and the device must still be free when it has one."""
         volume_id = record.volume_id
         where = f"volume {volume_id} ({device.path})"
-        if await self._fs.held_exclusively(device.path):
-            raise FailedPreconditionError(
-                f"{where} is held by something else (mounted elsewhere, or a tool such as mkfs "
-                "still running on it); nothing was done: retry once it is released"
-            )
-        found, zeros = await asyncio.gather(
-            self._fs.probe(device.path), self._fs.reads_as_zeros(device.path)
-        )
+        await self._refuse_if_held(where, device)
+        found, zeros = await self._probe_and_zero_check(device)
         if found.fstype == fstype:
             if record.history == MKFS_STARTED:  # that mkfs did finish: its superblock is there
                 record = replace(record, history=MKFS_DONE, history_fstype=fstype)
@@ -287,13 +285,39 @@ class NodeOps:
                 "raw block mode, or by an interrupted mkfs of a disk this node cannot prove was "
                 "created blank); it was left untouched"
             )
-        await self._devices.verify(device, volume_id)
-        record = replace(record, history=MKFS_STARTED, history_fstype=fstype)
-        await self._records.save(record)  # fsynced before mkfs writes a byte
-        await self._fs.mkfs(device.path, fstype)
-        record = replace(record, history=MKFS_DONE)
-        await self._records.save(record)
+        async with self._format_slots:
+            await self._refuse_if_held(where, device)  # again: the wait for a slot may be long
+            await self._devices.verify(device, volume_id)
+            record = replace(record, history=MKFS_STARTED, history_fstype=fstype)
+            await self._records.save(record)  # fsynced before mkfs writes a byte
+            await self._fs.mkfs(device.path, fstype)
+            record = replace(record, history=MKFS_DONE)
+            await self._records.save(record)
         return record, True
+
+    async def _refuse_if_held(self, where: str, device: BlockDevice) -> None:
+        if await self._fs.held_exclusively(device.path):
+            raise FailedPreconditionError(
+                f"{where} is held by something else (mounted elsewhere, or a tool such as mkfs "
+                "still running on it); nothing was done: retry once it is released"
+            )
+
+    async def _probe_and_zero_check(self, device: BlockDevice) -> tuple[fs.Signature, bool]:
+        """What ``blkid -p`` finds on the device, and whether it reads as zeros. Both only read:
+        the zero check (tens of thousands of reads on a large disk) starts with the probe and is
+        abandoned once the probe finds a signature, whose answer does not depend on it (a
+        re-stage of a formatted disk then costs no reads); ``zeros`` is then False."""
+        zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(device.path))
+        try:
+            found = await self._fs.probe(device.path)
+            zeros = False if found.found else await zero_check
+        finally:
+            if not zero_check.done():
+                zero_check.cancel()
+                await asyncio.wait([zero_check])
+            if not zero_check.cancelled():
+                zero_check.exception()  # retrieved: a failed check whose answer is not needed
+        return found, zeros
 
     async def unstage(self, volume_id: str, staging: str) -> None:
         """Unmount what this plugin mounted at ``staging`` for the volume (see the module
@@ -608,12 +632,3 @@ def _remove_target(target: str, made: Made, same_boot: bool) -> None:
         raise FailedPreconditionError(
             f"target {target} is no longer the empty file this plugin created; it was left in place"
         )
-
-
-def build_node_ops(
-    *, sim_device_dir: Path | None, device_timeout: float = 60.0, state_dir: Path | None = None
-) -> NodeOps:
-    """The production node (see ``csi_oxide.wiring.build_node_ops``, which this forwards to)."""
-    from csi_oxide.wiring import build_node_ops as build
-
-    return build(sim_device_dir=sim_device_dir, device_timeout=device_timeout, state_dir=state_dir)

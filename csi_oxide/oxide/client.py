@@ -34,9 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
-import json
 import random as _random
-import socket
 import ssl
 import time
 import uuid
@@ -54,7 +52,6 @@ from csi_oxide.errors import ConfigurationError, InvalidArgumentError
 from csi_oxide.oxide import wire
 from csi_oxide.oxide.credentials import (
     OxideCredentials,
-    StaticToken,
     TokenProvider,
     normalize_host,
 )
@@ -72,6 +69,15 @@ from csi_oxide.oxide.errors import (
     scrub,
 )
 from csi_oxide.oxide.names import is_uuid
+from csi_oxide.oxide.transport import (
+    AiohttpCarrier,
+    Answer,
+    AnswerTooLargeError,
+    Carrier,
+    HttpxCarrier,
+    TransportFailure,
+    tls_context,
+)
 from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilization
 
 log = structlog.get_logger("csi_oxide.oxide.client")
@@ -140,42 +146,17 @@ RequestObserver = Callable[[RequestRecord], None]
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    """An attempt that got no (complete) HTTP answer."""
+    """An attempt that got no (complete) HTTP answer; ``deadline``: the attempt's total deadline
+    ended it."""
 
     outcome: str
     exc: Exception
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A complete HTTP answer, its body read within the bounds."""
-
-    status_code: int
-    reason_phrase: str
-    headers: httpx.Headers
-    content: bytes
-
-    @property
-    def is_success(self) -> bool:
-        """A 2xx status."""
-        return 200 <= self.status_code < 300
-
-    def json(self) -> object:
-        """The body as JSON (``ValueError`` when it is not, also when it is nested so deeply that
-        the decoder gives up with ``RecursionError``: a few hundred kilobytes of ``[`` do that)."""
-        try:
-            result: object = json.loads(self.content)
-        except RecursionError as exc:
-            raise ValueError("the answer is nested too deeply to decode") from exc
-        return result
-
-
-class _TooLargeError(Exception):
-    """An answer body beyond ``max_body``."""
+    deadline: bool = False
 
 
 class HttpOxideClient:
-    """``OxideApi`` over ``httpx.AsyncClient``.
+    """``OxideApi`` over HTTP: aiohttp in production, or any ``httpx.AsyncBaseTransport`` given
+    as ``transport`` (in-process tests and the simulator); see ``csi_oxide.oxide.transport``.
 
     Retries only 503 answers and connection errors or timeouts (see ``RetryPolicy``), so a POST may
     be sent twice when the first answer was lost: a retried ``disk_create`` or ``snapshot_create``
@@ -229,24 +210,27 @@ class HttpOxideClient:
         self._observer = request_observer
         self._sent: collections.deque[str] = collections.deque(maxlen=4)
         self._semaphore = asyncio.Semaphore(max_concurrency)
-        limits = httpx.Limits(max_connections=max_concurrency)
+        headers = {"api-version": API_VERSION, "user-agent": USER_AGENT}
+        tls = _tls(ca_file) if ca_file is not None or self._host.startswith("https:") else None
+        self._carrier: Carrier
         if transport is None:
-            # TCP_NODELAY: a POST goes out as headers then body; with Nagle the body waits for
-            # the server's delayed ACK of the headers, adding ~40 ms to every request on a
-            # reused connection.
-            transport = httpx.AsyncHTTPTransport(
-                verify=_verify(ca_file),
-                limits=limits,
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            self._carrier = AiohttpCarrier(
+                self._host,
+                tls=tls,
+                connect_timeout=min(connect_timeout, timeout),
+                max_connections=max_concurrency,
+                headers=headers,
+                max_body=max_body,
             )
-        self._http = httpx.AsyncClient(
-            base_url=self._host,
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
-            limits=limits,
-            headers={"api-version": API_VERSION, "user-agent": USER_AGENT},
-            follow_redirects=False,
-        )
+        else:
+            self._carrier = HttpxCarrier(
+                self._host,
+                transport,
+                timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
+                limits=httpx.Limits(max_connections=max_concurrency),
+                headers=headers,
+                max_body=max_body,
+            )
 
     @classmethod
     def from_credentials(
@@ -272,30 +256,6 @@ class HttpOxideClient:
             request_observer=request_observer,
         )
 
-    @classmethod
-    def for_tests(
-        cls,
-        *,
-        host: str,
-        token: str,
-        project: str,
-        transport: httpx.AsyncBaseTransport,
-        retry: RetryPolicy | None = None,
-        page_limit: int = PAGE_LIMIT,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> HttpOxideClient:
-        """A client with a fixed token and quick retries, over an in-process transport."""
-        quick = RetryPolicy(max_elapsed=5.0, base_delay=0.001, max_delay=0.01)
-        return cls(
-            host,
-            StaticToken(token),
-            project,
-            transport=transport,
-            retry=retry or quick,
-            page_limit=page_limit,
-            timeout=timeout,
-        )
-
     def __repr__(self) -> str:
         return f"HttpOxideClient(host={self._host!r}, project={self._project!r})"
 
@@ -313,7 +273,7 @@ class HttpOxideClient:
 
     async def aclose(self) -> None:
         """Release connections."""
-        await self._http.aclose()
+        await self._carrier.aclose()
 
     async def __aenter__(self) -> HttpOxideClient:
         return self
@@ -559,22 +519,26 @@ class HttpOxideClient:
             start = self._monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
-                    result: Answer | _Failed = await self._exchange(
+                    result: Answer | _Failed = await self._carrier.exchange(
                         method, path, params, body, headers
                     )
             except TimeoutError as exc:
                 # The total deadline: a server trickling bytes defeats per-read timeouts only.
-                result = _Failed("timeout", exc)
+                result = _Failed("timeout", exc, deadline=True)
+            except TransportFailure as exc:
+                result = _Failed(exc.outcome, exc)
             except httpx.TimeoutException as exc:
                 result = _Failed("timeout", exc)
             except httpx.TransportError as exc:
                 result = _Failed("connection_error", exc)
-            except (httpx.HTTPError, _TooLargeError) as exc:
+            except (httpx.HTTPError, AnswerTooLargeError) as exc:
                 # Not a transport failure (a body that does not decode or is too large): the
                 # server answered something we cannot use; retrying would not help.
                 self._record(operation, method, None, self._monotonic() - start, attempt)
                 detail = (
-                    str(exc) if isinstance(exc, _TooLargeError) else f"{type(exc).__name__}: {exc}"
+                    str(exc)
+                    if isinstance(exc, AnswerTooLargeError)
+                    else f"{type(exc).__name__}: {exc}"
                 )
                 raise OxideServerError(
                     detail, operation=operation, secrets=self._secrets()
@@ -582,37 +546,6 @@ class HttpOxideClient:
             duration = self._monotonic() - start
         self._record(operation, method, result, duration, attempt)
         return result
-
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        params: Params,
-        body: Mapping[str, object] | None,
-        headers: dict[str, str],
-    ) -> Answer:
-        """One request; the answer's body is read up to ``max_body`` bytes, no further."""
-        request = self._http.build_request(method, path, params=params, json=body, headers=headers)
-        response = await self._http.send(request, stream=True)
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_body:
-                raise _TooLargeError(self._too_large(f"announces {int(declared)} bytes"))
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self._max_body:
-                    raise _TooLargeError(self._too_large("is larger"))
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return Answer(
-            response.status_code, response.reason_phrase, response.headers, b"".join(chunks)
-        )
-
-    def _too_large(self, what: str) -> str:
-        return f"the answer {what} than the {self._max_body} bytes the driver reads; abandoned"
 
     def _record(
         self,
@@ -657,12 +590,15 @@ class HttpOxideClient:
             log.warning("oxide_request_gave_up", operation=operation, status=last.status_code)
             return error_from_response(operation, last, note=after, secrets=self._secrets())
         log.warning("oxide_request_gave_up", operation=operation, outcome=last.outcome)
-        if isinstance(last.exc, TimeoutError):
+        if last.deadline:
             what = "no complete answer within the request deadline"
             detail = f"{self._timeout:g} s, connect to last byte"
         else:
             what = "timed out talking" if last.outcome == "timeout" else "could not connect"
-            detail = f"{type(last.exc).__name__}: {last.exc}".rstrip(": ")
+            if isinstance(last.exc, TransportFailure):
+                detail = str(last.exc)
+            else:
+                detail = f"{type(last.exc).__name__}: {last.exc}".rstrip(": ")
         return OxideUnavailableError(
             f"{what} to {self._host} ({detail}); {after}",
             operation=operation,
@@ -688,7 +624,8 @@ def _short(value: str | None, secrets: tuple[str, ...]) -> str | None:
     characters."""
     if value is None:
         return None
-    return "".join(ch for ch in scrub(value, secrets)[:64] if ch.isprintable())
+    text = scrub(value, secrets)[:64]
+    return text if text.isprintable() else "".join(ch for ch in text if ch.isprintable())
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -769,10 +706,10 @@ def _segment(value: str, kind: str) -> str:
     return quote(value, safe="")
 
 
-def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    if ca_file is None:
-        return True
+def _tls(ca_file: Path | None) -> ssl.SSLContext:
     try:
-        return ssl.create_default_context(cafile=str(ca_file))
+        return tls_context(None if ca_file is None else str(ca_file))
     except (OSError, ssl.SSLError) as exc:
+        if ca_file is None:
+            raise ConfigurationError(f"cannot load the TLS trust store: {exc}") from exc
         raise ConfigurationError(f"cannot use the CA bundle {ca_file}: {exc}") from exc

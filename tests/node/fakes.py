@@ -6,6 +6,7 @@ directory need no root).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -155,6 +156,15 @@ class FakeFilesystems:
     disks: dict[str, Disk] = field(default_factory=dict)
     formatted: list[tuple[str, str]] = field(default_factory=list)
     interrupt_next_mkfs: bool = False
+    # A zero check that answers only once this event is set (a slow, large disk); how many zero
+    # checks are reading right now, and how many answered.
+    zero_check_gate: asyncio.Event | None = None
+    zero_checks_running: int = 0
+    zero_checks_answered: int = 0
+    # A mkfs that finishes only once this event is set; how many run now, and at most at once.
+    mkfs_gate: asyncio.Event | None = None
+    mkfs_running: int = 0
+    mkfs_peak: int = 0
 
     def disk(self, path: str) -> Disk:
         return self.disks.setdefault(path, Disk())
@@ -163,6 +173,13 @@ class FakeFilesystems:
         return self.disk(device).signature
 
     async def reads_as_zeros(self, device: str) -> bool:
+        self.zero_checks_running += 1
+        try:
+            if self.zero_check_gate is not None:
+                await self.zero_check_gate.wait()
+        finally:
+            self.zero_checks_running -= 1
+        self.zero_checks_answered += 1
         return self.disk(device).zeros
 
     async def held_exclusively(self, device: str) -> bool:
@@ -171,6 +188,13 @@ class FakeFilesystems:
     async def mkfs(self, device: str, fstype: str) -> None:
         disk = self.disk(device)
         disk.zeros = False  # mkfs writes metadata all over the device first...
+        self.mkfs_running += 1
+        self.mkfs_peak = max(self.mkfs_peak, self.mkfs_running)
+        try:
+            if self.mkfs_gate is not None:
+                await self.mkfs_gate.wait()
+        finally:
+            self.mkfs_running -= 1
         if self.interrupt_next_mkfs:
             self.interrupt_next_mkfs = False
             raise MkfsInterruptedError(device)
@@ -180,7 +204,7 @@ class FakeFilesystems:
     async def needs_growth(self, device: str, fstype: str) -> bool:
         return False
 
-    async def grow_mounted(self, fstype: str, device: str, mount_point: str) -> None:
+    async def grow_mounted(self, device: str, fstype: str, mount_point: str) -> None:
         raise AssertionError("nothing grows in these tests")
 
     async def grow_unmounted_ext4(self, device: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,25 @@ def test_one_non_zero_4k_block_at_a_sample_is_seen(tmp_path: Path, offset: int) 
             f.write(b"\x01" * 4096)
             f.flush()
         assert not fs.reads_as_zeros(dev)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@pytest.mark.root
+def test_a_stopped_zero_check_proves_nothing(tmp_path: Path) -> None:
+    """The caller stops the check once its answer is not needed: a stopped check never says
+    "zeros", even of a device that is all zeros."""
+    backing = tmp_path / "disk"
+    with backing.open("wb") as f:
+        f.truncate(GIB)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        stop = threading.Event()
+        assert fs.reads_as_zeros(dev, stop)
+        stop.set()
+        assert not fs.reads_as_zeros(dev, stop)
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
 

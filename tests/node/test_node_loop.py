@@ -118,7 +118,7 @@ def _needs(tool: str) -> None:
 
 
 async def _stage(ops: NodeOps, staging: str, fstype: str = "ext4", volume: str = VOLUME) -> None:
-    await ops.stage(volume, staging, fs_type=fstype, mount_flags=[], block=False)
+    await ops.stage(volume, staging, fstype=fstype, mount_flags=[], block=False)
 
 
 async def _publish(ops: NodeOps, staging: str, target: str, **kw: bool) -> None:
@@ -167,7 +167,7 @@ async def test_read_only_publish(rack: Rack, ops: NodeOps) -> None:
 async def test_raw_block_publish_reaches_the_device(rack: Rack, ops: NodeOps) -> None:
     dev = rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
-    await ops.stage(VOLUME, staging, fs_type="", mount_flags=[], block=True)
+    await ops.stage(VOLUME, staging, fstype="", mount_flags=[], block=True)
     await _publish(ops, staging, target, block=True)
     await _publish(ops, staging, target, block=True)
     payload = os.urandom(4096)

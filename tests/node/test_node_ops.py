@@ -5,7 +5,9 @@ findings are reproduced on real loop devices in ``test_node_safety_loop.py``.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError
 from csi_oxide.node.fs import Signature
-from csi_oxide.node.ops import NodeOps
+from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore
 from csi_oxide.publish_context import Origin
 from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter, MkfsInterruptedError
@@ -21,6 +23,7 @@ from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter, MkfsInte
 VOLUME = "csi-0123456789abcdef"
 TWIN = "csi-0123456789abcdef-twin"  # the same first 20 characters: the same NVMe serial
 OTHER = "csi-fedcba9876543210"
+GUARD = 10.0  # ends a test that would hang on the old behaviour; never reached when it passes
 
 
 @dataclass
@@ -50,7 +53,7 @@ class World:
         self.ops = NodeOps(self.devices, self.mounter, self.fs, self.store, online_ext4_growth=True)
 
     async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> None:
-        options: dict[str, object] = {"fs_type": "ext4", "mount_flags": [], "block": False}
+        options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
         options.update(kw)
         await self.ops.stage(volume, self.staging(name), **options)  # type: ignore[arg-type]
 
@@ -287,6 +290,85 @@ async def test_an_existing_filesystem_is_mounted_not_formatted(world: World) -> 
     world.fs.disk(dev.path).zeros = False
     await _staged_with(world)
     assert world.fs.formatted == [] and _mounted(world, world.staging())
+
+
+async def test_a_formatted_disk_is_staged_without_waiting_for_the_zero_check(
+    world: World,
+) -> None:
+    """Once blkid finds the filesystem the zero check's answer cannot change anything: the stage
+    goes on without it (on a large disk it reads for a long time) and stops it."""
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).signature = Signature(fstype="ext4")
+    world.fs.zero_check_gate = asyncio.Event()  # never set: a zero check that never ends
+    await asyncio.wait_for(_staged_with(world), GUARD)
+    assert _mounted(world, world.staging()) and world.fs.formatted == []
+    assert world.fs.zero_checks_answered == 0 and world.fs.zero_checks_running == 0  # stopped
+
+
+async def test_a_blank_disk_is_formatted_only_after_the_zero_check_answers(world: World) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.zero_check_gate = gate = asyncio.Event()
+    staging = asyncio.ensure_future(_staged_with(world))
+    for _ in range(20):  # let the stage run as far as it can without the answer
+        await asyncio.sleep(0)
+    assert not staging.done() and world.fs.formatted == []
+    gate.set()
+    await asyncio.wait_for(staging, GUARD)
+    assert world.fs.formatted == [(dev.path, "ext4")] and world.fs.zero_checks_answered == 1
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition`` holds (the record store works in threads); a test whose
+    condition never comes fails at GUARD."""
+
+    async def poll() -> None:
+        while not condition():  # noqa: ASYNC110 - the condition has no event to wait on
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), GUARD)
+
+
+async def test_zero_checks_run_for_every_volume_at_once_while_mkfs_stays_bounded(
+    world: World,
+) -> None:
+    """A burst of new volumes on one node: the checks only read and all run together (on a
+    network disk each waits on thousands of reads); mkfs, which writes, is MKFS_CONCURRENCY at
+    a time."""
+    volumes = [f"csi-{i:016x}" for i in range(MKFS_CONCURRENCY + 2)]
+    for volume in volumes:
+        world.devices.attach(volume)
+    world.fs.zero_check_gate, world.fs.mkfs_gate = asyncio.Event(), asyncio.Event()
+    stages = [
+        asyncio.ensure_future(world.stage(volume, name=str(i))) for i, volume in enumerate(volumes)
+    ]
+    await _until(lambda: world.fs.zero_checks_running == len(volumes))
+    world.fs.zero_check_gate.set()
+    await _until(lambda: world.fs.mkfs_running == MKFS_CONCURRENCY)
+    world.fs.mkfs_gate.set()
+    await asyncio.wait_for(asyncio.gather(*stages), GUARD)
+    assert len(world.fs.formatted) == len(volumes) and world.fs.mkfs_peak == MKFS_CONCURRENCY
+
+
+async def test_a_device_taken_while_waiting_for_a_mkfs_slot_is_left_alone(world: World) -> None:
+    """The checks passed, then the volume waited for a mkfs slot: whatever took the device in
+    the meantime (a mount elsewhere, another mkfs) is seen again right before mkfs."""
+    busy = [f"csi-{i:016x}" for i in range(MKFS_CONCURRENCY)]
+    for volume in busy:
+        world.devices.attach(volume)
+    dev = world.devices.attach(VOLUME)
+    world.fs.mkfs_gate = asyncio.Event()
+    holders = [asyncio.ensure_future(world.stage(v, name=v)) for v in busy]
+    await _until(lambda: world.fs.mkfs_running == MKFS_CONCURRENCY)  # every slot taken
+    waiting = asyncio.ensure_future(world.stage())
+    await _until(lambda: world.fs.zero_checks_answered == len(busy) + 1)  # its checks passed
+    assert not waiting.done()
+    world.fs.disk(dev.path).held = True
+    world.fs.mkfs_gate.set()
+    with pytest.raises(FailedPreconditionError, match="held by something else"):
+        await asyncio.wait_for(waiting, GUARD)
+    await asyncio.gather(*holders)
+    assert (dev.path, "ext4") not in world.fs.formatted
+    assert (await world.store.load(VOLUME)).history == ""
 
 
 async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(world: World) -> None:

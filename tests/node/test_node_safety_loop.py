@@ -53,7 +53,7 @@ class World:
 
     async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> str:
         staging, _ = self.rack.paths(name)
-        options: dict[str, object] = {"fs_type": "ext4", "mount_flags": [], "block": False}
+        options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
         options.update(kw)
         await self.ops.stage(volume, staging, **options)  # type: ignore[arg-type]
         return staging

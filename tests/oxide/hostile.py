@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,8 +85,11 @@ _REASONS = {
 class HostileServer:
     """``async with HostileServer(behave) as server:`` then point a client at ``server.url``."""
 
-    def __init__(self, behave: Callable[[Seen], Answer]) -> None:
+    def __init__(
+        self, behave: Callable[[Seen], Answer], *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.behave = behave
+        self.tls = tls
         self.seen: list[Seen] = []
         self.bytes_sent = 0
         self.open_connections = 0
@@ -96,10 +100,10 @@ class HostileServer:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     async def __aenter__(self) -> HostileServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

@@ -27,6 +27,7 @@ from csi_oxide.oxide.client import (
 )
 from csi_oxide.oxide.credentials import FileToken, StaticToken, load_credentials
 from csi_oxide.oxide.types import DiskSpec, DiskState
+from csi_oxide.testing import oxide_client
 from tests.oxide.fakes import FakeClock
 
 TOKEN = "oxide-token-c0ffee15secret0123456789"
@@ -509,7 +510,7 @@ async def test_from_credentials_uses_their_host_project_and_token(tmp_path: Path
 
 
 def test_for_tests_and_host_normalisation() -> None:
-    client = HttpOxideClient.for_tests(
+    client = oxide_client(
         host="oxide.example.com",
         token=TOKEN,
         project=PROJECT,

@@ -26,8 +26,6 @@ from structlog.testing import capture_logs
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.controller.ops import ControllerOps
-from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.controller.record import PREFIX as DESCRIPTION_PREFIX
 from csi_oxide.controller.record import volume_name
 from csi_oxide.errors import CsiOxideError
@@ -37,7 +35,9 @@ from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient, RequestRecord, RetryPolicy
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.sim import SimConfig
+from csi_oxide.sim.inprocess import InProcessSimulator
+from csi_oxide.wiring import build_controller_ops, build_reconciler
 from tests.oxide.fakes import FakeClock
 from tests.oxide.hostile import (
     DISK_UUID,
@@ -110,7 +110,7 @@ class Controller:
 @asynccontextmanager
 async def controller(tmp_path: Path, api: OxideApi, grace: float) -> AsyncIterator[Controller]:
     inflight = InFlight(grace=grace)
-    ops = ControllerOps(api, cluster="test", inflight=inflight)
+    ops = build_controller_ops(api, cluster="test", inflight=inflight)
     try:
         async with controller_stub(tmp_path / "c.sock", ops, grace=0.5) as stub:
             yield Controller(stub, inflight)
@@ -177,7 +177,7 @@ async def test_a_retry_converges_when_the_lost_answer_was_applied(tmp_path: Path
     """The simulator carries out disk_create and then trickles its answer: the driver never hears
     that it worked. The retry finds the disk by name, compares the description, and answers OK
     with the one disk that exists."""
-    sim = Simulator(SimConfig(slow_rate=1.0, slow_byte_ms=500))
+    sim = InProcessSimulator(SimConfig(slow_rate=1.0, slow_byte_ms=500))
     api = HttpOxideClient(
         "http://sim",
         StaticToken(sim.token),
@@ -262,7 +262,7 @@ async def test_the_reconciler_works_in_bounded_passes_and_backs_off() -> None:
 
     async with hostile(endless) as server:
         api = client(server.url, max_pages=10)
-        reconciler = Reconciler(api, cluster="test", inflight=InFlight())
+        reconciler = build_reconciler(api, cluster="test", inflight=InFlight())
         with pytest.raises(StopError):
             await asyncio.wait_for(
                 reconciler.run_forever(100.0, sleep=sleep, random=lambda: 0.5), GUARD
@@ -282,7 +282,7 @@ async def test_a_stuck_reconciler_pass_is_cut() -> None:
     # Headers a byte a second: the request's own deadline (60 s) is far away; the pass limit cuts.
     async with hostile(lambda s: Answer.json(200, {"items": []}, head_delay=1.0)) as server:
         api = client(server.url, timeout=60.0)
-        reconciler = Reconciler(api, cluster="test", inflight=InFlight())
+        reconciler = build_reconciler(api, cluster="test", inflight=InFlight())
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(
                 reconciler.run_forever(7.0, pass_limit=0.3, sleep=sleep, random=lambda: 0.5),
@@ -635,7 +635,7 @@ async def test_the_reconciler_outlives_an_error_it_did_not_expect() -> None:
         if len(pauses) == 2:
             raise StopError
 
-    reconciler = Reconciler(Broken(), cluster="test", inflight=InFlight())  # type: ignore[arg-type]
+    reconciler = build_reconciler(Broken(), cluster="test", inflight=InFlight())  # type: ignore[arg-type]
     with capture_logs() as logs, pytest.raises(StopError):
         await reconciler.run_forever(10.0, sleep=sleep, random=lambda: 0.5)
     assert pauses == [10.0, 20.0]

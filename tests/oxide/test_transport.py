@@ -1,0 +1,174 @@
+"""The production carrier of HttpOxideClient (aiohttp, csi_oxide/oxide/transport.py) where it
+could differ from the httpx one it replaced: TLS trust, proxies from the environment, the query
+and body as sent, and errors that never hold the request (aiohttp's errors carry its headers).
+
+Real TCP (and TLS) against tests/oxide/hostile.py's server; the certificate is made here with
+the openssl command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from csi_oxide.oxide import errors as oxerr
+from csi_oxide.oxide import wire
+from csi_oxide.oxide.client import HttpOxideClient, RetryPolicy
+from csi_oxide.oxide.credentials import StaticToken
+from csi_oxide.oxide.transport import proxy_from_environment
+from csi_oxide.oxide.types import DiskSpec
+from tests.oxide.hostile import GIB, Answer, HostileServer, Seen, disk_body
+
+TOKEN = "oxide-token-7ra9570r7ra9570r7ra9570r7ra9570r7ra9570r"
+NAME = "csi-0123456789abcdef"
+QUICK = RetryPolicy(max_elapsed=0.3, base_delay=0.01, max_delay=0.05)
+PROXY_VARIABLES = ["http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+
+
+def client(url: str, **kwargs: object) -> HttpOxideClient:
+    kwargs.setdefault("retry", QUICK)
+    return HttpOxideClient(url, StaticToken(TOKEN), "p", **kwargs)  # type: ignore[arg-type]
+
+
+def disk_for(seen: Seen) -> Answer:
+    return Answer.json(200, disk_body(seen.path.rsplit("/", 1)[-1]))
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=oxide-test"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_is_verified_with_the_custom_ca_and_nothing_goes_to_an_unverified_server(
+    certificate: tuple[Path, Path], no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    async with HostileServer(disk_for, tls=tls) as server:
+        trusted = client(server.url, ca_file=cert)
+        assert (await trusted.disk_view(NAME)).name == NAME
+        await trusted.aclose()
+        assert [s.headers["authorization"] for s in server.seen] == [f"Bearer {TOKEN}"]
+        untrusted = client(server.url)  # the default trust store does not know this CA
+        with pytest.raises(oxerr.OxideUnavailableError, match=r"(?i)certificate"):
+            await untrusted.disk_view(NAME)
+        await untrusted.aclose()
+    assert len(server.seen) == 1  # the token never went to the server it could not verify
+
+
+async def test_a_proxy_from_the_environment_carries_the_requests(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY names the proxy (here the test server, answering as the API would); the API's
+    own host is never resolved or reached directly."""
+    async with HostileServer(disk_for) as proxy:
+        no_proxy_settings.setenv("HTTP_PROXY", proxy.url)
+        api = client("http://oxide-api.invalid:8080")
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+    assert [s.path for s in proxy.seen] == [f"/v1/disks/{NAME}"]
+    assert proxy.seen[0].headers["host"] == "oxide-api.invalid:8080"
+
+
+def test_the_proxy_is_chosen_as_httpx_chose_it(no_proxy_settings: pytest.MonkeyPatch) -> None:
+    assert proxy_from_environment("https://oxide.example.com") is None
+    no_proxy_settings.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert proxy_from_environment("https://oxide.example.com") == "http://proxy.example:3128"
+    assert proxy_from_environment("http://oxide.example.com") is None  # only https's proxy set
+    no_proxy_settings.setenv("ALL_PROXY", "http://all.example:3128")
+    assert proxy_from_environment("http://oxide.example.com") == "http://all.example:3128"
+    no_proxy_settings.setenv("NO_PROXY", "example.com")
+    assert proxy_from_environment("https://oxide.example.com") is None
+
+
+async def test_query_and_body_are_sent_as_the_api_expects(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """A page token full of characters with a meaning in URLs comes back to the server as it
+    was; the body is compact JSON; nothing asks for a compressed answer."""
+    token = "a+b/c=d&e f%"
+
+    def behave(seen: Seen) -> Answer:
+        if seen.method == "POST":
+            asked = json.loads(seen.body)
+            return Answer.json(201, disk_body(asked["name"], description=asked["description"]))
+        if "page_token" in seen.query:
+            return Answer.json(200, {"items": [], "next_page": None})
+        return Answer.json(200, {"items": [disk_body()], "next_page": token})
+
+    spec = DiskSpec(name=NAME, description="d ü", size=GIB, block_size=4096)
+    async with HostileServer(behave) as server:
+        api = client(server.url)
+        await api.disk_create(spec)
+        assert len(await api.disk_list()) == 1
+        await api.aclose()
+    create, first, second = server.seen
+    assert create.headers["content-type"] == "application/json"
+    # Byte for byte what httpx's json= sent: compact, UTF-8.
+    body = json.dumps(wire.disk_create_body(spec), ensure_ascii=False, separators=(",", ":"))
+    assert create.body == body.encode()
+    assert first.query == {"project": "p", "limit": "1000"}
+    assert second.query == {"page_token": token, "limit": "1000"}
+    assert all(s.headers.get("accept-encoding") == "identity" for s in server.seen)
+
+
+async def test_an_unreadable_answer_leaves_no_trace_of_the_token(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp's errors hold the request (its headers, the token among them): the error the
+    client raises refers to none of them, not even as an exception's context."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    api = client(f"http://127.0.0.1:{port}")
+    with pytest.raises(oxerr.OxideUnavailableError) as info:
+        await api.disk_view(NAME)
+    await api.aclose()
+    server.close()
+    chain: list[BaseException] = []
+    pending: list[BaseException | None] = [info.value]
+    while pending:
+        exc = pending.pop()
+        if exc is None or any(exc is seen for seen in chain):
+            continue
+        chain.append(exc)
+        pending += [exc.__cause__, exc.__context__]
+    assert len(chain) >= 2  # the error and the failure it came from
+    for exc in chain:
+        for text in (str(exc), repr(exc), repr(exc.args), repr(vars(exc))):
+            assert TOKEN not in text
+            assert TOKEN.removeprefix("oxide-token-") not in text
