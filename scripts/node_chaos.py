@@ -6,9 +6,21 @@ subprocess, and plays kubelet over real gRPC with the project's stubs: NodeStage
 controller's ``publish_context`` saying the disk was created blank), NodePublishVolume, writing
 and checking data through the published path, NodeUnpublishVolume, NodeUnstageVolume, then
 ``fsck.ext4 -n`` on the unmounted device. Meanwhile it SIGKILLs the plugin at random moments
-inside those RPCs, and in the middle of mkfs on fresh 1 TiB sparse disks (it watches the node's
-record for ``mkfs-started`` and kills 5-50 ms later), restarts it, and retries every call until
-it succeeds, as kubelet does.
+inside those RPCs, and in the middle of mkfs on fresh 1 TiB sparse disks, restarts it, and
+retries every call until it succeeds, as kubelet does.
+
+A kill inside mkfs is certain to land inside mkfs: the storm watches /proc for the plugin's child
+whose ``comm`` starts with ``mkfs``, freezes it (SIGSTOP) the moment it appears, lets it run on in
+short steps until it has written a chosen number of bytes to the device (``write_bytes`` of
+``/proc/<pid>/io``), and kills -9 the plugin while mkfs is frozen there: for the forced kill
+1 byte to 4 MiB (mid-write, the "no signature but non-zero bytes" case); for the others none at
+all (a quarter of them) or up to 16 MiB, more than mkfs writes, so some of those find mkfs gone
+and do not happen (counted as misses). The kernel's parent-death signal (the node runs its
+tools under ``setpriv --pdeathsig KILL``) then kills mkfs too; the storm also sends it SIGCONT,
+so a node without that safeguard would see mkfs run on, as it would in life. The first fresh
+disk's first stage always gets such a kill; if mkfs could not be caught (it never showed up, or
+ran to its end between two steps), the next fresh disk tries again, and after ``MKFS_TRIES``
+misses the run fails with a clear problem.
 
 It succeeds when every lifecycle converged, every data check matched its checksum, every fsck was
 clean, no RPC answered anything but OK or "the plugin is down", and nothing is left mounted.
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -49,6 +62,11 @@ KEPT_SIZE = GIB
 FRESH_SIZE = TIB
 CALL_TIMEOUT = 60.0
 MAX_ATTEMPTS = 60
+MKFS_APPEAR_TIMEOUT = 30.0  # a fresh disk's stage runs mkfs within this (it waits on nothing slow)
+MKFS_STEP_LIMIT = 5.0  # seconds of stepping a frozen mkfs towards its target before killing anyway
+MKFS_TRIES = 3  # fresh disks on which the forced kill inside mkfs may miss before the run fails
+FORCED_WRITE_TARGET = (1, 4 * MIB)  # bytes mkfs has written when the forced kill lands
+RANDOM_WRITE_TARGET = (1, 16 * MIB)  # the other kills in mkfs (it writes ~15 MiB on 1 TiB)
 # Reconnect quickly to a restarted plugin (the default backoff grows to two minutes).
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -69,6 +87,7 @@ class Report:
     """The run's figures."""
 
     kills: Counter[str] = field(default_factory=Counter)
+    mkfs_misses: int = 0
     lifecycles: int = 0
     converged: int = 0
     attempts: int = 0
@@ -97,7 +116,8 @@ class Report:
             f"kills: {sum(self.kills.values())} ({kills})",
             f"lifecycles: {self.lifecycles}, converged: {self.converged}, "
             f"RPC attempts: {self.attempts}",
-            f"what kills in mkfs left: {dict(self.mkfs_outcomes)}",
+            f"what kills in mkfs left: {dict(self.mkfs_outcomes)} "
+            f"(mkfs ran to its end before a planned kill: {self.mkfs_misses})",
             f"data checks: {self.data_checks}, matched: {self.data_ok}",
             f"fsck -n: {self.fsck_runs} runs, {self.fsck_clean} clean",
             f"answers: {dict(self.codes)}",
@@ -129,6 +149,100 @@ class Kill:
 
     task: asyncio.Task[None] | None = None
     fired: bool = False
+    forced: bool = False  # the kill inside mkfs the run must have
+
+
+class MkfsGoneError(Exception):
+    """The mkfs being watched exited (or was never caught) before the kill could land."""
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """``(comm, state, ppid)`` of ``pid`` from /proc, or None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    head, _, tail = raw.rpartition(")")
+    fields = tail.split()
+    return head.partition("(")[2], fields[0], int(fields[1])
+
+
+def _pids() -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit()}
+
+
+def _written(pid: int) -> int | None:
+    """Bytes ``pid`` has dirtied for storage (``write_bytes``); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "write_bytes":
+            return int(value)
+    return None
+
+
+def _frozen(pid: int) -> bool:
+    """Wait until ``pid`` is stopped; False if it exited instead."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        stat = _stat(pid)
+        if stat is None or stat[1] in ("Z", "X", "x"):
+            return False
+        if stat[1] in ("T", "t"):
+            return True
+        time.sleep(0)
+    raise RuntimeError(f"mkfs (pid {pid}) did not stop after SIGSTOP")
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+async def find_mkfs(plugin_pid: int, known: set[int], within: float) -> int:
+    """The pid of the plugin's mkfs child, frozen (SIGSTOP) the moment it is seen.
+
+    Only processes that were not there when the watch began (``known``) are looked at, so one
+    pass costs a listdir. TimeoutError when none appears ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for pid in _pids() - known:
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            comm, _, ppid = stat
+            if ppid == plugin_pid and comm.startswith("mkfs"):
+                _signal(pid, signal.SIGSTOP)
+                if not _frozen(pid):
+                    raise MkfsGoneError(f"mkfs (pid {pid}) ended as it was seen")
+                return pid
+            if ppid != plugin_pid:
+                known.add(pid)  # not the plugin's: never look at it again
+        await asyncio.sleep(0.0005)
+    raise TimeoutError(
+        f"no mkfs appeared as a child of the node plugin (pid {plugin_pid}) within {within:.0f}s"
+    )
+
+
+def step_until_written(pid: int, target: int, limit: float) -> int:
+    """Let the frozen mkfs ``pid`` run in short steps until it has written ``target`` bytes (or
+    ``limit`` seconds passed); it is left frozen. Returns the bytes written; MkfsGoneError if mkfs
+    ended in a step. Synchronous on purpose: nothing else runs between the steps."""
+    deadline = time.monotonic() + limit
+    while True:
+        written = _written(pid)
+        if written is None:
+            raise MkfsGoneError(f"mkfs (pid {pid}) is gone")
+        if written >= target or time.monotonic() > deadline:
+            return written
+        _signal(pid, signal.SIGCONT)
+        time.sleep(0.0001)
+        _signal(pid, signal.SIGSTOP)
+        if not _frozen(pid):
+            raise MkfsGoneError(f"mkfs (pid {pid}) ended after writing {written} bytes")
 
 
 class Plugin:
@@ -140,11 +254,19 @@ class Plugin:
         self.driver = harness.start_driver(workdir, env, mode="node", name="node")
         self._lock = asyncio.Lock()
 
-    async def kill_and_restart(self) -> None:
+    @property
+    def pid(self) -> int:
+        return self.driver.proc.popen.pid
+
+    async def kill_and_restart(self, frozen_child: int | None = None) -> None:
+        """SIGKILL the plugin; resume ``frozen_child`` once the plugin is dead (the parent-death
+        signal has killed it already, unless that safeguard is missing); start a new plugin."""
         async with self._lock:
             popen = self.driver.proc.popen
             popen.send_signal(signal.SIGKILL)
             await asyncio.to_thread(popen.wait)
+            if frozen_child is not None:
+                _signal(frozen_child, signal.SIGCONT)
             self.driver = await asyncio.to_thread(
                 harness.start_driver, self.workdir, self.env, mode="node", name="node"
             )
@@ -161,7 +283,8 @@ class Storm:
         self.plugin = plugin
         self.rng = rng
         self.kills_left = kills
-        self.first_mkfs_kill = True  # the first fresh disk's first stage: a kill during mkfs
+        self.first_mkfs_kill = True  # pending until a kill landed inside mkfs (see the docstring)
+        self.mkfs_tries = 0
         self.report = Report()
         self.durations: dict[str, float] = {}
         self.channel = grpc.aio.insecure_channel(plugin.driver.endpoint, options=CHANNEL_OPTIONS)
@@ -189,40 +312,50 @@ class Storm:
 
     # ---- kills ----
 
-    def _plan_kill(self, rpc: str, volume: Volume) -> Kill | None:
-        in_mkfs = rpc == "stage" and volume.fresh and self.first_mkfs_kill
-        if self.kills_left <= 0 or (self.rng.random() > 0.6 and not in_mkfs):
+    def _plan_kill(self, rpc: str, volume: Volume, attempt: int) -> Kill | None:
+        forced = rpc == "stage" and volume.fresh and attempt == 0 and self.first_mkfs_kill
+        # While the kill inside mkfs is still owed, the last kill is kept for it.
+        spare = self.kills_left - (1 if self.first_mkfs_kill and not forced else 0)
+        if spare <= 0 or (self.rng.random() > 0.6 and not forced):
             return None
-        kill = Kill()
-        if in_mkfs or (rpc == "stage" and volume.fresh and self.rng.random() < 0.7):
-            self.first_mkfs_kill = False
-            kill.task = asyncio.ensure_future(self._kill_in_mkfs(kill, volume))
+        kill = Kill(forced=forced)
+        if forced or (rpc == "stage" and volume.fresh and self.rng.random() < 0.7):
+            if forced:
+                self.mkfs_tries += 1
+            low, high = FORCED_WRITE_TARGET if forced else RANDOM_WRITE_TARGET
+            target = self.rng.randint(low, high)
+            if not forced and self.rng.random() < 0.25:
+                target = 0  # right as mkfs starts, before it wrote a byte
+            known = _pids()  # taken before the call starts: mkfs is not among them
+            kill.task = asyncio.ensure_future(self._kill_in_mkfs(kill, volume, target, known))
         else:
             delay = self.rng.uniform(0, 1.2 * self.durations.get(rpc, 0.05))
             kill.task = asyncio.ensure_future(self._kill_after(kill, delay, rpc))
         return kill
 
-    async def _kill(self, kill: Kill, what: str) -> None:
+    async def _kill(self, kill: Kill, what: str, frozen_child: int | None = None) -> None:
         kill.fired = True  # from here on it runs to its end (the plugin restarted)
         self.kills_left -= 1
         self.report.kills[what] += 1
-        await self.plugin.kill_and_restart()
+        if kill.forced:
+            self.first_mkfs_kill = False
+        await self.plugin.kill_and_restart(frozen_child)
 
     async def _kill_after(self, kill: Kill, delay: float, what: str) -> None:
         await asyncio.sleep(delay)
         await self._kill(kill, what)
 
-    async def _kill_in_mkfs(self, kill: Kill, volume: Volume) -> None:
-        record = self.state / f"{volume.volume_id}.json"
-        while True:  # the record says mkfs-started right before mkfs runs
-            try:
-                if '"mkfs-started"' in record.read_text():
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.0005)
-        await asyncio.sleep(self.rng.uniform(0.005, 0.05))
-        await self._kill(kill, "mkfs")
+    async def _kill_in_mkfs(self, kill: Kill, volume: Volume, target: int, known: set[int]) -> None:
+        try:
+            pid = await find_mkfs(self.plugin.pid, known, MKFS_APPEAR_TIMEOUT)
+            step_until_written(pid, target, MKFS_STEP_LIMIT)
+        except MkfsGoneError:
+            self.report.mkfs_misses += 1
+            return  # the call ends on its own: no kill happened
+        except TimeoutError as exc:
+            self.report.problems.append(f"stage of fresh {volume.volume_id}: {exc}")
+            return
+        await self._kill(kill, "mkfs", frozen_child=pid)
         # What the kill left: the issue's wedge is no signature but non-zero bytes.
         if (await fs.probe(volume.dev)).found:
             self.report.mkfs_outcomes["filesystem complete"] += 1
@@ -237,8 +370,8 @@ class Storm:
         self, rpc: str, volume: Volume, method: Callable[..., Awaitable[Any]], request: Any
     ) -> None:
         """Call until OK, killing the plugin now and then; a problem after MAX_ATTEMPTS."""
-        for _ in range(MAX_ATTEMPTS):
-            killer = self._plan_kill(rpc, volume)
+        for attempt in range(MAX_ATTEMPTS):
+            killer = self._plan_kill(rpc, volume, attempt)
             started = time.monotonic()
             try:
                 await method(request, timeout=CALL_TIMEOUT, wait_for_ready=True)
@@ -258,6 +391,11 @@ class Storm:
                 if not killer.fired:
                     killer.task.cancel()  # the call ended first: this kill did not happen
                 await asyncio.gather(killer.task, return_exceptions=True)
+                if killer.forced and not killer.fired and self.mkfs_tries >= MKFS_TRIES:
+                    self.report.problems.append(
+                        f"no kill landed inside mkfs in {self.mkfs_tries} fresh stages (mkfs "
+                        "never seen as a child of the plugin, or it ended between two steps)"
+                    )
             if code == grpc.StatusCode.OK:
                 return
             await asyncio.sleep(0.05)
