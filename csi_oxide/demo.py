@@ -13,10 +13,9 @@ import asyncio
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,8 +24,8 @@ import grpc
 from csi_oxide import harness
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.oxide.types import GIB
 
-GIB = 1024**3
 T = TypeVar("T")
 Mode = csi.VolumeCapability.AccessMode
 
@@ -142,6 +141,24 @@ class Demo:
         )
         return answer.volume
 
+    async def snapshot(self, name: str, volume_id: str) -> str:
+        """CreateSnapshot of the volume; the snapshot's ID."""
+        answer = await self.controller.CreateSnapshot(
+            csi.CreateSnapshotRequest(name=name, source_volume_id=volume_id)
+        )
+        return answer.snapshot.snapshot_id
+
+    async def expand(self, volume_id: str, size: int) -> int:
+        """ControllerExpandVolume (the volume detached: Oxide expands offline); the new size."""
+        answer = await self.controller.ControllerExpandVolume(
+            csi.ControllerExpandVolumeRequest(
+                volume_id=volume_id,
+                capacity_range=csi.CapacityRange(required_bytes=size),
+                volume_capability=_mount_cap(),
+            )
+        )
+        return answer.capacity_bytes
+
     async def stats(self, volume_id: str, path: str) -> int:
         """Total bytes NodeGetVolumeStats reports."""
         answer = await self.node.NodeGetVolumeStats(
@@ -168,7 +185,7 @@ async def _check(condition: bool, message: str) -> None:
         raise DemoFailedError(message)
 
 
-async def lifecycle(demo: Demo, steps: Steps, expand: bool) -> None:
+async def lifecycle(demo: Demo, steps: Steps) -> None:
     """The main story: one volume from creation to deletion."""
     vol = await steps.run("CreateVolume 'demo-data' (1 GiB, ext4)", demo.create("demo-data", GIB))
     vid = vol.volume_id
@@ -180,33 +197,17 @@ async def lifecycle(demo: Demo, steps: Steps, expand: bool) -> None:
         "write 4 MiB of random data in the pod's mount", asyncio.to_thread(_write_data, mount)
     )
     steps.note(f"sha256 {digest}")
-    snap = await steps.run(
-        "CreateSnapshot 'demo-snap'",
-        demo.controller.CreateSnapshot(
-            csi.CreateSnapshotRequest(name="demo-snap", source_volume_id=vid)
-        ),
-    )
-    snap_id = snap.snapshot.snapshot_id
+    snap_id = await steps.run("CreateSnapshot 'demo-snap'", demo.snapshot("demo-snap", vid))
     before = await demo.stats(vid, mount)
     await steps.run("unpublish + unstage + detach", demo.unmount_and_detach(vid))
-    if expand:
-        await steps.run(
-            "ControllerExpandVolume to 2 GiB (offline: re-created from a snapshot)",
-            demo.controller.ControllerExpandVolume(
-                csi.ControllerExpandVolumeRequest(
-                    volume_id=vid,
-                    capacity_range=csi.CapacityRange(required_bytes=2 * GIB),
-                    volume_capability=_mount_cap(),
-                )
-            ),
-        )
-    else:
-        steps.note("offline expansion: not in this build yet, skipped")
+    await steps.run(
+        "ControllerExpandVolume to 2 GiB (offline: re-created from a snapshot)",
+        demo.expand(vid, 2 * GIB),
+    )
     mount = await steps.run("re-attach + stage + publish", demo.attach_and_mount(vid))
     after = await demo.stats(vid, mount)
     steps.note(f"filesystem size {before} -> {after} bytes")
-    if expand:
-        await _check(after > before, "the filesystem did not grow")
+    await _check(after > before, "the filesystem did not grow")
     await steps.run(
         "data intact after re-attach", _check(_read_digest(mount) == digest, "data changed")
     )
@@ -225,11 +226,16 @@ async def lifecycle(demo: Demo, steps: Steps, expand: bool) -> None:
     await steps.run(
         "unpublish + unstage + detach the restored volume", demo.unmount_and_detach(rid)
     )
+    await _delete(demo, steps, snap_id, (vid, rid))
+
+
+async def _delete(demo: Demo, steps: Steps, snapshot_id: str, volume_ids: Sequence[str]) -> None:
+    """DeleteSnapshot, then DeleteVolume of each volume: the end of every story."""
     await steps.run(
         "DeleteSnapshot",
-        demo.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap_id)),
+        demo.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snapshot_id)),
     )
-    for v in (vid, rid):
+    for v in volume_ids:
         await steps.run(
             f"DeleteVolume {v}", demo.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v))
         )
@@ -272,24 +278,6 @@ async def hotplug_off(workdir: Path, steps: Steps) -> None:
                 )
 
 
-async def _expansion_advertised(channel: grpc.aio.Channel) -> bool:
-    caps = await csi_grpc.ControllerStub(channel).ControllerGetCapabilities(
-        csi.ControllerGetCapabilitiesRequest()
-    )
-    wanted = csi.ControllerServiceCapability.RPC.EXPAND_VOLUME
-    return any(c.rpc.type == wanted for c in caps.capabilities)
-
-
-def _disk_type(path: Path, tag: str = "TYPE") -> str:
-    probe = subprocess.run(  # noqa: S603 (fixed argv)
-        ["blkid", "-p", "-o", "value", "-s", tag, str(path)],  # noqa: S607 (util-linux)
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return probe.stdout.strip()
-
-
 async def guest_lifecycle(workdir: Path, steps: Steps) -> None:
     """The lifecycle with the node plugin in a qemu guest: attach is a real NVMe hot-plug."""
     from csi_oxide.guest.vm import unavailable_reason
@@ -306,7 +294,6 @@ async def guest_lifecycle(workdir: Path, steps: Steps) -> None:
     )
     with harness.stopping(sim.proc):
         guest_dir = Path(sim.env["CSI_OXIDE_GUEST_DIR"])
-        devices = guest_dir.parent / "devices"
         driver = harness.start_driver(workdir, sim.env, mode="controller", name="controller")
         with harness.stopping(driver.proc):
             async with (
@@ -314,82 +301,69 @@ async def guest_lifecycle(workdir: Path, steps: Steps) -> None:
                 grpc.aio.insecure_channel(sim.env["CSI_OXIDE_GUEST_NODE_ENDPOINT"]) as node,
             ):
                 demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], guest_dir / "co", node)
-                info = await steps.run(
-                    "NodeGetInfo from the plugin in the guest",
-                    demo.node.NodeGetInfo(csi.NodeGetInfoRequest()),
-                )
-                steps.note(f"node ID {info.node_id} (read from SMBIOS; the rack's instance ID)")
-                steps.note(f"attach limit {info.max_volumes_per_node} (12 less the boot disk)")
-                await _check(info.node_id == demo.node_id, "the node ID is not the instance ID")
-                vol = await steps.run(
-                    "CreateVolume 'demo-data' (1 GiB)", demo.create("demo-data", GIB)
-                )
-                vid = vol.volume_id
-                steps.note(f"NVMe serial in the guest: {vid}")
-                mount = await steps.run(
-                    "hot-plug (QMP device_add) + stage (mkfs) + publish",
-                    demo.attach_and_mount(vid),
-                )
-                before = await demo.stats(vid, mount)
-                snap = await steps.run(
-                    "CreateSnapshot 'demo-snap'",
-                    demo.controller.CreateSnapshot(
-                        csi.CreateSnapshotRequest(name="demo-snap", source_volume_id=vid)
-                    ),
-                )
-                await steps.run(
-                    "unpublish + unstage + hot-unplug (device_del)", demo.unmount_and_detach(vid)
-                )
-                fstype = await asyncio.to_thread(_disk_type, devices / vid)
-                fs_uuid = await asyncio.to_thread(_disk_type, devices / vid, "UUID")
-                await steps.run(
-                    "the disk's file holds the guest's ext4", _check(fstype == "ext4", fstype)
-                )
-                await steps.run(
-                    "ControllerExpandVolume to 2 GiB (offline)",
-                    demo.controller.ControllerExpandVolume(
-                        csi.ControllerExpandVolumeRequest(
-                            volume_id=vid,
-                            capacity_range=csi.CapacityRange(required_bytes=2 * GIB),
-                            volume_capability=_mount_cap(),
-                        )
-                    ),
-                )
-                mount = await steps.run(
-                    "hot-plug again + stage (grow) + publish", demo.attach_and_mount(vid)
-                )
-                after = await demo.stats(vid, mount)
-                steps.note(f"filesystem size {before} -> {after} bytes")
-                await _check(after > before, "the filesystem did not grow")
-                await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(vid))
-                snap_id = snap.snapshot.snapshot_id
-                restored = await steps.run(
-                    "CreateVolume 'demo-restore' from the snapshot",
-                    demo.create("demo-restore", GIB, snap_id),
-                )
-                rid = restored.volume_id
-                await steps.run(
-                    "hot-plug + stage (no mkfs: it has a filesystem) + publish the restored one",
-                    demo.attach_and_mount(rid),
-                )
-                await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(rid))
-                restored_uuid = await asyncio.to_thread(_disk_type, devices / rid, "UUID")
-                steps.note(f"filesystem UUID {fs_uuid} -> {restored_uuid}")
-                await steps.run(
-                    "the restored disk holds the snapshot's filesystem (not re-formatted)",
-                    _check(bool(fs_uuid) and restored_uuid == fs_uuid, "the UUID changed"),
-                )
-                await steps.run(
-                    "DeleteSnapshot",
-                    demo.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap_id)),
-                )
-                for v in (vid, rid):
-                    await steps.run(
-                        f"DeleteVolume {v}",
-                        demo.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v)),
-                    )
+                await _guest_node(demo, steps)
+                devices = guest_dir.parent / "devices"
+                vid, snap_id, fs_uuid = await _guest_grow(demo, steps, devices)
+                rid = await _guest_restore(demo, steps, devices, snap_id, fs_uuid)
+                await _delete(demo, steps, snap_id, (vid, rid))
     gone = not await asyncio.to_thread(guest_dir.exists)
     await steps.run("guest shut down, its files removed", _check(gone, f"{guest_dir} left"))
+
+
+async def _guest_node(demo: Demo, steps: Steps) -> None:
+    """The plugin in the guest knows its instance from SMBIOS, and its attach limit."""
+    info = await steps.run(
+        "NodeGetInfo from the plugin in the guest", demo.node.NodeGetInfo(csi.NodeGetInfoRequest())
+    )
+    steps.note(f"node ID {info.node_id} (read from SMBIOS; the rack's instance ID)")
+    steps.note(f"attach limit {info.max_volumes_per_node} (12 less the boot disk)")
+    await _check(info.node_id == demo.node_id, "the node ID is not the instance ID")
+
+
+async def _guest_grow(demo: Demo, steps: Steps, devices: Path) -> tuple[str, str, str]:
+    """A volume hot-plugged, formatted, snapshotted, expanded offline and grown in the guest;
+    its ID, its snapshot's ID and its filesystem's UUID."""
+    vol = await steps.run("CreateVolume 'demo-data' (1 GiB)", demo.create("demo-data", GIB))
+    vid = vol.volume_id
+    steps.note(f"NVMe serial in the guest: {vid}")
+    mount = await steps.run(
+        "hot-plug (QMP device_add) + stage (mkfs) + publish", demo.attach_and_mount(vid)
+    )
+    before = await demo.stats(vid, mount)
+    snap_id = await steps.run("CreateSnapshot 'demo-snap'", demo.snapshot("demo-snap", vid))
+    await steps.run("unpublish + unstage + hot-unplug (device_del)", demo.unmount_and_detach(vid))
+    fstype = await asyncio.to_thread(harness.blkid_value, devices / vid)
+    fs_uuid = await asyncio.to_thread(harness.blkid_value, devices / vid, "UUID")
+    await steps.run("the disk's file holds the guest's ext4", _check(fstype == "ext4", fstype))
+    await steps.run("ControllerExpandVolume to 2 GiB (offline)", demo.expand(vid, 2 * GIB))
+    mount = await steps.run("hot-plug again + stage (grow) + publish", demo.attach_and_mount(vid))
+    after = await demo.stats(vid, mount)
+    steps.note(f"filesystem size {before} -> {after} bytes")
+    await _check(after > before, "the filesystem did not grow")
+    await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(vid))
+    return vid, snap_id, fs_uuid
+
+
+async def _guest_restore(
+    demo: Demo, steps: Steps, devices: Path, snap_id: str, fs_uuid: str
+) -> str:
+    """A volume restored from the snapshot holds its filesystem (not re-formatted); its ID."""
+    restored = await steps.run(
+        "CreateVolume 'demo-restore' from the snapshot", demo.create("demo-restore", GIB, snap_id)
+    )
+    rid = restored.volume_id
+    await steps.run(
+        "hot-plug + stage (no mkfs: it has a filesystem) + publish the restored one",
+        demo.attach_and_mount(rid),
+    )
+    await steps.run("unpublish + unstage + hot-unplug", demo.unmount_and_detach(rid))
+    restored_uuid = await asyncio.to_thread(harness.blkid_value, devices / rid, "UUID")
+    steps.note(f"filesystem UUID {fs_uuid} -> {restored_uuid}")
+    await steps.run(
+        "the restored disk holds the snapshot's filesystem (not re-formatted)",
+        _check(bool(fs_uuid) and restored_uuid == fs_uuid, "the UUID changed"),
+    )
+    return rid
 
 
 def _can_use_loop_devices() -> bool:
@@ -412,7 +386,7 @@ async def run_demo(workdir: Path, *, guest: bool = False) -> None:
             with harness.stopping(driver.proc):
                 async with grpc.aio.insecure_channel(driver.endpoint) as channel:
                     demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], workdir)
-                    await lifecycle(demo, steps, await _expansion_advertised(channel))
+                    await lifecycle(demo, steps)
     else:
         print(
             "not root (or no loop devices): the node part of the demo needs root; "

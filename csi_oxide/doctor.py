@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from csi_oxide import tools
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.log import configure as configure_logging
 from csi_oxide.nodeid import SMBIOS_UUID, resolve_node_id
@@ -65,7 +65,7 @@ class NodeHost:
 
     env: Mapping[str, str]
     euid: Callable[[], int] = os.geteuid
-    which: Callable[[str], str | None] = shutil.which
+    which: Callable[[str], str | None] = tools.find
     kubelet_dir: Path = KUBELET_DIR
     smbios_path: Path = SMBIOS_UUID
     netlink: Callable[[], str] = _open_uevent_socket

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csi_oxide import tools
+
 START_TIMEOUT = 30.0
 
 
@@ -252,8 +254,9 @@ def unmount_below(path: Path) -> list[str]:
 
     prefix = str(path.resolve())
     points = [m.mount_point for m in mountinfo.read() if m.mount_point.startswith(prefix)]
+    umount = _tool("umount")
     for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", point], check=False, capture_output=True)
+        subprocess.run([umount, point], check=False, capture_output=True)
     return points
 
 
@@ -263,13 +266,35 @@ def leftovers(path: Path) -> list[str]:
 
     prefix = str(path.resolve())
     found = [f"mount {m.mount_point}" for m in mountinfo.read() if m.mount_point.startswith(prefix)]
+    losetup = tools.find("losetup")
+    if losetup is None:  # then the simulator cannot have made loop devices either
+        return found
     loops = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        [losetup, "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
     return found + [f"loop {line}" for line in loops.splitlines() if prefix in line]
+
+
+def blkid_value(device: Path, tag: str = "TYPE") -> str:
+    """What ``blkid -p`` reads for ``tag`` on ``device`` (or a disk image file); "" for none."""
+    probe = subprocess.run(
+        [_tool("blkid"), "-p", "-o", "value", "-s", tag, str(device)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return probe.stdout.strip()
+
+
+def _tool(name: str) -> str:
+    """The path of a util-linux tool (also where Debian puts it off a user's PATH)."""
+    found = tools.find(name)
+    if found is None:
+        raise HarnessError(f"{name} is not installed (Debian: apt-get install util-linux)")
+    return found
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""What a volume of this driver is, as both the controller and the node must agree: the name of its
-Oxide disk, the NVMe serial a guest sees for it, and the filesystems and block size it may have.
+"""What a volume of this driver is, as both the controller and the node must agree: what can be a
+volume (or snapshot) ID, the name of its Oxide disk, the NVMe serial a guest sees for it, and the
+filesystems and block size it may have.
 
 These are the driver's own rules; Oxide's (block sizes it accepts, disks per instance) stay in
 ``csi_oxide.oxide.types``. Pure: no I/O.
@@ -8,6 +9,9 @@ These are the driver's own rules; Oxide's (block sizes it accepts, disks per ins
 from __future__ import annotations
 
 import re
+
+from csi_oxide.errors import NotFoundError
+from csi_oxide.oxide.names import is_valid_name
 
 VOLUME_PREFIX = "csi-"
 # The disk name of a volume: the prefix and 16 hex digits of a SHA-256 (see controller.record).
@@ -19,8 +23,22 @@ _VOLUME_SERIAL_RE = re.compile(_VOLUME_NAME.encode())
 SERIAL_BYTES = 20  # an NVMe serial: the guest sees the first 20 bytes of the disk name
 
 FILESYSTEMS = ("ext4", "xfs")  # the filesystems the node formats, mounts and grows
-DEFAULT_FILESYSTEM = "ext4"  # for a mount capability without fs_type
+DEFAULT_FILESYSTEM = "ext4"  # for a mount capability without an fs_type
 DEFAULT_BLOCK_SIZE = 4096  # for a blank volume without a blockSize parameter
+
+
+def require_id(value: str, what: str = "volume") -> str:
+    """``value`` when it can be the ID of a volume or snapshot; NotFoundError otherwise.
+
+    IDs are Oxide names (a volume ID is its disk's name, a snapshot ID its snapshot's; made by
+    this driver or not, for static volumes), never UUIDs: anything else names nothing, so it is
+    answered locally and never sent to Oxide. Both services check with this (the controller in
+    ``ControllerOps``, the node in its servicer, each before taking the volume's guard); the
+    deletes, which answer OK for what does not exist, ask ``is_valid_name`` instead.
+    """
+    if not is_valid_name(value):
+        raise NotFoundError(f"{what} {value!r} does not exist ({what} IDs are Oxide names)")
+    return value
 
 
 def is_volume_name(name: str) -> bool:

@@ -7,18 +7,21 @@ import asyncio
 import contextlib
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
+from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.ops import ControllerOps
-from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.reconcile import DEFAULT_STALE_AFTER, Reconciler
 from csi_oxide.controller.record import check_cluster_id
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
 from csi_oxide.metrics import Metrics, serve_metrics
 from csi_oxide.nodeid import resolve_node_id
+from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import DEFAULT_TIMEOUT, HttpOxideClient
 from csi_oxide.oxide.credentials import load_credentials
 from csi_oxide.server.app import CsiServer, Services
@@ -66,7 +69,7 @@ def _controller(
     )
     # A call's work is cut RPC_GRACE seconds after the call's deadline, freeing the volume.
     inflight = InFlight(grace=RPC_GRACE)
-    reconciler = Reconciler(client, cluster=args.cluster_id, inflight=inflight)
+    reconciler = build_reconciler(client, cluster=args.cluster_id, inflight=inflight)
 
     async def check() -> None:
         await client.utilization_view()
@@ -76,8 +79,33 @@ def _controller(
         _in_background(reconciler.run_forever(RECONCILE_INTERVAL)),
         client.aclose,
     ]
-    ops = ControllerOps(client, cluster=args.cluster_id, inflight=inflight)
+    ops = build_controller_ops(client, cluster=args.cluster_id, inflight=inflight)
     return ControllerService(ops), closers
+
+
+def build_controller_ops(api: OxideApi, *, cluster: str, inflight: InFlight) -> ControllerOps:
+    """The controller's operations over ``api``; ``inflight`` is the per-volume guard, shared
+    with the reconciler."""
+    return ControllerOps(
+        api, cluster=cluster, inflight=inflight, expander=Expander(api, cluster=cluster)
+    )
+
+
+def build_reconciler(
+    api: OxideApi,
+    *,
+    cluster: str,
+    inflight: InFlight,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+) -> Reconciler:
+    """The reconciler of ``cluster``'s leftovers, under the controller's guard ``inflight``."""
+    return Reconciler(
+        api,
+        cluster=cluster,
+        inflight=inflight,
+        expander=Expander(api, cluster=cluster),
+        stale_after=stale_after,
+    )
 
 
 async def _register_with_kubelet(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import pytest
 import structlog
 
 import csi_oxide.node
-from csi_oxide import doctor
+from csi_oxide import doctor, tools
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import OxideCredentials
 from csi_oxide.oxide.types import GIB, DiskSpec
 from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.testing import oxide_client
 
 UUID = "0b8e2a4c-5d6f-4a1b-9c3d-2e7f8a9b0c1d"
 
@@ -75,7 +75,7 @@ def _factory(sim: Simulator) -> doctor.ClientFactory:
     transport = httpx.ASGITransport(app=sim.asgi_app(validate=True))
 
     def make(creds: OxideCredentials) -> HttpOxideClient:
-        return HttpOxideClient.for_tests(
+        return oxide_client(
             host=creds.host, token=creds.token(), project=creds.project, transport=transport
         )
 
@@ -117,7 +117,7 @@ async def test_controller_problems_are_named(
 
 async def test_no_quota_left_fails() -> None:
     sim = Simulator(SimConfig(quota_gib=1))
-    client = HttpOxideClient.for_tests(
+    client = oxide_client(
         host="http://sim",
         token=sim.token,
         project="csi",
@@ -151,7 +151,7 @@ async def test_a_credentials_file_others_can_read_fails_its_row(tmp_path: Path) 
 
 
 def _programs_named_in_node_code() -> tuple[set[str], set[str]]:
-    """(every string that opens a list or tuple literal, the programs ``shutil.which`` is asked
+    """(every string that opens a list or tuple literal, the programs ``tools.find`` is asked
     for) across csi_oxide/node: argv lists such as ``["mount", "-t", ...]`` open with a program."""
     heads: set[str] = set()
     asked: set[str] = set()
@@ -161,7 +161,7 @@ def _programs_named_in_node_code() -> tuple[set[str], set[str]]:
                 first = node.elts[0]
                 if isinstance(first, ast.Constant) and isinstance(first.value, str):
                     heads.add(first.value)
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "which":
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("which", "find"):
                 arg = node.args[0] if node.args else None
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     asked.add(arg.value)
@@ -170,7 +170,7 @@ def _programs_named_in_node_code() -> tuple[set[str], set[str]]:
 
 def test_doctor_checks_the_tools_the_node_runs() -> None:
     heads, asked = _programs_named_in_node_code()
-    runs = {h for h in heads if shutil.which(h) is not None} | asked  # programs, not options
+    runs = {h for h in heads if tools.find(h) is not None} | asked  # programs, not options
     assert runs, "no program found in the node's code"
     assert runs <= set(doctor.NODE_TOOLS), f"not checked by doctor: {runs - set(doctor.NODE_TOOLS)}"
     assert set(doctor.NODE_TOOLS) <= heads | asked, "doctor checks a tool the node never runs"

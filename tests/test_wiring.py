@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from csi_oxide.controller.ops import ControllerOps, NewVolume
+from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.controller.sizing import CapacityRange
+from csi_oxide.errors import CsiOxideError
+from csi_oxide.inflight import InFlight
+from csi_oxide.server.node import NodeService
+from csi_oxide.testing import controller_env
+from csi_oxide.wiring import build_controller_ops, build_reconciler
+
+GIB = 1024**3
 
 
 @pytest.mark.parametrize("cluster_id", ["c" * 600, "two words", 'q"uote'])
@@ -27,3 +41,43 @@ def test_an_unusable_cluster_id_is_refused_at_start(tmp_path: Path, cluster_id: 
     assert done.returncode == 2, done.stderr
     assert "--cluster-id" in done.stderr
     assert not (tmp_path / "c.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("cls", "collaborators"),
+    [
+        (ControllerOps, ("inflight", "expander")),
+        (Reconciler, ("inflight", "expander")),
+        (NodeService, ("inflight",)),
+    ],
+)
+def test_collaborators_come_from_wiring_not_from_defaults(
+    cls: type, collaborators: tuple[str, ...]
+) -> None:
+    """The guard and the expander are built once, in csi_oxide.wiring, and handed in: a default
+    made inside a constructor would give a second, unshared guard."""
+    parameters = inspect.signature(cls).parameters
+    for name in collaborators:
+        assert parameters[name].default is inspect.Parameter.empty, f"{cls.__name__}({name}=...)"
+
+
+async def test_the_controller_and_its_reconciler_share_one_guard() -> None:
+    env = controller_env(hotplug=True)
+    inflight = InFlight()
+    ops = build_controller_ops(env.api, cluster="test", inflight=inflight)
+    reconciler = build_reconciler(
+        env.api, cluster="test", inflight=inflight, stale_after=timedelta(0)
+    )
+    volume = await ops.create_volume(NewVolume(name="pvc-1", capacity=CapacityRange(GIB)))
+    # An expansion cut after its snapshot: the reconciler repairs it, unless the volume is busy.
+    env.sim.faults.inject("disk_delete", status=500)
+    with pytest.raises(CsiOxideError):
+        await ops.expand_volume(volume.volume_id, CapacityRange(2 * GIB))
+    release = asyncio.Event()
+    busy = asyncio.ensure_future(inflight.run([volume.volume_id], "a test", release.wait()))
+    await asyncio.sleep(0)
+    assert (await reconciler.run_once()).skipped != []
+    release.set()
+    await busy
+    assert (await reconciler.run_once()).finished == [volume.volume_id]
+    await env.api.aclose()

@@ -55,7 +55,7 @@ from csi_oxide.oxide.types import (
     SnapshotState,
 )
 from csi_oxide.publish_context import Origin
-from csi_oxide.volumes import DEFAULT_BLOCK_SIZE
+from csi_oxide.volumes import DEFAULT_BLOCK_SIZE, is_volume_name, require_id
 
 log = structlog.get_logger(__name__)
 
@@ -151,12 +151,16 @@ class ControllerOps:
     treats another cluster's (or a forged) object as absent without touching it.
     """
 
-    def __init__(self, api: OxideApi, *, cluster: str, inflight: InFlight | None = None) -> None:
+    def __init__(
+        self, api: OxideApi, *, cluster: str, inflight: InFlight, expander: Expander
+    ) -> None:
+        """``inflight``: the per-volume guard (shared with the reconciler); ``expander`` grows
+        and repairs disks. Both are built in ``csi_oxide.wiring``."""
         record.check_cluster_id(cluster)
         self._api = api
         self._cluster = cluster
-        self._inflight = inflight or InFlight()
-        self._expander = Expander(api, cluster=cluster)
+        self._inflight = inflight
+        self._expander = expander
 
     # ----------------------------------------------------------------------------- volumes
 
@@ -287,8 +291,8 @@ class ControllerOps:
         attempt of this very clone (same record, same source disk); any other leftover is
         deleted and taken afresh, never built on."""
         name = record.clone_snapshot_name(target)
-        rec = record.Record(
-            cluster=self._cluster, name=target, source=Source(SourceKind.VOLUME, source.name)
+        rec = record.Record.of_clone_snapshot(
+            self._cluster, target, Source(SourceKind.VOLUME, source.name)
         )
         try:
             return await self._of_disk(await self._take_snapshot(name, rec, source.name), source)
@@ -345,8 +349,8 @@ class ControllerOps:
             )
         if rec.source != spec.source:
             raise AlreadyExistsError(
-                f"volume {spec.name!r} exists with content source {_shown(rec.source)!r}, "
-                f"not {_shown(spec.source)!r}"
+                f"volume {spec.name!r} exists with content source {str(rec.source or 'none')!r}, "
+                f"not {str(spec.source or 'none')!r}"
             )
         if not spec.capacity.admits(disk.size):
             raise AlreadyExistsError(
@@ -375,7 +379,7 @@ class ControllerOps:
     async def delete_volume(self, volume_id: str) -> None:
         """Delete the disk; a missing volume (or another cluster's) is success, as the spec asks
         of a missing one."""
-        if not _plausible_name(volume_id):
+        if not is_valid_name(volume_id):
             return  # not a name Oxide could hold: it cannot exist
         await self._inflight.run([volume_id], "DeleteVolume", self._delete_volume(volume_id))
 
@@ -416,7 +420,7 @@ class ControllerOps:
 
     async def expand_volume(self, volume_id: str, capacity: CapacityRange) -> int:
         """Grow the (detached) disk offline; returns its size. See ``controller.expand``."""
-        self._require_volume_id(volume_id)
+        require_id(volume_id)
         return await self._inflight.run(
             [volume_id], "ControllerExpandVolume", self._expander.expand(volume_id, capacity)
         )
@@ -454,7 +458,7 @@ class ControllerOps:
 
     async def publish(self, volume_id: str, node_id: str) -> Origin | None:
         """Attach the disk to the node's instance (idempotent); how the disk was born."""
-        self._require_volume_id(volume_id)
+        require_id(volume_id)
         if not is_canonical_uuid(node_id):
             raise NotFoundError(f"node {node_id!r} does not exist: node IDs are instance UUIDs")
         return await self._inflight.run(
@@ -507,7 +511,7 @@ class ControllerOps:
     async def unpublish(self, volume_id: str, node_id: str) -> None:
         """Detach the disk from the node; OK when it is not attached there (or does not exist,
         or is not this cluster's)."""
-        if not _plausible_name(volume_id) or (node_id and not is_canonical_uuid(node_id)):
+        if not is_valid_name(volume_id) or (node_id and not is_canonical_uuid(node_id)):
             return  # unknown volume or node: regarded as unpublished, as the spec allows
         await self._inflight.run(
             [volume_id], "ControllerUnpublishVolume", self._unpublish(volume_id, node_id)
@@ -597,7 +601,7 @@ class ControllerOps:
     async def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot; missing (or another cluster's) is success. Temporary snapshots are
         not CSI snapshots."""
-        if not _plausible_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
+        if not is_valid_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
             return
         await self._inflight.run(
             [snapshot_id], "DeleteSnapshot", self._delete_snapshot(snapshot_id)
@@ -669,7 +673,7 @@ class ControllerOps:
 
     async def _usable_snapshot(self, snapshot_id: str, what: str) -> tuple[Snapshot, owner.Claim]:
         """The snapshot behind a CSI snapshot ID, ours or static; NotFoundError otherwise."""
-        if not _plausible_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
+        if record.is_temporary_snapshot_name(require_id(snapshot_id, what)):
             raise NotFoundError(f"{what} {snapshot_id!r} does not exist")
         snap = await lookup.snapshot_or_none(self._api, snapshot_id)
         if snap is None:
@@ -681,22 +685,16 @@ class ControllerOps:
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _require_volume_id(self, volume_id: str) -> None:
-        if not _plausible_name(volume_id):
-            raise NotFoundError(f"volume {volume_id!r} does not exist")
-
     async def _view_volume(self, volume_id: str, what: str) -> Disk:
-        if not _plausible_name(volume_id):
-            raise NotFoundError(f"{what} {volume_id!r} does not exist")
         try:
-            return await self._api.disk_view(volume_id)
+            return await self._api.disk_view(require_id(volume_id, what))
         except OxideNotFoundError as exc:
             raise NotFoundError(f"{what} {volume_id} does not exist") from exc
 
     def _maybe_impostor(self, disk: Disk) -> bool:
         """A disk without a record under a name only this driver makes (rare: one more read)."""
         claim = owner.of_disk(disk, self._cluster)
-        return claim.owner is owner.Owner.STATIC and record.is_driver_volume_name(disk.name)
+        return claim.owner is owner.Owner.STATIC and is_volume_name(disk.name)
 
     async def _usable_volume(
         self, volume_id: str, what: str, *, guarded: bool = False
@@ -705,9 +703,7 @@ class ControllerOps:
         first (``guarded``: the caller holds the volume's guard; otherwise it is taken, and the
         answer is ABORTED while another operation on the volume runs). NotFoundError when there
         is no such disk, or it is not this cluster's."""
-        if not _plausible_name(volume_id):
-            raise NotFoundError(f"{what} {volume_id!r} does not exist")
-        disk = await lookup.disk_or_none(self._api, volume_id)
+        disk = await lookup.disk_or_none(self._api, require_id(volume_id, what))
         if disk is None or self._maybe_impostor(disk):
             # No disk (an interrupted expansion may hold the data), or a disk without a record
             # under a driver-made name: if this cluster's expansion of the volume is pending, that
@@ -776,8 +772,3 @@ def _half_expanded(snap: Snapshot, rec: record.Record) -> VolumeInfo:
             "pass) re-creates the disk from it"
         ),
     )
-
-
-def _plausible_name(value: str) -> bool:
-    """True when ``value`` could name an Oxide object (IDs are Oxide names, never UUIDs)."""
-    return is_valid_name(value)

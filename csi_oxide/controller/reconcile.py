@@ -56,13 +56,14 @@ class Reconciler:
         *,
         cluster: str,
         inflight: InFlight,
+        expander: Expander,
         stale_after: timedelta = DEFAULT_STALE_AFTER,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._api = api
         self._cluster = cluster
         self._inflight = inflight
-        self._expander = Expander(api, cluster=cluster)
+        self._expander = expander
         self._stale_after = stale_after
         self._now = now
 
@@ -141,7 +142,7 @@ class Reconciler:
             )
             result.finished.append(disk_name)
             return
-        await self._inflight.run([rec.name], "reconcile clone", self._delete(snap))
+        await self._inflight.run([rec.clone_target], "reconcile clone", self._delete(snap))
         result.deleted.append(snap.name)
 
     async def _delete(self, snap: Snapshot) -> None:

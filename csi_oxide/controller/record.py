@@ -26,11 +26,12 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from csi_oxide import DRIVER_NAME
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
-from csi_oxide.volumes import VOLUME_PREFIX, is_volume_name
+from csi_oxide.oxide.types import BLOCK_SIZES, MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
+from csi_oxide.volumes import VOLUME_PREFIX
 
-PREFIX = "csi.oxide.computer/v1 "
+PREFIX = f"{DRIVER_NAME}/v1 "  # the marker: "csi.oxide.computer/v1 "
 SNAPSHOT_PREFIX = "snap-"
 CLONE_PREFIX = "tmp-clone-"
 GROW_PREFIX = "tmp-grow-"
@@ -66,11 +67,6 @@ def clone_snapshot_name(target_disk: str) -> str:
 def grow_snapshot_name(disk: str) -> str:
     """The temporary snapshot that an expansion of ``disk`` goes through."""
     return GROW_PREFIX + _digest(disk)
-
-
-def is_driver_volume_name(name: str) -> bool:
-    """True for disk names this driver makes."""
-    return is_volume_name(name)
 
 
 def is_driver_snapshot_name(name: str) -> bool:
@@ -120,7 +116,8 @@ def _decode_source(text: str) -> Source | None:
 class Record:
     """What the driver remembers about an object it created.
 
-    ``name`` is the CSI name (``name_hash`` replaces it when the record would be too long);
+    ``name`` is the CSI name (``name_hash`` replaces it when the record would be too long), except
+    in a clone's temporary snapshot (``of_clone_snapshot``, ``clone_target``);
     ``size`` the requested bytes; ``source`` where the content came from (a snapshot's record:
     the volume it is of), None for a blank volume.
     A temporary expansion snapshot carries the disk's record plus ``grow_from`` and ``grow_to``
@@ -139,6 +136,18 @@ class Record:
     grow_from: int = 0
     grow_to: int = 0
     block_size: int = 0
+
+    @classmethod
+    def of_clone_snapshot(cls, cluster: str, target_disk: str, source: Source) -> Record:
+        """The record of a clone's temporary snapshot. Its ``name`` is not a CSI name but the
+        disk name of the volume being made (``clone_target``), from which the snapshot's own
+        name derives; the description keeps one key for both, as records already written do."""
+        return cls(cluster=cluster, name=target_disk, source=source)
+
+    @property
+    def clone_target(self) -> str:
+        """In a clone's temporary snapshot: the disk name of the volume being made."""
+        return self.name
 
     def matches_name(self, csi_name: str) -> bool:
         """True when this record was written for ``csi_name``."""
@@ -278,7 +287,7 @@ def check_cluster_id(cluster: str) -> None:
         source=Source(SourceKind.SNAPSHOT, "s" * 63),
         grow_from=MAX_DISK_SIZE,
         grow_to=MAX_DISK_SIZE,
-        block_size=4096,
+        block_size=max(BLOCK_SIZES),
     )
     try:
         longest.encode()

@@ -15,9 +15,11 @@ from csi_oxide.controller.ops import (
     SnapshotInfo,
     VolumeInfo,
 )
-from csi_oxide.controller.record import Source, SourceKind
+from csi_oxide.controller.pages import Walks
+from csi_oxide.controller.record import Source, SourceKind, is_driver_snapshot_name
 from csi_oxide.errors import InvalidArgumentError, UnimplementedError
 from csi_oxide.server import parse
+from csi_oxide.volumes import is_volume_name
 
 Ctx = grpc.aio.ServicerContext[object, object]
 Cap = csi.ControllerServiceCapability.RPC
@@ -86,6 +88,11 @@ def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
 
 
 def _supported(caps: list[parse.Capability]) -> None:
+    """INVALID_ARGUMENT for a capability no Oxide disk can serve: the CSI spec's error tables for
+    CreateVolume and ControllerExpandVolume ("volume capabilities not supported") call it an
+    invalid argument, ControllerPublishVolume too (it lists no code of its own for it). The node
+    answers the same capability with FAILED_PRECONDITION, as its tables ask
+    (``server.node._node_capability``)."""
     for cap in caps:
         reason = parse.unsupported_reason(cap)
         if reason:
@@ -97,6 +104,11 @@ class ControllerService(csi_grpc.ControllerServicer):
 
     def __init__(self, ops: ControllerOps) -> None:
         self._ops = ops
+        # Paged listings: one Oxide listing per walk, follow-on pages cut from it (see pages.py).
+        self._volume_walks: Walks[VolumeInfo] = Walks(lambda v: v.volume_id, is_volume_name)
+        self._snapshot_walks: Walks[SnapshotInfo] = Walks(
+            lambda s: s.snapshot_id, is_driver_snapshot_name
+        )
 
     async def ControllerGetCapabilities(
         self, request: csi.ControllerGetCapabilitiesRequest, context: Ctx
@@ -179,9 +191,8 @@ class ControllerService(csi_grpc.ControllerServicer):
     async def ListVolumes(
         self, request: csi.ListVolumesRequest, context: Ctx
     ) -> csi.ListVolumesResponse:
-        volumes = await self._ops.list_volumes()
-        start, end, token = parse.page_window(
-            [v.volume_id for v in volumes], request.starting_token, request.max_entries
+        page = await self._volume_walks.page(
+            self._ops.list_volumes, request.starting_token, request.max_entries
         )
         entries = [
             csi.ListVolumesResponse.Entry(
@@ -191,9 +202,9 @@ class ControllerService(csi_grpc.ControllerServicer):
                     volume_condition=_condition(v),
                 ),
             )
-            for v in volumes[start:end]
+            for v in page.entries
         ]
-        return csi.ListVolumesResponse(entries=entries, next_token=token)
+        return csi.ListVolumesResponse(entries=entries, next_token=page.next_token)
 
     async def ControllerGetVolume(
         self, request: csi.ControllerGetVolumeRequest, context: Ctx
@@ -264,14 +275,15 @@ class ControllerService(csi_grpc.ControllerServicer):
     async def ListSnapshots(
         self, request: csi.ListSnapshotsRequest, context: Ctx
     ) -> csi.ListSnapshotsResponse:
-        snaps = await self._ops.list_snapshots(
-            snapshot_id=request.snapshot_id, source_volume_id=request.source_volume_id
+        snapshot_id, source = request.snapshot_id, request.source_volume_id
+        page = await self._snapshot_walks.page(
+            lambda: self._ops.list_snapshots(snapshot_id=snapshot_id, source_volume_id=source),
+            request.starting_token,
+            request.max_entries,
+            scope=f"{snapshot_id}/{source}",
         )
-        start, end, token = parse.page_window(
-            [s.snapshot_id for s in snaps], request.starting_token, request.max_entries
-        )
-        entries = [csi.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in snaps[start:end]]
-        return csi.ListSnapshotsResponse(entries=entries, next_token=token)
+        entries = [csi.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in page.entries]
+        return csi.ListSnapshotsResponse(entries=entries, next_token=page.next_token)
 
     async def GetSnapshot(
         self, request: csi.GetSnapshotRequest, context: Ctx

@@ -12,7 +12,7 @@ from csi_oxide.health import Health
 
 Ctx = grpc.aio.ServicerContext[object, object]
 
-_CAPABILITIES = [
+CAPABILITIES = [
     # Advertised in every mode: csi-sanity (and Kubernetes) read it from the node endpoint too.
     csi.PluginCapability(
         service=csi.PluginCapability.Service(type=csi.PluginCapability.Service.CONTROLLER_SERVICE)
@@ -40,7 +40,7 @@ class IdentityService(csi_grpc.IdentityServicer):
     async def GetPluginCapabilities(
         self, request: csi.GetPluginCapabilitiesRequest, context: Ctx
     ) -> csi.GetPluginCapabilitiesResponse:
-        return csi.GetPluginCapabilitiesResponse(capabilities=_CAPABILITIES)
+        return csi.GetPluginCapabilitiesResponse(capabilities=CAPABILITIES)
 
     async def Probe(self, request: csi.ProbeRequest, context: Ctx) -> csi.ProbeResponse:
         # Never calls out: the answer comes from the background health check (csi_oxide.health).

@@ -4,23 +4,34 @@ Every RPC that names a volume validates its ID first: anything that is not an Ox
 (``../../etc``, a UUID, upper case, ...) is NOT_FOUND and never reaches ``NodeOps``. The guard that
 keeps one operation per volume in flight is keyed by the NVMe serial the volume ID resolves to
 (its first 20 characters), so two IDs that share a serial, and so a device, never run at once.
+
+Both services check a volume ID with the one rule (``volumes.require_id``) and take a per-volume
+guard (an ``InFlight`` built in ``csi_oxide.wiring``) before any work. The node takes it here,
+around ``NodeOps``, whose own per-serial lock makes a second caller wait (and then be refused for
+the serial in use) rather than answer ABORTED; the controller takes it inside ``ControllerOps``,
+because steps within its operations (finishing an interrupted expansion met on a read, the
+reconciler) need the same guard.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import grpc
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError
 from csi_oxide.inflight import InFlight
 from csi_oxide.node.devices import serial_text
 from csi_oxide.node.ops import NodeOps
-from csi_oxide.oxide.names import is_valid_name
 from csi_oxide.publish_context import decode
 from csi_oxide.server import parse
+from csi_oxide.volumes import require_id
 
 Ctx = grpc.aio.ServicerContext[object, object]
+T = TypeVar("T")
 NodeCap = csi.NodeServiceCapability.RPC
 
 CAPABILITIES = (
@@ -33,18 +44,14 @@ CAPABILITIES = (
 
 
 def _volume_id(value: str) -> str:
-    parse.require(value, "volume_id")
-    if not is_valid_name(value):
-        raise NotFoundError(f"volume {value!r} does not exist (volume IDs are Oxide disk names)")
-    return value
-
-
-def _guard(volume_id: str) -> list[str]:
-    """The in-flight key of a volume: the device it resolves to, by serial."""
-    return [f"serial:{serial_text(volume_id)}"]
+    return require_id(parse.require(value, "volume_id"))
 
 
 def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capability:
+    """The request's capability. One the volume cannot serve is FAILED_PRECONDITION here: the CSI
+    spec's error tables for NodeStageVolume and NodePublishVolume give code 9 to "volume
+    capability not supported" ("exceeds capabilities"), where the controller's RPCs answer the
+    same capability with INVALID_ARGUMENT (``server.controller._supported``)."""
     if not has:
         raise InvalidArgumentError("volume_capability is required")
     cap = parse.capability(request_cap)
@@ -57,10 +64,18 @@ def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capa
 class NodeService(csi_grpc.NodeServicer):
     """Stages, publishes, grows and reports on volumes attached to this Oxide instance."""
 
-    def __init__(self, *, node_id: str, ops: NodeOps, inflight: InFlight | None = None) -> None:
+    def __init__(self, *, node_id: str, ops: NodeOps, inflight: InFlight) -> None:
+        """``inflight``: the per-volume guard (built in ``csi_oxide.wiring``, never cutting)."""
         self._node_id = node_id
         self._ops = ops
-        self._inflight = inflight or InFlight()
+        self._inflight = inflight
+
+    async def _guarded(self, rpc: str, volume_id: str, work: Awaitable[T]) -> T:
+        """``work`` under the volume's guard, keyed by the device it resolves to (its NVMe
+        serial): ABORTED while another operation on that device is in flight."""
+        return await self._inflight.run(
+            [f"serial:{serial_text(volume_id)}"], f"{rpc} of {volume_id}", work
+        )
 
     async def NodeGetCapabilities(
         self, request: csi.NodeGetCapabilitiesRequest, context: Ctx
@@ -85,13 +100,13 @@ class NodeService(csi_grpc.NodeServicer):
         volume_id = _volume_id(request.volume_id)
         staging = parse.path(request.staging_target_path, "staging_target_path")
         cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
-        await self._inflight.run(
-            _guard(volume_id),
-            f"NodeStageVolume of {volume_id}",
+        await self._guarded(
+            "NodeStageVolume",
+            volume_id,
             self._ops.stage(
                 volume_id,
                 staging,
-                fs_type=cap.fs_type,
+                fstype=cap.fstype,
                 mount_flags=cap.mount_flags,
                 block=cap.block,
                 origin=decode(request.publish_context),
@@ -105,11 +120,7 @@ class NodeService(csi_grpc.NodeServicer):
         parse.require(request.volume_id, "volume_id")
         staging = parse.path(request.staging_target_path, "staging_target_path")
         volume_id = _volume_id(request.volume_id)
-        await self._inflight.run(
-            _guard(volume_id),
-            f"NodeUnstageVolume of {volume_id}",
-            self._ops.unstage(volume_id, staging),
-        )
+        await self._guarded("NodeUnstageVolume", volume_id, self._ops.unstage(volume_id, staging))
         return csi.NodeUnstageVolumeResponse()
 
     async def NodePublishVolume(
@@ -123,9 +134,9 @@ class NodeService(csi_grpc.NodeServicer):
                 "staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME)"
             )
         staging = parse.path(request.staging_target_path, "staging_target_path")
-        await self._inflight.run(
-            _guard(volume_id),
-            f"NodePublishVolume of {volume_id}",
+        await self._guarded(
+            "NodePublishVolume",
+            volume_id,
             self._ops.publish(
                 volume_id,
                 staging,
@@ -144,10 +155,8 @@ class NodeService(csi_grpc.NodeServicer):
         parse.require(request.volume_id, "volume_id")
         target = parse.path(request.target_path, "target_path")
         volume_id = _volume_id(request.volume_id)
-        await self._inflight.run(
-            _guard(volume_id),
-            f"NodeUnpublishVolume of {volume_id}",
-            self._ops.unpublish(volume_id, target),
+        await self._guarded(
+            "NodeUnpublishVolume", volume_id, self._ops.unpublish(volume_id, target)
         )
         return csi.NodeUnpublishVolumeResponse()
 
@@ -186,9 +195,7 @@ class NodeService(csi_grpc.NodeServicer):
         if request.HasField("volume_capability"):
             parse.capability(request.volume_capability)
         volume_id = _volume_id(request.volume_id)
-        size = await self._inflight.run(
-            _guard(volume_id),
-            f"NodeExpandVolume of {volume_id}",
-            self._ops.expand(volume_id, volume_path),
+        size = await self._guarded(
+            "NodeExpandVolume", volume_id, self._ops.expand(volume_id, volume_path)
         )
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from csi_oxide._csi import csi_pb2 as csi
-from csi_oxide.controller.record import is_driver_snapshot_name, is_driver_volume_name
 from csi_oxide.controller.sizing import CapacityRange
-from csi_oxide.errors import AbortedError, InvalidArgumentError
+from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.oxide.types import BLOCK_SIZES
 from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MAX_PATH_BYTES = 4096
-FS_TYPES = FILESYSTEMS  # the name the deployment tests read
 _FS_CHOICES = " or ".join(FILESYSTEMS)
 
 AccessMode = csi.VolumeCapability.AccessMode
@@ -57,7 +55,7 @@ class Capability:
 
     access_type: AccessType
     access_mode: int
-    fs_type: str = ""
+    fstype: str = ""  # CSI's MountVolume.fs_type, defaulted and checked
     mount_flags: tuple[str, ...] = ()
 
     @property
@@ -134,12 +132,12 @@ def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> C
         raise InvalidArgumentError(f"{field}: access_mode {mode} is not a CSI access mode")
     if kind == "block":
         return Capability(AccessType.BLOCK, mode)
-    fs_type = cap.mount.fs_type or DEFAULT_FILESYSTEM
-    if fs_type not in FILESYSTEMS:
+    fstype = cap.mount.fs_type or DEFAULT_FILESYSTEM
+    if fstype not in FILESYSTEMS:
         raise InvalidArgumentError(
             f"{field}: fs_type {cap.mount.fs_type!r} is not supported (use {_FS_CHOICES})"
         )
-    return Capability(AccessType.MOUNT, mode, fs_type, mount_flags(cap.mount.mount_flags))
+    return Capability(AccessType.MOUNT, mode, fstype, mount_flags(cap.mount.mount_flags))
 
 
 def capabilities(caps: Iterable[csi.VolumeCapability]) -> list[Capability]:
@@ -199,9 +197,9 @@ def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
         raise InvalidArgumentError(
             f"blockSize {block!r} must be one of {', '.join(_BLOCK_SIZE_TEXTS)}"
         )
-    fs_type = params.get("fsType", "")
-    if fs_type and fs_type.lower() not in FILESYSTEMS:
-        raise InvalidArgumentError(f"fsType {fs_type!r} is not supported (use {_FS_CHOICES})")
+    fstype = params.get("fsType", "")
+    if fstype and fstype.lower() not in FILESYSTEMS:
+        raise InvalidArgumentError(f"fsType {fstype!r} is not supported (use {_FS_CHOICES})")
     namespace = params.get(K8S_PREFIX + "pvc/namespace", "")
     pvc_name = params.get(K8S_PREFIX + "pvc/name", "")
     return VolumeParameters(
@@ -218,25 +216,3 @@ def snapshot_parameters(params: Mapping[str, str]) -> None:
         raise InvalidArgumentError(
             f"unknown VolumeSnapshotClass parameter(s) {', '.join(unknown)}: none are supported"
         )
-
-
-def page_window(keys: list[str], starting_token: str, max_entries: int) -> tuple[int, int, str]:
-    """The slice ``[start, end)`` of sorted ``keys`` for one page, and the next token.
-
-    A token is the key to resume at (the first key not yet returned); entries deleted between pages
-    do not invalidate it. A token that is not a key at all is ABORTED, as the spec asks.
-    """
-    if max_entries < 0:
-        raise InvalidArgumentError("max_entries must not be negative")
-    start = 0
-    if starting_token:
-        if starting_token not in keys and not _resumable(starting_token):
-            raise AbortedError(f"starting_token {starting_token!r} is not valid")
-        start = next((i for i, k in enumerate(keys) if k >= starting_token), len(keys))
-    end = len(keys) if max_entries == 0 else min(len(keys), start + max_entries)
-    return start, end, keys[end] if end < len(keys) else ""
-
-
-def _resumable(token: str) -> bool:
-    # Our IDs share a fixed shape; a token of that shape stays valid after its entry is deleted.
-    return is_driver_volume_name(token) or is_driver_snapshot_name(token)

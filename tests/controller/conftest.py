@@ -6,23 +6,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from csi_oxide.controller.ops import ControllerOps
-
-from .controller_helpers import Env, make_env
+from csi_oxide.testing import ControllerEnv, controller_env
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    sim, api = await make_env(hotplug=True, instances=1)
-    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
-    await api.aclose()
-    assert sim.contract_violations == []
+async def env() -> AsyncIterator[ControllerEnv]:
+    made = controller_env(hotplug=True, instances=1)
+    yield made
+    await made.api.aclose()
+    assert made.sim.contract_violations == []
 
 
 @pytest.fixture
-async def cold_env() -> AsyncIterator[Env]:
+async def cold_env() -> AsyncIterator[ControllerEnv]:
     """Today's racks: no hot-plug, so attach and detach need a stopped instance."""
-    sim, api = await make_env(hotplug=False)
-    yield Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
-    await api.aclose()
-    assert sim.contract_violations == []
+    made = controller_env(hotplug=False)
+    yield made
+    await made.api.aclose()
+    assert made.sim.contract_violations == []

@@ -1,35 +1,16 @@
-"""Shared set-up for controller tests: ControllerOps over a simulator reached by real HTTP requests
-(the ASGI transport carries them in-process)."""
+"""Shared set-up for controller tests: ``csi_oxide.testing.controller_env`` (ControllerOps over a
+simulator reached by real HTTP requests, carried in-process by the ASGI transport)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import httpx
-
-from csi_oxide.controller.ops import ControllerOps, NewVolume
+from csi_oxide.controller.ops import NewVolume
 from csi_oxide.controller.sizing import CapacityRange
-from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.testing import ControllerEnv as Env
+from csi_oxide.testing import controller_env
 
 GIB = 1024**3
 
-
-@dataclass
-class Env:
-    sim: Simulator
-    api: HttpOxideClient
-    ops: ControllerOps
-    node: str
-
-
-async def make_env(**config: object) -> tuple[Simulator, HttpOxideClient]:
-    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
-    transport = httpx.ASGITransport(app=sim.asgi_app(validate=True))
-    api = HttpOxideClient.for_tests(
-        host="http://sim", token=sim.token, project=sim.config.project, transport=transport
-    )
-    return sim, api
+__all__ = ["GIB", "Env", "controller_env", "new"]
 
 
 def new(name: str = "pvc-1", required: int = GIB, limit: int = 0, **kw: object) -> NewVolume:

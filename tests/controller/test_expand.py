@@ -14,8 +14,6 @@ from datetime import timedelta
 import pytest
 
 from csi_oxide.controller import record
-from csi_oxide.controller.ops import ControllerOps
-from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.controller.record import Source
 from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import (
@@ -28,8 +26,9 @@ from csi_oxide.errors import (
 )
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import Disk, DiskSpec
+from csi_oxide.wiring import build_controller_ops, build_reconciler
 
-from .controller_helpers import GIB, Env, make_env, new
+from .controller_helpers import GIB, Env, controller_env, new
 
 DATA = b"precious user data"
 
@@ -101,8 +100,8 @@ async def test_missing_volume_is_not_found(env: Env) -> None:
 
 
 async def test_quota_is_checked_before_anything_changes() -> None:
-    sim, api = await make_env(quota_gib=3)
-    env = Env(sim, api, ControllerOps(api, cluster="test"), sim.local_instance_id)
+    env = controller_env(quota_gib=3)
+    sim, api = env.sim, env.api
     volume_id = await _volume(env)  # 1 GiB used, 2 GiB free: not enough for a 3 GiB disk
     with pytest.raises(ResourceExhaustedError, match="Nothing was changed"):
         await env.ops.expand_volume(volume_id, CapacityRange(3 * GIB))
@@ -129,7 +128,7 @@ async def test_a_retry_finishes_after_a_crash_at_any_step(
     with pytest.raises(CsiOxideError):
         await env.ops.expand_volume(volume_id, CapacityRange(2 * GIB))
     # A restarted controller carries nothing over but what is in Oxide.
-    ops = ControllerOps(env.api, cluster="test") if restart else env.ops
+    ops = build_controller_ops(env.api, cluster="test", inflight=InFlight()) if restart else env.ops
     assert await ops.expand_volume(volume_id, CapacityRange(2 * GIB)) == 2 * GIB
     await _assert_grown(env, volume_id, 2 * GIB)
 
@@ -140,7 +139,9 @@ async def test_the_reconciler_repairs_after_a_crash(env: Env, operation: str, af
     env.sim.faults.inject(operation, status=500, after=after)
     with pytest.raises(CsiOxideError):
         await env.ops.expand_volume(volume_id, CapacityRange(2 * GIB))
-    reconciler = Reconciler(env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0))
+    reconciler = build_reconciler(
+        env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
+    )
     result = await reconciler.run_once()
     assert result.failed == []
     disk = await env.api.disk_view(volume_id)  # the volume exists again, whatever the step
@@ -185,7 +186,7 @@ async def test_snapshot_of_a_half_expanded_volume_finishes_it_first(env: Env) ->
 async def test_other_calls_wait_while_an_expansion_runs(env: Env) -> None:
     volume_id = await _half_expanded(env)
     inflight = InFlight()
-    ops = ControllerOps(env.api, cluster="test", inflight=inflight)
+    ops = build_controller_ops(env.api, cluster="test", inflight=inflight)
     pending = asyncio.ensure_future(ops.expand_volume(volume_id, CapacityRange(2 * GIB)))
     await asyncio.sleep(0)  # the expansion now holds the volume's guard
     with pytest.raises(AbortedError):
@@ -213,8 +214,8 @@ async def test_a_disk_neither_from_nor_before_the_snapshot_is_left_alone(env: En
 
 async def test_reconciler_leaves_fresh_and_foreign_snapshots(env: Env) -> None:
     volume_id = await _half_expanded(env)
-    fresh = await Reconciler(env.api, cluster="test", inflight=InFlight()).run_once()
-    foreign = await Reconciler(
+    fresh = await build_reconciler(env.api, cluster="test", inflight=InFlight()).run_once()
+    foreign = await build_reconciler(
         env.api, cluster="other", inflight=InFlight(), stale_after=timedelta(0)
     ).run_once()
     assert fresh.finished == foreign.finished == []
@@ -233,7 +234,7 @@ async def test_reconciler_deletes_a_stale_clone_snapshot(env: Env) -> None:
             new("pvc-clone", source=Source(record.SourceKind.VOLUME, source))
         )
     assert _temporary(env) == [record.clone_snapshot_name(target)]
-    result = await Reconciler(
+    result = await build_reconciler(
         env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
     ).run_once()
     assert result.deleted == [record.clone_snapshot_name(target)]
@@ -250,7 +251,7 @@ async def test_reconciler_leaves_a_temporary_snapshot_with_a_copied_record(env: 
     )
     forged = record.clone_snapshot_name(record.volume_name("pvc-clone"))
     await env.api.snapshot_create(forged, copied.encode(), source)
-    result = await Reconciler(
+    result = await build_reconciler(
         env.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
     ).run_once()
     assert (result.deleted, result.finished, result.failed) == ([], [], [])

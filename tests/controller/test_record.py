@@ -7,6 +7,7 @@ import pytest
 from csi_oxide.controller import record
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.names import is_valid_name
+from csi_oxide.volumes import is_volume_name
 
 
 @pytest.mark.parametrize(
@@ -18,7 +19,7 @@ def test_volume_and_snapshot_names(name: str) -> None:
     snap = record.snapshot_name(name)
     assert len(vol) == 20  # the NVMe serial is the first 20 bytes of the name: all of it
     assert is_valid_name(vol) and is_valid_name(snap)
-    assert record.is_driver_volume_name(vol) and record.is_driver_snapshot_name(snap)
+    assert is_volume_name(vol) and record.is_driver_snapshot_name(snap)
     assert record.volume_name(name) == vol  # deterministic
     assert record.volume_name(name + "x") != vol
 
@@ -153,7 +154,7 @@ def test_unusable_cluster_ids_are_refused(cluster: str, message: str) -> None:
 @pytest.mark.parametrize("suffix", ["\n", "\r\n", " "])
 def test_a_driver_name_with_anything_after_it_is_none_of_ours(suffix: str) -> None:
     vol, snap = record.volume_name("pvc-1"), record.snapshot_name("s")
-    assert not record.is_driver_volume_name(vol + suffix)
+    assert not is_volume_name(vol + suffix)
     assert not record.is_driver_snapshot_name(snap + suffix)
     assert not is_valid_name(vol + suffix)
 
@@ -188,3 +189,25 @@ def test_a_record_with_an_unknown_content_source_is_damaged(src: str) -> None:
 def test_a_source_of_another_kind_cannot_be_made() -> None:
     with pytest.raises(ValueError, match="image"):
         record.Source("image", "x")  # type: ignore[arg-type]
+
+
+def test_a_clone_snapshot_record_names_its_target_disk() -> None:
+    target = record.volume_name("pvc-clone")
+    source = record.Source(record.SourceKind.VOLUME, record.volume_name("pvc-src"))
+    rec = record.Record.of_clone_snapshot("prod", target, source)
+    assert rec.clone_target == target
+    assert rec.clone_snapshot_name() == record.clone_snapshot_name(target)
+    # The description format is the one clone snapshots were always written in.
+    assert rec.encode() == record.Record(cluster="prod", name=target, source=source).encode()
+    assert record.decode(rec.encode()) == rec
+
+
+def test_the_description_format_is_fixed() -> None:
+    """Descriptions already written in Oxide are read back by every later version: the marker and
+    the keys never change."""
+    source = record.Source(record.SourceKind.SNAPSHOT, "snap-0123456789abcdef")
+    rec = record.Record(cluster="prod", name="pvc-1", size=5, source=source, pvc="ns/claim")
+    assert rec.encode() == (
+        'csi.oxide.computer/v1 {"c":"prod","n":"pvc-1","s":5,'
+        '"src":"snapshot:snap-0123456789abcdef","pvc":"ns/claim"}'
+    )

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import cast
 
 import grpc
-import httpx
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
@@ -27,7 +26,10 @@ from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
-from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.sim import SimConfig
+from csi_oxide.sim.inprocess import InProcessSimulator
+from csi_oxide.testing import sim_client
+from csi_oxide.wiring import build_controller_ops
 
 GIB = 1024**3
 Code = grpc.StatusCode
@@ -40,15 +42,6 @@ def cap(block: bool = False) -> csi.VolumeCapability:
         return csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=mode)
     return csi.VolumeCapability(
         mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=mode
-    )
-
-
-def client(sim: Simulator) -> HttpOxideClient:
-    return HttpOxideClient.for_tests(
-        host="http://sim",
-        token=sim.token,
-        project=sim.config.project,
-        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
     )
 
 
@@ -211,7 +204,7 @@ class World:
     """One simulator, its raw client, and a controller per cluster. ``before``: hooks run once
     before a driver's next call of an Oxide operation (see ``Interposer``)."""
 
-    sim: Simulator
+    sim: InProcessSimulator
     api: HttpOxideClient
     clusters: dict[str, Cluster] = field(default_factory=dict)
     before: dict[str, Hook] = field(default_factory=dict)
@@ -244,14 +237,14 @@ async def serve(
 ) -> AsyncGenerator[World, None]:
     """Start the simulator and one controller per cluster ID; stop them afterwards.
     ``inflight`` makes each controller's guard (the default never cuts an operation)."""
-    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
-    world = World(sim, client(sim))
+    sim = InProcessSimulator(SimConfig(**config))  # type: ignore[arg-type]
+    world = World(sim, sim_client(sim))
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(world.api.aclose)
         for i, cluster_id in enumerate(clusters):
-            api = client(sim)
+            api = sim_client(sim)
             stack.push_async_callback(api.aclose)
-            ops = ControllerOps(
+            ops = build_controller_ops(
                 cast(OxideApi, Interposer(api, world)), cluster=cluster_id, inflight=inflight()
             )
             stub = await stack.enter_async_context(controller_stub(tmp_path / f"c{i}.sock", ops))

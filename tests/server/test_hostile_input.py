@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -27,15 +26,15 @@ from hypothesis import strategies as st
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.health import Health
-from csi_oxide.node.ops import build_node_ops
-from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.inflight import InFlight
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService
 from csi_oxide.sim import SimConfig, Simulator
+from csi_oxide.testing import sim_client
+from csi_oxide.wiring import build_controller_ops, build_node_ops
 
 EXAMPLES_PER_RPC = 540  # x 20 RPCs with fields to vary: more than 10,000 requests
 ALLOWED = {
@@ -70,12 +69,7 @@ def _serve_in_thread(workdir: Path) -> Iterator[Target]:
 
     async def main() -> None:
         sim = Simulator(SimConfig(hotplug=True, instances=1, quota_gib=4096))
-        api = HttpOxideClient.for_tests(
-            host="http://sim",
-            token=sim.token,
-            project="csi",
-            transport=httpx.ASGITransport(app=sim.asgi_app()),
-        )
+        api = sim_client(sim, validate=False)
         devices = workdir / "devices"
         devices.mkdir()
         node_ops = build_node_ops(
@@ -83,8 +77,10 @@ def _serve_in_thread(workdir: Path) -> Iterator[Target]:
         )
         services = Services(
             identity=IdentityService(Health()),
-            controller=ControllerService(ControllerOps(api, cluster="fuzz")),
-            node=NodeService(node_id=sim.local_instance_id, ops=node_ops),
+            controller=ControllerService(
+                build_controller_ops(api, cluster="fuzz", inflight=InFlight())
+            ),
+            node=NodeService(node_id=sim.local_instance_id, ops=node_ops, inflight=InFlight()),
         )
         server = CsiServer(f"unix://{workdir}/csi.sock", services)
         await server.start()

@@ -4,7 +4,7 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller.sizing import CapacityRange
-from csi_oxide.errors import AbortedError, InvalidArgumentError
+from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.server import parse
 
 GIB = 1024**3
@@ -36,7 +36,7 @@ def test_capacity_range_validation() -> None:
 def test_capability_mount_defaults_to_ext4() -> None:
     cap = parse.capability(mount_cap())
     assert cap.access_type is parse.AccessType.MOUNT
-    assert cap.fs_type == "ext4"
+    assert cap.fstype == "ext4"
     assert not cap.block
 
 
@@ -138,31 +138,6 @@ def test_snapshot_parameters() -> None:
     parse.snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "s"})
     with pytest.raises(InvalidArgumentError):
         parse.snapshot_parameters({"foo": "bar"})
-
-
-KEYS = [f"csi-{i:016x}" for i in range(5)]
-
-
-@pytest.mark.parametrize(
-    ("token", "max_entries", "window"),
-    [
-        ("", 0, (0, 5, "")),
-        ("", 2, (0, 2, KEYS[2])),
-        (KEYS[2], 2, (2, 4, KEYS[4])),
-        (KEYS[4], 2, (4, 5, "")),
-        ("csi-0000000000000003" + "", 0, (3, 5, "")),
-        ("csi-00000000000000ff", 1, (5, 5, "")),  # deleted since: resume after it
-    ],
-)
-def test_page_window(token: str, max_entries: int, window: tuple[int, int, str]) -> None:
-    assert parse.page_window(KEYS, token, max_entries) == window
-
-
-def test_page_window_bad_token_is_aborted() -> None:
-    with pytest.raises(AbortedError):
-        parse.page_window(KEYS, "invalid-token", 0)
-    with pytest.raises(InvalidArgumentError):
-        parse.page_window(KEYS, "", -1)
 
 
 @pytest.mark.parametrize("mode", [-1, 8, 99])

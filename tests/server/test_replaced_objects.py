@@ -18,11 +18,11 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.wiring import build_reconciler
 
 from .controller_world import GIB, Code, World, code_of, serve
 
@@ -189,7 +189,7 @@ async def test_a_newcomer_that_looks_older_than_the_expansion_snapshot_never_get
     state.disks[newcomer].created = grow.time_created - timedelta(milliseconds=1)
     assert await code_of(ctl.expand(vol, 2 * GIB)) == Code.INTERNAL
     assert await code_of(ctl.create("pvc-1")) == Code.INTERNAL
-    reconciler = Reconciler(
+    reconciler = build_reconciler(
         world.api, cluster="test", inflight=InFlight(), stale_after=timedelta(0)
     )
     assert (await reconciler.run_once()).failed == [grow.name]

@@ -18,9 +18,9 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.wiring import build_reconciler
 
 from .controller_world import GIB, Cluster, Code, World, cap, code_of, serve
 
@@ -116,7 +116,9 @@ async def _b_is_refused(
             assert await code_of(b.snapshot(name, b_own[0])) == Code.ALREADY_EXISTS
     assert await b.listed_volumes() == b_own
     assert await b.listed_snapshots() == []
-    reconciler = Reconciler(world.api, cluster=B, inflight=InFlight(), stale_after=timedelta(0))
+    reconciler = build_reconciler(
+        world.api, cluster=B, inflight=InFlight(), stale_after=timedelta(0)
+    )
     repaired = await reconciler.run_once()
     assert (repaired.finished, repaired.deleted, repaired.failed) == ([], [], [])
     assert await world.state() == before

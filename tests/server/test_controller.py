@@ -17,12 +17,13 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.controller.ops import ControllerOps
+from csi_oxide.controller.ops import SnapshotInfo, VolumeInfo
 from csi_oxide.controller.record import volume_name
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.sim import SimConfig, Simulator
-from tests.server.controller_world import client, code_of, controller_stub
+from csi_oxide.sim.inprocess import InProcessSimulator
+from csi_oxide.testing import controller_env
+from tests.server.controller_world import code_of, controller_stub
 
 GIB = 1024**3
 Code = grpc.StatusCode
@@ -44,7 +45,7 @@ def cap(
 
 @dataclass
 class World:
-    sim: Simulator
+    sim: InProcessSimulator
     api: HttpOxideClient
     stub: csi_grpc.ControllerAsyncStub
     node: str
@@ -68,15 +69,13 @@ class World:
 
 
 async def _serve(tmp_path: Path, **config: object) -> AsyncIterator[World]:
-    sim = Simulator(SimConfig(**config))  # type: ignore[arg-type]
-    api = client(sim)
-    ops = ControllerOps(api, cluster="test")
+    env = controller_env(**config)  # type: ignore[arg-type]
     try:
-        async with controller_stub(tmp_path / "c.sock", ops) as stub:
-            yield World(sim, api, stub, sim.local_instance_id)
+        async with controller_stub(tmp_path / "c.sock", env.ops) as stub:
+            yield World(env.sim, env.api, stub, env.node)
     finally:
-        await api.aclose()
-    assert sim.contract_violations == []
+        await env.api.aclose()
+    assert env.sim.contract_violations == []
 
 
 @pytest.fixture
@@ -373,6 +372,73 @@ async def test_get_and_list_rows(world: World) -> None:
     assert await code_of(world.stub.ListVolumes(negative)) == Code.INVALID_ARGUMENT
     capacity = await world.stub.GetCapacity(csi.GetCapacityRequest())
     assert capacity.available_capacity == 97 * GIB
+
+
+async def test_a_paged_walk_lists_the_project_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real gRPC and simulator; the controller's listing calls are counted, not replaced.
+    env = controller_env(hotplug=True, instances=1, quota_gib=100)
+    listings = {"volumes": 0, "snapshots": 0}
+    list_volumes, list_snapshots = env.ops.list_volumes, env.ops.list_snapshots
+
+    async def counted_volumes() -> list[VolumeInfo]:
+        listings["volumes"] += 1
+        return await list_volumes()
+
+    async def counted_snapshots(**kw: str) -> list[SnapshotInfo]:
+        listings["snapshots"] += 1
+        return await list_snapshots(**kw)
+
+    monkeypatch.setattr(env.ops, "list_volumes", counted_volumes)
+    monkeypatch.setattr(env.ops, "list_snapshots", counted_snapshots)
+    try:
+        async with controller_stub(tmp_path / "c.sock", env.ops) as stub:
+            world = World(env.sim, env.api, stub, env.node)
+            vols = sorted([await world.volume(f"pvc-{i}") for i in range(7)])
+            snaps = sorted(
+                [
+                    (
+                        await stub.CreateSnapshot(
+                            csi.CreateSnapshotRequest(name=f"snap-{i}", source_volume_id=vols[i])
+                        )
+                    ).snapshot.snapshot_id
+                    for i in range(5)
+                ]
+            )
+            seen: list[str] = []
+            page = await stub.ListVolumes(csi.ListVolumesRequest(max_entries=2))
+            seen += [e.volume.volume_id for e in page.entries]
+            added = await world.volume("pvc-mid-walk")  # created while the walk is under way
+            while page.next_token:
+                page = await stub.ListVolumes(
+                    csi.ListVolumesRequest(max_entries=2, starting_token=page.next_token)
+                )
+                seen += [e.volume.volume_id for e in page.entries]
+            assert seen == vols  # the project as the walk found it: nothing twice or missing
+            assert listings["volumes"] == 1
+            fresh = await stub.ListVolumes(csi.ListVolumesRequest())
+            assert sorted(e.volume.volume_id for e in fresh.entries) == sorted([*vols, added])
+            snap_seen: list[str] = []
+            token = ""
+            while True:
+                answer = await stub.ListSnapshots(
+                    csi.ListSnapshotsRequest(max_entries=2, starting_token=token)
+                )
+                snap_seen += [e.snapshot.snapshot_id for e in answer.entries]
+                token = answer.next_token
+                if not token:
+                    break
+            assert snap_seen == snaps
+            assert listings["snapshots"] == 1
+            one = await stub.ListSnapshots(
+                csi.ListSnapshotsRequest(source_volume_id=vols[0], max_entries=1)
+            )
+            assert [e.snapshot.source_volume_id for e in one.entries] == [vols[0]]
+            assert one.next_token == ""
+    finally:
+        await env.api.aclose()
+    assert env.sim.contract_violations == []
 
 
 # ---- snapshots ----

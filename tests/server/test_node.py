@@ -15,6 +15,7 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.health import Health
+from csi_oxide.inflight import InFlight
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import MKFS_STARTED, FileRecordStore, VolumeRecord, to_json
 from csi_oxide.publish_context import Origin, encode
@@ -79,7 +80,10 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     ops = NodeOps(devices, FakeMounter(devices), filesystems, store, online_ext4_growth=True)
     server = CsiServer(
         f"unix://{tmp_path}/csi.sock",
-        Services(identity=IdentityService(Health()), node=NodeService(node_id=NODE_ID, ops=ops)),
+        Services(
+            identity=IdentityService(Health()),
+            node=NodeService(node_id=NODE_ID, ops=ops, inflight=InFlight()),
+        ),
     )
     await server.start()
     channel = grpc.aio.insecure_channel(f"unix://{tmp_path}/csi.sock")

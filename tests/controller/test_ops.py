@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide.controller import owner, record
-from csi_oxide.controller.ops import ControllerOps, origin_of
+from csi_oxide.controller.ops import origin_of
 from csi_oxide.controller.record import Source
 from csi_oxide.errors import (
     AlreadyExistsError,
@@ -14,10 +14,12 @@ from csi_oxide.errors import (
     OutOfRangeError,
     ResourceExhaustedError,
 )
+from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.publish_context import Origin
+from csi_oxide.wiring import build_controller_ops
 
-from .controller_helpers import GIB, Env, make_env, new
+from .controller_helpers import GIB, Env, controller_env, new
 
 
 async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:
@@ -45,8 +47,8 @@ async def test_recreate_respects_the_limit_of_the_new_request(env: Env) -> None:
 
 
 async def test_capacity_rounds_the_largest_volume_down_to_whole_gib() -> None:
-    sim, api = await make_env(quota_gib=8)
-    ops = ControllerOps(api, cluster="test")
+    made = controller_env(quota_gib=8)
+    sim, api, ops = made.sim, made.api, made.ops
     # Real silo quotas are counted in bytes; the simulator's config takes GiB, so an odd quota is
     # set on its state directly (the answer still travels through the real utilization endpoint).
     sim._state.quota_bytes = 5 * GIB + 12345
@@ -57,7 +59,7 @@ async def test_capacity_rounds_the_largest_volume_down_to_whole_gib() -> None:
 
 
 async def test_another_clusters_disk_is_not_ours(env: Env) -> None:
-    other = ControllerOps(env.api, cluster="other")
+    other = build_controller_ops(env.api, cluster="other", inflight=InFlight())
     await other.create_volume(new())
     with pytest.raises(AlreadyExistsError, match="not created by this cluster"):
         await env.ops.create_volume(new())
@@ -73,8 +75,8 @@ async def test_out_of_range(env: Env) -> None:
 
 
 async def test_quota_is_resource_exhausted() -> None:
-    _sim, api = await make_env(quota_gib=2)
-    ops = ControllerOps(api, cluster="test")
+    made = controller_env(quota_gib=2)
+    api, ops = made.api, made.ops
     await ops.create_volume(new("a", required=2 * GIB))
     with pytest.raises(ResourceExhaustedError):
         await ops.create_volume(new("b", required=GIB))

@@ -1,0 +1,146 @@
+"""The layers of DESIGN.md ("one seam per outside system") as lint: ruff's banned-api (TID251 in
+pyproject.toml) refuses gRPC, HTTP and subprocesses outside the one layer that owns each.
+
+Run against ruff itself, with the project's configuration: a forbidden import fails lint, every
+exempt file needs its exemption, and (since an exemption is per file, not per library) an exempt
+file uses only the library its layer owns.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What each exempt file may use: its layer's own library, nothing else (the architecture, stated).
+GRPC = {"grpc", "csi_oxide._csi", "csi_oxide._pluginregistration"}
+HTTP = {"httpx", "aiohttp"}
+SUBPROCESS = {
+    "subprocess",
+    "asyncio.subprocess",
+    "asyncio.create_subprocess_exec",
+    "asyncio.create_subprocess_shell",
+}
+OWNED = {
+    "csi_oxide/server/*.py": GRPC,
+    "csi_oxide/demo.py": GRPC,
+    "csi_oxide/oxide/client.py": HTTP,
+    "csi_oxide/oxide/transport.py": HTTP,
+    "csi_oxide/testing.py": HTTP,
+    "csi_oxide/node/exec.py": SUBPROCESS,
+    "csi_oxide/harness.py": SUBPROCESS,
+    "csi_oxide/sim/runner.py": SUBPROCESS,
+    "csi_oxide/guest/vm.py": SUBPROCESS,
+}
+
+
+def banned_names(source: str, filename: str) -> set[str]:
+    """The banned names ruff reports for ``source`` linted as ``filename`` (TID251 only)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--select",
+            "TID251",
+            "--output-format",
+            "json",
+            "--stdin-filename",
+            filename,
+            "-",
+        ],
+        input=source,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    # "`grpc` is banned: ..." -> grpc
+    return {d["message"].split("`")[1] for d in json.loads(done.stdout)}
+
+
+def exempt_globs() -> list[str]:
+    """The csi_oxide files pyproject.toml exempts from TID251."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ignores = config["tool"]["ruff"]["lint"]["per-file-ignores"]
+    return [
+        glob
+        for glob, codes in ignores.items()
+        if glob.startswith("csi_oxide/") and "TID251" in codes
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("import grpc", "grpc"),
+        ("from csi_oxide._csi import csi_pb2", "csi_oxide._csi"),
+        ("import httpx", "httpx"),
+        ("import aiohttp", "aiohttp"),
+        ("import subprocess", "subprocess"),
+        (
+            "import asyncio\nasyncio.create_subprocess_exec('mkfs')",
+            "asyncio.create_subprocess_exec",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "where", ["csi_oxide/controller/probe.py", "csi_oxide/node/probe.py", "csi_oxide/probe.py"]
+)
+def test_a_forbidden_import_fails_lint(line: str, name: str, where: str) -> None:
+    assert banned_names(line + "\n", where) == {name}
+
+
+def test_the_owning_layer_may_import_its_library() -> None:
+    assert banned_names("import grpc\n", "csi_oxide/server/probe.py") == set()
+    assert banned_names("import httpx\n", "csi_oxide/oxide/client.py") == set()
+    assert banned_names("import subprocess\n", "csi_oxide/harness.py") == set()
+
+
+def test_exemptions_are_the_stated_ones() -> None:
+    assert sorted(exempt_globs()) == sorted(OWNED)
+
+
+@pytest.mark.parametrize("glob", sorted(OWNED))
+def test_each_exempt_file_needs_its_exemption_and_uses_only_its_library(glob: str) -> None:
+    files = [
+        p
+        for p in sorted(ROOT.glob("csi_oxide/**/*.py"))
+        if fnmatch.fnmatch(str(p.relative_to(ROOT)), glob)
+    ]
+    assert files, f"{glob} matches no file: drop the exemption"
+    for path in files:
+        # Linted under a name without exemptions: what it would be refused.
+        used = banned_names(path.read_text(), "csi_oxide/layer_probe.py")
+        rel = path.relative_to(ROOT)
+        assert used, f"{rel} uses nothing its exemption allows: drop the exemption"
+        assert used <= OWNED[glob], f"{rel} uses {sorted(used - OWNED[glob])} outside its layer"
+
+
+def test_nothing_in_the_product_imports_the_test_support() -> None:
+    """``csi_oxide.testing`` (and the simulator's in-process helpers) serve tests, benchmarks and
+    scripts only."""
+    support = {"csi_oxide.testing", "csi_oxide.sim.inprocess"}
+    for path in sorted(ROOT.glob("csi_oxide/**/*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        if module in support:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            used = support.intersection(names)
+            assert not used, f"{module} imports {sorted(used)}"
