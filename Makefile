@@ -20,7 +20,7 @@ CLUSTER_DEBS := etcd-server containerd runc containernetworking-plugins podman d
   busybox-static openssl iproute2
 
 .PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos node-chaos clean guest \
-  cluster-deps cluster-tools e2e e2e-if-root
+  cluster-deps cluster-tools e2e e2e-if-root conformance helm
 
 help:
 	@echo "make demo   - simulator + driver: one volume through its whole life (root for real devices)"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench  - performance ratios against the physical limits"
 	@echo "make guest  - the node plugin in a qemu guest with NVMe hot-plug (root; minutes)"
 	@echo "make e2e    - the driver in a one-node Kubernetes built here (root; first run builds it)"
+	@echo "make conformance - Kubernetes' external-storage e2e suite against the driver (root)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +62,11 @@ system-deps:
 	  fi; \
 	fi
 
-tools: $(CSI_SANITY)
+tools: $(CSI_SANITY) helm
+
+# helm, built from its Go module into .tools/cluster (cached by version), for tests/deploy/test_helm.py.
+helm:
+	$(PYTHON) scripts/cluster/build_tools.py --only helm --jobs 2
 
 $(CSI_SANITY):
 	mkdir -p $(TOOLS)
@@ -116,6 +121,12 @@ cluster-tools: $(STAMP)
 
 e2e: setup cluster-deps cluster-tools
 	CSI_OXIDE_E2E=1 $(VENV)/bin/pytest -s -p no:randomly -p no:cacheprovider tests/e2e
+
+# Kubernetes' own external-storage e2e suite (e2e.test v1.34.4, built with agnhost into
+# .tools/cluster) against the driver on the one-node cluster; tests/e2e/conformance.py holds the
+# focus and the skips with their reasons. Exits non-zero on any failure in the claimed patterns.
+conformance: setup cluster-deps cluster-tools
+	$(PY) -m tests.e2e.conformance
 
 demo: setup
 	$(VENV)/bin/csi-oxide demo

@@ -10,7 +10,10 @@ repeats its replace lines against published versions (a `./staging/src/k8s.io/X`
 A binary already present under .tools/cluster/<name>-<version> is not rebuilt, so a second run
 builds nothing. Builds are static (CGO_ENABLED=0) so the sidecar images need nothing but the binary.
 
-Usage: build_tools.py [--tools-dir DIR] [--only NAME ...] [--list]
+The e2e suite binary (e2e.test, a `go test -c` of k8s.io/kubernetes/test/e2e) and agnhost are
+built only with --suite or --only (`make conformance`).
+
+Usage: build_tools.py [--tools-dir DIR] [--only NAME ...] [--suite] [--list]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Tool:
     package: str  # the main package
     plain: bool = False  # `go install` works (no replace directives)
     ldflags: str = ""
+    test: bool = False  # a test binary: `go test -c` of the package (the e2e suite)
 
 
 def _kube_ldflags(version: str) -> str:
@@ -109,7 +113,55 @@ TOOLS: tuple[Tool, ...] = (
         "csi-resizer",
         plain=True,
     ),
+    # helm installs the chart (deploy/helm/csi-oxide); no replace lines, so `go install` builds
+    # it. The ldflags are those of helm's own Makefile: its version, and the Kubernetes version
+    # of its client-go (v0.37 -> 1.37) as `helm template`'s and `helm lint`'s default cluster.
+    Tool(
+        name="helm",
+        module="helm.sh/helm/v3",
+        version="v3.22.0",
+        package="helm.sh/helm/v3/cmd/helm",
+        plain=True,
+        ldflags=" ".join(
+            [
+                "-X helm.sh/helm/v3/internal/version.version=v3.22.0",
+                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                *(
+                    f"-X helm.sh/helm/v3/pkg/{p}.k8sVersionMajor=1"
+                    for p in ("lint/rules", "chartutil")
+                ),
+                *(
+                    f"-X helm.sh/helm/v3/pkg/{p}.k8sVersionMinor=37"
+                    for p in ("lint/rules", "chartutil")
+                ),
+                "-s -w",
+            ]
+        ),
+    ),
 )
+
+# What `make conformance` needs on top (tests/e2e/conformance.py), built only when asked for
+# (--suite or --only): Kubernetes' own e2e suite, compiled from the same module and version as the
+# cluster (`go test -c k8s.io/kubernetes/test/e2e`), and agnhost, the suite's test program (its
+# image, registry.k8s.io/e2e-test-images/agnhost:2.56, is made from this binary).
+SUITE_TOOLS: tuple[Tool, ...] = (
+    Tool(
+        name="e2e.test",
+        module="k8s.io/kubernetes",
+        version=KUBE_VERSION,
+        package="k8s.io/kubernetes/test/e2e",
+        ldflags=_kube_ldflags(KUBE_VERSION),
+        test=True,
+    ),
+    Tool(
+        name="agnhost",
+        module="k8s.io/kubernetes",
+        version=KUBE_VERSION,
+        package="k8s.io/kubernetes/test/images/agnhost",
+        ldflags="-s -w",
+    ),
+)
+ALL_TOOLS = TOOLS + SUITE_TOOLS
 
 SNAPSHOT_CLIENT = ("github.com/kubernetes-csi/external-snapshotter/client/v8", "v8.6.0")
 
@@ -204,7 +256,7 @@ def build(tool: Tool, tools_dir: Path, jobs: int) -> Path:
             subprocess.run(
                 [
                     "go",
-                    "build",
+                    *(("test", "-c") if tool.test else ("build",)),
                     f"-p={jobs}",
                     "-trimpath",
                     f"-ldflags={tool.ldflags}",
@@ -240,11 +292,20 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="go build -p (at most 2 here)")
     parser.add_argument("--list", action="store_true", help="print name=path and exit")
     parser.add_argument("--crd-dir", action="store_true", help="print the snapshot CRD folder")
+    parser.add_argument(
+        "--suite", action="store_true", help="also build the e2e suite (e2e.test) and agnhost"
+    )
     args = parser.parse_args()
     if args.crd_dir:
         print(snapshot_crd_dir())
         return 0
-    tools = [t for t in TOOLS if args.only is None or t.name in args.only]
+    if args.only is not None:
+        unknown = set(args.only) - {t.name for t in ALL_TOOLS}
+        if unknown:
+            parser.error(f"unknown tool(s): {', '.join(sorted(unknown))}")
+        tools = [t for t in ALL_TOOLS if t.name in args.only]
+    else:
+        tools = list(TOOLS + SUITE_TOOLS if args.suite or args.list else TOOLS)
     if args.list:
         for t in tools:
             print(f"{t.name}={cached_path(args.tools_dir, t)}")

@@ -30,6 +30,7 @@ from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide.cli import build_parser
 from csi_oxide.oxide.credentials import load_credentials
 from csi_oxide.server import parse
+from csi_oxide.volumes import FILESYSTEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -440,7 +441,7 @@ def test_controller_sidecars_elect_a_leader_and_wait_long_enough() -> None:
     provisioner = _sidecar("Deployment", "csi-provisioner")
     assert "--extra-create-metadata" in provisioner["args"]
     assert "--extra-create-metadata" in _sidecar("Deployment", "csi-snapshotter")["args"]
-    assert _flag(provisioner, "default-fstype") in parse.FS_TYPES
+    assert _flag(provisioner, "default-fstype") in FILESYSTEMS
     # Expansion is offline only: the resizer must wait for the claim to be unused.
     assert _flag(_sidecar("Deployment", "csi-resizer"), "handle-volume-inuse-error") == "true"
 
@@ -520,7 +521,7 @@ def test_storageclass_parameters_are_accepted_by_the_driver() -> None:
     assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
     assert sc["allowVolumeExpansion"] is True
     params = sc.get("parameters", {})
-    assert params.get("csi.storage.k8s.io/fstype", "ext4") in parse.FS_TYPES
+    assert params.get("csi.storage.k8s.io/fstype", "ext4") in FILESYSTEMS
     # What CreateVolume receives: the provisioner drops its own csi.storage.k8s.io/ keys and,
     # with --extra-create-metadata, adds the claim's and volume's names.
     sent = {k: v for k, v in params.items() if not k.startswith(parse.K8S_PREFIX)}

@@ -5,8 +5,10 @@ Go module, scripts/cluster/build_tools.py), containerd + runc (Debian). Everythi
 127.0.0.1 or on unix sockets in a temporary state folder; every process is started and stopped by
 its PID; nothing is pulled (containerd's proxy is a closed loopback port). The kubelet registers
 with this machine's own non-loopback address (it refuses a loopback one); nothing is ever sent to
-it: the kubelet serves on 127.0.0.1 only, probes in the test overlay name 127.0.0.1, and the test
-never uses `kubectl logs`/`exec` (logs are read from the state folder instead).
+it: the kubelet serves on 127.0.0.1 only, and probes in the test overlay name 127.0.0.1. The node
+is named ``localhost``, so its Hostname address resolves to 127.0.0.1 and the API server, told to
+prefer Hostname addresses, reaches the kubelet there for `kubectl exec`/`logs` (authenticated by
+a client certificate of the cluster's CA, which the kubelet trusts).
 
 `Cluster.stop()` leaves no process, mount, cgroup, loop device or file behind, also after a
 failure half-way through `start()`.
@@ -33,7 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = ROOT / ".tools" / "cluster"
 HERE = Path(__file__).resolve().parent
-NODE_NAME = "csi-oxide-e2e"
+# The node's name is also its Hostname address, which the API server dials for exec/logs: it must
+# resolve to loopback (the kubelet's registered InternalIP is never contacted).
+NODE_NAME = "localhost"
 SERVICE_RANGE = "127.100.0.0/16"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # containerd's proxy: any pull fails at once, locally.
@@ -256,6 +260,19 @@ class Cluster:
             "-CAkey", pki / "ca.key", "-CAcreateserial", "-days", "2",
             "-out", pki / "apiserver.crt", "-extfile", ext,
         )  # fmt: skip
+        # The API server's client certificate towards the kubelet (exec, logs, port-forward).
+        client_ext = pki / "client.ext"
+        client_ext.write_text("extendedKeyUsage=clientAuth\n")
+        self._openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", pki / "kubelet-client.key",
+            "-out", pki / "kubelet-client.csr",
+            "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        )  # fmt: skip
+        self._openssl(
+            "x509", "-req", "-in", pki / "kubelet-client.csr", "-CA", pki / "ca.crt",
+            "-CAkey", pki / "ca.key", "-CAcreateserial", "-days", "2",
+            "-out", pki / "kubelet-client.crt", "-extfile", client_ext,
+        )  # fmt: skip
         (pki / "tokens.csv").write_text(
             f'{self.admin_token},admin,admin,"system:masters"\n'
             f'{self.kubelet_token},system:node:{NODE_NAME},kubelet,"system:nodes"\n'
@@ -329,6 +346,9 @@ class Cluster:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=Hostname",
                 f"--service-cluster-ip-range={SERVICE_RANGE}",
                 "--endpoint-reconciler-type=none",
                 "--service-account-issuer=https://kubernetes.default.svc",
@@ -501,6 +521,7 @@ disabled_plugins = [
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(self.state / "pki" / "ca.crt")},
             },
             "authorization": {"mode": "AlwaysAllow"},
             "evictionHard": {

@@ -14,29 +14,30 @@ Kubernetes binaries (cached under .tools/cluster by version).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import secrets
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.oxide.types import Disk, Snapshot
-from tests.e2e import images, overlay
+from tests.e2e import images
 from tests.e2e.cluster import Cluster, Tools, free_port, log, wait_for
+from tests.e2e.stack import (
+    Sim,
+    cluster_images,
+    install_driver,
+    install_snapshot_support,
+    loops_backed_by,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
@@ -54,74 +55,6 @@ pytestmark = [
         reason="the Kubernetes cluster test needs root (containerd, kubelet, loop devices)",
     ),
 ]
-
-
-# ---- the simulated rack ---------------------------------------------------------------------
-
-
-@dataclass
-class Sim:
-    """``csi-oxide sim --backing loop`` on the host, reachable by the driver on 127.0.0.1."""
-
-    state: Path
-    hotplug: bool
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.state.mkdir(parents=True, exist_ok=True)
-        env_file = self.state / "sim.env"
-        env_file.unlink(missing_ok=True)
-        argv = [
-            sys.executable, "-m", "csi_oxide", "sim", "--backing", "loop",
-            "--state-dir", str(self.state / "disks"), "--env-file", str(env_file),
-            "--listen", f"127.0.0.1:{self.port}",
-        ]  # fmt: skip
-        if self.hotplug:
-            argv.append("--hotplug")
-        logf = (self.state / f"sim-{'hotplug' if self.hotplug else 'today'}.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
-        logf.close()
-        wait_for("the simulator's env file", env_file.exists, 60)
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            self.env[key] = shlex.split(value)[0]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def _api(self) -> HttpOxideClient:
-        return HttpOxideClient(
-            self.env["OXIDE_HOST"], lambda: self.env["OXIDE_TOKEN"], self.env["OXIDE_PROJECT"]
-        )
-
-    def _call(self, fn: Callable[[HttpOxideClient], Any]) -> Any:
-        async def go() -> Any:
-            api = self._api()
-            try:
-                return await fn(api)
-            finally:
-                await api.aclose()
-
-        return asyncio.run(go())
-
-    def disks(self) -> dict[str, Disk]:
-        return {d.name: d for d in self._call(lambda api: api.disk_list())}
-
-    def snapshots(self) -> dict[str, Snapshot]:
-        return {s.name: s for s in self._call(lambda api: api.snapshot_list())}
-
-    def attached(self) -> set[str]:
-        node = self.env["CSI_OXIDE_NODE_ID"]
-        return {d.name for d in self._call(lambda api: api.instance_disk_list(node))}
 
 
 # ---- reporting ------------------------------------------------------------------------------
@@ -348,15 +281,6 @@ def mount_source(path: Path) -> str | None:
 def loop_backing(device: str) -> str:
     name = Path(device).name
     return Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
-
-
-def loops_backed_by(folder: Path) -> list[str]:
-    found = []
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        with contextlib.suppress(OSError):
-            if backing.read_text().strip().startswith(str(folder)):
-                found.append(backing.parent.parent.name)
-    return found
 
 
 def assert_on_disk(world: World, p: Any, claim: str, file: str, token: str) -> Any:
@@ -627,55 +551,6 @@ def check_hotplug_off(world: World) -> None:
     assert world.sim.disks() == {}
 
 
-# ---- installation ---------------------------------------------------------------------------
-
-
-def install_snapshot_support(cluster: Cluster, tools: Tools) -> None:
-    crds = sorted(
-        p for p in tools["snapshot-crds"].glob("*.yaml") if p.name != "kustomization.yaml"
-    )
-    for crd in crds:
-        cluster.kubectl("apply", "-f", str(crd))
-    for crd in crds:
-        cluster.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s")
-    manifest = (Path(__file__).parent / "manifests" / "snapshot-controller.yaml").read_text()
-    cluster.apply(manifest.replace("@API_PORT@", str(cluster.api_port)))
-
-
-def install_driver(cluster: Cluster, sim: Sim, ports: tuple[int, int], run: str) -> None:
-    docs = overlay.overlay(
-        overlay.render_base(cluster.kubectl_path),
-        sim_env=sim.env,
-        api_port=cluster.api_port,
-        kubelet_dir=cluster.kubelet_dir,
-        state_dir=cluster.state,
-        ports=ports,
-        run=run,
-    )
-    cluster.apply(docs)
-    node_id = sim.env["CSI_OXIDE_NODE_ID"]
-
-    def registered() -> bool:
-        csinode = cluster.get("csinode", "csi-oxide-e2e")
-        drivers = (csinode or {}).get("spec", {}).get("drivers") or []
-        return any(d["name"] == "csi.oxide.computer" and d["nodeID"] == node_id for d in drivers)
-
-    def rolled(kind: str, name: str) -> bool:
-        done = cluster.kubectl(
-            "rollout", "status", "-n", "kube-system", f"{kind}/{name}", "--timeout=5s", check=False
-        )
-        return done.returncode == 0
-
-    try:
-        wait_for("controller rolled out", lambda: rolled("deployment", "csi-oxide-controller"), 180)
-        wait_for("node plugin rolled out", lambda: rolled("daemonset", "csi-oxide-node"), 180)
-        wait_for("the kubelet registered the driver (CSINode)", registered, 120)
-    except TimeoutError as exc:
-        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-        events = cluster.kubectl("get", "events", "-n", "kube-system", check=False).stdout[-4000:]
-        raise AssertionError(f"{exc}\n{pods}\n{events}\n{cluster.diagnostics()}") from None
-
-
 # ---- the test -------------------------------------------------------------------------------
 
 
@@ -693,19 +568,7 @@ def test_the_driver_in_a_one_node_kubernetes() -> None:
         with report.scenario("images: driver from the Dockerfile, sidecars, busybox, pause"):
             out = work / "images"
             out.mkdir()
-            built = [
-                images.driver_image(ROOT / ".tools" / "images", out),
-                images.busybox_image(out),
-                images.pause_image(out),
-            ]
-            for name, image in (
-                ("csi-provisioner", "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"),
-                ("csi-attacher", "registry.k8s.io/sig-storage/csi-attacher:v4.12.0"),
-                ("csi-resizer", "registry.k8s.io/sig-storage/csi-resizer:v2.3.0"),
-                ("csi-snapshotter", "registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0"),
-                ("snapshot-controller", "registry.k8s.io/sig-storage/snapshot-controller:v8.6.0"),
-            ):
-                built.append(images.sidecar_image(image, tools[name], out))
+            built = cluster_images(tools, out)
         with report.scenario("cluster up, images imported, driver installed and registered"):
             cluster.start(lambda c: images.import_images(built, c.containerd_sock))
             install_snapshot_support(cluster, tools)

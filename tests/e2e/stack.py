@@ -1,0 +1,187 @@
+"""What the cluster test (test_cluster.py) and the conformance run (conformance.py) both set up on
+the one-node cluster: the simulated rack, the images, the snapshot support and the driver.
+
+- ``Sim``: ``csi-oxide sim --backing loop`` on the host, reachable by the driver on 127.0.0.1.
+- ``cluster_images``: every image the cluster and the driver's pods run (images.py makes them).
+- ``install_snapshot_support``: the snapshot CRDs and the snapshot controller.
+- ``install_driver``: deploy/kubernetes/base through the test overlay (overlay.py), or the Helm
+  chart deploy/helm/csi-oxide with the same changes as values (helm.py), waited for until the
+  kubelet has registered the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.oxide.types import Disk, Snapshot
+from tests.e2e import helm, images, overlay
+from tests.e2e.cluster import NODE_NAME, Cluster, Tools, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDECARS = (
+    ("csi-provisioner", "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"),
+    ("csi-attacher", "registry.k8s.io/sig-storage/csi-attacher:v4.12.0"),
+    ("csi-resizer", "registry.k8s.io/sig-storage/csi-resizer:v2.3.0"),
+    ("csi-snapshotter", "registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0"),
+    ("snapshot-controller", "registry.k8s.io/sig-storage/snapshot-controller:v8.6.0"),
+)
+
+
+@dataclass
+class Sim:
+    """``csi-oxide sim --backing loop`` on the host, reachable by the driver on 127.0.0.1."""
+
+    state: Path
+    hotplug: bool
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        env_file = self.state / "sim.env"
+        env_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "csi_oxide", "sim", "--backing", "loop",
+            "--state-dir", str(self.state / "disks"), "--env-file", str(env_file),
+            "--listen", f"127.0.0.1:{self.port}",
+        ]  # fmt: skip
+        if self.hotplug:
+            argv.append("--hotplug")
+        logf = (self.state / f"sim-{'hotplug' if self.hotplug else 'today'}.log").open("ab")
+        self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+        logf.close()
+        wait_for("the simulator's env file", env_file.exists, 60)
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            self.env[key] = shlex.split(value)[0]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def _api(self) -> HttpOxideClient:
+        return HttpOxideClient(
+            self.env["OXIDE_HOST"], lambda: self.env["OXIDE_TOKEN"], self.env["OXIDE_PROJECT"]
+        )
+
+    def _call(self, fn: Callable[[HttpOxideClient], Any]) -> Any:
+        async def go() -> Any:
+            api = self._api()
+            try:
+                return await fn(api)
+            finally:
+                await api.aclose()
+
+        return asyncio.run(go())
+
+    def disks(self) -> dict[str, Disk]:
+        return {d.name: d for d in self._call(lambda api: api.disk_list())}
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        return {s.name: s for s in self._call(lambda api: api.snapshot_list())}
+
+    def attached(self) -> set[str]:
+        node = self.env["CSI_OXIDE_NODE_ID"]
+        return {d.name for d in self._call(lambda api: api.instance_disk_list(node))}
+
+
+def loops_backed_by(folder: Path) -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip().startswith(str(folder)):
+                found.append(backing.parent.parent.name)
+    return found
+
+
+def cluster_images(tools: Tools, out: Path) -> list[images.Image]:
+    """The driver (from the Dockerfile), the sidecars, busybox and the pause image, in ``out``."""
+    built = [
+        images.driver_image(ROOT / ".tools" / "images", out),
+        images.busybox_image(out),
+        images.pause_image(out),
+    ]
+    for name, image in SIDECARS:
+        built.append(images.sidecar_image(image, tools[name], out))
+    return built
+
+
+def install_snapshot_support(cluster: Cluster, tools: Tools) -> None:
+    crds = sorted(
+        p for p in tools["snapshot-crds"].glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    for crd in crds:
+        cluster.kubectl("apply", "-f", str(crd))
+    for crd in crds:
+        cluster.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s")
+    manifest = (Path(__file__).parent / "manifests" / "snapshot-controller.yaml").read_text()
+    cluster.apply(manifest.replace("@API_PORT@", str(cluster.api_port)))
+
+
+def install_driver(
+    cluster: Cluster, sim: Sim, ports: tuple[int, int], run: str, *, how: str = "kustomize"
+) -> None:
+    """Install (or re-install against a new simulator) and wait until the kubelet registered it.
+
+    ``how``: "kustomize" (deploy/kubernetes/base through overlay.py, applied with kubectl) or
+    "helm" (deploy/helm/csi-oxide through helm.py). One install path per cluster."""
+    if how == "helm":
+        helm.install(
+            cluster.kubeconfig,
+            sim_env=sim.env,
+            api_port=cluster.api_port,
+            kubelet_dir=cluster.kubelet_dir,
+            state_dir=cluster.state,
+            ports=ports,
+            run=run,
+        )
+    elif how == "kustomize":
+        docs = overlay.overlay(
+            overlay.render_base(cluster.kubectl_path),
+            sim_env=sim.env,
+            api_port=cluster.api_port,
+            kubelet_dir=cluster.kubelet_dir,
+            state_dir=cluster.state,
+            ports=ports,
+            run=run,
+        )
+        cluster.apply(docs)
+    else:
+        raise ValueError(f"unknown install path {how!r}")
+    node_id = sim.env["CSI_OXIDE_NODE_ID"]
+
+    def registered() -> bool:
+        csinode = cluster.get("csinode", NODE_NAME)
+        drivers = (csinode or {}).get("spec", {}).get("drivers") or []
+        return any(d["name"] == "csi.oxide.computer" and d["nodeID"] == node_id for d in drivers)
+
+    def rolled(kind: str, name: str) -> bool:
+        done = cluster.kubectl(
+            "rollout", "status", "-n", "kube-system", f"{kind}/{name}", "--timeout=5s", check=False
+        )
+        return done.returncode == 0
+
+    try:
+        wait_for("controller rolled out", lambda: rolled("deployment", "csi-oxide-controller"), 180)
+        wait_for("node plugin rolled out", lambda: rolled("daemonset", "csi-oxide-node"), 180)
+        wait_for("the kubelet registered the driver (CSINode)", registered, 120)
+    except TimeoutError as exc:
+        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = cluster.kubectl("get", "events", "-n", "kube-system", check=False).stdout[-4000:]
+        raise AssertionError(f"{exc}\n{pods}\n{events}\n{cluster.diagnostics()}") from None
