@@ -186,16 +186,3 @@ class LoopBacking:
                 continue  # best effort at shutdown; the device keeps its autoclear flag
         if self._owned:
             shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-def make_backing(kind: str, state_dir: Path | None) -> Backing:
-    """The backing named ``kind`` (``memory``, ``loop`` or ``guest``)."""
-    if kind == "memory":
-        return MemoryBacking()
-    if kind == "loop":
-        return LoopBacking(state_dir)
-    if kind == "guest":
-        from csi_oxide.guest.backing import GuestBacking  # qemu's world, only when asked for
-
-        return GuestBacking(state_dir)
-    raise ValueError(f"unknown backing {kind!r}: use memory, loop or guest")

@@ -19,7 +19,8 @@ from typing import TypeVar
 from starlette.applications import Starlette
 
 from csi_oxide.sim.app import build_app
-from csi_oxide.sim.backing import Backing, make_backing
+from csi_oxide.sim.backing import Backing
+from csi_oxide.sim.backings import make_backing
 from csi_oxide.sim.config import SimConfig
 from csi_oxide.sim.faults import Faults
 from csi_oxide.sim.handlers import Call, Handler, Reply

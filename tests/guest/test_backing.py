@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from csi_oxide.guest.backing import GuestBacking
-from csi_oxide.sim.backing import make_backing
+from csi_oxide.sim.backings import make_backing
 
 
 def test_make_backing_knows_guest(tmp_path: Path) -> None:

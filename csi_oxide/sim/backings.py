@@ -1,0 +1,24 @@
+"""The backing the simulator runs on, by name.
+
+Its own module so that no import runs in a circle: ``guest.backing`` builds on ``sim.backing``,
+and this module, not ``sim.backing``, reaches into the guest package (only when asked for).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from csi_oxide.sim.backing import Backing, LoopBacking, MemoryBacking
+
+
+def make_backing(kind: str, state_dir: Path | None) -> Backing:
+    """The backing named ``kind`` (``memory``, ``loop`` or ``guest``)."""
+    if kind == "memory":
+        return MemoryBacking()
+    if kind == "loop":
+        return LoopBacking(state_dir)
+    if kind == "guest":
+        from csi_oxide.guest.backing import GuestBacking  # qemu's world, only when asked for
+
+        return GuestBacking(state_dir)
+    raise ValueError(f"unknown backing {kind!r}: use memory, loop or guest")
