@@ -43,7 +43,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -263,9 +263,21 @@ def agnhost_image(agnhost: Path, out_dir: Path) -> Image:
     return Image(SUITE_AGNHOST_IMAGE, archive)
 
 
-def debian_rootfs(cache_dir: Path, stem: str, recipe: str, packages: Sequence[str]) -> Path:
-    """A debootstrap minbase bookworm rootfs with ``packages``, as a tarball (cached by recipe)."""
-    key = hashlib.sha256(f"{recipe} {' '.join(packages)}".encode()).hexdigest()[:12]
+def debian_rootfs(
+    cache_dir: Path,
+    stem: str,
+    recipe: str,
+    packages: Sequence[str],
+    *,
+    shape: Callable[[Path], None] | None = None,
+    key_extra: bytes = b"",
+) -> Path:
+    """A debootstrap minbase bookworm rootfs with ``packages``, as a tarball (cached by recipe).
+
+    ``shape`` changes the fresh rootfs before it is packed; ``key_extra`` is what else its recipe
+    depends on (part of the cache key)."""
+    recipe_text = f"{recipe} {' '.join(packages)}" + (f" {key_extra!r}" if key_extra else "")
+    key = hashlib.sha256(recipe_text.encode()).hexdigest()[:12]
     target = cache_dir / f"{stem}-{key}.tar"
     if target.exists():
         return target
@@ -283,6 +295,8 @@ def debian_rootfs(cache_dir: Path, stem: str, recipe: str, packages: Sequence[st
             DEBIAN_MIRROR,
             stdout=subprocess.DEVNULL,
         )
+        if shape is not None:
+            shape(rootfs)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / junk).glob("*"):
                 if p.is_file():
@@ -328,42 +342,24 @@ def pause_image(out_dir: Path) -> Image:
     return Image(PAUSE_IMAGE, archive)
 
 
+def _shape_like_python_slim(rootfs: Path) -> None:
+    """Shaped like python:3.11-slim where the Dockerfile relies on it; the host's CA bundle in."""
+    (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+    for marker in (rootfs / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+        marker.unlink()
+    shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
+
+
 def base_rootfs(cache_dir: Path) -> Path:
     """The stand-in for the Dockerfile's FROM image as a rootfs tarball (cached by recipe)."""
-    key = hashlib.sha256(
-        f"{BASE_RECIPE} {' '.join(BASE_PACKAGES)} {HOST_CA_BUNDLE.read_bytes()!r}".encode()
-    ).hexdigest()[:12]
-    target = cache_dir / f"python-base-{key}.tar"
-    if target.exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    _log("debootstrap bookworm (minbase + python3) for the Dockerfile's base image ...")
-    with tempfile.TemporaryDirectory(prefix="csi-oxide-rootfs-", dir=cache_dir) as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        _run(
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            "bookworm",
-            rootfs,
-            DEBIAN_MIRROR,
-            stdout=subprocess.DEVNULL,
-        )
-        # Shaped like python:3.11-slim where the Dockerfile relies on it.
-        (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
-        for marker in (rootfs / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
-            marker.unlink()
-        shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for p in (rootfs / junk).glob("*"):
-                if p.is_file():
-                    p.unlink()
-        part = target.with_suffix(".part")
-        _run("tar", "--numeric-owner", "-C", rootfs, "-cf", part, ".")
-        part.rename(target)
-    _log(f"base rootfs ready in {time.monotonic() - started:.0f} s")
-    return target
+    return debian_rootfs(
+        cache_dir,
+        "python-base",
+        BASE_RECIPE,
+        BASE_PACKAGES,
+        shape=_shape_like_python_slim,
+        key_extra=HOST_CA_BUNDLE.read_bytes(),
+    )
 
 
 def driver_image(cache_dir: Path, out_dir: Path) -> Image:
