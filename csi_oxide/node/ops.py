@@ -286,7 +286,14 @@ class NodeOps:
                 "created blank); it was left untouched"
             )
         async with self._format_slots:
-            await self._refuse_if_held(where, device)  # again: the wait for a slot may be long
+            # Again, as the wait for a slot may be long: still free, still blank to blkid.
+            await self._refuse_if_held(where, device)
+            appeared = await self._fs.probe(device.path)
+            if appeared.found:
+                raise FailedPreconditionError(
+                    f"{where}: {appeared.fstype or appeared.pttype or appeared.usage} appeared on "
+                    "it while it waited to be formatted; it was left untouched"
+                )
             await self._devices.verify(device, volume_id)
             record = replace(record, history=MKFS_STARTED, history_fstype=fstype)
             await self._records.save(record)  # fsynced before mkfs writes a byte

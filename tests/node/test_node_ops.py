@@ -371,6 +371,31 @@ async def test_a_device_taken_while_waiting_for_a_mkfs_slot_is_left_alone(world:
     assert (await world.store.load(VOLUME)).history == ""
 
 
+async def test_a_filesystem_made_while_waiting_for_a_mkfs_slot_is_left_alone(
+    world: World,
+) -> None:
+    """The checks passed, then the volume waited for a mkfs slot: a filesystem someone made on
+    the device in the meantime (and finished, so nothing holds the device) is seen by blkid
+    again right before mkfs."""
+    busy = [f"csi-{i:016x}" for i in range(MKFS_CONCURRENCY)]
+    for volume in busy:
+        world.devices.attach(volume)
+    dev = world.devices.attach(VOLUME)
+    world.fs.mkfs_gate = asyncio.Event()
+    holders = [asyncio.ensure_future(world.stage(v, name=v)) for v in busy]
+    await _until(lambda: world.fs.mkfs_running == MKFS_CONCURRENCY)  # every slot taken
+    waiting = asyncio.ensure_future(world.stage())
+    await _until(lambda: world.fs.zero_checks_answered == len(busy) + 1)  # its checks passed
+    assert not waiting.done()
+    world.fs.disk(dev.path).signature = Signature(fstype="xfs")
+    world.fs.mkfs_gate.set()
+    with pytest.raises(FailedPreconditionError, match="xfs appeared on it while it waited"):
+        await asyncio.wait_for(waiting, GUARD)
+    await asyncio.gather(*holders)
+    assert (dev.path, "ext4") not in world.fs.formatted
+    assert (await world.store.load(VOLUME)).history == ""
+
+
 async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(world: World) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.interrupt_next_mkfs = True
