@@ -18,7 +18,13 @@ from csi_oxide.node.fs import Signature
 from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore
 from csi_oxide.publish_context import Origin
-from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter, MkfsInterruptedError
+from tests.node.fakes import (
+    Disk,
+    FakeDevices,
+    FakeFilesystems,
+    FakeMounter,
+    MkfsInterruptedError,
+)
 
 VOLUME = "csi-0123456789abcdef"
 TWIN = "csi-0123456789abcdef-twin"  # the same first 20 characters: the same NVMe serial
@@ -349,34 +355,25 @@ async def test_zero_checks_run_for_every_volume_at_once_while_mkfs_stays_bounded
     assert len(world.fs.formatted) == len(volumes) and world.fs.mkfs_peak == MKFS_CONCURRENCY
 
 
-async def test_a_device_taken_while_waiting_for_a_mkfs_slot_is_left_alone(world: World) -> None:
-    """The checks passed, then the volume waited for a mkfs slot: whatever took the device in
-    the meantime (a mount elsewhere, another mkfs) is seen again right before mkfs."""
-    busy = [f"csi-{i:016x}" for i in range(MKFS_CONCURRENCY)]
-    for volume in busy:
-        world.devices.attach(volume)
-    dev = world.devices.attach(VOLUME)
-    world.fs.mkfs_gate = asyncio.Event()
-    holders = [asyncio.ensure_future(world.stage(v, name=v)) for v in busy]
-    await _until(lambda: world.fs.mkfs_running == MKFS_CONCURRENCY)  # every slot taken
-    waiting = asyncio.ensure_future(world.stage())
-    await _until(lambda: world.fs.zero_checks_answered == len(busy) + 1)  # its checks passed
-    assert not waiting.done()
-    world.fs.disk(dev.path).held = True
-    world.fs.mkfs_gate.set()
-    with pytest.raises(FailedPreconditionError, match="held by something else"):
-        await asyncio.wait_for(waiting, GUARD)
-    await asyncio.gather(*holders)
-    assert (dev.path, "ext4") not in world.fs.formatted
-    assert (await world.store.load(VOLUME)).history == ""
+def _hold(disk: Disk) -> None:
+    disk.held = True  # a mount elsewhere, or another mkfs still running
 
 
-async def test_a_filesystem_made_while_waiting_for_a_mkfs_slot_is_left_alone(
-    world: World,
+def _make_xfs(disk: Disk) -> None:
+    disk.signature = Signature(fstype="xfs")  # someone's mkfs, finished: nothing holds it
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "refusal"),
+    [(_hold, "held by something else"), (_make_xfs, "xfs appeared on it while it waited")],
+    ids=["device-held", "filesystem-made"],
+)
+async def test_what_happened_while_waiting_for_a_mkfs_slot_is_seen_and_left_alone(
+    world: World, meanwhile: Callable[[Disk], None], refusal: str
 ) -> None:
-    """The checks passed, then the volume waited for a mkfs slot: a filesystem someone made on
-    the device in the meantime (and finished, so nothing holds the device) is seen by blkid
-    again right before mkfs."""
+    """The checks passed, then the volume waited for a mkfs slot: whatever took the device or
+    wrote a filesystem on it in the meantime is seen again (held check, blkid) right before
+    mkfs."""
     busy = [f"csi-{i:016x}" for i in range(MKFS_CONCURRENCY)]
     for volume in busy:
         world.devices.attach(volume)
@@ -387,9 +384,9 @@ async def test_a_filesystem_made_while_waiting_for_a_mkfs_slot_is_left_alone(
     waiting = asyncio.ensure_future(world.stage())
     await _until(lambda: world.fs.zero_checks_answered == len(busy) + 1)  # its checks passed
     assert not waiting.done()
-    world.fs.disk(dev.path).signature = Signature(fstype="xfs")
+    meanwhile(world.fs.disk(dev.path))
     world.fs.mkfs_gate.set()
-    with pytest.raises(FailedPreconditionError, match="xfs appeared on it while it waited"):
+    with pytest.raises(FailedPreconditionError, match=refusal):
         await asyncio.wait_for(waiting, GUARD)
     await asyncio.gather(*holders)
     assert (dev.path, "ext4") not in world.fs.formatted
