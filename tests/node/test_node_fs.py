@@ -1,11 +1,15 @@
-"""The zero check's sample layout (pure) and its reads on a real loop device (root)."""
+"""The zero check's sample layout (pure) and its reads on a real loop device (root): the native
+AIO reader, the thread-pool fallback, and that both give the same answer on the same device."""
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +34,164 @@ def test_samples_cover_the_edges_and_are_spread_over_the_whole_device(size: int)
     assert total <= fs.HEAD_BYTES + 2 * fs.TAIL_BYTES + fs.ZERO_SAMPLES * fs.ZERO_SAMPLE_BYTES
 
 
+def test_the_layout_is_the_one_issue_12_fixed() -> None:
+    """The same ranges as the first implementation (one list, filtered for overlaps), at
+    sizes where samples are far apart and where they nearly touch."""
+
+    def first(size: int) -> list[tuple[int, int]]:
+        if size <= fs.HEAD_BYTES + fs.TAIL_BYTES + fs.ZERO_SAMPLES * fs.ZERO_SAMPLE_BYTES:
+            return [(0, size)] if size else []
+        ranges = [(0, fs.HEAD_BYTES)]
+        tail = (size - fs.TAIL_BYTES) // fs.ALIGN * fs.ALIGN
+        span = tail - fs.HEAD_BYTES
+        for i in range(fs.ZERO_SAMPLES):
+            offset = (fs.HEAD_BYTES + span * i // fs.ZERO_SAMPLES) // fs.ALIGN * fs.ALIGN
+            if offset > ranges[-1][0] + ranges[-1][1] - 1:
+                ranges.append((offset, min(fs.ZERO_SAMPLE_BYTES, tail - offset)))
+        ranges.append((tail, size - tail))
+        return [(o, n) for o, n in ranges if n > 0]
+
+    smallest = fs.HEAD_BYTES + fs.TAIL_BYTES + fs.ZERO_SAMPLES * fs.ZERO_SAMPLE_BYTES
+    for size in [smallest - 512, smallest, smallest + 512, smallest + 4096, 2 * smallest, GIB]:
+        assert fs.zero_check_ranges(size) == first(size), size
+    for size in [100 * GIB, 1023 * GIB + 512 * 7]:
+        assert fs.zero_check_ranges(size) == first(size), size
+
+
 def test_a_small_device_is_read_in_full() -> None:
     assert fs.zero_check_ranges(16 * MIB) == [(0, 16 * MIB)]
     assert fs.zero_check_ranges(0) == []
+
+
+@pytest.mark.parametrize("size", [16 * MIB + 512, GIB, 1024 * GIB])
+def test_the_reads_cover_the_ranges_exactly_in_pieces_of_at_most_a_mib(size: int) -> None:
+    ranges = fs.zero_check_ranges(size)
+    reads = list(fs.zero_check_reads(size))
+    assert all(0 < n <= fs.READ_BYTES for _, n in reads)
+    assert all(a[0] + a[1] <= b[0] for a, b in itertools.pairwise(reads))
+    covered = {o for o, n in ranges for o in range(o, o + n, 512)}
+    assert {o for o, n in reads for o in range(o, o + n, 512)} == covered
+    assert sum(n for _, n in reads) == sum(n for _, n in ranges)
+
+
+def _loop(backing: Path, size: int) -> str:
+    with backing.open("wb") as f:
+        f.truncate(size)
+    return subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def blank(tmp_path: Path) -> Iterator[str]:
+    """A fresh 1 GiB loop device over a sparse file: it reads as zeros everywhere."""
+    dev = _loop(tmp_path / "disk", GIB)
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def _poke(dev: str, offset: int, data: bytes = b"\x01") -> None:
+    """Write ``data`` at ``offset`` of the device (through its page cache; O_DIRECT reads see it,
+    the kernel writes the range back before reading it directly)."""
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+SAMPLE = fs.zero_check_ranges(GIB)[1234]  # a sample between the head and the tail
+BETWEEN = SAMPLE[0] + SAMPLE[1] + 64 * 1024  # not read by any sample (they are 128 KiB apart)
+# (where one non-zero byte is, what the check must answer): edges and samples are read; a byte
+# between samples is not (sampling is not proof, see fs.py).
+BYTES = {
+    "head, first byte": (0, False),
+    "head, last byte": (fs.HEAD_BYTES - 1, False),
+    "head, in its third MiB": (2 * MIB + 4097, False),
+    "tail, first byte": (GIB - fs.TAIL_BYTES, False),
+    "tail, last byte of the device": (GIB - 1, False),
+    "a sample, first byte": (SAMPLE[0], False),
+    "a sample, in the middle": (SAMPLE[0] + 2047, False),
+    "a sample, last byte": (SAMPLE[0] + SAMPLE[1] - 1, False),
+    "between two samples": (BETWEEN, True),
+}
+
+
+@pytest.mark.root
+def test_native_aio_is_what_answers_here(blank: str) -> None:
+    """The fast path is really taken on this machine (root, x86_64 or aarch64): the native
+    reader answers itself instead of handing over to the threads."""
+    assert fs.native_aio_available()
+    reads = list(fs.zero_check_reads(GIB))
+    assert fs.native_reads_as_zeros(blank, reads, threading.Event()) is True
+    _poke(blank, SAMPLE[0] + 100)
+    found = threading.Event()
+    assert fs.native_reads_as_zeros(blank, reads, found) is False
+    assert found.is_set()  # what stops the caller's other readers
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("native", [True, False], ids=["native AIO", "threads"])
+def test_a_blank_device_reads_as_zeros(blank: str, native: bool) -> None:
+    assert fs.reads_as_zeros(blank, native=native)
+
+
+def _bytes_read(dev: str) -> int:
+    """What the block layer has counted as read from ``dev`` (sectors of 512 bytes)."""
+    return int(Path(f"/sys/block/{Path(dev).name}/stat").read_text().split()[2]) * 512
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("native", [True, False], ids=["native AIO", "threads"])
+def test_each_path_reads_exactly_the_checks_bytes(blank: str, native: bool) -> None:
+    """No sample left out, none read twice: the device counts exactly the bytes of
+    ``zero_check_ranges`` (O_DIRECT: every byte the check compares came from the device)."""
+    before = _bytes_read(blank)
+    assert fs.reads_as_zeros(blank, native=native)
+    assert _bytes_read(blank) - before == sum(n for _, n in fs.zero_check_ranges(GIB))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("where", list(BYTES))
+def test_one_non_zero_byte_gives_the_same_answer_on_both_paths(blank: str, where: str) -> None:
+    offset, zeros = BYTES[where]
+    _poke(blank, offset)
+    assert fs.reads_as_zeros(blank, native=True) is zeros
+    assert fs.reads_as_zeros(blank, native=False) is zeros
+
+
+@pytest.mark.root
+def test_without_native_aio_the_threads_read(blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node where io_setup is refused (a seccomp profile: EPERM; an old kernel: ENOSYS): the
+    check falls back to the thread pool and still sees every byte it reads."""
+    kernel = fs._kernel()
+    assert kernel is not None
+
+    def refused(depth: int) -> int:
+        raise OSError(errno.EPERM, "io_setup refused")
+
+    monkeypatch.setattr(kernel, "setup", refused)
+    reads = list(fs.zero_check_reads(GIB))
+    assert fs.native_reads_as_zeros(blank, reads, threading.Event()) is None
+    assert not fs.native_aio_available()
+    assert fs.reads_as_zeros(blank)
+    _poke(blank, GIB - 1)
+    assert not fs.reads_as_zeros(blank)
+
+
+@pytest.mark.root
+def test_a_read_that_is_not_full_is_left_to_the_threads(blank: str) -> None:
+    """The native reader answers only from full reads: a read past the end (short) or one the
+    device refuses (O_DIRECT at an offset off the sector grid: EINVAL) hands over; the threads
+    then raise that error themselves (never an answer of "zeros")."""
+    assert fs.native_reads_as_zeros(blank, [(GIB, 4096)], threading.Event()) is None
+    assert fs.native_reads_as_zeros(blank, [(0, 4096), (100, 4096)], threading.Event()) is None
+    with pytest.raises(OSError, match="Invalid argument") as refused:
+        fs.threads_reads_as_zeros(blank, [(0, 4096), (100, 4096)], threading.Event())
+    assert refused.value.errno == errno.EINVAL
 
 
 @pytest.mark.root
@@ -58,22 +217,29 @@ def test_one_non_zero_4k_block_at_a_sample_is_seen(tmp_path: Path, offset: int) 
 
 
 @pytest.mark.root
-def test_a_stopped_zero_check_proves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native AIO", "threads"])
+def test_a_stopped_zero_check_proves_nothing(blank: str, native: bool) -> None:
     """The caller stops the check once its answer is not needed: a stopped check never says
     "zeros", even of a device that is all zeros."""
-    backing = tmp_path / "disk"
-    with backing.open("wb") as f:
-        f.truncate(GIB)
-    dev = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        stop = threading.Event()
-        assert fs.reads_as_zeros(dev, stop)
+    stop = threading.Event()
+    assert fs.reads_as_zeros(blank, stop, native=native)
+    stop.set()
+    assert not fs.reads_as_zeros(blank, stop, native=native)
+
+
+@pytest.mark.root
+def test_a_check_stopped_while_reading_stops(blank: str) -> None:
+    """Set from another thread in the middle of the reads (as a cancelled NodeStage does), the
+    check ends without an answer of "zeros"."""
+    stop = threading.Event()
+    reads = list(fs.zero_check_reads(GIB)) * 50  # long enough to be caught
+
+    def stopper() -> None:
+        time.sleep(0.005)
         stop.set()
-        assert not fs.reads_as_zeros(dev, stop)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+
+    threading.Thread(target=stopper).start()
+    assert fs.native_reads_as_zeros(blank, reads, stop) is False
 
 
 @pytest.mark.root
