@@ -32,9 +32,9 @@ def require_id(value: str, what: str = "volume") -> str:
 
     IDs are Oxide names (a volume ID is its disk's name, a snapshot ID its snapshot's; made by
     this driver or not, for static volumes), never UUIDs: anything else names nothing, so it is
-    answered locally and never sent to Oxide. Both services check with this (the controller in
-    ``ControllerOps``, the node in its servicer, each before taking the volume's guard); the
-    deletes, which answer OK for what does not exist, ask ``is_valid_name`` instead.
+    answered locally and never sent to Oxide. Both services check with this in their ops layer
+    (``ControllerOps``, ``NodeOps``), each before taking the volume's guard; the deletes, which
+    answer OK for what does not exist, ask ``is_valid_name`` instead.
     """
     if not is_valid_name(value):
         raise NotFoundError(f"{what} {value!r} does not exist ({what} IDs are Oxide names)")

@@ -147,9 +147,11 @@ async def build_server(
     if args.mode in ("node", "all"):
         node_id = resolve_node_id(args.node_id, env)
         device_dir = Path(args.sim_device_dir) if args.sim_device_dir else None
-        ops = build_node_ops(sim_device_dir=device_dir, state_dir=Path(args.state_dir))
         node_inflight = InFlight()  # never cut: a mkfs or mount runs to its end
-        node = NodeService(node_id=node_id, ops=ops, inflight=node_inflight)
+        ops = build_node_ops(
+            sim_device_dir=device_dir, state_dir=Path(args.state_dir), inflight=node_inflight
+        )
+        node = NodeService(node_id=node_id, ops=ops)
         closers.append(node_inflight.drain)  # at shutdown, let running node work finish
     services = Services(
         identity=IdentityService(health), controller=controller, node=node, observers=[metrics]
@@ -168,11 +170,17 @@ async def build_server(
 
 
 def build_node_ops(
-    *, sim_device_dir: Path | None, device_timeout: float = 60.0, state_dir: Path | None = None
+    *,
+    sim_device_dir: Path | None,
+    device_timeout: float = 60.0,
+    state_dir: Path | None = None,
+    inflight: InFlight | None = None,
 ) -> NodeOps:
     """The node's data path over its real seams: udev device discovery, util-linux mounts, the
     filesystem tools, and the record store in ``state_dir`` (None: a fresh temporary directory,
-    for tests and benchmarks only; the daemon always passes its ``--state-dir``)."""
+    for tests and benchmarks only; the daemon always passes its ``--state-dir``), under the
+    per-volume guard ``inflight`` (None: a guard of its own that never cuts, for tests and
+    benchmarks; the daemon passes the one it drains at shutdown)."""
     from csi_oxide.node.devices import UdevDeviceFinder  # pyudev: only the node needs it
     from csi_oxide.node.fs import LinuxFilesystems
     from csi_oxide.node.mount import LinuxMounter
@@ -183,4 +191,5 @@ def build_node_ops(
         state_dir = Path(tempfile.mkdtemp(prefix="csi-oxide-node-state-"))
     finder = UdevDeviceFinder(sim_device_dir=sim_device_dir, timeout=device_timeout)
     records = FileRecordStore(state_dir)
-    return NodeOps(finder, LinuxMounter(), LinuxFilesystems(), records)
+    guard = InFlight() if inflight is None else inflight
+    return NodeOps(finder, LinuxMounter(), LinuxFilesystems(), records, inflight=guard)

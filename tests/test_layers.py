@@ -155,3 +155,59 @@ def test_no_module_of_the_package_imports_in_a_circle() -> None:
     inner = {m: {t for t in ts if t in modules} for m, ts in edges.items() if m in modules}
     assert len(inner) > 50  # the whole package was read
     assert find_cycle(inner) is None, find_cycle(inner)
+
+
+# ---- the per-volume guard: in the ops layer of both services, never in a servicer ----
+
+# What a servicer module may take from csi_oxide.inflight: the call's deadline, handed down by the
+# interceptor. Never the guard itself.
+SERVER_MAY_USE_FROM_INFLIGHT = {"rpc_deadline", "current_deadline"}
+# Where an InFlight is built: wiring (the daemon) and the test support.
+BUILDS_GUARDS = {"csi_oxide/wiring.py", "csi_oxide/testing.py"}
+
+
+def guard_uses(source: str) -> set[str]:
+    """What ``source`` uses of the per-volume guard: names imported from csi_oxide.inflight
+    beyond the deadline helpers, and any mention of ``InFlight`` or an ``inflight`` attribute."""
+    used: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "csi_oxide.inflight":
+            used |= {a.name for a in node.names} - SERVER_MAY_USE_FROM_INFLIGHT
+        elif isinstance(node, ast.Import):
+            used |= {a.name for a in node.names if a.name == "csi_oxide.inflight"}
+        elif isinstance(node, ast.Name) and node.id == "InFlight":
+            used.add("InFlight")
+        elif isinstance(node, ast.Attribute) and "inflight" in node.attr.lower():
+            used.add(node.attr)
+    return used
+
+
+def test_a_servicer_that_takes_a_guard_is_caught() -> None:
+    assert guard_uses("from csi_oxide.inflight import InFlight\n") == {"InFlight"}
+    assert guard_uses("import csi_oxide.inflight\n") == {"csi_oxide.inflight"}
+    assert guard_uses("async def f(self):\n    await self._inflight.run([], '', g())\n") == {
+        "_inflight"
+    }
+    assert guard_uses("from csi_oxide.inflight import rpc_deadline\n") == set()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("csi_oxide/server/*.py"))
+)
+def test_no_servicer_takes_the_per_volume_guard(path: str) -> None:
+    """Both services take their guard in the ops layer (ControllerOps, NodeOps), which also
+    checks the volume IDs; the server layer parses, validates and makes one call."""
+    assert guard_uses((ROOT / path).read_text()) == set(), path
+
+
+def test_the_guard_is_built_only_in_wiring() -> None:
+    builders = set()
+    for path in sorted(ROOT.glob("csi_oxide/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "InFlight"
+            ):
+                builders.add(str(path.relative_to(ROOT)))
+    assert builders == BUILDS_GUARDS

@@ -17,7 +17,7 @@ from csi_oxide.controller.reconcile import Reconciler
 from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.inflight import InFlight
-from csi_oxide.server.node import NodeService
+from csi_oxide.node.ops import NodeOps
 from csi_oxide.testing import controller_env
 from csi_oxide.wiring import build_controller_ops, build_reconciler
 
@@ -48,7 +48,7 @@ def test_an_unusable_cluster_id_is_refused_at_start(tmp_path: Path, cluster_id: 
     [
         (ControllerOps, ("inflight", "expander")),
         (Reconciler, ("inflight", "expander")),
-        (NodeService, ("inflight",)),
+        (NodeOps, ("inflight",)),
     ],
 )
 def test_collaborators_come_from_wiring_not_from_defaults(

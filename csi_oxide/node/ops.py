@@ -20,7 +20,15 @@ host, written and fsynced BEFORE anything is mounted or formatted, removed after
   exclusively (a mount elsewhere, a mkfs still running).
 - **One serial, one volume.** The device is found by NVMe serial (the first 20 bytes of the volume
   ID); a volume whose serial another volume already uses on this node (recorded staged or
-  published in this boot) is refused. The server's per-operation guard is keyed by that serial.
+  published in this boot) is refused.
+
+**IDs and the guard live here**, as they do in ``ControllerOps``: every public operation that names
+a volume first checks the ID with ``volumes.require_id`` (NotFoundError for anything that is not an
+Oxide disk name, before anything is touched), and each one that changes something (stage, unstage,
+publish, unpublish, expand) runs under the node's per-volume guard, an ``InFlight`` built in
+``csi_oxide.wiring`` and keyed by the NVMe serial the ID resolves to: a second operation on the same
+device while one is in flight is refused at once (AbortedError, ABORTED), also for another ID
+sharing that serial. The gRPC servicer only parses the request and makes one call.
 
 Stage (filesystem volumes) mounts what is on the device, formatting first only as above; a disk
 re-created larger by offline expansion has its filesystem grown at the next stage: after mounting
@@ -36,11 +44,13 @@ import contextlib
 import os
 import posixpath
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from csi_oxide.inflight import InFlight
 from csi_oxide.node import fs
 from csi_oxide.node.devices import BlockDevice, DeviceFinder, serial_text
 from csi_oxide.node.fs import Filesystems
@@ -57,8 +67,10 @@ from csi_oxide.node.state import (
     VolumeRecord,
 )
 from csi_oxide.publish_context import Origin
+from csi_oxide.volumes import require_id
 
 MKFS_CONCURRENCY = 2
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +97,13 @@ class NodeOps:
         filesystems: Filesystems,
         records: RecordStore,
         *,
+        inflight: InFlight,
         online_ext4_growth: bool | None = None,
     ) -> None:
-        """``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find out from
-        this process's capabilities). Without it, stage grows ext4 before mounting."""
+        """``inflight``: the per-volume guard (built in ``csi_oxide.wiring``; the node's never
+        cuts an operation: a mkfs cut in the middle is not something a retry can tell from a
+        filesystem). ``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find
+        out from this process's capabilities). Without it, stage grows ext4 before mounting."""
         self._devices = devices
         self._mounter = mounter
         self._fs = filesystems
@@ -97,21 +112,33 @@ class NodeOps:
             fs.can_grow_ext4_online() if online_ext4_growth is None else online_ext4_growth
         )
         self._format_slots = asyncio.Semaphore(MKFS_CONCURRENCY)
-        self._serial_locks: dict[str, asyncio.Lock] = {}
+        self._inflight = inflight
 
     async def max_volumes(self) -> int:
         """Volumes this node can still take: 12 minus non-CSI NVMe disks (never negative)."""
         return await self._devices.max_volumes()
 
-    # ---- records ----
+    # ---- the guard and the records ----
 
-    def _lock(self, volume_id: str) -> asyncio.Lock:
-        """One change at a time per serial in this process (the server's guard answers ABORTED
-        before this; the lock makes the check-then-record of ``_claim_serial`` atomic anyway)."""
-        return self._serial_locks.setdefault(serial_text(volume_id), asyncio.Lock())
+    async def _guarded(self, rpc: str, volume_id: str, work: Awaitable[T]) -> T:
+        """``work`` under the guard of the device ``volume_id`` resolves to (its NVMe serial):
+        AbortedError while another operation on that device is in flight. ``volume_id`` has
+        been checked (``require_id``) before ``work`` was made. The work runs on when its caller
+        is cancelled, and the serial stays held until it ends (see ``InFlight.run``)."""
+        return await self._inflight.run(
+            [f"serial:{serial_text(volume_id)}"], f"{rpc} of {volume_id}", work
+        )
 
     async def _claim_serial(self, volume_id: str) -> None:
-        """FailedPreconditionError when another volume with the same serial is in use here."""
+        """FailedPreconditionError when another volume with the same serial is in use here.
+
+        The check and the record that follows it (stage, publish) are one step for the serial:
+        every operation that writes or removes a stage or publish record runs under the guard
+        keyed by the serial (``_guarded``), which ``InFlight.run`` marks busy with no await
+        between its check and its mark, and keeps busy until the work ends even when the caller
+        is cancelled; one node plugin process holds the record directory (``FileRecordStore``'s
+        lock). So no other ID of this serial can record itself between this check and the
+        record, in this process or another."""
         serial = serial_text(volume_id)
         boot = self._records.boot
         for other in await self._records.sharing_serial(serial):
@@ -159,8 +186,12 @@ class NodeOps:
 
         ``origin``: how the controller says the disk was born (None: unknown, proves nothing).
         """
-        async with self._lock(volume_id):
-            await self._stage(volume_id, staging, fstype, mount_flags, block, origin)
+        require_id(volume_id)
+        await self._guarded(
+            "NodeStageVolume",
+            volume_id,
+            self._stage(volume_id, staging, fstype, mount_flags, block, origin),
+        )
 
     async def _stage(
         self,
@@ -329,8 +360,8 @@ class NodeOps:
     async def unstage(self, volume_id: str, staging: str) -> None:
         """Unmount what this plugin mounted at ``staging`` for the volume (see the module
         docstring); done when nothing is mounted there."""
-        async with self._lock(volume_id):
-            await self._unstage(volume_id, staging)
+        require_id(volume_id)
+        await self._guarded("NodeUnstageVolume", volume_id, self._unstage(volume_id, staging))
 
     async def _unstage(self, volume_id: str, staging: str) -> None:
         real = await asyncio.to_thread(os.path.realpath, staging)
@@ -354,10 +385,12 @@ class NodeOps:
         single_writer: bool,
     ) -> None:
         """Bind the staged filesystem (or the device) at ``target``."""
-        async with self._lock(volume_id):
-            await self._publish(
-                volume_id, staging, target, block, read_only, mount_flags, single_writer
-            )
+        require_id(volume_id)
+        await self._guarded(
+            "NodePublishVolume",
+            volume_id,
+            self._publish(volume_id, staging, target, block, read_only, mount_flags, single_writer),
+        )
 
     async def _publish(
         self,
@@ -473,8 +506,8 @@ class NodeOps:
     async def unpublish(self, volume_id: str, target: str) -> None:
         """Unmount what this plugin bound at ``target`` for the volume and remove the target if
         this plugin created it; nothing mounted and nothing recorded is already unpublished."""
-        async with self._lock(volume_id):
-            await self._unpublish(volume_id, target)
+        require_id(volume_id)
+        await self._guarded("NodeUnpublishVolume", volume_id, self._unpublish(volume_id, target))
 
     async def _unpublish(self, volume_id: str, target: str) -> None:
         real = await asyncio.to_thread(os.path.realpath, target)
@@ -491,8 +524,8 @@ class NodeOps:
     # ---- stats and growth ----
 
     async def stats(self, volume_id: str, path: str) -> VolumeStats:
-        """Usage of the volume mounted (or bound) at ``path``."""
-        top, device = await self._mount_of(volume_id, path)
+        """Usage of the volume mounted (or bound) at ``path`` (only reads: no guard)."""
+        top, device = await self._mount_of(require_id(volume_id), path)
         gone = None
         if device is None:
             gone = f"the device of volume {volume_id} (serial {serial_text(volume_id)!r}) is gone"
@@ -514,6 +547,10 @@ class NodeOps:
 
     async def expand(self, volume_id: str, path: str) -> int:
         """Grow the filesystem at ``path`` to its device; returns the device size."""
+        require_id(volume_id)
+        return await self._guarded("NodeExpandVolume", volume_id, self._expand(volume_id, path))
+
+    async def _expand(self, volume_id: str, path: str) -> int:
         top, device = await self._mount_of(volume_id, path)
         if device is None:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")

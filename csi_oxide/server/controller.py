@@ -1,4 +1,13 @@
-"""CSI Controller service: validate, make one ``ControllerOps`` call, build the response."""
+"""CSI Controller service: parse and validate the request, make one ``ControllerOps`` call, build
+the response.
+
+Arguments are checked here (``server.parse``: INVALID_ARGUMENT) and nowhere else. Volume and
+snapshot IDs are checked with ``volumes.require_id`` (NOT_FOUND), and the per-volume guard
+(ABORTED while another operation on the volume is in flight) is taken, in ``ControllerOps``, the
+layer below, as the node does in ``NodeOps`` (see ``server.node``): the controller needs it there,
+since steps within its operations (finishing an interrupted expansion met on a read) and the
+reconciler take the same guard. No servicer takes a guard.
+"""
 
 from __future__ import annotations
 

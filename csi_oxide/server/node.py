@@ -1,37 +1,28 @@
-"""CSI Node service: validate, make one ``NodeOps`` call under the volume's guard, respond.
+"""CSI Node service: parse and validate the request, make one ``NodeOps`` call, respond.
 
-Every RPC that names a volume validates its ID first: anything that is not an Oxide disk name
-(``../../etc``, a UUID, upper case, ...) is NOT_FOUND and never reaches ``NodeOps``. The guard that
-keeps one operation per volume in flight is keyed by the NVMe serial the volume ID resolves to
-(its first 20 characters), so two IDs that share a serial, and so a device, never run at once.
-
-Both services check a volume ID with the one rule (``volumes.require_id``) and take a per-volume
-guard (an ``InFlight`` built in ``csi_oxide.wiring``) before any work. The node takes it here,
-around ``NodeOps``, whose own per-serial lock makes a second caller wait (and then be refused for
-the serial in use) rather than answer ABORTED; the controller takes it inside ``ControllerOps``,
-because steps within its operations (finishing an interrupted expansion met on a read, the
-reconciler) need the same guard.
+The two services share one layout. Their servicers (this module, ``server.controller``) check the
+request's arguments (``server.parse``: INVALID_ARGUMENT, or FAILED_PRECONDITION where the node's
+error tables say so) and nothing else. The ops layer below (``NodeOps`` here, ``ControllerOps``
+there) checks each volume ID with the one rule, ``volumes.require_id`` (anything that is not an
+Oxide disk name, such as ``../../etc``, a UUID or upper case, is NOT_FOUND and touches nothing), and
+takes the per-volume guard, an ``InFlight`` built in ``csi_oxide.wiring``: ABORTED while another
+operation on the volume is in flight. The node's guard is keyed by the NVMe serial the volume ID
+resolves to (its first 20 characters), so two IDs sharing a serial, and so a device, never run at
+once. No servicer takes a guard (``tests/test_layers.py`` checks).
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import grpc
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError
-from csi_oxide.inflight import InFlight
-from csi_oxide.node.devices import serial_text
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.publish_context import decode
 from csi_oxide.server import parse
-from csi_oxide.volumes import require_id
 
 Ctx = grpc.aio.ServicerContext[object, object]
-T = TypeVar("T")
 NodeCap = csi.NodeServiceCapability.RPC
 
 CAPABILITIES = (
@@ -41,10 +32,6 @@ CAPABILITIES = (
     NodeCap.VOLUME_CONDITION,
     NodeCap.SINGLE_NODE_MULTI_WRITER,
 )
-
-
-def _volume_id(value: str) -> str:
-    return require_id(parse.require(value, "volume_id"))
 
 
 def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capability:
@@ -64,18 +51,9 @@ def _node_capability(request_cap: csi.VolumeCapability, has: bool) -> parse.Capa
 class NodeService(csi_grpc.NodeServicer):
     """Stages, publishes, grows and reports on volumes attached to this Oxide instance."""
 
-    def __init__(self, *, node_id: str, ops: NodeOps, inflight: InFlight) -> None:
-        """``inflight``: the per-volume guard (built in ``csi_oxide.wiring``, never cutting)."""
+    def __init__(self, *, node_id: str, ops: NodeOps) -> None:
         self._node_id = node_id
         self._ops = ops
-        self._inflight = inflight
-
-    async def _guarded(self, rpc: str, volume_id: str, work: Awaitable[T]) -> T:
-        """``work`` under the volume's guard, keyed by the device it resolves to (its NVMe
-        serial): ABORTED while another operation on that device is in flight."""
-        return await self._inflight.run(
-            [f"serial:{serial_text(volume_id)}"], f"{rpc} of {volume_id}", work
-        )
 
     async def NodeGetCapabilities(
         self, request: csi.NodeGetCapabilitiesRequest, context: Ctx
@@ -97,36 +75,31 @@ class NodeService(csi_grpc.NodeServicer):
     async def NodeStageVolume(
         self, request: csi.NodeStageVolumeRequest, context: Ctx
     ) -> csi.NodeStageVolumeResponse:
-        volume_id = _volume_id(request.volume_id)
+        volume_id = parse.require(request.volume_id, "volume_id")
         staging = parse.path(request.staging_target_path, "staging_target_path")
         cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
-        await self._guarded(
-            "NodeStageVolume",
+        await self._ops.stage(
             volume_id,
-            self._ops.stage(
-                volume_id,
-                staging,
-                fstype=cap.fstype,
-                mount_flags=cap.mount_flags,
-                block=cap.block,
-                origin=decode(request.publish_context),
-            ),
+            staging,
+            fstype=cap.fstype,
+            mount_flags=cap.mount_flags,
+            block=cap.block,
+            origin=decode(request.publish_context),
         )
         return csi.NodeStageVolumeResponse()
 
     async def NodeUnstageVolume(
         self, request: csi.NodeUnstageVolumeRequest, context: Ctx
     ) -> csi.NodeUnstageVolumeResponse:
-        parse.require(request.volume_id, "volume_id")
+        volume_id = parse.require(request.volume_id, "volume_id")
         staging = parse.path(request.staging_target_path, "staging_target_path")
-        volume_id = _volume_id(request.volume_id)
-        await self._guarded("NodeUnstageVolume", volume_id, self._ops.unstage(volume_id, staging))
+        await self._ops.unstage(volume_id, staging)
         return csi.NodeUnstageVolumeResponse()
 
     async def NodePublishVolume(
         self, request: csi.NodePublishVolumeRequest, context: Ctx
     ) -> csi.NodePublishVolumeResponse:
-        volume_id = _volume_id(request.volume_id)
+        volume_id = parse.require(request.volume_id, "volume_id")
         target = parse.path(request.target_path, "target_path")
         cap = _node_capability(request.volume_capability, request.HasField("volume_capability"))
         if not request.staging_target_path:
@@ -134,38 +107,31 @@ class NodeService(csi_grpc.NodeServicer):
                 "staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME)"
             )
         staging = parse.path(request.staging_target_path, "staging_target_path")
-        await self._guarded(
-            "NodePublishVolume",
+        await self._ops.publish(
             volume_id,
-            self._ops.publish(
-                volume_id,
-                staging,
-                target,
-                block=cap.block,
-                read_only=request.readonly or cap.read_only_mode,
-                mount_flags=cap.mount_flags,
-                single_writer=cap.access_mode == parse.AccessMode.SINGLE_NODE_SINGLE_WRITER,
-            ),
+            staging,
+            target,
+            block=cap.block,
+            read_only=request.readonly or cap.read_only_mode,
+            mount_flags=cap.mount_flags,
+            single_writer=cap.access_mode == parse.AccessMode.SINGLE_NODE_SINGLE_WRITER,
         )
         return csi.NodePublishVolumeResponse()
 
     async def NodeUnpublishVolume(
         self, request: csi.NodeUnpublishVolumeRequest, context: Ctx
     ) -> csi.NodeUnpublishVolumeResponse:
-        parse.require(request.volume_id, "volume_id")
+        volume_id = parse.require(request.volume_id, "volume_id")
         target = parse.path(request.target_path, "target_path")
-        volume_id = _volume_id(request.volume_id)
-        await self._guarded(
-            "NodeUnpublishVolume", volume_id, self._ops.unpublish(volume_id, target)
-        )
+        await self._ops.unpublish(volume_id, target)
         return csi.NodeUnpublishVolumeResponse()
 
     async def NodeGetVolumeStats(
         self, request: csi.NodeGetVolumeStatsRequest, context: Ctx
     ) -> csi.NodeGetVolumeStatsResponse:
-        parse.require(request.volume_id, "volume_id")
+        volume_id = parse.require(request.volume_id, "volume_id")
         volume_path = parse.require(request.volume_path, "volume_path")
-        stats = await self._ops.stats(_volume_id(request.volume_id), volume_path)
+        stats = await self._ops.stats(volume_id, volume_path)
         usage = [csi.VolumeUsage(unit=csi.VolumeUsage.BYTES, total=stats.total_bytes)]
         if not stats.block:
             usage = [
@@ -190,12 +156,9 @@ class NodeService(csi_grpc.NodeServicer):
     async def NodeExpandVolume(
         self, request: csi.NodeExpandVolumeRequest, context: Ctx
     ) -> csi.NodeExpandVolumeResponse:
-        parse.require(request.volume_id, "volume_id")
+        volume_id = parse.require(request.volume_id, "volume_id")
         volume_path = parse.require(request.volume_path, "volume_path")
         if request.HasField("volume_capability"):
             parse.capability(request.volume_capability)
-        volume_id = _volume_id(request.volume_id)
-        size = await self._guarded(
-            "NodeExpandVolume", volume_id, self._ops.expand(volume_id, volume_path)
-        )
+        size = await self._ops.expand(volume_id, volume_path)
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

@@ -19,6 +19,7 @@ import pytest
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from csi_oxide.harness import unmount_below
+from csi_oxide.inflight import InFlight
 from csi_oxide.node import fs
 from csi_oxide.node.devices import UdevDeviceFinder
 from csi_oxide.node.fs import LinuxFilesystems
@@ -101,6 +102,7 @@ def rack_ops(rack: Rack) -> Callable[[bool], NodeOps]:
             LinuxMounter(),
             LinuxFilesystems(),
             records,
+            inflight=InFlight(),
             online_ext4_growth=online_ext4_growth,
         )
 

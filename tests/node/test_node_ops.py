@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError
+from csi_oxide.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+)
+from csi_oxide.inflight import InFlight
 from csi_oxide.node.fs import Signature
 from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore
@@ -56,7 +62,14 @@ class World:
         self.store.close()
         self.mounter.table[2:] = []
         self.store = FileRecordStore(self.root / "state", boot="boot-2")
-        self.ops = NodeOps(self.devices, self.mounter, self.fs, self.store, online_ext4_growth=True)
+        self.ops = NodeOps(
+            self.devices,
+            self.mounter,
+            self.fs,
+            self.store,
+            inflight=InFlight(),
+            online_ext4_growth=True,
+        )
 
     async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> None:
         options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
@@ -76,7 +89,9 @@ def world(tmp_path: Path) -> World:
     mounter = FakeMounter(devices)
     filesystems = FakeFilesystems()
     store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = NodeOps(devices, mounter, filesystems, store, online_ext4_growth=True)
+    ops = NodeOps(
+        devices, mounter, filesystems, store, inflight=InFlight(), online_ext4_growth=True
+    )
     return World(tmp_path, devices, mounter, filesystems, store, ops)
 
 
@@ -159,7 +174,9 @@ async def test_after_a_plugin_restart_the_records_still_prove_it(world: World) -
     await world.publish()
     world.store.close()  # a new process, the same host directory and boot
     store = FileRecordStore(world.root / "state", boot="boot-1")
-    ops = NodeOps(world.devices, world.mounter, world.fs, store, online_ext4_growth=True)
+    ops = NodeOps(
+        world.devices, world.mounter, world.fs, store, inflight=InFlight(), online_ext4_growth=True
+    )
     await ops.unpublish(VOLUME, world.target())
     await ops.unstage(VOLUME, world.staging())
     assert not _mounted(world, world.staging())
@@ -499,3 +516,86 @@ async def test_messages_show_serials_as_text(world: World) -> None:
     stats = await world.ops.stats(VOLUME, world.staging("a"))
     assert stats.abnormal is not None
     assert "b'" not in stats.abnormal and "'csi-0123456789abcdef'" in stats.abnormal
+
+
+# ---- the guard and the volume ID live in NodeOps ----
+
+
+async def test_nodeops_refuses_a_second_operation_on_a_serial_in_flight(world: World) -> None:
+    """The per-volume guard is NodeOps' own: while VOLUME's stage formats the device, every
+    other operation on that device, under either ID of its serial, is refused at once (ABORTED),
+    while a volume on another device goes on; once the stage is done, the twin is refused for
+    the serial in use, not merely busy."""
+    dev = world.devices.attach(VOLUME)
+    other = world.devices.attach(OTHER)
+    world.fs.disk(other.path).signature = Signature(fstype="ext4")  # mounted without mkfs
+    world.fs.mkfs_gate = asyncio.Event()
+    first = asyncio.ensure_future(world.stage(VOLUME, "a"))
+    await _until(lambda: world.fs.mkfs_running == 1)
+    refused = [
+        world.stage(TWIN, "b"),
+        world.stage(VOLUME, "a"),
+        world.ops.unstage(VOLUME, world.staging("a")),
+        world.publish(TWIN, "b"),
+        world.ops.unpublish(VOLUME, world.target("a")),
+        world.ops.expand(TWIN, world.staging("a")),
+    ]
+    for call in refused:
+        with pytest.raises(
+            AbortedError, match="already in progress for serial:csi-0123456789abcdef"
+        ):
+            await asyncio.wait_for(call, GUARD)
+    await asyncio.wait_for(world.stage(OTHER, "c"), GUARD)  # another serial: not held up
+    assert not first.done()
+    world.fs.mkfs_gate.set()
+    await asyncio.wait_for(first, GUARD)
+    with pytest.raises(FailedPreconditionError, match=f"volume {VOLUME} already uses"):
+        await world.stage(TWIN, "b")
+    assert world.fs.formatted == [(dev.path, "ext4")]
+
+
+async def test_a_cancelled_stage_keeps_its_serial_until_its_work_ends(world: World) -> None:
+    """A caller that gives up (kubelet's deadline) does not end the mkfs under it, and the serial
+    stays held until the mkfs is done: a retry never races the half-finished stage."""
+    dev = world.devices.attach(VOLUME)
+    world.fs.mkfs_gate = asyncio.Event()
+    caller = asyncio.ensure_future(world.stage(VOLUME, "a"))
+    await _until(lambda: world.fs.mkfs_running == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    with pytest.raises(AbortedError):
+        await asyncio.wait_for(world.stage(VOLUME, "a"), GUARD)
+    world.fs.mkfs_gate.set()
+    await _until(lambda: _mounted(world, world.staging("a")))  # the abandoned stage's end
+    await asyncio.wait_for(_retry_while_aborted(lambda: world.stage(VOLUME, "a")), GUARD)
+    assert world.fs.formatted == [(dev.path, "ext4")]  # the retry found it done
+    assert (await world.store.load(VOLUME)).history == MKFS_DONE
+
+
+async def _retry_while_aborted(call: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        try:
+            return await call()
+        except AbortedError:
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "UPPER", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"])
+async def test_nodeops_refuses_an_id_that_is_not_a_disk_name(world: World, bad: str) -> None:
+    """Every NodeOps operation checks the volume ID itself (the servicer leaves it here):
+    NotFoundError before the guard, a record or a mount is touched."""
+    path = world.staging()
+    calls = [
+        world.stage(bad),
+        world.ops.unstage(bad, path),
+        world.publish(bad),
+        world.ops.unpublish(bad, world.target()),
+        world.ops.stats(bad, path),
+        world.ops.expand(bad, path),
+    ]
+    for call in calls:
+        with pytest.raises(NotFoundError, match="volume IDs are Oxide names"):
+            await call
+    assert not list((world.root / "state").glob("*.json"))
+    assert world.mounter.calls == []

@@ -80,7 +80,7 @@ def _serve_in_thread(workdir: Path) -> Iterator[Target]:
             controller=ControllerService(
                 build_controller_ops(api, cluster="fuzz", inflight=InFlight())
             ),
-            node=NodeService(node_id=sim.local_instance_id, ops=node_ops, inflight=InFlight()),
+            node=NodeService(node_id=sim.local_instance_id, ops=node_ops),
         )
         server = CsiServer(f"unix://{workdir}/csi.sock", services)
         await server.start()

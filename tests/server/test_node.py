@@ -1,5 +1,6 @@
 """The Node service over real gRPC, its NodeOps over fakes of the node's seams (no root needed):
-volume ID validation on every RPC, the guard keyed by NVMe serial, and the controller's
+volume ID validation on every RPC, the guard keyed by NVMe serial (both taken in NodeOps: see
+``tests/node/test_node_ops.py``; here, the codes they reach the CO with), and the controller's
 ``publish_context`` reaching the format decision."""
 
 from __future__ import annotations
@@ -77,12 +78,19 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     devices = FakeDevices()
     filesystems = SlowFilesystems()
     store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = NodeOps(devices, FakeMounter(devices), filesystems, store, online_ext4_growth=True)
+    ops = NodeOps(
+        devices,
+        FakeMounter(devices),
+        filesystems,
+        store,
+        inflight=InFlight(),
+        online_ext4_growth=True,
+    )
     server = CsiServer(
         f"unix://{tmp_path}/csi.sock",
         Services(
             identity=IdentityService(Health()),
-            node=NodeService(node_id=NODE_ID, ops=ops, inflight=InFlight()),
+            node=NodeService(node_id=NODE_ID, ops=ops),
         ),
     )
     await server.start()
@@ -137,6 +145,23 @@ async def test_missing_fields_are_invalid_arguments(node: Node) -> None:
         ),
     ]
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+
+
+async def test_arguments_are_checked_before_the_volume_id(node: Node) -> None:
+    """As in the controller: a request missing an argument is INVALID_ARGUMENT whatever its volume
+    ID; the ID (NOT_FOUND when it names nothing) is the ops layer's check, made after."""
+    request = node.stage_request(BAD_IDS[0], "s")
+    request.ClearField("staging_target_path")
+    publish = csi.NodePublishVolumeRequest(
+        volume_id=BAD_IDS[0],
+        target_path=str(node.root / "t"),
+        staging_target_path="relative",
+        volume_capability=node.mount_cap(),
+    )
+    codes = [await _code(node.stub.NodeStageVolume(request))]
+    codes.append(await _code(node.stub.NodePublishVolume(publish)))
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert not list((node.root / "state").glob("*.json"))
 
 
 async def test_the_guard_is_keyed_by_serial(node: Node) -> None:
