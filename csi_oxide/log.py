@@ -36,6 +36,18 @@ def redact(
     return event
 
 
+def is_enabled(level: int) -> bool:
+    """Whether structlog, as configured now, would emit an event at ``level`` (a ``logging``
+    number): hot paths ask first and build no event for a level that is off (a lazy logger's
+    call costs a bind even when it drops the event). True for a wrapper class that does not say
+    (not one of structlog's filtering loggers)."""
+    wrapper = structlog.get_config()["wrapper_class"]
+    enabled = getattr(wrapper, "is_enabled_for", None)
+    if enabled is None:
+        return True
+    return bool(enabled(None, level))
+
+
 def configure(
     *, fmt: LogFormat = "json", level: str = "info", stream: TextIO | None = None
 ) -> None:

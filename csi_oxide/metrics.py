@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +23,7 @@ from prometheus_client import (
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.client import RequestRecord
 
+_Family = TypeVar("_Family", Counter, Gauge, Histogram)
 _RPC_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -63,22 +65,35 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The labelled children by their label values, looked up once: ``labels()`` validates
+        # and locks on every call. Label values come from fixed sets (the RPCs, the Oxide
+        # operations, gRPC codes, HTTP statuses, outcomes), so these stay small.
+        self._children: dict[tuple[object, ...], object] = {}
+
+    def _child(self, family: _Family, *values: str) -> _Family:
+        key = (id(family), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return cast(_Family, child)
+
     # RpcObserver (csi_oxide.server.interceptor); the code arrives as the gRPC code's name.
     def rpc_started(self, method: str) -> None:
         """A call to ``method`` started."""
-        self.rpc_in_flight.labels(method).inc()
+        self._child(self.rpc_in_flight, method).inc()
 
     def rpc_finished(self, method: str, code: object, seconds: float) -> None:
         """A call to ``method`` ended with ``code`` (a grpc.StatusCode) after ``seconds``."""
-        self.rpc_in_flight.labels(method).dec()
-        self.rpc_total.labels(method, getattr(code, "name", str(code))).inc()
-        self.rpc_seconds.labels(method).observe(seconds)
+        self._child(self.rpc_in_flight, method).dec()
+        name = getattr(code, "name", None)
+        self._child(self.rpc_total, method, str(code) if name is None else name).inc()
+        self._child(self.rpc_seconds, method).observe(seconds)
 
     def oxide_request(self, rec: RequestRecord) -> None:
         """``HttpOxideClient`` request observer."""
         status = str(rec.status) if rec.status is not None else "none"
-        self.oxide_total.labels(rec.operation, status, rec.outcome).inc()
-        self.oxide_seconds.labels(rec.operation).observe(rec.duration)
+        self._child(self.oxide_total, rec.operation, status, rec.outcome).inc()
+        self._child(self.oxide_seconds, rec.operation).observe(rec.duration)
 
 
 def parse_address(address: str) -> tuple[str, int]:

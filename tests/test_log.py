@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 
@@ -28,3 +29,20 @@ def test_console_format() -> None:
     structlog.get_logger("t").debug("visible", a=1)
     assert "visible" in out.getvalue()
     assert "a=1" in out.getvalue()
+
+
+def test_is_enabled_follows_the_configured_level() -> None:
+    before = structlog.get_config()
+    try:
+        log.configure(fmt="json", level="info", stream=io.StringIO())
+        assert log.is_enabled(logging.INFO) and log.is_enabled(logging.ERROR)
+        assert not log.is_enabled(logging.DEBUG)
+        log.configure(fmt="json", level="debug", stream=io.StringIO())
+        assert log.is_enabled(logging.DEBUG)
+        log.configure(fmt="json", level="error", stream=io.StringIO())
+        assert not log.is_enabled(logging.WARNING)
+        # A wrapper class that cannot say which levels it drops: nothing is held back.
+        structlog.configure(wrapper_class=structlog.BoundLogger)
+        assert log.is_enabled(logging.DEBUG)
+    finally:
+        structlog.configure(**before)

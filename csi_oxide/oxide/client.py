@@ -34,11 +34,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import logging
 import random as _random
+import re
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -48,7 +50,8 @@ import httpx
 import structlog
 
 from csi_oxide import __version__
-from csi_oxide.errors import ConfigurationError, InvalidArgumentError
+from csi_oxide.errors import ConfigurationError
+from csi_oxide.log import is_enabled
 from csi_oxide.oxide import wire
 from csi_oxide.oxide.credentials import (
     OxideCredentials,
@@ -563,19 +566,20 @@ class HttpOxideClient:
             outcome = "ok" if result.is_success else "http_error"
             # The tokens this client has sent (this attempt's included): what an answer can echo.
             # Not ``_secrets()``: that asks the token provider again (a file stat per request).
-            request_id = _short(result.headers.get("x-request-id"), tuple(self._sent))
+            request_id = _short(result.headers.get("x-request-id"), self._sent)
         else:
             outcome = result.outcome if result is not None else "bad_answer"
-        log.debug(
-            "oxide_request",
-            method=method,
-            operation=operation,
-            status=status,
-            outcome=outcome,
-            duration_ms=round(duration * 1000, 1),
-            request_id=request_id,
-            attempt=attempt,
-        )
+        if is_enabled(logging.DEBUG):  # off in production: no event built for nothing
+            log.debug(
+                "oxide_request",
+                method=method,
+                operation=operation,
+                status=status,
+                outcome=outcome,
+                duration_ms=round(duration * 1000, 1),
+                request_id=request_id,
+                attempt=attempt,
+            )
         if self._observer is None:
             return
         record = RequestRecord(operation, method, status, outcome, duration, request_id, attempt)
@@ -619,12 +623,20 @@ def _is_about(obj: object, asked: str) -> bool:
     return asked == getattr(obj, "name", None)
 
 
-def _short(value: str | None, secrets: tuple[str, ...]) -> str | None:
+# What request IDs look like (Oxide's are UUIDs): nothing in such a value is ever scrubbed but
+# the tokens themselves (the scrubber's patterns all need a character outside this set).
+_PLAIN_ID_RE = re.compile(r"[0-9A-Za-z_.-]{1,64}", re.ASCII)
+
+
+def _short(value: str | None, secrets: Iterable[str]) -> str | None:
     """A header value fit for a log line or a metric: scrubbed, at most 64 printable
     characters."""
     if value is None:
         return None
-    text = scrub(value, secrets)[:64]
+    plain = _PLAIN_ID_RE.fullmatch(value) and "oxide-token-" not in value
+    if plain and not any(secret and secret in value for secret in secrets):
+        return value  # the scrubber would leave it as it is: spare its five passes
+    text = scrub(value, tuple(secrets))[:64]
     return text if text.isprintable() else "".join(ch for ch in text if ch.isprintable())
 
 
@@ -700,9 +712,11 @@ _BY_STATUS: dict[int, type[OxideError]] = {
 
 
 def _segment(value: str, kind: str) -> str:
-    """A selector as one URL path segment."""
-    if not value:
-        raise InvalidArgumentError(f"empty {kind} name or ID")
+    """A selector as one URL path segment. Callers pass only names and IDs already checked
+    (``volumes.require_id``, ``is_valid_name``, node UUIDs, UUIDs parsed from Oxide's answers): an
+    empty one is a programmer's error, never a user's, and would address the whole collection."""
+    if not value:  # not `assert`: it must hold under `python -O` too
+        raise AssertionError(f"empty {kind} selector: the caller did not check it")
     return quote(value, safe="")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -87,6 +88,26 @@ def remove_socket(path: Path) -> None:
             path.unlink()
 
 
+# Container allocations between two young-generation collections (Python's default: 700). A
+# volume's lifecycle allocates a few thousand (gRPC, HTTP, JSON, protobuf), so at 700 the
+# collector ran every lifecycle or so. With this and the freeze below, its time over 1,000
+# lifecycles (``make bench``'s load) fell from ~0.10 s to ~0.06 s. Cyclic garbage waits a little
+# longer: at most this many young objects.
+GC_YOUNG_THRESHOLD = 5000
+
+
+def settle_garbage_collector() -> None:
+    """Once the daemon serves: what start-up built (modules, descriptors, the servicers, about
+    fifty thousand objects) lives as long as the process, so it is moved out of the collector's
+    sight (``gc.freeze``) instead of being traversed again at every full collection, and the
+    young generation is collected less often (``GC_YOUNG_THRESHOLD``). The daemon only: never
+    in a process that imports the server for tests."""
+    gc.collect()  # what start-up left as garbage goes now, not frozen with the rest
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 @dataclass
 class Services:
     """The servicers to register (None = not served in this mode: UNIMPLEMENTED)."""
@@ -138,6 +159,7 @@ class CsiServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        settle_garbage_collector()
         try:
             await stop.wait()
             log.info("signal received, shutting down")

@@ -5,6 +5,7 @@ simulator, whose request validation is the contract test against the published A
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from collections.abc import Callable
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from csi_oxide import __version__
-from csi_oxide.errors import ConfigurationError, InvalidArgumentError
+from csi_oxide import __version__, log
+from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import (
@@ -159,9 +161,10 @@ async def test_selectors_are_one_path_segment_and_never_empty() -> None:
     with pytest.raises(oxerr.OxideNotFoundError):
         await client.disk_view("../instances")
     assert seen == ["/v1/disks/..%2Finstances?project=k8s"]
-    with pytest.raises(InvalidArgumentError):
+    # An empty selector would address the collection: a programmer's error, never sent.
+    with pytest.raises(AssertionError, match="empty disk selector"):
         await client.disk_delete("")
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(AssertionError, match="empty disk selector"):
         await client.instance_disk_detach(INSTANCE_UUID, "")
     assert len(seen) == 1
     await client.aclose()
@@ -574,4 +577,47 @@ async def test_the_token_never_shows_in_errors_or_logs(
     for text in seen:
         assert TOKEN not in text
         assert "c0ffee15secret" not in text
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("0f2c4d6e-1234-4abc-9def-0123456789ab", "0f2c4d6e-1234-4abc-9def-0123456789ab"),
+        ("r.42_x", "r.42_x"),
+        ("plainsecret0123", "<redacted>"),  # the token itself, no prefix: still scrubbed
+        ("id-plainsecret0123-7", "id-<redacted>-7"),
+        ("oxide-token-abc", "oxide-token-<redacted>"),
+        ("id token=abc", "id token=<redacted>"),
+        ("x" * 80, "x" * 64),
+    ],
+)
+async def test_request_ids_reach_observers_scrubbed_and_short(header: str, expected: str) -> None:
+    records: list[RequestRecord] = []
+    client = HttpOxideClient(
+        "http://oxide.test",
+        StaticToken("plainsecret0123"),
+        PROJECT,
+        transport=httpx.MockTransport(
+            lambda r: httpx.Response(200, json=disk_answer(r), headers={"x-request-id": header})
+        ),
+        request_observer=records.append,
+    )
+    await client.disk_view("csi-a")
+    assert [r.request_id for r in records] == [expected]
+    await client.aclose()
+
+
+async def test_the_debug_line_per_request_shows_at_debug_level_only() -> None:
+    client = make_client(lambda r: httpx.Response(200, json=disk_answer(r)))
+    before = structlog.get_config()
+    try:
+        for level, expected in (("debug", 1), ("info", 0)):
+            log.configure(fmt="json", level=level, stream=io.StringIO())
+            with capture_logs() as logs:
+                await client.disk_view("csi-a")
+            lines = [e for e in logs if e["event"] == "oxide_request"]
+            assert len(lines) == expected, level
+    finally:
+        structlog.configure(**before)
     await client.aclose()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +14,13 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.health import Health
-from csi_oxide.server.app import CsiServer, Services, parse_endpoint, prepare_socket_path
+from csi_oxide.server.app import (
+    GC_YOUNG_THRESHOLD,
+    CsiServer,
+    Services,
+    parse_endpoint,
+    prepare_socket_path,
+)
 from csi_oxide.server.identity import IdentityService
 
 
@@ -145,3 +153,20 @@ def test_prepare_socket_path(tmp_path: Path) -> None:
     # A missing parent directory is created.
     prepare_socket_path(tmp_path / "new" / "dir" / "csi.sock")
     assert (tmp_path / "new" / "dir").is_dir()
+
+
+def test_the_daemon_settles_the_garbage_collector_in_its_own_process() -> None:
+    # In a child process: gc.freeze() and the threshold are process-wide, never for the tests'.
+    code = (
+        "import gc\n"
+        "from csi_oxide.server import app\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "app.settle_garbage_collector()\n"
+        "print(gc.get_freeze_count(), *gc.get_threshold())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    frozen, young, middle, old = map(int, out)
+    assert frozen > 10_000  # the modules and objects start-up made
+    assert (young, middle, old) == (GC_YOUNG_THRESHOLD, 10, 10)
