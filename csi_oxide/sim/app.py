@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -46,8 +47,15 @@ class Served(Protocol):
     def token_matches(self, token: str) -> bool:
         """Whether ``token`` is the simulator's bearer token."""
 
-    def draw_delay(self) -> float:
-        """Seconds to hold this request."""
+    def draw_delay(self, operation_id: str | None = None) -> float:
+        """Seconds to hold this request (``operation_id``: None when no route matched)."""
+
+    @property
+    def logs_requests(self) -> bool:
+        """Whether answered requests are logged (``record_request``)."""
+
+    def record_request(self, entry: dict[str, object]) -> None:
+        """Note one answered request (the request log)."""
 
     def draw_failure(self) -> bool:
         """Whether a random 503 strikes this request before it is applied."""
@@ -61,8 +69,8 @@ class Served(Protocol):
     def record_violation(self, message: str) -> None:
         """Note a contract violation."""
 
-    async def apply(self, handler: Handler, call: Call) -> Reply:
-        """Run one operation on the simulated state."""
+    async def apply(self, handler: Handler, call: Call, *, reads: bool = False) -> Reply:
+        """Run one operation on the simulated state (``reads``: it only reads, a GET)."""
 
 
 def _error_body(rid: str, err: errors.ApiError) -> bytes:
@@ -141,16 +149,42 @@ class _Exchange:
             raise errors.unauthorized()
 
     async def run(self) -> Response:
-        delay = self.sim.draw_delay()
+        arrived = time.monotonic()
+        try:
+            matched: tuple[routing.Route, dict[str, str]] | routing.NoRouteError = routing.match(
+                self.request.method, self.request.url.path
+            )
+        except routing.NoRouteError as exc:
+            matched = exc
+        operation = None if isinstance(matched, routing.NoRouteError) else matched[0].operation_id
+        delay = self.sim.draw_delay(operation)  # mutations may be slower than reads
         if delay > 0:
             await asyncio.sleep(delay)
-        try:
-            route, params = routing.match(self.request.method, self.request.url.path)
-        except routing.NoRouteError as exc:
-            if self.validate and exc.status == 404:
+        response = await self._answer(matched)
+        if self.sim.logs_requests:
+            self.sim.record_request(
+                {
+                    "operation": operation,
+                    "method": self.request.method,
+                    "path": self.request.url.path,
+                    "target": _target(self.body),
+                    "status": response.status_code,
+                    "delay": delay,
+                    "arrived": arrived,
+                    "answered": time.monotonic(),
+                }
+            )
+        return response
+
+    async def _answer(
+        self, matched: tuple[routing.Route, dict[str, str]] | routing.NoRouteError
+    ) -> Response:
+        if isinstance(matched, routing.NoRouteError):
+            if self.validate and matched.status == 404:
                 self._record_unknown_path()
-            message = "Not Found" if exc.status == 404 else "Method Not Allowed"
-            return self.error(errors.ApiError(exc.status, None, message))
+            message = "Not Found" if matched.status == 404 else "Method Not Allowed"
+            return self.error(errors.ApiError(matched.status, None, message))
+        route, params = matched
         self.checked_operation = True
         self.sim.request_counts[route.operation_id] += 1
         try:
@@ -170,7 +204,8 @@ class _Exchange:
         if self.sim.draw_failure():
             raise errors.unavailable()
         query = dict(self.request.query_params)
-        status, payload = await self.sim.apply(route.handler, Call(params, query, body))
+        call = Call(params, query, body)
+        status, payload = await self.sim.apply(route.handler, call, reads=route.method == "GET")
         if fault is not None:
             raise errors.for_status(fault.status)  # applied, but the answer is lost
         if self.sim.draw_lost():
@@ -180,6 +215,24 @@ class _Exchange:
         if pause > 0:
             return _trickled(response, pause)  # applied; the answer comes a byte at a time
         return response
+
+
+def _target(body: bytes) -> str | None:
+    """What a request body names: its ``disk`` (attach, detach, snapshot) or else its ``name``
+    (create), for the request log; None for anything else."""
+    if not body.startswith(b"{"):
+        return None
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    for key in ("disk", "name"):
+        value = fields.get(key)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _trickled(response: Response, pause: float) -> Response:

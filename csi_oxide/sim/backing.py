@@ -155,7 +155,16 @@ class LoopBacking:
         if disk in self._loops:
             return
         argv = ["losetup", "--find", "--show", "--sector-size", str(block_size)]
-        self._loops[disk] = run_command([*argv, str(self._disk_file(disk))])
+        # Direct I/O: the device reads and writes its file without a second copy in the host's
+        # page cache, as an Oxide disk (Crucible over the network) has none. Buffered, ten
+        # concurrent zero checks of fresh 1 GiB disks took 4 s instead of 0.9 s on a busy
+        # 2-core machine, with stragglers of several seconds. A file system that refuses
+        # O_DIRECT gets a buffered device.
+        path = str(self._disk_file(disk))
+        try:
+            self._loops[disk] = run_command([*argv, "--direct-io=on", path])
+        except CommandError:
+            self._loops[disk] = run_command([*argv, path])
 
     def detach_local(self, disk: str) -> None:
         dev = self._loops.pop(disk, None)

@@ -25,7 +25,7 @@ from types import FrameType
 import uvicorn
 
 from csi_oxide.sim.backing import LoopBacking
-from csi_oxide.sim.config import SimConfig
+from csi_oxide.sim.config import OpLatency, SimConfig, parse_op_latency
 from csi_oxide.sim.simulator import Simulator
 
 
@@ -58,6 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jitter-ms", type=float, default=0.0, help="up to this much more, at random"
     )
     parser.add_argument(
+        "--op-latency-ms",
+        type=_op_latency,
+        default=(),
+        metavar="KEY=LOW:HIGH,...",
+        help="more latency per operation, drawn uniformly from LOW to HIGH ms (or KEY=MS), on "
+        "top of --latency-ms; KEY is an operationId (disk_create, ...) or a class: read (every "
+        "GET) or mutation (everything else); an operationId's entry beats its class's; e.g. "
+        "read=20:50,mutation=300:800",
+    )
+    parser.add_argument(
+        "--request-log",
+        type=Path,
+        metavar="PATH",
+        help="append one JSON line per answered request: operation, path, target, status, the "
+        "latency drawn, and when it arrived and was answered (time.monotonic)",
+    )
+    parser.add_argument(
         "--fail-rate", type=float, default=0.0, help="probability of a 503 on any request"
     )
     parser.add_argument(
@@ -82,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-file", type=Path, help="write shell export lines here once bound")
 
 
+def _op_latency(value: str) -> tuple[OpLatency, ...]:
+    try:
+        return parse_op_latency(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair; ValueError when malformed."""
     host, sep, port = value.rpartition(":")
@@ -98,6 +122,8 @@ def _config(args: argparse.Namespace) -> SimConfig:
         instances=args.instances,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
+        op_latency=args.op_latency_ms,
+        request_log=args.request_log,
         lost_rate=args.lost_rate,
         fail_rate=args.fail_rate,
         slow_rate=args.slow_rate,

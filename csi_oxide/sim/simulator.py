@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import random
 import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from starlette.applications import Starlette
 
 from csi_oxide.sim.app import build_app
 from csi_oxide.sim.backing import Backing
 from csi_oxide.sim.backings import make_backing
-from csi_oxide.sim.config import SimConfig
+from csi_oxide.sim.config import OPERATIONS, SimConfig, op_latency_for
 from csi_oxide.sim.faults import Faults
 from csi_oxide.sim.handlers import Call, Handler, Reply
 from csi_oxide.sim.model import BlankSource, SimState
@@ -54,6 +55,9 @@ class Simulator:
             raise ValueError("fail_rate must be between 0 and 1")
         if not 0.0 <= config.slow_rate <= 1.0 or config.slow_byte_ms < 0:
             raise ValueError("slow_rate must be between 0 and 1, slow_byte_ms not negative")
+        keys = [entry.key for entry in config.op_latency]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"op_latency names an operation or class twice: {keys}")
         self.config = config
         self.token = config.token if config.token is not None else new_token()
         self.backing: Backing = make_backing(config.backing, config.state_dir)
@@ -74,6 +78,17 @@ class Simulator:
         self.faults = Faults()
         self._random = random.Random(config.seed)  # noqa: S311 (fault injection, not crypto)
         self._lock = threading.Lock()
+        self._op_latency = {
+            op: entry
+            for op in OPERATIONS
+            if (entry := op_latency_for(config.op_latency, op)) is not None
+        }
+        # Line-buffered: a reader sees every answered request while the simulator runs.
+        self._request_log: TextIO | None = (
+            None
+            if config.request_log is None
+            else open(config.request_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        )
 
     def __repr__(self) -> str:
         return f"Simulator(project={self.config.project!r}, backing={self.config.backing!r})"
@@ -122,25 +137,57 @@ class Simulator:
             return self.config.slow_byte_ms / 1000
         return 0.0
 
-    def draw_delay(self) -> float:
-        """Seconds to hold this request: the latency plus a random share of the jitter."""
+    def draw_delay(self, operation_id: str | None = None) -> float:
+        """Seconds to hold this request: the latency plus a random share of the jitter, plus the
+        latency drawn for its operation (``op_latency``; None: a request no route matched)."""
         jitter = self._random.uniform(0, self.config.jitter_ms) if self.config.jitter_ms else 0.0
-        return (self.config.latency_ms + jitter) / 1000
+        extra = 0.0
+        entry = self._op_latency.get(operation_id) if operation_id is not None else None
+        if entry is not None:
+            extra = self._random.uniform(entry.low_ms, entry.high_ms)
+        return (self.config.latency_ms + jitter + extra) / 1000
+
+    @property
+    def logs_requests(self) -> bool:
+        """Whether there is a request log to write to."""
+        return self._request_log is not None
+
+    def record_request(self, entry: dict[str, object]) -> None:
+        """One answered request as a JSON line in ``request_log`` (when there is one): its
+        ``operation`` (None when no route matched), ``method``, ``path``, ``target`` (the
+        ``disk`` or ``name`` of its body, if any), ``status``, ``delay`` (the latency drawn for it,
+        seconds), ``arrived`` and ``answered`` (``time.monotonic()`` when it reached the app and
+        when its answer was ready; CLOCK_MONOTONIC, comparable across processes on the host)."""
+        if self._request_log is not None:
+            self._request_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     def record_violation(self, message: str) -> None:
         """Note a contract violation (validate mode)."""
         self.contract_violations.append(message)
 
-    async def apply(self, handler: Handler, call: Call) -> Reply:
-        """Run one operation under the lock (in a worker thread when the backing does I/O)."""
-        if self.backing.blocking:
-            return await asyncio.to_thread(self._locked, lambda: handler(self._state, call))
-        return self._locked(lambda: handler(self._state, call))
+    async def apply(self, handler: Handler, call: Call, *, reads: bool = False) -> Reply:
+        """Run one operation under the lock: in a worker thread when the backing does I/O,
+        unless it ``reads`` only (a GET: no backing call) and the lock is free at once. A read
+        then costs no thread hop (under a burst, hundreds of hops queue for a handful of
+        workers and the GIL, and a 0.1 ms view waited tens of milliseconds); a read that finds
+        the lock taken waits for it in a thread, never on the event loop."""
+        if not self.backing.blocking:
+            return self._locked(lambda: handler(self._state, call))
+        if reads and self._lock.acquire(blocking=False):
+            try:
+                return handler(self._state, call)
+            finally:
+                self._lock.release()
+        return await asyncio.to_thread(self._locked, lambda: handler(self._state, call))
 
     def _locked(self, fn: Callable[[], T]) -> T:
         with self._lock:
             return fn()
 
     def close(self) -> None:
-        """Release the backing (loop devices; a temporary state directory)."""
+        """Release the backing (loop devices; a temporary state directory); close the request
+        log."""
+        if self._request_log is not None:
+            self._request_log.close()
+            self._request_log = None
         self._locked(self.backing.close)

@@ -4,12 +4,15 @@ IDs, contract validation, scripted faults, random 503s and latency."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from csi_oxide.sim import API_VERSION, SimConfig, Simulator, contract, records
+from csi_oxide.sim.config import parse_op_latency
 from csi_oxide.sim.paging import decode_token, encode_token
 
 from .sim_helpers import GIB, Api, error_of, serve
@@ -302,3 +305,40 @@ async def test_jitter_is_bounded_and_seeded() -> None:
     assert len(set(delays)) > 40
     again = Simulator(SimConfig(latency_ms=10, jitter_ms=20, seed=3))
     assert [again.draw_delay() for _ in range(50)] == delays
+
+
+async def test_the_request_log_has_one_line_per_answer(tmp_path: Path) -> None:
+    log_path = tmp_path / "requests.jsonl"
+    op_latency = parse_op_latency("mutation=3:4,read=1:2")
+    async with serve(op_latency=op_latency, request_log=log_path, hotplug=True, seed=2) as api:
+        before = time.monotonic()
+        assert (await api.create_disk("vol-a")).status_code == 201
+        assert (await api.attach("vol-a")).status_code == 202
+        await api.disk("vol-a")
+        assert (await api.http.get("/v1/nowhere")).status_code == 404
+        after = time.monotonic()
+        lines = log_path.read_text().splitlines()  # written as they happen, not on close
+    entries = [json.loads(line) for line in lines]
+    assert [(e["operation"], e["method"], e["status"]) for e in entries] == [
+        ("disk_create", "POST", 201),
+        ("instance_disk_attach", "POST", 202),
+        ("disk_view", "GET", 200),
+        (None, "GET", 404),
+    ]
+    assert [e["target"] for e in entries] == ["vol-a", "vol-a", None, None]
+    assert entries[2]["path"] == "/v1/disks/vol-a"
+    assert 0.003 <= entries[0]["delay"] <= 0.004
+    assert 0.003 <= entries[1]["delay"] <= 0.004
+    assert 0.001 <= entries[2]["delay"] <= 0.002
+    assert entries[3]["delay"] == 0  # no route, no operation latency
+    for e in entries:
+        assert before <= e["arrived"] <= e["answered"] <= after
+    for earlier, later in itertools.pairwise(entries):
+        assert earlier["answered"] <= later["arrived"]
+
+
+async def test_no_request_log_by_default(tmp_path: Path) -> None:
+    async with serve() as api:
+        assert not api.sim.logs_requests
+        assert (await api.create_disk("vol-a")).status_code == 201
+    assert list(tmp_path.iterdir()) == []

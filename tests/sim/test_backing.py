@@ -4,6 +4,7 @@ Needs root and /dev/loop-control (marked ``root``; skipped with the reason other
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -56,6 +57,7 @@ async def test_loop_backing_lifecycle(tmp_path: Path) -> None:
         assert _exists(device)
         assert _loop_attr(device, "loop/backing_file") == str(backing_file)
         assert _loop_attr(device, "queue/logical_block_size") == "512"
+        assert _loop_attr(device, "loop/dio") == "1"  # no host page cache, as on a rack
         _write_device(device, b"written by the guest")
         assert (await api.snapshot("snap-a", "vol-a")).status_code == 201
         assert (await api.detach("vol-a")).status_code == 202
@@ -97,3 +99,37 @@ async def test_busy_device_is_released_and_temp_dir_removed() -> None:
     assert again is not None
     assert _unbound(again)
     assert not _exists(state_dir)
+
+
+async def test_a_read_runs_on_the_event_loop_but_never_blocks_it_on_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a backing that does I/O, a GET skips the worker thread when the simulator's lock is
+    free; when the lock is held (as during a slow losetup) it waits for it in a thread, so the
+    event loop keeps serving, and answers once the lock is released."""
+    async with serve(backing="loop", hotplug=True) as api:
+        assert (await api.create_disk("vol-a", GIB)).status_code == 201
+        hops: list[object] = []
+        original = asyncio.to_thread
+
+        async def counting(fn: object, /, *args: object) -> object:
+            hops.append(fn)
+            return await original(fn, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(asyncio, "to_thread", counting)
+        assert (await api.disk("vol-a"))["name"] == "vol-a"
+        assert hops == []  # the lock was free: no thread
+        lock = api.sim._lock
+        lock.acquire()
+        try:
+            view = asyncio.ensure_future(api.disk("vol-a"))
+            # The event loop still runs other work while the read waits for the lock.
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            assert not view.done()
+        finally:
+            lock.release()
+        assert (await asyncio.wait_for(view, 30))["name"] == "vol-a"
+        assert len(hops) == 1  # it waited for the lock in a worker thread
+        assert (await api.create_disk("vol-b", GIB)).status_code == 201
+        assert len(hops) == 2  # a mutation always goes through a thread (it does I/O)

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from csi_oxide.sim import SimConfig, Simulator
-from csi_oxide.sim.cli import add_arguments, env_lines, parse_listen, write_atomically
+from csi_oxide.sim.cli import _config, add_arguments, env_lines, parse_listen, write_atomically
+from csi_oxide.sim.config import OpLatency
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,3 +121,44 @@ def test_env_file_for_loop_backing(tmp_path: Path) -> None:
     assert values["OXIDE_TOKEN"] == "oxide-token-x'y"
     assert values["CSI_OXIDE_NODE_ID"] == sim.local_instance_id
     assert tmp_path.exists()  # a state dir the user chose is kept
+
+
+def test_op_latency_and_request_log_reach_the_config(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--op-latency-ms",
+            "mutation=300:800,read=20:50",
+            "--request-log",
+            str(tmp_path / "r.jsonl"),
+            "--latency-ms",
+            "2",
+        ]
+    )
+    config = _config(args)
+    assert config.op_latency == (OpLatency("mutation", 300, 800), OpLatency("read", 20, 50))
+    assert config.request_log == tmp_path / "r.jsonl"
+    assert config.latency_ms == 2
+    assert _config(parser.parse_args([])).op_latency == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("read=50:20", "want 0 <= LOW <= HIGH"),
+        ("create=300:800", "'create' is neither an operation class"),
+        ("mutation300", "want KEY=LOW:HIGH or KEY=MS"),
+    ],
+)
+def test_a_bad_op_latency_is_refused_when_parsed(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="csi-oxide sim")
+    add_arguments(parser)
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["--op-latency-ms", value])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --op-latency-ms" in err
+    assert message in err
