@@ -18,6 +18,9 @@ GUEST_DEBS := qemu-system-x86 linux-image-amd64 busybox-static
 # What the one-node Kubernetes test (tests/e2e) runs or builds images with, from Debian.
 CLUSTER_DEBS := etcd-server containerd runc containernetworking-plugins podman debootstrap \
   busybox-static openssl iproute2
+# Debian packages a target adds to system-deps (as root): make bench's reference reader, fio.
+EXTRA_DEBS :=
+bench: EXTRA_DEBS := fio
 
 .PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos node-chaos clean guest \
   cluster-deps cluster-tools e2e e2e-if-root conformance helm
@@ -53,6 +56,11 @@ system-deps:
 	  fi; \
 	else \
 	  echo "not root (or no apt-get): node tools not installed; root-only tests will be skipped"; \
+	fi
+	@if [ -n "$(EXTRA_DEBS)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	   && ! dpkg -s $(EXTRA_DEBS) >/dev/null 2>&1; then \
+	  echo "installing $(EXTRA_DEBS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(EXTRA_DEBS) >/dev/null; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1 \

@@ -45,6 +45,7 @@ class Sim:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()  # more `csi-oxide sim` flags (e.g. --latency-ms for make bench)
 
     def start(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,7 @@ class Sim:
         ]  # fmt: skip
         if self.hotplug:
             argv.append("--hotplug")
+        argv += self.extra
         logf = (self.state / f"sim-{'hotplug' if self.hotplug else 'today'}.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
         logf.close()
