@@ -200,10 +200,6 @@ async def requests_per_lifecycle(workdir: Path) -> None:
     )
 
 
-def _sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
-
-
 class Loop:
     """A sparse file of ``size`` named like a disk, on a loop device, cleaned up on exit."""
 
@@ -211,7 +207,7 @@ class Loop:
         self.path = directory / name
         with self.path.open("wb") as f:
             f.truncate(size)
-        self.dev = _sh("losetup", "--find", "--show", str(self.path))
+        self.dev = bench_load.sh("losetup", "--find", "--show", str(self.path))
 
     def close(self) -> None:
         subprocess.run(["losetup", "-d", self.dev], check=False)
@@ -276,7 +272,7 @@ def _fio_seconds(workdir: Path, size: int, index: int) -> float:
         lines.append(f"{disk.dev} close")
         log.write_text("\n".join(lines) + "\n")
         before = _bytes_read(disk.dev)
-        out = _sh(
+        out = bench_load.sh(
             "fio", "--name=zero-check", f"--read_iolog={log}", "--replay_no_stall=1",
             "--ioengine=libaio", f"--iodepth={FIO_DEPTH}", "--direct=1", "--output-format=json",
         )  # fmt: skip

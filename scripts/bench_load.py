@@ -200,7 +200,8 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _sh(*argv: str) -> str:
+def sh(*argv: str) -> str:
+    """Run a command; its output, stripped (a failure raises)."""
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -213,13 +214,13 @@ def by_hand_seconds(workdir: Path, size: int, *, direct_io: bool) -> float:
         f.truncate(size)
     target.mkdir(exist_ok=True)
     argv = ["losetup", "--find", "--show", *(["--direct-io=on"] if direct_io else []), str(path)]
-    dev = _sh(*argv)
+    dev = sh(*argv)
     try:
         started = time.perf_counter()
-        _sh(*fs.MKFS["ext4"], dev)
-        _sh("mount", "-t", "ext4", dev, str(target))
+        sh(*fs.MKFS["ext4"], dev)
+        sh("mount", "-t", "ext4", dev, str(target))
         seconds = time.perf_counter() - started
-        _sh("umount", str(target))
+        sh("umount", str(target))
         return seconds
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
@@ -413,28 +414,34 @@ async def burst(workdir: Path, row: Row, pvcs: int = 200, instances: int = 20) -
 # ---- 4. listings at scale -------------------------------------------------------------------
 
 
-async def _list_all_volumes(stub: csi_grpc.ControllerAsyncStub, page: int) -> int:
+Listing = csi.ListVolumesResponse | csi.ListSnapshotsResponse
+
+
+async def _list_all(ask: Callable[[str], Awaitable[Listing]]) -> int:
+    """Entries of a paged ListVolumes or ListSnapshots walk; ``ask(token)`` makes one call."""
     token, seen = "", 0
     while True:
-        answer = await stub.ListVolumes(
+        answer = await ask(token)
+        seen += len(answer.entries)
+        token = answer.next_token
+        if not token:
+            return seen
+
+
+def _list_volumes(stub: csi_grpc.ControllerAsyncStub, page: int) -> Awaitable[int]:
+    return _list_all(
+        lambda token: stub.ListVolumes(
             csi.ListVolumesRequest(max_entries=page, starting_token=token)
         )
-        seen += len(answer.entries)
-        token = answer.next_token
-        if not token:
-            return seen
+    )
 
 
-async def _list_all_snapshots(stub: csi_grpc.ControllerAsyncStub, page: int) -> int:
-    token, seen = "", 0
-    while True:
-        answer = await stub.ListSnapshots(
+def _list_snapshots(stub: csi_grpc.ControllerAsyncStub, page: int) -> Awaitable[int]:
+    return _list_all(
+        lambda token: stub.ListSnapshots(
             csi.ListSnapshotsRequest(max_entries=page, starting_token=token)
         )
-        seen += len(answer.entries)
-        token = answer.next_token
-        if not token:
-            return seen
+    )
 
 
 # Runs of each listing per size: the mean CPU of a small listing (tens of ms, counted in 10 ms
@@ -475,12 +482,12 @@ async def listing_scale(
                     made = size
                     got: dict[str, tuple[float, float, float]] = {}
                     works: list[tuple[str, Callable[[], Awaitable[int]]]] = [
-                        ("ListVolumes, all in one", lambda: _list_all_volumes(stub, 0)),
-                        (f"ListVolumes, pages of {page}", lambda: _list_all_volumes(stub, page)),
-                        ("ListSnapshots, all in one", lambda: _list_all_snapshots(stub, 0)),
+                        ("ListVolumes, all in one", lambda: _list_volumes(stub, 0)),
+                        (f"ListVolumes, pages of {page}", lambda: _list_volumes(stub, page)),
+                        ("ListSnapshots, all in one", lambda: _list_snapshots(stub, 0)),
                         (
                             f"ListSnapshots, pages of {page}",
-                            lambda: _list_all_snapshots(stub, page),
+                            lambda: _list_snapshots(stub, page),
                         ),
                     ]
                     for name, work in works:
