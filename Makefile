@@ -15,48 +15,65 @@ NODE_TOOLS := util-linux e2fsprogs xfsprogs mount
 # What the guest rack (tests/guest, `demo --guest`) boots: qemu (TCG), the Debian kernel, and the
 # static busybox virtme-ng builds its initramfs with; installed when running as root.
 GUEST_DEBS := qemu-system-x86 linux-image-amd64 busybox-static
-# What the one-node Kubernetes test (tests/e2e) runs or builds images with, from Debian.
+# What the Kubernetes test (tests/e2e) runs or builds images with, from Debian.
 CLUSTER_DEBS := etcd-server containerd runc containernetworking-plugins podman debootstrap \
   busybox-static openssl iproute2
 # Debian packages a target adds to system-deps (as root): make bench's reference reader, fio.
 EXTRA_DEBS :=
 bench: EXTRA_DEBS := fio
 
-.PHONY: help setup system-deps tools demo test lint typecheck proto proto-check pytest bench chaos node-chaos clean guest \
+.PHONY: help setup system-deps node-deps test-deps tools demo test lint typecheck proto proto-check pytest bench chaos node-chaos clean guest \
   cluster-deps cluster-tools e2e e2e-if-root conformance helm
 
 help:
 	@echo "make demo   - simulator + driver: one volume through its whole life (root for real devices)"
 	@echo "make test   - lint, types, stub drift check, every test including csi-sanity and,"
-	@echo "              as root, the one-node Kubernetes test (make e2e)"
+	@echo "              as root, the two-node Kubernetes test (make e2e)"
 	@echo "make chaos  - volume lifecycles under 20% 503s and 100 plugin kills (+ node-chaos)"
 	@echo "make node-chaos - 300 kill -9 of the node plugin inside its RPCs and mkfs"
 	@echo "make bench  - performance ratios against the physical limits"
 	@echo "make guest  - the node plugin in a qemu guest with NVMe hot-plug (root; minutes)"
-	@echo "make e2e    - the driver in a one-node Kubernetes built here (root; first run builds it)"
+	@echo "make e2e    - the driver in a two-node Kubernetes built here (root; first run builds it)"
 	@echo "make conformance - Kubernetes' external-storage e2e suite against the driver (root)"
 
+# Said in one line, before anything is made: what is missing and what to do.
+NEED_PYTHON = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || { echo "csi-oxide needs Python 3.11 or newer, and '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing): install it, or run make PYTHON=/path/to/python3.11"; exit 1; }; \
+  $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null \
+  || { echo "'$(PYTHON)' cannot make a virtual environment: install python3-venv (apt-get install python3-venv)"; exit 1; }
+NEED_GO = command -v go >/dev/null \
+  || { echo "make test builds csi-sanity (and helm) with Go, which is not installed: install Go (https://go.dev/dl, or apt-get install golang-go) and run it again; make demo does not need Go"; exit 1; }
+
 $(STAMP): pyproject.toml
+	@$(NEED_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make test's whole set-up; make demo needs only the venv and (as root) node-deps.
 setup: $(STAMP) system-deps tools
 
-system-deps:
+system-deps: node-deps test-deps
+
+# The programs the node plugin runs: the demo formats, mounts and grows real volumes with them.
+node-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  for t in mkfs.ext4 mkfs.xfs blkid losetup mount resize2fs xfs_growfs; do \
 	    command -v $$t >/dev/null || missing="$$missing $$t"; \
 	  done; \
 	  if [ -n "$$missing" ]; then \
-	    echo "installing node tools (missing:$$missing)"; \
+	    echo "installing with apt-get: $(NODE_TOOLS) (missing:$$missing), the node plugin's filesystem tools"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_TOOLS) >/dev/null; \
 	  fi; \
 	else \
-	  echo "not root (or no apt-get): node tools not installed; root-only tests will be skipped"; \
+	  echo "not root (or no apt-get): no system packages installed; the demo shows the controller's part and root-only tests skip"; \
 	fi
+
+# What only tests boot or run: the guest rack's qemu, Debian kernel (into /boot) and busybox, and
+# a target's EXTRA_DEBS.
+test-deps:
 	@if [ -n "$(EXTRA_DEBS)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	   && ! dpkg -s $(EXTRA_DEBS) >/dev/null 2>&1; then \
 	  echo "installing $(EXTRA_DEBS)"; \
@@ -65,7 +82,7 @@ system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1 \
 	     || ! command -v busybox >/dev/null; then \
-	    echo "installing the guest rack's qemu, kernel and busybox"; \
+	    echo "installing with apt-get: $(GUEST_DEBS), for the guest rack's tests (qemu, and a Debian kernel into /boot)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_DEBS) >/dev/null; \
 	  fi; \
 	fi
@@ -77,6 +94,7 @@ helm:
 	$(PYTHON) scripts/cluster/build_tools.py --only helm --jobs 2
 
 $(CSI_SANITY):
+	@$(NEED_GO)
 	mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) go install $(CSI_SANITY_MODULE)@v5.5.0 || GOBIN=$(TOOLS) go install $(CSI_SANITY_MODULE)@v5.4.0
 
@@ -105,12 +123,12 @@ guest: setup
 
 test: setup lint typecheck proto-check pytest e2e-if-root
 
-# As root (CI), `make test` ends with the one-node Kubernetes test; otherwise it says why not.
+# As root (CI), `make test` ends with the two-node Kubernetes test; otherwise it says why not.
 e2e-if-root:
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory e2e; \
-	else echo "not root: the one-node Kubernetes test (make e2e) is skipped"; fi
+	else echo "not root: the two-node Kubernetes test (make e2e) is skipped"; fi
 
-# The one-node Kubernetes test: Debian packages (root), then the Kubernetes and sidecar binaries
+# The two-node Kubernetes test: Debian packages (root), then the Kubernetes and sidecar binaries
 # built from their Go modules into .tools/cluster (cached by version), then the scenarios.
 cluster-deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make e2e needs root"; exit 1; fi
@@ -138,7 +156,8 @@ conformance: setup cluster-deps cluster-tools
 	# Now that e2e.test is built: the skip list checked against the suite's real spec list.
 	$(VENV)/bin/pytest -q -p no:randomly -p no:cacheprovider tests/e2e/test_conformance.py
 
-demo: setup
+# Only what the demo uses: no Go, no csi-sanity, no helm, no qemu.
+demo: $(STAMP) node-deps
 	$(VENV)/bin/csi-oxide demo
 
 clean:

@@ -1,7 +1,8 @@
 """The ``csi-oxide`` command line: the only place that builds concrete objects.
 
 Subcommands: ``serve`` (the CSI daemon), ``sim`` (the simulated Oxide API), ``demo`` (the embedded
-default: simulator + driver, one volume through its whole life) and ``doctor`` (set-up checks).
+default: simulator + driver, one volume through its whole life), ``doctor`` (set-up checks) and
+``static-pv`` (the PersistentVolume for a disk an operator attached to a node).
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from csi_oxide import DRIVER_NAME, __version__, log
 from csi_oxide.errors import ConfigurationError
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
+# server.app.DEFAULT_MAX_CONCURRENT_RPCS (why this number: there), kept here so that the command
+# line does not import gRPC.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
 MODES = ("controller", "node", "all")
+SERVE_EPILOG = (
+    "The controller finds its Oxide credentials as Oxide's CLI and SDKs do: OXIDE_HOST and "
+    "OXIDE_TOKEN, or a profile (OXIDE_PROFILE, else default-profile) in "
+    "~/.config/oxide/credentials.toml; OXIDE_PROJECT names the project its disks live in; "
+    "CSI_OXIDE_CA_FILE, a CA bundle to trust. The node plugin needs none of them. "
+    "`csi-oxide doctor --mode controller|node` checks a set-up."
+)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -27,7 +38,12 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="serve the CSI gRPC services on a unix socket")
+    p = sub.add_parser(
+        "serve",
+        help="serve the CSI gRPC services on a unix socket",
+        description="Serve the CSI Identity, Controller and Node services on a unix socket.",
+        epilog=SERVE_EPILOG,
+    )
     p.add_argument("--mode", choices=MODES, default="all", help="services to serve (default all)")
     p.add_argument(
         "--endpoint",
@@ -44,8 +60,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="marks the disks this cluster owns (env CSI_OXIDE_CLUSTER_ID, default 'default'); "
         "letters, digits, '.', '_', '-', at most 63 characters, checked at start",
     )
-    p.add_argument("--log-format", choices=("json", "console"), default="json")
-    p.add_argument("--log-level", choices=log.LEVELS, default="info")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="json: one object per line, for log collectors (default); console: for people",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=log.LEVELS,
+        default="info",
+        help="the least severe level logged (default info; debug adds a line per Oxide request)",
+    )
     p.add_argument(
         "--metrics-address",
         default=_env("CSI_OXIDE_METRICS_ADDRESS"),
@@ -74,6 +100,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(env CSI_OXIDE_OXIDE_TIMEOUT, default 600, the slowest Oxide operation's bound)",
     )
     p.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive,
+        default=_env("CSI_OXIDE_MAX_CONCURRENT_RPCS", str(DEFAULT_MAX_CONCURRENT_RPCS)),
+        metavar="N",
+        help="CSI calls served at once; more are answered RESOURCE_EXHAUSTED, and the sidecars "
+        "retry them (env CSI_OXIDE_MAX_CONCURRENT_RPCS, default "
+        f"{DEFAULT_MAX_CONCURRENT_RPCS}, about twice the sidecars' busiest load)",
+    )
+    p.add_argument(
         "--sim-device-dir",
         default=_env("CSI_OXIDE_SIM_DEVICE_DIR"),
         help="simulator only: accept loop devices backed by files in this directory as disks",
@@ -99,12 +134,20 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from csi_oxide.sim import cli as sim_cli
+def _positive(value: str) -> int:
+    """A whole number from 1 to 100,000 (argparse type)."""
+    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to 100000")
+    return int(value)
 
+
+def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, options: bool) -> None:
     p = sub.add_parser("sim", help="run the simulated Oxide API")
-    sim_cli.add_arguments(p)
-    p.set_defaults(func=sim_cli.run)
+    if options:  # the simulator and its web stack are imported to define them
+        from csi_oxide.sim import cli as sim_cli
+
+        sim_cli.add_arguments(p)
+        p.set_defaults(func=sim_cli.run)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,19 +162,51 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check this machine's set-up for a mode")
-    p.add_argument("--mode", choices=("controller", "node"), required=True)
+    p.add_argument(
+        "--mode",
+        choices=("controller", "node"),
+        required=True,
+        help="controller: credentials, the API, the project and quota; node: root, the "
+        "filesystem tools, device events, the node ID and the kubelet folder",
+    )
     p.set_defaults(func=_run_doctor)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used by tests that check the deployment's flags)."""
+def _add_static_pv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "static-pv",
+        help="print the PersistentVolume for a disk attached to a node (today's racks)",
+        description="Print, for kubectl apply -f -, a PersistentVolume naming an Oxide disk "
+        "that is attached to an instance, pinned to that instance's Kubernetes node. On racks "
+        "without disk hot-plug this is how a running node uses a disk (attached while the "
+        "instance was stopped). Needs the controller's credentials: OXIDE_HOST + OXIDE_TOKEN "
+        "(or OXIDE_PROFILE) and OXIDE_PROJECT.",
+    )
+    p.add_argument("disk", help="the Oxide disk's name")
+    p.add_argument(
+        "--node-name",
+        help="the Kubernetes node name of the disk's instance (default: the instance's name, "
+        "as Oxide's cloud controller manager names nodes)",
+    )
+    p.add_argument("--fs-type", default="ext4", help="ext4 (default) or xfs")
+    p.add_argument("--pv-name", help="the PersistentVolume's name (default oxide-DISK)")
+    p.set_defaults(func=_run_static_pv)
+
+
+def build_parser(*, sim_options: bool = True) -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests that check the deployment's flags).
+
+    Without ``sim_options`` the ``sim`` command is listed but has no options: defining them
+    imports the simulator (uvicorn, starlette), which a daemon must not load for nothing.
+    """
     parser = argparse.ArgumentParser(prog="csi-oxide", description=f"CSI driver {DRIVER_NAME}")
     parser.add_argument("--version", action="version", version=f"csi-oxide {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
-    _add_sim(sub)
+    _add_sim(sub, options=sim_options)
     _add_demo(sub)
     _add_doctor(sub)
+    _add_static_pv(sub)
     return parser
 
 
@@ -142,7 +217,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(args))
     except ConfigurationError as exc:
         logger.error("cannot start", error=str(exc))
-        print(f"csi-oxide: {exc}", file=sys.stderr)
+        print(f"csi-oxide: cannot start: {exc}", file=sys.stderr)
         return 2
 
 
@@ -170,9 +245,44 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return doctor.run(args.mode, os.environ)
 
 
+def _run_static_pv(args: argparse.Namespace) -> int:
+    from csi_oxide.errors import CsiOxideError
+
+    log.configure(fmt="console", level="error")  # stdout carries the manifest alone
+    try:
+        print(asyncio.run(_static_pv(args)), end="")
+    except CsiOxideError as exc:
+        print(f"csi-oxide static-pv: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _static_pv(args: argparse.Namespace) -> str:
+    from csi_oxide import staticpv
+    from csi_oxide.doctor import first_contact_client
+    from csi_oxide.oxide.credentials import load_credentials
+    from csi_oxide.oxide.errors import OxideError
+
+    api = first_contact_client(load_credentials(os.environ))
+    try:
+        attached = await staticpv.describe(api, args.disk)
+    except OxideError as exc:
+        raise ConfigurationError(f"the Oxide API: {exc}") from exc
+    finally:
+        await api.aclose()
+    return staticpv.manifest(
+        attached,
+        node_name=args.node_name or attached.instance.name,
+        fs_type=args.fs_type,
+        pv_name=args.pv_name,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csi-oxide`` command."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Without "sim" among the arguments, sim cannot be the command.
+    parser = build_parser(sim_options="sim" in argv)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -4,7 +4,8 @@ It plays the part of Kubernetes (the CO): it starts ``csi-oxide sim`` (hot-plug 
 attached disks are real block devices here) and ``csi-oxide serve``, then calls the CSI RPCs in the
 order kubelet and the sidecars would, printing each step and its time. At the end it shows the
 refusal a user of today's racks gets (hot-plug off), removes everything, and exits non-zero if any
-step failed.
+step failed. Without root (no loop devices, no mount) it walks the controller's side of the same
+lifecycle on the simulator's memory backing: no block devices, no data.
 """
 
 from __future__ import annotations
@@ -87,14 +88,24 @@ class Demo:
         staging.mkdir(parents=True, exist_ok=True)
         return str(staging), str(base / "pod-mount")
 
+    async def attach(self, volume_id: str) -> None:
+        """ControllerPublishVolume to this node."""
+        await self.controller.ControllerPublishVolume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=volume_id, node_id=self.node_id, volume_capability=_mount_cap()
+            )
+        )
+
+    async def detach(self, volume_id: str) -> None:
+        """ControllerUnpublishVolume from this node."""
+        await self.controller.ControllerUnpublishVolume(
+            csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=self.node_id)
+        )
+
     async def attach_and_mount(self, volume_id: str) -> str:
         """ControllerPublish, NodeStage, NodePublish; the pod's mount path."""
         cap = _mount_cap()
-        await self.controller.ControllerPublishVolume(
-            csi.ControllerPublishVolumeRequest(
-                volume_id=volume_id, node_id=self.node_id, volume_capability=cap
-            )
-        )
+        await self.attach(volume_id)
         staging, target = self.paths(volume_id)
         await self.node.NodeStageVolume(
             csi.NodeStageVolumeRequest(
@@ -120,9 +131,7 @@ class Demo:
         await self.node.NodeUnstageVolume(
             csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
         )
-        await self.controller.ControllerUnpublishVolume(
-            csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=self.node_id)
-        )
+        await self.detach(volume_id)
 
     async def create(self, name: str, size: int, snapshot_id: str = "") -> csi.Volume:
         """CreateVolume, optionally from a snapshot."""
@@ -227,6 +236,45 @@ async def lifecycle(demo: Demo, steps: Steps) -> None:
         "unpublish + unstage + detach the restored volume", demo.unmount_and_detach(rid)
     )
     await _delete(demo, steps, snap_id, (vid, rid))
+
+
+async def controller_lifecycle(demo: Demo, steps: Steps) -> None:
+    """The same story as ``lifecycle`` seen from the controller only (no node, no data)."""
+    vol = await steps.run("CreateVolume 'demo-data' (1 GiB)", demo.create("demo-data", GIB))
+    vid = vol.volume_id
+    steps.note(f"volume ID (= Oxide disk name = NVMe serial): {vid}")
+    await steps.run("ControllerPublishVolume (attach to this node)", demo.attach(vid))
+    snap_id = await steps.run("CreateSnapshot 'demo-snap'", demo.snapshot("demo-snap", vid))
+    await steps.run("ControllerUnpublishVolume (detach)", demo.detach(vid))
+    size = await steps.run(
+        "ControllerExpandVolume to 2 GiB (offline: re-created)", demo.expand(vid, 2 * GIB)
+    )
+    steps.note(f"capacity {GIB} -> {size} bytes; the node grows the filesystem at its next stage")
+    await _check(size == 2 * GIB, f"expanded to {size} bytes, not {2 * GIB}")
+    restored = await steps.run(
+        "CreateVolume 'demo-restore' from the snapshot (2 GiB)",
+        demo.create("demo-restore", 2 * GIB, snap_id),
+    )
+    rid = restored.volume_id
+    await steps.run("ControllerPublishVolume the restored volume", demo.attach(rid))
+    await steps.run("ControllerUnpublishVolume the restored volume", demo.detach(rid))
+    await _delete(demo, steps, snap_id, (vid, rid))
+
+
+async def _controller_only(workdir: Path, steps: Steps) -> None:
+    """Without root: the controller's lifecycle against a memory-backed simulator."""
+    print(
+        "not root (or no loop devices): the node's part (mkfs, mount, data) needs root; showing "
+        "the controller's part of the lifecycle on the simulator's memory backing"
+    )
+    sim = harness.start_sim(workdir, "--hotplug")
+    with harness.stopping(sim.proc):
+        print(f"simulated rack at {sim.env['OXIDE_HOST']} (hot-plug on, memory backing)")
+        driver = harness.start_driver(workdir, sim.env, mode="controller")
+        with harness.stopping(driver.proc):
+            async with grpc.aio.insecure_channel(driver.endpoint) as channel:
+                demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], workdir)
+                await controller_lifecycle(demo, steps)
 
 
 async def _delete(demo: Demo, steps: Steps, snapshot_id: str, volume_ids: Sequence[str]) -> None:
@@ -388,10 +436,7 @@ async def run_demo(workdir: Path, *, guest: bool = False) -> None:
                     demo = Demo(channel, sim.env["CSI_OXIDE_NODE_ID"], workdir)
                     await lifecycle(demo, steps)
     else:
-        print(
-            "not root (or no loop devices): the node part of the demo needs root; "
-            "showing the controller part only"
-        )
+        await _controller_only(workdir, steps)
     await hotplug_off(workdir, steps)
     print(f"demo finished: {steps.count} steps in {time.monotonic() - steps.started:.1f}s")
 

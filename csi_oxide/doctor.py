@@ -18,7 +18,7 @@ from csi_oxide.errors import CsiOxideError
 from csi_oxide.log import configure as configure_logging
 from csi_oxide.nodeid import SMBIOS_UUID, resolve_node_id
 from csi_oxide.oxide.api import OxideApi
-from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide.oxide.client import HttpOxideClient, RetryPolicy
 from csi_oxide.oxide.credentials import OxideCredentials, load_credentials
 from csi_oxide.oxide.types import GIB
 
@@ -27,6 +27,7 @@ NODE_TOOLS = (
     "blkid",
     "mount",
     "umount",
+    "losetup",  # read-only raw block publishes (csi_oxide.node.views)
     "mkfs.ext4",
     "dumpe2fs",
     "e2fsck",
@@ -111,9 +112,19 @@ def _guarded(name: str, probe: Callable[[], str]) -> Check:
 
 ClientFactory = Callable[[OxideCredentials], OxideApi]
 
+# First contact: a refused connection or an unknown host name is a wrong address, said at once
+# (the daemon, by contrast, keeps retrying an API that is briefly away); 503s get a short while.
+DOCTOR_RETRY = RetryPolicy(max_elapsed=15.0, retry_unreachable=False)
+DOCTOR_TIMEOUT = 60.0
+
+
+def first_contact_client(credentials: OxideCredentials) -> OxideApi:
+    """The doctor's client: one attempt at an unreachable or mis-schemed API, a short deadline."""
+    return HttpOxideClient.from_credentials(credentials, retry=DOCTOR_RETRY, timeout=DOCTOR_TIMEOUT)
+
 
 async def controller_checks(
-    env: Mapping[str, str], *, client_factory: ClientFactory = HttpOxideClient.from_credentials
+    env: Mapping[str, str], *, client_factory: ClientFactory = first_contact_client
 ) -> list[Check]:
     """The controller's prerequisites: credentials, API, project, quota."""
     try:
@@ -166,13 +177,14 @@ def run(
     mode: str,
     env: Mapping[str, str],
     *,
-    client_factory: ClientFactory = HttpOxideClient.from_credentials,
+    client_factory: ClientFactory = first_contact_client,
 ) -> int:
     """Run the checks of ``mode``, print the table, return the exit code.
 
-    A doctor's output is its table: meanwhile only warnings and errors are logged (to stderr), so
-    the client's per-request lines do not end up above it."""
-    configure_logging(fmt="console", level="warning")
+    A doctor's output is its table: meanwhile only errors are logged (to stderr), so neither the
+    client's per-request lines nor its warning on giving up (the table's row says why) end up
+    above it."""
+    configure_logging(fmt="console", level="error")
     if mode == "controller":
         checks = asyncio.run(controller_checks(env, client_factory=client_factory))
     else:

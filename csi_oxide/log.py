@@ -19,6 +19,9 @@ LogFormat = Literal["json", "console"]
 LEVELS = ("debug", "info", "warning", "error")
 
 _TOKEN_RE = re.compile(r"oxide-token-[A-Za-z0-9_\-]+")
+# C0 controls, DEL and C1 controls: ESC, BEL, CSI and friends drive a terminal; CR/LF forge lines.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TRACEBACK_KEYS = frozenset({"exception", "stack"})  # multi-line by nature: keep their newlines
 
 
 def redact_text(text: str) -> str:
@@ -33,6 +36,39 @@ def redact(
     for key, value in event.items():
         if isinstance(value, str) and "oxide-token-" in value:
             event[key] = redact_text(value)
+    return event
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character written as a Python escape (ESC -> ``\\x1b``)."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if keep_newlines and char == "\n":
+            return char
+        return char.encode("unicode_escape").decode("ascii")
+
+    return _CONTROL_RE.sub(escape, text)
+
+
+def _console_value(key: str, value: object) -> object:
+    if isinstance(value, str):
+        return escape_controls(value, keep_newlines=key in _TRACEBACK_KEYS)
+    if isinstance(value, int | float | None):
+        return value
+    shown = repr(value)  # what the console renderer prints; an object's own repr may be raw
+    return escape_controls(shown) if _CONTROL_RE.search(shown) else value
+
+
+def escape_for_console(
+    _logger: object, _method: str, event: MutableMapping[str, object]
+) -> MutableMapping[str, object]:
+    """structlog processor for console lines: names from a request (volume IDs, paths) may hold
+    terminal escapes or line breaks; they are shown escaped, never sent to the terminal raw.
+    (The JSON renderer escapes control characters itself.)"""
+    escaped = {escape_controls(key): _console_value(key, value) for key, value in event.items()}
+    event.clear()
+    event.update(escaped)
     return event
 
 
@@ -54,11 +90,11 @@ def configure(
     """Configure structlog (and the standard library root logger) once, at process start."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     out = stream if stream is not None else sys.stderr
-    renderer: structlog.typing.Processor
+    renderers: list[structlog.typing.Processor]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        renderers = [structlog.processors.JSONRenderer(sort_keys=False)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderers = [escape_for_console, structlog.dev.ConsoleRenderer(colors=False)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -66,7 +102,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),

@@ -6,10 +6,8 @@ Each process gets its own ``CollectorRegistry`` (no module-level globals), expos
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,10 +19,25 @@ from prometheus_client import (
 )
 
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.oxide.client import RequestRecord
+from csi_oxide.listener import Answer, BoundedHttpListener, Limits, Reply, serve_http
 
 _Family = TypeVar("_Family", Counter, Gauge, Histogram)
 _RPC_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class OxideAttempt(Protocol):
+    """What the metrics read of one Oxide API request attempt: the HTTP client's
+    ``RequestRecord`` is one. Stated here so that this module, which the node plugin loads too,
+    does not import the client (and with it the HTTP library)."""
+
+    @property
+    def operation(self) -> str: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def duration(self) -> float: ...
 
 
 class Metrics:
@@ -89,7 +102,7 @@ class Metrics:
         self._child(self.rpc_total, method, str(code) if name is None else name).inc()
         self._child(self.rpc_seconds, method).observe(seconds)
 
-    def oxide_request(self, rec: RequestRecord) -> None:
+    def oxide_request(self, rec: OxideAttempt) -> None:
         """``HttpOxideClient`` request observer."""
         status = str(rec.status) if rec.status is not None else "none"
         self._child(self.oxide_total, rec.operation, status, rec.outcome).inc()
@@ -107,45 +120,32 @@ def parse_address(address: str) -> tuple[str, int]:
 LivenessCheck = Callable[[], "str | None"]
 
 
-def _handler(metrics: Metrics, liveness: LivenessCheck | None) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/livez"):
-                problem = liveness() if liveness is not None else None
-                if problem is None:
-                    self._answer(200, b"ok\n")
-                else:
-                    self._answer(503, f"unhealthy: {problem}\n".encode())
-            else:
-                self._answer(404, b"not found: try /metrics or /healthz\n")
+def _answer(metrics: Metrics, liveness: LivenessCheck | None) -> Answer:
+    def answer(path: str) -> Reply:
+        if path == "/metrics":
+            return Reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+        if path in ("/healthz", "/livez"):
+            problem = liveness() if liveness is not None else None
+            if problem is None:
+                return Reply(200, b"ok\n")
+            return Reply(503, f"unhealthy: {problem}\n".encode())
+        return Reply(404, b"not found: try /metrics or /healthz\n")
 
-        def _answer(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None  # a probe every few seconds is not worth a log line
-
-    return Handler
+    return answer
 
 
 def serve_metrics(
-    metrics: Metrics, address: str, liveness: LivenessCheck | None = None
-) -> ThreadingHTTPServer:
+    metrics: Metrics,
+    address: str,
+    liveness: LivenessCheck | None = None,
+    limits: Limits | None = None,
+) -> BoundedHttpListener:
     """Serve ``/metrics`` and ``/healthz`` on ``address`` from a background thread.
 
     ``/healthz`` answers 200 when ``liveness`` (run per request) reports no problem, else 503 with
-    the problem; without a check it answers 200 while the process serves HTTP.
+    the problem; without a check it answers 200 while the process serves HTTP. The listener's
+    connections, threads and time per request are bounded by ``limits`` (see
+    ``csi_oxide.listener``), so idle or slow clients cannot exhaust memory or starve the probe.
     """
     host, port = parse_address(address)
-    server = ThreadingHTTPServer((host, port), _handler(metrics, liveness))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return server
+    return serve_http(host, port, _answer(metrics, liveness), limits)

@@ -1,17 +1,19 @@
 """What a volume of this driver is, as both the controller and the node must agree: what can be a
-volume (or snapshot) ID, the name of its Oxide disk, the NVMe serial a guest sees for it, and the
-filesystems and block size it may have.
+volume (or snapshot) ID, the name of its Oxide disk, the NVMe serial a guest sees for it, the
+filesystems and block size it may have, and the range of sizes a request asks of it (parsed by the
+servicers' shared ``server.parse``; ``controller.sizing`` turns it into a disk size).
 
-These are the driver's own rules; Oxide's (block sizes it accepts, disks per instance) stay in
-``csi_oxide.oxide.types``. Pure: no I/O.
+These are the driver's own rules; Oxide's (names, block sizes, disks per instance) are in
+``csi_oxide.oxide_rules``. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from csi_oxide.errors import NotFoundError
-from csi_oxide.oxide.names import is_valid_name
+from csi_oxide.oxide_rules import is_valid_name
 
 VOLUME_PREFIX = "csi-"
 # The disk name of a volume: the prefix and 16 hex digits of a SHA-256 (see controller.record).
@@ -54,3 +56,15 @@ def serial_of(volume_id: str) -> bytes:
 def is_volume_serial(serial: bytes) -> bool:
     """True for a serial (already stripped of padding) of a disk this driver made."""
     return bool(_VOLUME_SERIAL_RE.fullmatch(serial))
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityRange:
+    """A validated capacity range in bytes; 0 means "not specified"."""
+
+    required: int = 0
+    limit: int = 0
+
+    def admits(self, size: int) -> bool:
+        """True when a volume of ``size`` bytes satisfies the range."""
+        return size >= self.required and (self.limit == 0 or size <= self.limit)

@@ -1,10 +1,18 @@
-"""Builds the concrete objects for ``csi-oxide serve`` from flags and the environment."""
+"""Builds the concrete objects for ``csi-oxide serve`` from flags and the environment.
+
+Each mode imports only its own side: the controller's modules (the Oxide layer, its HTTP client)
+are imported when the controller is built, the node's (pyudev, the tools' wrappers) when the node
+is, so that a node plugin never loads the Oxide layer and a controller never loads the node's data
+path (``tests/test_footprint.py`` checks the running processes). Likewise the metrics
+(prometheus_client) and the kubelet registration API are imported only when their flag is set.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -13,26 +21,22 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from csi_oxide.controller.expand import Expander
-from csi_oxide.controller.ops import ControllerOps
-from csi_oxide.controller.reconcile import DEFAULT_STALE_AFTER, Reconciler
-from csi_oxide.controller.record import check_cluster_id
+from csi_oxide.errors import ConfigurationError
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
-from csi_oxide.metrics import Metrics, serve_metrics
 from csi_oxide.nodeid import resolve_node_id
-from csi_oxide.oxide.api import OxideApi
-from csi_oxide.oxide.client import DEFAULT_TIMEOUT, HttpOxideClient
-from csi_oxide.oxide.credentials import load_credentials
 from csi_oxide.server.app import CsiServer, Services
-from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.liveness import Check, combine, probe_socket
-from csi_oxide.server.node import NodeService
-from csi_oxide.server.registration import RegistrationServer, RegistrationStatus
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where each side is built (see above)
+    from csi_oxide.controller.ops import ControllerOps
+    from csi_oxide.controller.reconcile import Reconciler
+    from csi_oxide.metrics import Metrics
     from csi_oxide.node.ops import NodeOps
+    from csi_oxide.oxide.api import OxideApi
+    from csi_oxide.server.controller import ControllerService
+    from csi_oxide.server.registration import RegistrationServer, RegistrationStatus
 
 Closer = Callable[[], Awaitable[None]]
 log = structlog.get_logger("csi_oxide.wiring")
@@ -42,6 +46,8 @@ RECONCILE_INTERVAL = 300.0
 # Seconds an RPC's work may run past the RPC's deadline (then it is cut; the retry starts afresh).
 RPC_GRACE = 5.0
 SOCKET_WAIT = 0.05
+# The longest path a unix socket can be bound at (sockaddr_un's 108 bytes, less the final NUL).
+MAX_SOCKET_PATH = 107
 
 
 def _in_background(work: Awaitable[None]) -> Closer:
@@ -57,14 +63,19 @@ def _in_background(work: Awaitable[None]) -> Closer:
 
 
 def _controller(
-    args: argparse.Namespace, env: Mapping[str, str], health: Health, metrics: Metrics
+    args: argparse.Namespace, env: Mapping[str, str], health: Health, metrics: Metrics | None
 ) -> tuple[ControllerService, list[Closer]]:
+    from csi_oxide.controller.record import check_cluster_id
+    from csi_oxide.oxide.client import DEFAULT_TIMEOUT, HttpOxideClient
+    from csi_oxide.oxide.credentials import load_credentials
+    from csi_oxide.server.controller import ControllerService
+
     check_cluster_id(args.cluster_id)  # refused at start, not at every CreateVolume
     credentials = load_credentials(env)
     log.info("oxide credentials", oxide=str(credentials))
     client = HttpOxideClient.from_credentials(
         credentials,
-        request_observer=metrics.oxide_request,
+        request_observer=None if metrics is None else metrics.oxide_request,
         timeout=getattr(args, "oxide_timeout", None) or DEFAULT_TIMEOUT,
     )
     # A call's work is cut RPC_GRACE seconds after the call's deadline, freeing the volume.
@@ -86,6 +97,9 @@ def _controller(
 def build_controller_ops(api: OxideApi, *, cluster: str, inflight: InFlight) -> ControllerOps:
     """The controller's operations over ``api``; ``inflight`` is the per-volume guard, shared
     with the reconciler."""
+    from csi_oxide.controller.expand import Expander
+    from csi_oxide.controller.ops import ControllerOps
+
     return ControllerOps(
         api, cluster=cluster, inflight=inflight, expander=Expander(api, cluster=cluster)
     )
@@ -96,15 +110,19 @@ def build_reconciler(
     *,
     cluster: str,
     inflight: InFlight,
-    stale_after: timedelta = DEFAULT_STALE_AFTER,
+    stale_after: timedelta | None = None,
 ) -> Reconciler:
-    """The reconciler of ``cluster``'s leftovers, under the controller's guard ``inflight``."""
+    """The reconciler of ``cluster``'s leftovers, under the controller's guard ``inflight``;
+    ``stale_after`` (default ``reconcile.DEFAULT_STALE_AFTER``): when a leftover is old enough."""
+    from csi_oxide.controller.expand import Expander
+    from csi_oxide.controller.reconcile import DEFAULT_STALE_AFTER, Reconciler
+
     return Reconciler(
         api,
         cluster=cluster,
         inflight=inflight,
         expander=Expander(api, cluster=cluster),
-        stale_after=stale_after,
+        stale_after=DEFAULT_STALE_AFTER if stale_after is None else stale_after,
     )
 
 
@@ -137,14 +155,67 @@ def _liveness(server: CsiServer, status: RegistrationStatus | None) -> Check:
 async def build_server(
     args: argparse.Namespace, env: Mapping[str, str]
 ) -> tuple[CsiServer, list[Closer]]:
-    """The server for ``args.mode`` plus the coroutines that release what it holds."""
-    health = Health()
-    metrics = Metrics()
+    """The server for ``args.mode`` plus the coroutines that release what it holds. When the
+    settings are refused, what was built so far is released before the error goes up."""
     closers: list[Closer] = []
+    try:
+        return await _assemble(args, env, closers), closers
+    except BaseException:
+        for close in closers:
+            await close()
+        raise
+
+
+def _socket_directory(endpoint: Path) -> None:
+    """Make the CSI socket's directory, or refuse to start saying how to fix it."""
+    length = len(os.fsencode(endpoint))
+    if length > MAX_SOCKET_PATH:
+        raise ConfigurationError(
+            f"the socket path {endpoint} is {length} bytes long, and a unix socket's path holds "
+            f"at most {MAX_SOCKET_PATH}: pass a shorter --endpoint"
+        )
+    folder = endpoint.parent
+    remedy = "run as root (as the node plugin must) or pass --endpoint in a folder you can write"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the socket's folder {folder} cannot be made ({exc.strerror}): {remedy}"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"the socket's folder {folder} is not writable: {remedy}")
+
+
+def _metrics_endpoint(metrics: Metrics, address: str, liveness: Check) -> None:
+    """Serve the metrics, or refuse to start when the address cannot be bound."""
+    from csi_oxide.metrics import serve_metrics
+
+    try:
+        serve_metrics(metrics, address, liveness=liveness)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--metrics-address {address}: {exc.strerror or exc}: choose a free port, or stop "
+            "what listens there"
+        ) from None
+
+
+async def _assemble(
+    args: argparse.Namespace, env: Mapping[str, str], closers: list[Closer]
+) -> CsiServer:
+    """The server for ``args.mode``; ``closers`` receives what to release, as it is made."""
+    health = Health()
+    metrics: Metrics | None = None
+    if args.metrics_address:  # else nobody could read them: prometheus_client is not even loaded
+        from csi_oxide.metrics import Metrics
+
+        metrics = Metrics()
     controller = node = None
     if args.mode in ("controller", "all"):
-        controller, closers = _controller(args, env, health, metrics)
+        controller, made = _controller(args, env, health, metrics)
+        closers.extend(made)
     if args.mode in ("node", "all"):
+        from csi_oxide.server.node import NodeService
+
         node_id = resolve_node_id(args.node_id, env)
         device_dir = Path(args.sim_device_dir) if args.sim_device_dir else None
         node_inflight = InFlight()  # never cut: a mkfs or mount runs to its end
@@ -154,19 +225,25 @@ async def build_server(
         node = NodeService(node_id=node_id, ops=ops)
         closers.append(node_inflight.drain)  # at shutdown, let running node work finish
     services = Services(
-        identity=IdentityService(health), controller=controller, node=node, observers=[metrics]
+        identity=IdentityService(health),
+        controller=controller,
+        node=node,
+        observers=[] if metrics is None else [metrics],
     )
-    server = CsiServer(args.endpoint, services)
+    server = CsiServer(args.endpoint, services, max_concurrent_rpcs=args.max_concurrent_rpcs)
+    _socket_directory(server.path)
     status: RegistrationStatus | None = None
     if node is not None and getattr(args, "registration_dir", None):
+        from csi_oxide.server.registration import RegistrationServer, RegistrationStatus
+
         status = RegistrationStatus()
         registration = RegistrationServer(
             Path(args.registration_dir), args.kubelet_registration_path, status
         )
         closers.append(_in_background(_register_with_kubelet(server.path, registration)))
-    if args.metrics_address:
-        serve_metrics(metrics, args.metrics_address, liveness=_liveness(server, status))
-    return server, closers
+    if metrics is not None:
+        _metrics_endpoint(metrics, args.metrics_address, _liveness(server, status))
+    return server
 
 
 def build_node_ops(
@@ -177,19 +254,21 @@ def build_node_ops(
     inflight: InFlight | None = None,
 ) -> NodeOps:
     """The node's data path over its real seams: udev device discovery, util-linux mounts, the
-    filesystem tools, and the record store in ``state_dir`` (None: a fresh temporary directory,
-    for tests and benchmarks only; the daemon always passes its ``--state-dir``), under the
-    per-volume guard ``inflight`` (None: a guard of its own that never cuts, for tests and
-    benchmarks; the daemon passes the one it drains at shutdown)."""
+    filesystem tools, and the record store and the read-only views' anchors in ``state_dir``
+    (None: a fresh temporary directory, for tests and benchmarks only; the daemon always passes
+    its ``--state-dir``), under the per-volume guard ``inflight`` (None: a guard of its own that
+    never cuts, for tests and benchmarks; the daemon passes the one it drains at shutdown)."""
     from csi_oxide.node.devices import UdevDeviceFinder  # pyudev: only the node needs it
     from csi_oxide.node.fs import LinuxFilesystems
     from csi_oxide.node.mount import LinuxMounter
     from csi_oxide.node.ops import NodeOps
     from csi_oxide.node.state import FileRecordStore
+    from csi_oxide.node.views import LoopViews
 
     if state_dir is None:
         state_dir = Path(tempfile.mkdtemp(prefix="csi-oxide-node-state-"))
     finder = UdevDeviceFinder(sim_device_dir=sim_device_dir, timeout=device_timeout)
     records = FileRecordStore(state_dir)
     guard = InFlight() if inflight is None else inflight
-    return NodeOps(finder, LinuxMounter(), LinuxFilesystems(), records, inflight=guard)
+    views = LoopViews(state_dir / "views")
+    return NodeOps(finder, LinuxMounter(), LinuxFilesystems(), records, views=views, inflight=guard)

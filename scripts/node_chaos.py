@@ -53,7 +53,7 @@ from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.node import fs, mountinfo
-from csi_oxide.publish_context import Origin, encode
+from csi_oxide.publish_context import Birth, Origin, encode
 
 GIB = 1024**3
 TIB = 1024 * GIB
@@ -140,6 +140,7 @@ class Volume:
     staging: Path
     target: Path
     fresh: bool
+    disk_id: str  # the Oxide UUID the controller would name in publish_context
     checksum: str | None = None
 
 
@@ -304,7 +305,8 @@ class Storm:
         staging.mkdir(parents=True)
         target = self.workdir / "pods" / volume_id / "mount"
         target.parent.mkdir(parents=True)
-        return Volume(volume_id, backing, dev, staging, target, fresh)
+        disk_id = str(uuid.UUID(bytes=self.rng.randbytes(16), version=4))
+        return Volume(volume_id, backing, dev, staging, target, fresh, disk_id)
 
     def remove_volume(self, volume: Volume) -> None:
         subprocess.run(["losetup", "-d", volume.dev], check=False, capture_output=True)
@@ -404,7 +406,7 @@ class Storm:
 
     async def lifecycle(self, volume: Volume) -> None:
         self.report.lifecycles += 1
-        context = encode(Origin.BLANK)
+        context = encode(Birth(Origin.BLANK, volume.disk_id))
         await self.call(
             "stage",
             volume,

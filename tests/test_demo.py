@@ -1,7 +1,8 @@
 """``csi-oxide demo``: the embedded default walks its whole story and cleans up after itself.
 
 As root with loop devices the full lifecycle runs on real block devices (mkfs, mount, expansion,
-restore); elsewhere the demo says so and shows the controller part only (hot-plug off)."""
+restore); elsewhere the demo says so and walks the controller's part of the same lifecycle on the
+simulator's memory backing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from csi_oxide import demo, harness
+from csi_oxide.oxide.types import GIB
 
 
 def test_the_demo_runs_its_story_and_leaves_nothing(
@@ -29,6 +31,31 @@ def test_the_demo_runs_its_story_and_leaves_nothing(
         assert "restored data intact" in out
         assert int(steps.group(1)) == 19
     else:
-        assert "showing the controller part only" in out
+        assert "the controller's part of the lifecycle" in out
     assert harness.leftovers(tmp_path) == []
     assert list(tmp_path.iterdir()) == []  # the work directory is removed
+
+
+def test_without_root_the_controller_walks_the_whole_lifecycle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(demo, "_can_use_loop_devices", lambda: False)  # as a user without root
+    assert demo.main() == 0
+    out = capsys.readouterr().out
+    assert " FAILED (" not in out and "demo FAILED" not in out
+    for step in (
+        "CreateVolume 'demo-data'",
+        "ControllerPublishVolume (attach to this node)",
+        "CreateSnapshot 'demo-snap'",
+        "ControllerUnpublishVolume (detach)",
+        "ControllerExpandVolume to 2 GiB",
+        "CreateVolume 'demo-restore' from the snapshot",
+        "DeleteSnapshot",
+        "ControllerPublishVolume is refused",
+    ):
+        assert step in out, step
+    assert f"capacity {GIB} -> {2 * GIB} bytes" in out
+    steps = re.search(r"demo finished: (\d+) steps", out)
+    assert steps is not None and int(steps.group(1)) == 14, out
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import logging
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +204,67 @@ def test_the_doctor_prints_its_table_alone(
     assert len(lines) == 1 + 3 + 1  # header, the three controller checks, the summary
     assert lines[-1] == "3 passed, 0 failed"
     assert "oxide_request" not in out + err  # the client's debug lines
+
+
+# ---- first contact with a wrong address: one attempt, then what is likely wrong ----------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _api_row(host: str) -> tuple[doctor.Check, float]:
+    env = {"OXIDE_HOST": host, "OXIDE_TOKEN": "oxide-token-doctor", "OXIDE_PROJECT": "csi"}
+    started = time.monotonic()
+    checks = _by_name(await doctor.controller_checks(env))  # the doctor's own client
+    return checks["API reachable, token valid, project exists"], time.monotonic() - started
+
+
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy from the environment: the client talks to 127.0.0.1 itself."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+async def test_nothing_listening_fails_at_once_saying_so(direct: None) -> None:
+    row, seconds = await _api_row(f"http://127.0.0.1:{_closed_port()}")
+    assert not row.ok
+    assert "nothing listens at 127.0.0.1:" in row.detail and "after 1 attempt" in row.detail
+    assert seconds < 10  # was 60 s and 17 attempts
+
+
+def test_an_unreachable_api_leaves_the_table_alone(
+    capsys: pytest.CaptureFixture[str], restore_logging: None, direct: None
+) -> None:
+    env = {
+        "OXIDE_HOST": f"http://127.0.0.1:{_closed_port()}",
+        "OXIDE_TOKEN": "oxide-token-doctor",
+        "OXIDE_PROJECT": "csi",
+    }
+    assert doctor.run("controller", env) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "1 passed, 1 failed"
+    assert err == ""  # the row says why; no log line above the table
+
+
+async def _plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(512)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def test_a_host_without_scheme_at_a_plain_http_server_is_told_to_use_http(
+    direct: None,
+) -> None:
+    server = await asyncio.start_server(_plain_http, "127.0.0.1", 0)
+    async with server:
+        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        row, seconds = await _api_row(where)  # no scheme: https, as in Oxide's SDKs
+    assert not row.ok
+    assert f"the server speaks plain HTTP: use http://{where}" in row.detail
+    assert seconds < 10  # was 55 s and 22 attempts

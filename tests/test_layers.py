@@ -1,5 +1,5 @@
-"""The layers of DESIGN.md ("one seam per outside system") as lint: ruff's banned-api (TID251 in
-pyproject.toml) refuses gRPC, HTTP and subprocesses outside the one layer that owns each.
+"""The layers of docs/design.md ("one seam per outside system") as lint: ruff's banned-api
+(TID251 in pyproject.toml) refuses gRPC, HTTP and subprocesses outside the one layer that owns each.
 
 Run against ruff itself, with the project's configuration: a forbidden import fails lint, every
 exempt file needs its exemption, and (since an exemption is per file, not per library) an exempt
@@ -144,6 +144,57 @@ def test_nothing_in_the_product_imports_the_test_support() -> None:
                 names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             used = support.intersection(names)
             assert not used, f"{module} imports {sorted(used)}"
+
+
+# ---- the node plugin never reaches the Oxide layer ----
+
+# What the node plugin runs: its data path, and the server modules and shared parts it serves
+# with. (The command line and wiring import the controller's side only in its modes; the running
+# processes are checked in tests/test_footprint.py.)
+NODE_SIDE = {
+    "csi_oxide.server.node",
+    "csi_oxide.server.app",
+    "csi_oxide.server.identity",
+    "csi_oxide.server.liveness",
+    "csi_oxide.server.registration",
+    "csi_oxide.metrics",
+    "csi_oxide.health",
+    "csi_oxide.nodeid",
+}
+NOT_FOR_THE_NODE = (
+    "csi_oxide.oxide",
+    "csi_oxide.controller",
+    "csi_oxide.server.controller",
+    "csi_oxide.sim",
+)
+
+
+def forbidden_reach(start: set[str], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """The ``forbidden`` modules (a package and all under it) that ``start`` imports, directly or
+    through other modules (any import counts: in a function, under TYPE_CHECKING), each with
+    the modules that import it."""
+    from tests.sim.test_imports import graph
+
+    edges = graph(start)
+    reached = set(edges) | {m for targets in edges.values() for m in targets}
+    bad = sorted(m for m in reached if any(m == f or m.startswith(f + ".") for f in forbidden))
+    return {m: sorted(src for src, targets in edges.items() if m in targets) for m in bad}
+
+
+def test_the_node_side_imports_neither_the_oxide_layer_nor_the_controller() -> None:
+    from tests.sim.test_imports import PACKAGE_DIR, module_name
+
+    node = {module_name(p) for p in (PACKAGE_DIR / "node").glob("*.py")}
+    assert "csi_oxide.node.ops" in node
+    found = forbidden_reach(node | NODE_SIDE, NOT_FOR_THE_NODE)
+    assert found == {}, f"the node side reaches (module: its importers) {found}"
+
+
+def test_a_node_side_import_of_the_oxide_layer_is_seen() -> None:
+    # wiring builds both sides, so it reaches both; through it, the check sees the Oxide layer.
+    found = forbidden_reach({"csi_oxide.wiring"}, NOT_FOR_THE_NODE)
+    assert "csi_oxide.oxide.client" in found
+    assert "csi_oxide.wiring" in found["csi_oxide.controller.ops"]
 
 
 def test_no_module_of_the_package_imports_in_a_circle() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +16,7 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.health import Health
+from csi_oxide.listener import BoundedHttpListener, Limits
 from csi_oxide.metrics import Metrics, parse_address, serve_metrics
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.errors import OxideNotFoundError
@@ -105,5 +109,106 @@ async def test_healthz_answers_from_the_liveness_check_beside_metrics() -> None:
             assert "csi_oxide_rpc_total" in metrics.text
             assert (await client.get(f"{base}/other")).status_code == 404
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+def _proc_status(key: str) -> int:
+    """A number from /proc/self/status (Threads, or VmRSS in KiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _get(port: int, path: str, request: bytes | None = None) -> bytes:
+    """The status line of a request sent on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request or f"GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n".encode())
+        return conn.recv(4096).split(b"\r\n", 1)[0]
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset
+
+
+def _wait_until(done: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def listener() -> Iterator[BoundedHttpListener]:
+    limits = Limits(max_connections=64, request_timeout=2.0, max_request_bytes=2048)
+    server = serve_metrics(Metrics(), f"127.0.0.1:{_free_port()}", liveness=None, limits=limits)
+    yield server
+    server.close()
+
+
+def test_idle_connections_are_bounded_and_closed_while_healthz_answers(
+    listener: BoundedHttpListener,
+) -> None:
+    port = listener.server_address[1]
+    assert _get(port, "/healthz").endswith(b" 200 OK")
+    threads, fds, rss = _proc_status("Threads"), _open_fds(), _proc_status("VmRSS")
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(500)]
+    try:
+        # Every slot is held by an idle connection: the probe still gets in, and answered.
+        assert _get(port, "/healthz").endswith(b" 200 OK")
+        assert _proc_status("Threads") <= threads + 2  # the answer pool's second thread
+        assert listener.open_connections() <= 64
+        assert _open_fds() - fds - len(idle) <= 64 + 2
+        assert _proc_status("VmRSS") - rss < 4 * 1024  # KiB; the client sockets included
+        for conn in idle:
+            conn.setblocking(False)
+        assert _wait_until(lambda: all(_closed_by_peer(c) for c in idle), 15.0)
+        assert _wait_until(lambda: listener.open_connections() == 0, 5.0)
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GET /healthz HTTP/1.1\r\n", b"GET /" + b"a" * 4096 + b" HTTP/1.1\r\n\r\n"],
+    ids=["unfinished", "too-long"],
+)
+def test_a_request_that_never_completes_is_dropped(
+    listener: BoundedHttpListener, request_bytes: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", listener.server_address[1]), timeout=5) as conn:
+        conn.sendall(request_bytes)
+        started = time.monotonic()
+        assert conn.recv(4096) == b""  # closed without an answer
+        assert time.monotonic() - started < 4.0
+
+
+def test_only_get_is_answered(listener: BoundedHttpListener) -> None:
+    port = listener.server_address[1]
+    post = b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+    assert _get(port, "", post) == b"HTTP/1.1 405 Method Not Allowed"
+    assert _get(port, "/metrics?x=1") == b"HTTP/1.1 200 OK"
+
+
+def test_a_failing_liveness_check_answers_500() -> None:
+    def broken() -> str | None:
+        raise RuntimeError("boom")
+
+    server = serve_metrics(Metrics(), f"127.0.0.1:{_free_port()}", liveness=broken)
+    try:
+        status = _get(server.server_address[1], "/healthz")
+        assert status == b"HTTP/1.1 500 Internal Server Error"
+    finally:
+        server.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide.controller import record
-from csi_oxide.oxide.types import BLOCK_SIZES
+from csi_oxide.oxide_rules import BLOCK_SIZES
 from csi_oxide.volumes import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FILESYSTEM,

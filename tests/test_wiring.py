@@ -14,11 +14,11 @@ import pytest
 
 from csi_oxide.controller.ops import ControllerOps, NewVolume
 from csi_oxide.controller.reconcile import Reconciler
-from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.inflight import InFlight
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.testing import controller_env
+from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
 
 GIB = 1024**3
@@ -81,3 +81,27 @@ async def test_the_controller_and_its_reconciler_share_one_guard() -> None:
     await busy
     assert (await reconciler.run_once()).finished == [volume.volume_id]
     await env.api.aclose()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "remedy"),
+    [
+        ("file/csi.sock", "pass --endpoint in a folder you can write"),
+        (f"{'x' * 120}/csi.sock", "pass a shorter --endpoint"),
+    ],
+)
+async def test_an_unusable_socket_place_is_refused_and_nothing_is_left_running(
+    tmp_path: Path, endpoint: str, remedy: str
+) -> None:
+    from csi_oxide.cli import build_parser
+    from csi_oxide.errors import ConfigurationError
+    from csi_oxide.wiring import build_server
+
+    (tmp_path / "file").write_text("")
+    argv = ["serve", "--mode", "controller", "--endpoint", f"unix://{tmp_path}/{endpoint}"]
+    env = {"OXIDE_HOST": "http://127.0.0.1:9", "OXIDE_TOKEN": "oxide-token-t", "OXIDE_PROJECT": "p"}
+    with pytest.raises(ConfigurationError, match=remedy):
+        await build_server(build_parser().parse_args(argv), env)
+    await asyncio.sleep(0)
+    # The controller's health check and reconciler were stopped, its client closed.
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -26,10 +26,11 @@ import contextlib
 from dataclasses import replace
 
 from csi_oxide.controller import lookup, owner, record
-from csi_oxide.controller.sizing import CapacityRange, disk_size
+from csi_oxide.controller.sizing import disk_size
 from csi_oxide.errors import (
     FailedPreconditionError,
     InternalError,
+    InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
     ResourceExhaustedError,
@@ -42,6 +43,7 @@ from csi_oxide.oxide.errors import (
     OxideNotFoundError,
 )
 from csi_oxide.oxide.types import Disk, DiskSpec, Snapshot
+from csi_oxide.volumes import CapacityRange
 
 
 class Expander:
@@ -72,6 +74,12 @@ class Expander:
                     f"{capacity.limit}; an Oxide disk cannot shrink"
                 )
             return disk.size
+        if disk.read_only:
+            raise InvalidArgumentError(
+                f"volume {volume_id} is a read-only Oxide disk, exactly the size of the snapshot "
+                "or image it was made from; it cannot be expanded (restore it into a writable "
+                "volume of the size you need instead)"
+            )
         if disk.published and disk.instance_id:
             node = await lookup.instance_label(self._api, disk.instance_id)
             raise FailedPreconditionError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.errors import OxideNotFoundError
-from csi_oxide.oxide.types import Disk, Snapshot
+from csi_oxide.oxide.types import Disk, Image, Snapshot
 
 
 async def disk_or_none(api: OxideApi, name: str) -> Disk | None:
@@ -22,6 +22,17 @@ async def snapshot_or_none(api: OxideApi, name: str) -> Snapshot | None:
         return await api.snapshot_view(name)
     except OxideNotFoundError:
         return None
+
+
+async def image_or_none(api: OxideApi, name: str, *, silo_too: bool = True) -> Image | None:
+    """The image named ``name``: the project's, else (``silo_too``) the silo's; None when there
+    is none."""
+    for silo in (False, True) if silo_too else (False,):
+        try:
+            return await api.image_view(name, silo=silo)
+        except OxideNotFoundError:
+            continue
+    return None
 
 
 async def instance_label(api: OxideApi, instance_id: str) -> str:

@@ -25,7 +25,7 @@ import structlog
 from csi_oxide.controller import lookup, owner, record
 from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.record import Source, SourceKind
-from csi_oxide.controller.sizing import CapacityRange, disk_size
+from csi_oxide.controller.sizing import disk_size, exact_size
 from csi_oxide.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -42,20 +42,20 @@ from csi_oxide.oxide.errors import (
     OxideInvalidRequestError,
     OxideNotFoundError,
 )
-from csi_oxide.oxide.names import is_canonical_uuid, is_valid_name
 from csi_oxide.oxide.types import (
     GIB,
     MAX_DISK_SIZE,
-    MAX_DISKS_PER_INSTANCE,
     Disk,
     DiskSpec,
     DiskState,
+    Image,
     InstanceState,
     Snapshot,
     SnapshotState,
 )
-from csi_oxide.publish_context import Origin
-from csi_oxide.volumes import DEFAULT_BLOCK_SIZE, is_volume_name, require_id
+from csi_oxide.oxide_rules import MAX_DISKS_PER_INSTANCE, is_canonical_uuid, is_valid_name
+from csi_oxide.publish_context import Birth, Origin
+from csi_oxide.volumes import DEFAULT_BLOCK_SIZE, CapacityRange, is_volume_name, require_id
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,7 @@ class NewVolume:
     source: Source | None = None
     pvc: str = ""
     pv: str = ""
+    read_only: bool = False  # an Oxide read-only disk: only with a snapshot (or image) source
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,11 @@ class ControllerOps:
     async def create_volume(self, spec: NewVolume) -> VolumeInfo:
         """Create (or find, identically requested) the disk for CSI volume ``spec.name``."""
         disk_size(spec.capacity)  # OUT_OF_RANGE before any request when no size can fit
+        if spec.read_only and (spec.source is None or spec.source.kind is not SourceKind.SNAPSHOT):
+            raise InvalidArgumentError(
+                f"volume {spec.name!r}: readOnly volumes are made from a snapshot (or an image "
+                "snapshot); give the PVC a VolumeSnapshot dataSource, or drop readOnly"
+            )
         disk_name = record.volume_name(spec.name)
         return await self._inflight.run(
             [disk_name], "CreateVolume", self._create_volume(disk_name, spec)
@@ -184,6 +190,8 @@ class ControllerOps:
                 block_size=spec.block_size or DEFAULT_BLOCK_SIZE,
             )
             return await self._create_disk(blank, spec)
+        if record.is_image_id(spec.source.id) and spec.source.kind is SourceKind.SNAPSHOT:
+            return await self._restore_image(disk_name, spec, spec.source.id)
         if spec.source.kind is SourceKind.SNAPSHOT:
             return await self._restore(disk_name, spec, spec.source.id)
         return await self._clone(disk_name, spec, spec.source.id)
@@ -196,6 +204,7 @@ class ControllerOps:
             source=spec.source,
             pvc=spec.pvc,
             pv=spec.pv,
+            read_only=spec.read_only,
         )
 
     async def _resume_expansion(self, disk_name: str, spec: NewVolume) -> Disk | None:
@@ -239,8 +248,29 @@ class ControllerOps:
         new = DiskSpec(
             name=disk_name,
             description=self._record(spec).encode(),
-            size=disk_size(spec.capacity, minimum=snap.size),
+            size=_restored_size(spec, snap.size),
             snapshot_id=snap.id,
+            read_only=spec.read_only,
+        )
+        return await self._create_disk(new, spec)
+
+    async def _restore_image(self, disk_name: str, spec: NewVolume, image_name: str) -> VolumeInfo:
+        """A volume from an image (this cluster's snapshot kept as an image, or a
+        pre-provisioned one): it takes the image's block size and at least its size."""
+        try:
+            image, _ = await self._usable_image(image_name, "source snapshot")
+        except NotFoundError:
+            existing = await lookup.disk_or_none(self._api, disk_name)
+            if existing is None:
+                raise
+            return self._check_existing(existing, spec)
+        _check_block_size(spec, image.block_size)
+        new = DiskSpec(
+            name=disk_name,
+            description=self._record(spec).encode(),
+            size=_restored_size(spec, image.size),
+            image_id=image.id,
+            read_only=spec.read_only,
         )
         return await self._create_disk(new, spec)
 
@@ -265,6 +295,7 @@ class ControllerOps:
             return await self._cloned(existing, spec)
         _check_block_size(spec, source.block_size)
         size = disk_size(spec.capacity, minimum=source.size)
+        _check_snapshottable(source, "cloned")
         temporary = await self._clone_snapshot(disk_name, source)
         new = DiskSpec(
             name=disk_name,
@@ -294,6 +325,14 @@ class ControllerOps:
         rec = record.Record.of_clone_snapshot(
             self._cluster, target, Source(SourceKind.VOLUME, source.name)
         )
+        return await self._temporary_snapshot(name, rec, source, f"volume {target}")
+
+    async def _temporary_snapshot(
+        self, name: str, rec: record.Record, source: Disk, purpose: str
+    ) -> Snapshot:
+        """The temporary snapshot ``name`` of ``source`` for ``purpose``: taken now, or left by
+        an interrupted attempt of the same operation (same record source, same disk); any
+        other leftover of ours is deleted and taken afresh, never built on."""
         try:
             return await self._of_disk(await self._take_snapshot(name, rec, source.name), source)
         except OxideAlreadyExistsError:
@@ -302,7 +341,7 @@ class ControllerOps:
         claim = owner.of_snapshot(left, self._cluster)
         if claim.record is None:
             raise AlreadyExistsError(
-                f"temporary snapshot {name} for volume {target} exists but is not this "
+                f"temporary snapshot {name} for {purpose} exists but is not this "
                 "cluster's; it was left untouched and nothing was created"
             )
         if (
@@ -352,6 +391,9 @@ class ControllerOps:
                 f"volume {spec.name!r} exists with content source {str(rec.source or 'none')!r}, "
                 f"not {str(spec.source or 'none')!r}"
             )
+        if rec.read_only != spec.read_only:
+            state = "read-only" if rec.read_only else "writable"
+            raise AlreadyExistsError(f"volume {spec.name!r} exists and is {state}")
         if not spec.capacity.admits(disk.size):
             raise AlreadyExistsError(
                 f"volume {spec.name!r} exists with {disk.size} bytes, outside the requested range "
@@ -456,8 +498,9 @@ class ControllerOps:
 
     # ----------------------------------------------------------------------------- attachment
 
-    async def publish(self, volume_id: str, node_id: str) -> Origin | None:
-        """Attach the disk to the node's instance (idempotent); how the disk was born."""
+    async def publish(self, volume_id: str, node_id: str) -> Birth:
+        """Attach the disk to the node's instance (idempotent); which disk it is (its UUID) and
+        how it was born, for the node (``publish_context``)."""
         require_id(volume_id)
         if not is_canonical_uuid(node_id):
             raise NotFoundError(f"node {node_id!r} does not exist: node IDs are instance UUIDs")
@@ -465,12 +508,12 @@ class ControllerOps:
             [volume_id], "ControllerPublishVolume", self._publish(volume_id, node_id)
         )
 
-    async def _publish(self, volume_id: str, node_id: str) -> Origin | None:
+    async def _publish(self, volume_id: str, node_id: str) -> Birth:
         # Under the volume's guard already: a half-done expansion is finished right here.
         disk, claim = await self._usable_volume(volume_id, "volume", guarded=True)
-        origin = origin_of(claim)
+        birth = Birth(origin_of(claim), disk.id, read_only=disk.read_only)
         if disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
-            return origin
+            return birth
         try:
             await self._api.instance_disk_attach(node_id, disk.id)
         except OxideNotFoundError:
@@ -481,7 +524,7 @@ class ControllerOps:
             ) from None
         except OxideInvalidRequestError as exc:
             raise await self._explain_attach(volume_id, node_id, exc) from exc
-        return origin
+        return birth
 
     async def _explain_attach(
         self, volume_id: str, node_id: str, exc: OxideInvalidRequestError
@@ -510,7 +553,14 @@ class ControllerOps:
 
     async def unpublish(self, volume_id: str, node_id: str) -> None:
         """Detach the disk from the node; OK when it is not attached there (or does not exist,
-        or is not this cluster's)."""
+        or is not this cluster's).
+
+        A static volume (a disk this driver did not make) that the platform cannot detach
+        because its instance runs (no hot-plug) is left attached and the answer is OK: on
+        today's racks such a disk was attached while the instance was stopped, for the life of
+        that instance (docs/todays-racks.md). The kubelet has unmounted it before this call;
+        Oxide refuses to attach it anywhere else while it stays, so no second node can get it.
+        A volume of this cluster keeps the FAILED_PRECONDITION answer."""
         if not is_valid_name(volume_id) or (node_id and not is_canonical_uuid(node_id)):
             return  # unknown volume or node: regarded as unpublished, as the spec allows
         await self._inflight.run(
@@ -536,6 +586,16 @@ class ControllerOps:
             if current is None or current.instance_id != node_id:
                 return  # not attached to that node: unpublished already
             instance = await self._api.instance_view(node_id)
+            if owner.of_disk(current, self._cluster).owner is owner.Owner.STATIC:
+                # A disk an operator attached to the instance (today's racks: at its creation)
+                # stays with it while it runs; a publish elsewhere is refused while it is here.
+                log.warning(
+                    "static volume stays attached to its running instance",
+                    volume=volume_id,
+                    instance=node_id,
+                    run_state=instance.run_state,
+                )
+                return
             raise FailedPreconditionError(
                 f"cannot detach volume {volume_id} from node {instance.name!r} (instance "
                 f"{node_id}, {instance.run_state}): {NO_HOTPLUG}. Nothing was changed. "
@@ -544,9 +604,19 @@ class ControllerOps:
 
     # ----------------------------------------------------------------------------- snapshots
 
-    async def create_snapshot(self, name: str, source_volume_id: str) -> SnapshotInfo:
+    async def create_snapshot(
+        self, name: str, source_volume_id: str, *, as_image: bool = False
+    ) -> SnapshotInfo:
         """Snapshot a volume under CSI name ``name`` (idempotent for the same source, also once
-        the source is gone)."""
+        the source is gone); ``as_image``: keep it as an Oxide image (``img-`` + hash), made
+        through a temporary snapshot, so it outlives the disk and can be promoted to the silo."""
+        if as_image:
+            image_name = record.image_name(name)
+            return await self._inflight.run(
+                [image_name],
+                "CreateSnapshot",
+                self._create_image(image_name, name, source_volume_id),
+            )
         snap_name = record.snapshot_name(name)
         return await self._inflight.run(
             [snap_name], "CreateSnapshot", self._create_snapshot(snap_name, name, source_volume_id)
@@ -564,6 +634,7 @@ class ControllerOps:
             if existing is None:
                 raise
             return self._existing_snapshot(existing, name, rec)
+        _check_snapshottable(disk, "snapshotted")
         try:
             snap = await self._snapshot_create(
                 snap_name, replace(rec, block_size=disk.block_size), disk
@@ -586,26 +657,86 @@ class ControllerOps:
 
     def _existing_snapshot(self, snap: Snapshot, name: str, rec: record.Record) -> SnapshotInfo:
         existing = owner.of_snapshot(snap, self._cluster).record
-        if existing is None or not existing.matches_name(name):
-            raise AlreadyExistsError(
-                f"Oxide snapshot {snap.name} exists but was not made by this cluster for "
-                f"snapshot name {name!r}"
-            )
-        if existing.source != rec.source:
-            raise AlreadyExistsError(
-                f"snapshot {name!r} exists for source {_source_id(existing.source)}, "
-                f"not {_source_id(rec.source)}"
-            )
+        _check_same_snapshot(existing, f"Oxide snapshot {snap.name}", name, rec)
         return _snapshot_info(snap, _source_id(rec.source))
+
+    async def _create_image(self, image_name: str, name: str, source: str) -> SnapshotInfo:
+        """The image ``image_name`` of volume ``source``, made through a temporary snapshot
+        (``tmp-image-``) that is deleted afterwards; a retry finds the image (and deletes a
+        temporary snapshot a crash left), or takes up the temporary snapshot an interrupted
+        attempt took of the same disk."""
+        rec = record.Record(
+            cluster=self._cluster, name=name, source=Source(SourceKind.VOLUME, source)
+        )
+        existing = await lookup.image_or_none(self._api, image_name, silo_too=False)
+        if existing is not None:
+            info = self._existing_image(existing, name, rec)
+            await self._discard_temporary(record.image_snapshot_name(image_name))
+            return info
+        disk, _ = await self._usable_volume(source, "source volume")
+        _check_snapshottable(disk, "snapshotted")
+        image = await self._image_through_snapshot(
+            image_name, replace(rec, block_size=disk.block_size), disk
+        )
+        return self._existing_image(image, name, rec)
+
+    def _existing_image(self, image: Image, name: str, rec: record.Record) -> SnapshotInfo:
+        _check_same_snapshot(
+            self._image_claim(image).record, f"Oxide image {image.name}", name, rec
+        )
+        return _image_info(image, _source_id(rec.source))
+
+    def _image_claim(self, image: Image) -> owner.Claim:
+        """``owner.of_image``, except that a silo image is never this cluster's (someone
+        promoted it for the whole silo: the driver neither lists nor deletes it)."""
+        claim = owner.of_image(image, self._cluster)
+        if image.project_id is None and claim.owner is owner.Owner.OURS:
+            return owner.STATIC
+        return claim
+
+    async def _image_through_snapshot(
+        self, image_name: str, rec: record.Record, disk: Disk
+    ) -> Image:
+        """A project image of ``disk`` under ``image_name`` with record ``rec``: snapshot, image
+        from it, and the snapshot deleted (also when the image cannot be made)."""
+        temp = record.Record.of_image_snapshot(
+            self._cluster, image_name, Source(SourceKind.VOLUME, disk.name)
+        )
+        name = record.image_snapshot_name(image_name)
+        snap = await self._temporary_snapshot(name, temp, disk, f"image {image_name}")
+        try:
+            return await self._api.image_create(image_name, rec.encode(), snap.id)
+        except OxideAlreadyExistsError:
+            return await self._api.image_view(image_name)
+        finally:
+            with contextlib.suppress(CsiOxideError):
+                await self._delete_snapshot_if_present(snap)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot; missing (or another cluster's) is success. Temporary snapshots are
         not CSI snapshots."""
         if not is_valid_name(snapshot_id) or record.is_temporary_snapshot_name(snapshot_id):
             return
-        await self._inflight.run(
-            [snapshot_id], "DeleteSnapshot", self._delete_snapshot(snapshot_id)
-        )
+        if record.is_image_id(snapshot_id):
+            work = self._delete_image(snapshot_id)
+        else:
+            work = self._delete_snapshot(snapshot_id)
+        await self._inflight.run([snapshot_id], "DeleteSnapshot", work)
+
+    async def _delete_image(self, image_name: str) -> None:
+        """Delete this cluster's image (and the temporary snapshot a crash may have left). An
+        image the driver did not make is never deleted, and the answer is OK: it may be shared
+        (a silo image serves every project), and CSI's delete answers OK for what it need not
+        remove; a pre-provisioned content should say ``deletionPolicy: Retain``."""
+        image = await lookup.image_or_none(self._api, image_name)
+        if image is not None and self._image_claim(image).owner is owner.Owner.OURS:
+            with contextlib.suppress(OxideNotFoundError):
+                await self._api.image_delete(image.id)
+        elif image is not None:
+            log.info(
+                "image not made by this cluster: answered OK, left untouched", image=image_name
+            )
+        await self._discard_temporary(record.image_snapshot_name(image_name))
 
     async def _delete_snapshot(self, snapshot_id: str) -> None:
         snap = await lookup.snapshot_or_none(self._api, snapshot_id)
@@ -635,8 +766,28 @@ class ControllerOps:
 
     async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """One snapshot; NotFoundError if missing (or not a CSI snapshot, or another cluster's)."""
+        if record.is_image_id(require_id(snapshot_id, "snapshot")):
+            return await self._describe_image(snapshot_id)
         snap, claim = await self._usable_snapshot(snapshot_id, "snapshot")
         return await self._describe_snapshot(snap, claim)
+
+    async def _describe_image(self, image_name: str) -> SnapshotInfo:
+        image, claim = await self._usable_image(image_name, "snapshot")
+        return _image_info(image, _source_id(claim.record.source) if claim.record else "")
+
+    async def _usable_image(self, image_name: str, what: str) -> tuple[Image, owner.Claim]:
+        """The image behind a CSI snapshot ID (``img-``...), the project's or the silo's, ours
+        or pre-provisioned; NotFoundError otherwise."""
+        image = await lookup.image_or_none(self._api, require_id(image_name, what))
+        if image is None:
+            raise NotFoundError(
+                f"{what} {image_name} does not exist (no Oxide image of that name in the "
+                "project or the silo)"
+            )
+        claim = self._image_claim(image)
+        if not claim.usable:
+            raise NotFoundError(owner.not_ours(what, image_name))
+        return image, claim
 
     async def list_snapshots(
         self, *, snapshot_id: str = "", source_volume_id: str = ""
@@ -645,19 +796,28 @@ class ControllerOps:
         ID also a static (pre-provisioned) snapshot."""
         if snapshot_id:
             try:
-                snap, claim = await self._usable_snapshot(snapshot_id, "snapshot")
+                found = [await self.get_snapshot(snapshot_id)]
             except NotFoundError:
                 return []
-            found = [await self._describe_snapshot(snap, claim)]
         else:
             found = []
             for snap in await self._api.snapshot_list():
                 claim = owner.of_snapshot(snap, self._cluster)
                 if claim.record is not None and not record.is_temporary_snapshot_name(snap.name):
                     found.append(await self._describe_snapshot(snap, claim))
+            found.extend(await self._listed_images())
         if source_volume_id:
             found = [s for s in found if s.source_volume_id == source_volume_id]
         return sorted(found, key=lambda s: s.snapshot_id)
+
+    async def _listed_images(self) -> list[SnapshotInfo]:
+        """This cluster's snapshots kept as images (the project's images with our record)."""
+        found = []
+        for image in await self._api.image_list():
+            claim = self._image_claim(image)
+            if claim.record is not None:
+                found.append(_image_info(image, _source_id(claim.record.source)))
+        return found
 
     async def _describe_snapshot(self, snap: Snapshot, claim: owner.Claim) -> SnapshotInfo:
         if claim.record is not None:
@@ -736,6 +896,50 @@ def _check_block_size(spec: NewVolume, source_block_size: int | None) -> None:
         f"blockSize {spec.block_size} cannot apply to volume {spec.name!r}: a disk made from a "
         f"{kind} takes its source's block size, and this {kind} {has}. Use a StorageClass "
         "without blockSize (or with the matching one) for restores and clones."
+    )
+
+
+def _check_snapshottable(disk: Disk, verb: str) -> None:
+    """Oxide refuses to snapshot a read-only disk: say so before asking (FAILED_PRECONDITION)."""
+    if disk.read_only:
+        raise FailedPreconditionError(
+            f"volume {disk.name} is a read-only Oxide disk, which Oxide cannot snapshot, so it "
+            f"cannot be {verb}; use the snapshot or image it was restored from instead"
+        )
+
+
+def _restored_size(spec: NewVolume, source_size: int) -> int:
+    """The size of a disk made from a snapshot or image of ``source_size`` bytes: at least that,
+    and exactly that for a read-only disk (OUT_OF_RANGE when the request cannot have it)."""
+    if spec.read_only:
+        return exact_size(spec.capacity, source_size)
+    return disk_size(spec.capacity, minimum=source_size)
+
+
+def _check_same_snapshot(
+    existing: record.Record | None, what: str, name: str, rec: record.Record
+) -> None:
+    """Refuse (ALREADY_EXISTS) an object found under a CSI snapshot's Oxide name unless this
+    cluster made it for that very CSI name and source."""
+    if existing is None or not existing.matches_name(name):
+        raise AlreadyExistsError(
+            f"{what} exists but was not made by this cluster for snapshot name {name!r}"
+        )
+    if existing.source != rec.source:
+        raise AlreadyExistsError(
+            f"snapshot {name!r} exists for source {_source_id(existing.source)}, "
+            f"not {_source_id(rec.source)}"
+        )
+
+
+def _image_info(image: Image, source_volume_id: str) -> SnapshotInfo:
+    """An image as a CSI snapshot: ready as soon as it exists."""
+    return SnapshotInfo(
+        snapshot_id=image.name,
+        source_volume_id=source_volume_id,
+        size_bytes=image.size,
+        created=image.time_created,
+        ready=True,
     )
 
 

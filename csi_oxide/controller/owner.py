@@ -11,6 +11,8 @@ or ``of_snapshot`` first, and each object is one of:
 - ``STATIC``: its description holds no record at all. Such a disk is a statically provisioned
   volume (usable, and deleted when its PersistentVolume's reclaim policy says so); such a snapshot
   a pre-provisioned snapshot. Temporary snapshot names are never static: they are ours or nothing.
+  An image without a record (``of_image``) is a pre-provisioned image: volumes are made from it,
+  but the driver never deletes it (it may be shared: a silo image serves every project).
 - ``FOREIGN``: everything else: another cluster's record, a copied (forged) record, a damaged
   record. Operations answer as if the object did not exist (NOT_FOUND, or OK for the deletes and
   ControllerUnpublishVolume, as the CSI spec asks of a missing object) and never change it.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from csi_oxide.controller import record
-from csi_oxide.oxide.types import Disk, Snapshot
+from csi_oxide.oxide.types import Disk, Image, Snapshot
 
 
 class Owner(Enum):
@@ -81,9 +83,22 @@ def of_snapshot(snap: Snapshot, cluster: str) -> Claim:
         derived = record.grow_snapshot_name(rec.disk_name()) if rec.grow_to else ""
     elif snap.name.startswith(record.CLONE_PREFIX):
         derived = rec.clone_snapshot_name()
+    elif snap.name.startswith(record.IMAGE_SNAPSHOT_PREFIX):
+        derived = rec.image_snapshot_name()
     else:
         derived = rec.snapshot_name()
     if derived != snap.name:
+        return FOREIGN
+    return Claim(Owner.OURS, rec)
+
+
+def of_image(image: Image, cluster: str) -> Claim:
+    """Whose ``image`` is, for ``cluster``: ours when our record derives its name; static (a
+    pre-provisioned image, used but never deleted by the driver) without a record."""
+    rec = _record(image.description, cluster)
+    if isinstance(rec, Claim):
+        return rec
+    if rec.image_name() != image.name:
         return FOREIGN
     return Claim(Owner.OURS, rec)
 

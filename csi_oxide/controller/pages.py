@@ -17,10 +17,17 @@ earlier releases) are still accepted.
 
 Memory is bounded: at most ``max_walks`` walks are kept (the oldest goes first), expired walks
 are dropped at every call, and a walk is dropped once its last page is served.
+
+Concurrent calls share listings: a call that needs a fresh listing joins the one of its scope that
+has not begun yet, or queues one to begin when the listing on its way ends. So every call is
+answered from a listing begun after the call arrived (a volume created before the call is in it),
+and a burst of any number of calls costs a listing or two, not one per call (2,000 concurrent
+ListVolumes over 500 volumes made 2,000 listings and held 900 MiB).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import re
 import secrets
@@ -46,6 +53,14 @@ class Page(Generic[T]):
 
     entries: list[T]
     next_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing(Generic[T]):
+    """One listing, sorted, with the key of each entry; shared by every call that waited for it."""
+
+    entries: list[T]
+    keys: list[str]
 
 
 @dataclass(slots=True)
@@ -78,6 +93,9 @@ class Walks(Generic[T]):
         self._max = max_walks
         self._clock = clock
         self._walks: OrderedDict[str, _Walk[T]] = OrderedDict()
+        # Per scope: the listing that callers can still join (not begun yet), and the latest one.
+        self._joinable: dict[str, asyncio.Task[_Listing[T]]] = {}
+        self._latest: dict[str, asyncio.Task[_Listing[T]]] = {}
         self.listings = 0  # how many times ``fetch`` ran (the Oxide listings made)
 
     def __len__(self) -> int:
@@ -101,7 +119,7 @@ class Walks(Generic[T]):
             raise InvalidArgumentError("max_entries must not be negative")
         self._expire()
         if not starting_token:
-            return self._start(scope, await self._fetch(fetch), None, 0, max_entries)
+            return self._start(scope, await self._listing(scope, fetch), 0, max_entries)
         walk_id, offset, key = self._parse(starting_token)
         walk = self._walks.get(walk_id)
         if (
@@ -111,16 +129,43 @@ class Walks(Generic[T]):
             and walk.keys[offset] == key
         ):
             return self._next(walk_id, walk, offset, max_entries)
-        entries = await self._fetch(fetch)  # the walk is gone: resume at its key on a new listing
-        keys = [self._key(e) for e in entries]
+        listing = await self._listing(scope, fetch)  # the walk is gone: resume at its key
+        keys = listing.keys
         start = bisect.bisect_left(keys, key)
         if not (start < len(keys) and keys[start] == key) and not self._resumable(key):
             raise AbortedError(f"starting_token {starting_token!r} is not valid")
-        return self._start(scope, entries, keys, start, max_entries)
+        return self._start(scope, listing, start, max_entries)
 
-    async def _fetch(self, fetch: Callable[[], Awaitable[list[T]]]) -> list[T]:
+    async def _listing(self, scope: str, fetch: Callable[[], Awaitable[list[T]]]) -> _Listing[T]:
+        """A listing of ``scope`` begun after this call, shared with the calls that wait for the
+        same one (see the module docstring). A caller's cancellation never cancels it."""
+        task = self._joinable.get(scope)
+        if task is None:
+            previous = self._latest.get(scope)
+            task = asyncio.ensure_future(self._list_after(scope, fetch, previous))
+            self._joinable[scope] = self._latest[scope] = task
+            task.add_done_callback(lambda done: self._forget(scope, done))
+        return await asyncio.shield(task)
+
+    async def _list_after(
+        self,
+        scope: str,
+        fetch: Callable[[], Awaitable[list[T]]],
+        previous: asyncio.Task[_Listing[T]] | None,
+    ) -> _Listing[T]:
+        if previous is not None:
+            await asyncio.wait([previous])  # one listing of a scope at a time, whatever its end
+        del self._joinable[scope]  # from here on, a new caller waits for the next listing
         self.listings += 1
-        return await fetch()
+        entries = await fetch()
+        return _Listing(entries, [self._key(e) for e in entries])
+
+    def _forget(self, scope: str, task: asyncio.Task[_Listing[T]]) -> None:
+        for tasks in (self._joinable, self._latest):  # joinable still: cancelled before it began
+            if tasks.get(scope) is task:
+                del tasks[scope]
+        if not task.cancelled():
+            task.exception()  # its waiters got the error; nothing more to report
 
     @staticmethod
     def _parse(token: str) -> tuple[str, int, str]:
@@ -129,15 +174,12 @@ class Walks(Generic[T]):
             return "", 0, token  # a bare key (earlier releases' tokens)
         return match.group(1), int(match.group(2)), match.group(3)
 
-    def _start(
-        self, scope: str, entries: list[T], keys: list[str] | None, start: int, max_entries: int
-    ) -> Page[T]:
+    def _start(self, scope: str, listing: _Listing[T], start: int, max_entries: int) -> Page[T]:
         """A page of a fresh listing; the listing is kept as a new walk if more pages follow."""
+        entries, keys = listing.entries, listing.keys
         end = _end(len(entries), start, max_entries)
         if end == len(entries):
             return Page(entries[start:end], "")
-        if keys is None:
-            keys = [self._key(e) for e in entries]
         walk_id = secrets.token_hex(6)
         self._walks[walk_id] = _Walk(scope, entries, keys, self._clock())
         while len(self._walks) > self._max:

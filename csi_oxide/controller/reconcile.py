@@ -1,14 +1,15 @@
 """The reconciler: finishes or rolls back what a crash left behind, at start and periodically.
 
-It looks only at temporary snapshots (``tmp-grow-``, ``tmp-clone-``) that are this cluster's
-(``controller.owner``: our marker and a record naming that very snapshot) and are older than
-``stale_after``, so it never races an operation still running in this or another controller
-replica. For each it takes the volume's guard (skipping the volume when an RPC holds it) and
-then:
+It looks only at temporary snapshots (``tmp-grow-``, ``tmp-clone-``, ``tmp-image-``) that are
+this cluster's (``controller.owner``: our marker and a record naming that very snapshot) and are
+older than ``stale_after``, so it never races an operation still running in this or another
+controller replica. For each it takes the volume's (or image's) guard (skipping it when an RPC
+holds it) and then:
 
 - expansion snapshot: finishes the expansion (re-creates a missing disk from it) or deletes it
   when the disk provably holds the data (``Expander.settle``);
-- clone snapshot: deletes it (CreateVolume re-makes it if the clone is retried).
+- clone snapshot, image snapshot: deletes it (CreateVolume or CreateSnapshot re-makes it if
+  retried).
 """
 
 from __future__ import annotations

@@ -7,15 +7,19 @@ idempotency record: a compact, versioned JSON object behind a fixed prefix, at m
                            "pvc":"<ns>/<name>","pv":"<pv name>"}
 
 (``h`` replaces ``n`` when the name is too long; ``gf``/``gt`` on an expansion snapshot, ``b`` the
-block size on a CSI snapshot.)
+block size on a CSI snapshot, ``ro`` on a read-only volume.)
 
 Whose object it is follows from the record and the object's name together (``controller.owner``):
 a record is ours when it names our cluster AND its CSI name derives the object's name. Names:
 
 - volume (disk) name   ``csi-`` + 16 hex of SHA-256(CSI volume name)   (20 chars: the NVMe serial)
 - snapshot name        ``snap-`` + 16 hex of SHA-256(CSI snapshot name)
-- temporary snapshots  ``tmp-clone-`` / ``tmp-grow-`` + 16 hex of SHA-256(target disk name); never
-  listed, never deletable through DeleteSnapshot
+- image name           ``img-`` + 16 hex of SHA-256(CSI snapshot name), for a snapshot kept as an
+  image (VolumeSnapshotClass ``snapshotType: image``); a CSI snapshot ID that begins ``img-``
+  names an image (this driver's or a pre-provisioned one), any other a snapshot
+- temporary snapshots  ``tmp-clone-`` / ``tmp-grow-`` + 16 hex of SHA-256(target disk name), and
+  ``tmp-image-`` + 16 hex of SHA-256(target image name); never listed, never deletable through
+  DeleteSnapshot
 """
 
 from __future__ import annotations
@@ -28,18 +32,22 @@ from enum import StrEnum
 
 from csi_oxide import DRIVER_NAME
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.oxide.types import BLOCK_SIZES, MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
+from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
+from csi_oxide.oxide_rules import BLOCK_SIZES
 from csi_oxide.volumes import VOLUME_PREFIX
 
 PREFIX = f"{DRIVER_NAME}/v1 "  # the marker: "csi.oxide.computer/v1 "
 SNAPSHOT_PREFIX = "snap-"
+IMAGE_PREFIX = "img-"
 CLONE_PREFIX = "tmp-clone-"
 GROW_PREFIX = "tmp-grow-"
-TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX)
+IMAGE_SNAPSHOT_PREFIX = "tmp-image-"
+TEMPORARY_PREFIXES = (CLONE_PREFIX, GROW_PREFIX, IMAGE_SNAPSHOT_PREFIX)
 
 _HEX16 = r"[0-9a-f]{16}"
 # Matched with fullmatch: ``$`` would also accept a final newline.
 _SNAPSHOT_RE = re.compile(rf"{SNAPSHOT_PREFIX}{_HEX16}")
+_IMAGE_RE = re.compile(rf"{IMAGE_PREFIX}{_HEX16}")
 
 MAX_CLUSTER_ID_LENGTH = 63
 _CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -57,6 +65,26 @@ def volume_name(csi_name: str) -> str:
 def snapshot_name(csi_name: str) -> str:
     """The Oxide snapshot name for a CSI snapshot name."""
     return SNAPSHOT_PREFIX + _digest(csi_name)
+
+
+def image_name(csi_name: str) -> str:
+    """The Oxide image name for a CSI snapshot kept as an image."""
+    return IMAGE_PREFIX + _digest(csi_name)
+
+
+def image_snapshot_name(target_image: str) -> str:
+    """The temporary snapshot that the image ``target_image`` is made through."""
+    return IMAGE_SNAPSHOT_PREFIX + _digest(target_image)
+
+
+def is_image_id(snapshot_id: str) -> bool:
+    """True for CSI snapshot IDs that name an image rather than a snapshot."""
+    return snapshot_id.startswith(IMAGE_PREFIX)
+
+
+def is_driver_image_name(name: str) -> bool:
+    """True for the image names this driver makes."""
+    return bool(_IMAGE_RE.fullmatch(name))
 
 
 def clone_snapshot_name(target_disk: str) -> str:
@@ -136,6 +164,13 @@ class Record:
     grow_from: int = 0
     grow_to: int = 0
     block_size: int = 0
+    read_only: bool = False
+
+    @classmethod
+    def of_image_snapshot(cls, cluster: str, target_image: str, source: Source) -> Record:
+        """The record of the temporary snapshot an image is made through: like a clone's, its
+        ``name`` (``clone_target``) is the image's name, from which the snapshot's derives."""
+        return cls(cluster=cluster, name=target_image, source=source)
 
     @classmethod
     def of_clone_snapshot(cls, cluster: str, target_disk: str, source: Source) -> Record:
@@ -166,6 +201,16 @@ class Record:
         """The Oxide snapshot name of the CSI snapshot this record was written for."""
         return SNAPSHOT_PREFIX + self._name_digest()
 
+    def image_name(self) -> str:
+        """The Oxide image name of the CSI snapshot (kept as an image) this record was written
+        for."""
+        return IMAGE_PREFIX + self._name_digest()
+
+    def image_snapshot_name(self) -> str:
+        """The temporary snapshot of an image this record was written for (its name is the
+        image's name)."""
+        return IMAGE_SNAPSHOT_PREFIX + self._name_digest()
+
     def clone_snapshot_name(self) -> str:
         """The temporary clone snapshot this record was written for (its name is the target
         disk's name)."""
@@ -193,6 +238,7 @@ class Record:
             ("gf", self.grow_from),
             ("gt", self.grow_to),
             ("b", self.block_size),
+            ("ro", int(self.read_only)),
         ):
             if value:
                 fields[key] = value
@@ -200,7 +246,7 @@ class Record:
 
 
 _TEXT_KEYS = ("c", "n", "h", "src", "pvc", "pv")
-_NUMBER_KEYS = ("s", "gf", "gt", "b")
+_NUMBER_KEYS = ("s", "gf", "gt", "b", "ro")
 _INT64 = 2**63
 
 
@@ -241,6 +287,7 @@ def decode(description: str) -> Record | None:
         grow_from=data.get("gf", 0),
         grow_to=data.get("gt", 0),
         block_size=data.get("b", 0),
+        read_only=bool(data.get("ro", 0)),
     )
 
 
@@ -288,6 +335,7 @@ def check_cluster_id(cluster: str) -> None:
         grow_from=MAX_DISK_SIZE,
         grow_to=MAX_DISK_SIZE,
         block_size=max(BLOCK_SIZES),
+        read_only=True,
     )
     try:
         longest.encode()

@@ -1,28 +1,26 @@
-"""Capacity ranges and Oxide disk sizes (pure)."""
+"""Oxide disk sizes for capacity ranges (pure)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from csi_oxide.errors import OutOfRangeError
 from csi_oxide.oxide.types import GIB, MAX_DISK_SIZE, MIN_DISK_SIZE
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityRange:
-    """A validated capacity range in bytes; 0 means "not specified"."""
-
-    required: int = 0
-    limit: int = 0
-
-    def admits(self, size: int) -> bool:
-        """True when a volume of ``size`` bytes satisfies the range."""
-        return size >= self.required and (self.limit == 0 or size <= self.limit)
+from csi_oxide.volumes import CapacityRange
 
 
 def round_up_gib(size: int) -> int:
     """``size`` rounded up to whole GiB."""
     return -(-size // GIB) * GIB
+
+
+def exact_size(rng: CapacityRange, size: int) -> int:
+    """``size``, the only size a read-only disk made from a source of ``size`` bytes can have;
+    OUT_OF_RANGE when ``rng`` does not admit it."""
+    if rng.required > size or (rng.limit and rng.limit < size):
+        raise OutOfRangeError(
+            f"a read-only volume is exactly the size of its source, {size} bytes; the request "
+            f"asks for required_bytes={rng.required}, limit_bytes={rng.limit or 'none'}"
+        )
+    return size
 
 
 def disk_size(rng: CapacityRange, *, minimum: int = MIN_DISK_SIZE) -> int:

@@ -35,7 +35,13 @@ class GuestBacking(LoopBacking):
             raise RuntimeError("the guest has not been booted")
         return self.vm
 
-    def attach_local(self, disk: str, block_size: int) -> None:
+    def attach_local(
+        self, disk: str, block_size: int, local: int = 0, *, read_only: bool = False
+    ) -> None:
+        """Hot-plug the disk's file into the guest. A read-only disk does not show as such yet:
+        the guest sees a writable namespace (only the node's read-only mount protects it)."""
+        if local != 0:
+            raise ValueError("the guest is the only local instance")
         self._running().hotplug(disk, self._disk_file(disk), block_size)
 
     def detach_local(self, disk: str) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from csi_oxide.guest.bridge import BridgeThread
 from csi_oxide.guest.qmp import QmpClient, QmpError
@@ -61,6 +62,25 @@ def unavailable_reason() -> str | None:
     if shutil.which("busybox") is None:
         return "busybox is not installed (Debian busybox-static; `make system-deps`)"
     return None
+
+
+def spawn_tethered(
+    argv: list[str], *, output: IO[bytes], env: dict[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, under ``csi_oxide.guest.tether``: its whole
+    process group (qemu, a grandchild of vng, included) is killed when this process dies, even
+    by SIGKILL. The returned process is the tether; it ends with ``argv``'s status, and closing
+    its ``stdin`` kills the group."""
+    tether = [sys.executable, "-m", "csi_oxide.guest.tether", "--", *argv]
+    return subprocess.Popen(  # noqa: S603 (our own argv)
+        tether,
+        stdin=subprocess.PIPE,  # the tether: its write end lives exactly as long as we do
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def _free_port() -> int:
@@ -175,14 +195,8 @@ wait
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         started = time.monotonic()
         with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(  # noqa: S603 (our own argv)
-                self._argv(host_port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
+            self._proc = spawn_tethered(
+                self._argv(host_port), output=log, env=env, cwd=self.workdir
             )
         try:
             self._wait(lambda: self.qmp_path.exists(), "qemu's QMP socket", started + timeout)
@@ -309,5 +323,7 @@ wait
             # vng's session may hold helpers (qemu itself): end what is left of it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            if proc.stdin is not None:
+                proc.stdin.close()
             self._proc = None
         self._plugged.clear()

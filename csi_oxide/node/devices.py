@@ -23,7 +23,7 @@ import pyudev
 
 from csi_oxide.errors import FailedPreconditionError, NotFoundError
 from csi_oxide.node.threads import in_own_thread
-from csi_oxide.oxide.types import MAX_DISKS_PER_INSTANCE
+from csi_oxide.oxide_rules import MAX_DISKS_PER_INSTANCE
 from csi_oxide.volumes import is_volume_serial, serial_of
 
 POLL_SECONDS = 0.5

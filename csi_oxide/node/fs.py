@@ -70,6 +70,11 @@ MKFS = {
 }
 # Clones and restored snapshots share the source's xfs UUID; nouuid lets both mount on one node.
 MOUNT_OPTIONS = {"ext4": (), "xfs": ("nouuid",)}
+# A read-only disk (an Oxide read_only disk) is mounted read-only without replaying the journal
+# or log: the device refuses the writes a replay needs, and a snapshot of a mounted filesystem
+# (crash-consistent) has one pending. Without the replay it shows the last committed state.
+READ_ONLY_MOUNT_OPTIONS = {"ext4": ("ro", "noload"), "xfs": ("ro", "norecovery")}
+NO_RECOVERY = "norecovery"  # how mountinfo's superblock options show either of them
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,12 @@ host, written and fsynced BEFORE anything is mounted or formatted, removed after
 - **Format.** Never over any signature ``blkid -p`` finds. Without one, only when (a) the device
   reads as zeros at samples spread over all of it (``fs.zero_check_ranges``), or (b) the
   controller says the disk was created blank (``publish_context`` origin ``blank``) AND this
-  node's record shows that this plugin itself started mkfs on it (after proving it blank) and
-  that mkfs never completed. A record of a completed mkfs, or of raw block use, means the disk
-  holds data: never blank again. Nothing is decided while something else holds the device open
-  exclusively (a mount elsewhere, a mkfs still running).
+  node's record shows that this plugin itself started mkfs on that very disk (the same Oxide
+  disk UUID, from ``publish_context``) after proving it blank, and that mkfs never completed. A
+  record of a completed mkfs, or of raw block use, means the disk holds data: never blank again.
+  The history belongs to the disk, not to its name: a new disk under a reused name starts with
+  none (``VolumeRecord.for_disk``). Nothing is decided while something else holds the device
+  open exclusively (a mount elsewhere, a mkfs still running).
 - **One serial, one volume.** The device is found by NVMe serial (the first 20 bytes of the volume
   ID); a volume whose serial another volume already uses on this node (recorded staged or
   published in this boot) is refused.
@@ -34,7 +36,8 @@ Stage (filesystem volumes) mounts what is on the device, formatting first only a
 re-created larger by offline expansion has its filesystem grown at the next stage: after mounting
 (online), except ext4 when this process lacks CAP_SYS_RESOURCE, which is then grown just before
 mounting. Raw block volumes need no staging beyond the device being there (and a record); publish
-bind-mounts the device node onto a file.
+bind-mounts the device node onto a file, or, for a read-only publish, a read-only view of the
+device (``node.views``: a read-only bind of a device node still lets the device be written).
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ from csi_oxide.node.state import (
     RecordStore,
     VolumeRecord,
 )
-from csi_oxide.publish_context import Origin
+from csi_oxide.node.views import ReadOnlyViews
+from csi_oxide.publish_context import UNKNOWN_BIRTH, Birth, Origin
 from csi_oxide.volumes import require_id
 
 MKFS_CONCURRENCY = 2
@@ -97,17 +101,20 @@ class NodeOps:
         filesystems: Filesystems,
         records: RecordStore,
         *,
+        views: ReadOnlyViews,
         inflight: InFlight,
         online_ext4_growth: bool | None = None,
     ) -> None:
-        """``inflight``: the per-volume guard (built in ``csi_oxide.wiring``; the node's never
-        cuts an operation: a mkfs cut in the middle is not something a retry can tell from a
-        filesystem). ``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find
-        out from this process's capabilities). Without it, stage grows ext4 before mounting."""
+        """``views``: the read-only views a read-only raw block publish binds. ``inflight``: the
+        per-volume guard (built in ``csi_oxide.wiring``; the node's never cuts an operation: a
+        mkfs cut in the middle is not something a retry can tell from a filesystem).
+        ``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find out from
+        this process's capabilities). Without it, stage grows ext4 before mounting."""
         self._devices = devices
         self._mounter = mounter
         self._fs = filesystems
         self._records = records
+        self._views = views
         self._online_ext4 = (
             fs.can_grow_ext4_online() if online_ext4_growth is None else online_ext4_growth
         )
@@ -180,17 +187,18 @@ class NodeOps:
         fstype: str,
         mount_flags: Sequence[str],
         block: bool,
-        origin: Origin | None = None,
+        birth: Birth = UNKNOWN_BIRTH,
     ) -> None:
         """Make the volume ready on this node (mount its filesystem at ``staging``).
 
-        ``origin``: how the controller says the disk was born (None: unknown, proves nothing).
+        ``birth``: which disk the controller says is behind the volume and how it was born
+        (from ``publish_context``; unknown parts prove nothing).
         """
         require_id(volume_id)
         await self._guarded(
             "NodeStageVolume",
             volume_id,
-            self._stage(volume_id, staging, fstype, mount_flags, block, origin),
+            self._stage(volume_id, staging, fstype, mount_flags, block, birth),
         )
 
     async def _stage(
@@ -200,7 +208,7 @@ class NodeOps:
         fstype: str,
         mount_flags: Sequence[str],
         block: bool,
-        origin: Origin | None,
+        birth: Birth,
     ) -> None:
         fstype = "" if block else fs.check_fstype(fstype)
         await self._claim_serial(volume_id)
@@ -208,7 +216,7 @@ class NodeOps:
         if not block:
             await asyncio.to_thread(os.makedirs, staging, exist_ok=True)
         real = await asyncio.to_thread(os.path.realpath, staging)
-        record = await self._records.load(volume_id)
+        record = (await self._records.load(volume_id)).for_disk(birth.disk_id)
         if record.stage is not None and record.stage.path != real:
             if await self._still_mounted(record.stage):
                 raise FailedPreconditionError(
@@ -239,22 +247,54 @@ class NodeOps:
                     f"volume {volume_id} is staged at {staging} from a device that is gone "
                     f"({top.major_minor}); unstage it first"
                 )
+        elif birth.read_only:  # never formatted, never grown
+            await self._check_read_only_fs(volume_id, device, fstype)
+            await self._mount_staged(record, device, fstype, real, mount_flags, read_only=True)
+            return
         else:
-            record, fresh = await self._prepare(record, device, fstype, origin)
+            record, fresh = await self._prepare(record, device, fstype, birth)
             if not fresh and fstype == "ext4" and not self._online_ext4:
                 async with self._format_slots:
                     await self._grow_offline(volume_id, device)
-            identity = MountIdentity(device.major_minor, "/", fstype)
-            await self._records.save(
-                replace(record, stage=MountRecord(real, boot, False, identity))
-            )
-            options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
-            await self._mounter.mount(device.path, real, fstype, options)
+            await self._mount_staged(record, device, fstype, real, mount_flags, read_only=False)
             if fresh:
                 return
+        if birth.read_only:
+            return
         # Offline expansion re-created a larger disk: grow now, online (also on a retry that
         # finds the volume mounted by an earlier call which failed while growing).
         await self._grow(volume_id, device, fstype, real)
+
+    async def _mount_staged(
+        self,
+        record: VolumeRecord,
+        device: BlockDevice,
+        fstype: str,
+        real: str,
+        mount_flags: Sequence[str],
+        *,
+        read_only: bool,
+    ) -> None:
+        """Record the staging mount, then mount the device there (read-only: without a
+        journal or log replay, see ``fs.READ_ONLY_MOUNT_OPTIONS``)."""
+        identity = MountIdentity(device.major_minor, "/", fstype)
+        stage = MountRecord(real, self._records.boot, False, identity)
+        await self._records.save(replace(record, stage=stage))
+        options = [*fs.MOUNT_OPTIONS[fstype], *mount_flags]
+        if read_only:
+            options += fs.READ_ONLY_MOUNT_OPTIONS[fstype]
+        await self._mounter.mount(device.path, real, fstype, options)
+
+    async def _check_read_only_fs(self, volume_id: str, device: BlockDevice, fstype: str) -> None:
+        """A read-only disk must already hold ``fstype``: it is never formatted."""
+        found = await self._fs.probe(device.path)
+        if found.fstype != fstype:
+            what = found.fstype or found.pttype or found.usage or "no filesystem"
+            raise FailedPreconditionError(
+                f"volume {volume_id} ({device.path}) is a read-only disk holding {what!r}, not "
+                f"{fstype}; a read-only disk is never formatted (restore it from a snapshot of "
+                f"a {fstype} volume, or use the matching fsType)"
+            )
 
     async def _still_mounted(self, record: MountRecord) -> bool:
         mounted = await self._mounter.mounts_at(record.path)
@@ -280,7 +320,7 @@ class NodeOps:
             await self._fs.grow_unmounted_ext4(device.path)
 
     async def _prepare(
-        self, record: VolumeRecord, device: BlockDevice, fstype: str, origin: Origin | None
+        self, record: VolumeRecord, device: BlockDevice, fstype: str, birth: Birth
     ) -> tuple[VolumeRecord, bool]:
         """Format the device if (and only if) that is proven safe; the updated record and
         whether it was formatted. See the module docstring for the rule.
@@ -309,7 +349,7 @@ class NodeOps:
                 f"{where} has no filesystem signature, but this node recorded that it held {was}; "
                 "it is not blank and was left untouched"
             )
-        interrupted = origin is Origin.BLANK and record.history == MKFS_STARTED
+        interrupted = birth.origin is Origin.BLANK and record.interrupted_mkfs_on(birth.disk_id)
         if not zeros and not interrupted:
             raise FailedPreconditionError(
                 f"{where} has no filesystem but is not blank (it holds data, perhaps written in "
@@ -425,7 +465,7 @@ class NodeOps:
                     f"{target} already has something mounted ({top.source}, {top.major_minor}) "
                     f"that this plugin did not publish there for volume {volume_id}"
                 )
-            if entry.identity != identity or entry.block != block:
+            if entry.block != block or (entry.view is None and entry.identity != identity):
                 raise AlreadyExistsError(f"{target} already holds another publish of the volume")
             if entry.read_only != read_only:
                 raise AlreadyExistsError(
@@ -437,11 +477,29 @@ class NodeOps:
             return
         if single_writer:
             await self._refuse_second_writer(device, real_staging, real_target)
-        made = await self._ensure_target(record, entry, real_target, block, identity, read_only)
+        view = self._views.anchor(volume_id, real_target) if block and read_only else None
+        if entry is not None and entry.view is not None and entry.view != view:
+            await self._views.close(entry.view)  # made for an earlier request that differed
+        pending = None if view else identity  # a view's bind: known once the view exists
+        made = await self._ensure_target(record, entry, real_target, block, pending, read_only)
         entry = MountRecord(real_target, self._records.boot, block, identity, read_only, made)
+        if view is not None:
+            source, entry = await self._open_view(volume_id, entry, view, device)
         record = await self._records.load(volume_id)
         await self._records.save(record.with_publish(real_target, entry))
         await self._mounter.bind(source, real_target, read_only=read_only, options=mount_flags)
+
+    async def _open_view(
+        self, volume_id: str, entry: MountRecord, view: str, device: BlockDevice
+    ) -> tuple[str, MountRecord]:
+        """The read-only view of ``device`` anchored at ``view`` (``node.views``), to bind at
+        ``entry.path``, and ``entry`` with the identity that bind will have. The anchor is
+        recorded before the view is made: a crash at any point leaves a record that finds it."""
+        entry = replace(entry, identity=None, view=view)
+        record = await self._records.load(volume_id)
+        await self._records.save(record.with_publish(entry.path, entry))
+        loop = await self._views.open(view, device)
+        return loop, replace(entry, identity=bound_identity(await self._mounter.mounts(), loop))
 
     async def _staged_identity(
         self, record: VolumeRecord, device: BlockDevice, staging: str
@@ -470,7 +528,7 @@ class NodeOps:
         entry: MountRecord | None,
         target: str,
         block: bool,
-        identity: MountIdentity,
+        identity: MountIdentity | None,
         read_only: bool,
     ) -> Made | None:
         """The target exists afterwards; what this plugin made of it (None: it was there)."""
@@ -516,6 +574,8 @@ class NodeOps:
         await self._unmount_ours(volume_id, real, entry)
         if entry is None:
             return
+        if entry.view is not None:
+            await self._views.close(entry.view)
         if entry.made is not None:
             same_boot = entry.boot == self._records.boot
             await asyncio.to_thread(_remove_target, real, entry.made, same_boot)
@@ -533,7 +593,12 @@ class NodeOps:
             size = await self._fs.device_size(path)
             return VolumeStats(size, 0, 0, 0, 0, 0, True, gone)
         st = await fs.statvfs(path)
-        abnormal = gone or ("the filesystem is read-only" if "ro" in top.super_options else None)
+        # A filesystem that went read-only (errors=remount-ro) is abnormal; a read-only volume's,
+        # mounted read-only without recovery (``fs.READ_ONLY_MOUNT_OPTIONS``, which mountinfo
+        # shows as ``norecovery`` for ext4 and xfs alike), is not.
+        supers = top.super_options
+        went_read_only = "ro" in supers and fs.NO_RECOVERY not in supers
+        abnormal = gone or ("the filesystem is read-only" if went_read_only else None)
         return VolumeStats(
             total_bytes=st.f_blocks * st.f_frsize,
             available_bytes=st.f_bavail * st.f_frsize,
@@ -556,12 +621,18 @@ class NodeOps:
             raise FailedPreconditionError(f"volume {volume_id} is not attached to this node")
         if await asyncio.to_thread(_is_block_file, path):
             return await self._fs.device_size(device.path)
+        if "ro" in top.super_options:
+            raise FailedPreconditionError(
+                f"the filesystem of volume {volume_id} at {path} is mounted read-only (a "
+                "read-only disk, or a filesystem that found errors); it is not grown"
+            )
         await self._grow(volume_id, device, fs.check_fstype(top.fstype), path)
         return await self._fs.device_size(device.path)
 
     async def _mount_of(self, volume_id: str, path: str) -> tuple[Mount, BlockDevice | None]:
         """The volume's mount at ``path`` and its device (None: a device that vanished under
-        the mount). NotFoundError unless the mount provably is the volume's."""
+        the mount). NotFoundError unless the mount provably is the volume's: its device (or its
+        filesystem), or a mount recorded as the volume's, a read-only view of it included."""
         if not os.path.isabs(path) or not await asyncio.to_thread(os.path.exists, path):
             raise NotFoundError(f"path {path!r} does not exist")
         mounted = await self._mounter.mounts_at(path)
@@ -571,11 +642,11 @@ class NodeOps:
         device = await self._devices.find_now(volume_id)
         if device is not None and _mount_is_device(top, device, path):
             return top, device
-        if device is None:
-            real = await asyncio.to_thread(os.path.realpath, path)
-            record = await self._records.load(volume_id)
-            if any(m.path == real and self._ours(m, top) for m in record.mounts()):
-                return top, None
+        real = await asyncio.to_thread(os.path.realpath, path)
+        record = await self._records.load(volume_id)
+        for m in record.mounts():
+            if m.path == real and self._ours(m, top) and (device is None or m.view is not None):
+                return top, device
         raise NotFoundError(f"{path} does not hold volume {volume_id}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilization
+from csi_oxide.oxide.types import Disk, DiskSpec, Image, Instance, Snapshot, Utilization
 
 
 class OxideApi(Protocol):
@@ -55,6 +55,22 @@ class OxideApi(Protocol):
 
     async def snapshot_delete(self, snapshot: str) -> None:
         """``snapshot_delete``."""
+        ...
+
+    async def image_create(self, name: str, description: str, snapshot_id: str) -> Image:
+        """``image_create`` of a project image from the snapshot with UUID ``snapshot_id``."""
+        ...
+
+    async def image_view(self, image: str, *, silo: bool = False) -> Image:
+        """``image_view``: a name selects the project's image, or with ``silo`` the silo's."""
+        ...
+
+    async def image_list(self) -> list[Image]:
+        """``image_list`` of the project's images, over all pages."""
+        ...
+
+    async def image_delete(self, image: str) -> None:
+        """``image_delete``; disks made from the image keep their data."""
         ...
 
     async def instance_view(self, instance: str) -> Instance:

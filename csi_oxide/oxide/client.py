@@ -71,8 +71,9 @@ from csi_oxide.oxide.errors import (
     OxideUnavailableError,
     scrub,
 )
-from csi_oxide.oxide.names import is_uuid
 from csi_oxide.oxide.transport import (
+    PERMANENT_CAUSES,
+    UNREACHABLE_CAUSES,
     AiohttpCarrier,
     Answer,
     AnswerTooLargeError,
@@ -81,7 +82,8 @@ from csi_oxide.oxide.transport import (
     TransportFailure,
     tls_context,
 )
-from csi_oxide.oxide.types import Disk, DiskSpec, Instance, Snapshot, Utilization
+from csi_oxide.oxide.types import Disk, DiskSpec, Image, Instance, Snapshot, Utilization
+from csi_oxide.oxide_rules import is_uuid
 
 log = structlog.get_logger("csi_oxide.oxide.client")
 
@@ -114,12 +116,25 @@ RETRYABLE_STATUSES = frozenset({429, 503})
 class RetryPolicy:
     """Retry of 429 and 503 answers and connection errors/timeouts: exponential backoff with full
     jitter, at least the server's ``Retry-After`` (capped at ``max_retry_after``), given up when
-    the next attempt would start after ``max_elapsed`` seconds."""
+    the next attempt would start after ``max_elapsed`` seconds.
+
+    A connection refused or a host name that does not resolve is retried only with
+    ``retry_unreachable``: in production the API (or DNS) may be restarting, but on first contact
+    (``csi-oxide doctor``) it almost always means a wrong address. A TLS handshake that cannot
+    succeed (plain HTTP server, untrusted certificate) is never retried."""
 
     max_elapsed: float = 60.0
     base_delay: float = 0.25
     max_delay: float = 8.0
     max_retry_after: float = 30.0
+    retry_unreachable: bool = True
+
+    def retries(self, cause: str) -> bool:
+        """Whether a connection that failed for ``cause`` (``transport``'s constants, or empty
+        when unknown) is worth another attempt."""
+        if cause in PERMANENT_CAUSES:
+            return False
+        return self.retry_unreachable or cause not in UNREACHABLE_CAUSES
 
     def delay(self, attempt: int, jitter: float, retry_after: float | None = None) -> float:
         """The pause after failed attempt number ``attempt`` (1-based); ``jitter`` is in [0, 1);
@@ -150,11 +165,13 @@ RequestObserver = Callable[[RequestRecord], None]
 @dataclass(frozen=True, slots=True)
 class _Failed:
     """An attempt that got no (complete) HTTP answer; ``deadline``: the attempt's total deadline
-    ended it."""
+    ended it; ``cause`` and ``hint``: the carrier's diagnosis (see ``TransportFailure``)."""
 
     outcome: str
     exc: Exception
     deadline: bool = False
+    cause: str = ""
+    hint: str = ""
 
 
 class HttpOxideClient:
@@ -332,6 +349,30 @@ class HttpOxideClient:
         path = f"/v1/snapshots/{_segment(snapshot, 'snapshot')}"
         await self._call("snapshot_delete", "DELETE", path, self._selector(snapshot))
 
+    # ---- images -------------------------------------------------------------------------------
+
+    async def image_create(self, name: str, description: str, snapshot_id: str) -> Image:
+        """``image_create`` from a snapshot, as an image of the project."""
+        body = wire.image_create_body(name, description, snapshot_id)
+        answer = await self._call("image_create", "POST", "/v1/images", self._parent(), body)
+        return self._parse("image_create", answer, wire.parse_image, about=name)
+
+    async def image_view(self, image: str, *, silo: bool = False) -> Image:
+        """``image_view``: by name the project's image, or with ``silo`` the silo's."""
+        path = f"/v1/images/{_segment(image, 'image')}"
+        params = {} if silo else self._selector(image)
+        answer = await self._call("image_view", "GET", path, params)
+        return self._parse("image_view", answer, wire.parse_image, about=image)
+
+    async def image_list(self) -> list[Image]:
+        """``image_list`` of the project's images, over all pages."""
+        return await self._list("image_list", "/v1/images", self._parent(), wire.parse_image)
+
+    async def image_delete(self, image: str) -> None:
+        """``image_delete``."""
+        path = f"/v1/images/{_segment(image, 'image')}"
+        await self._call("image_delete", "DELETE", path, self._selector(image))
+
     # ---- instances ----------------------------------------------------------------------------
 
     async def instance_view(self, instance: str) -> Instance:
@@ -498,12 +539,26 @@ class HttpOxideClient:
                         return result
                     raise error_from_response(operation, result, secrets=self._secrets())
                 retry_after = _retry_after(result.headers.get("retry-after"), time.time())
+            elif not self._retry.retries(result.cause):
+                raise self._give_up(operation, result, attempt) from result.exc
             delay = self._retry.delay(attempt, self._random(), retry_after)
             if self._monotonic() + delay > deadline:
                 cause = result.exc if isinstance(result, _Failed) else None
                 raise self._give_up(operation, result, attempt) from cause
-            log.info("oxide_request_retry", operation=operation, attempt=attempt, delay=delay)
+            log.info(
+                "oxide_request_retry",
+                operation=operation,
+                attempt=attempt,
+                delay=round(delay, 3),
+                cause=self._why(result),
+            )
             await self._sleep(delay)
+
+    def _why(self, result: Answer | _Failed) -> str:
+        """What a retry line says it retries: the status, or the connection's failure."""
+        if isinstance(result, Answer):
+            return f"HTTP {result.status_code}"
+        return scrub(f"{result.outcome}: {_failure_text(result.exc)}", self._secrets())
 
     async def _attempt(
         self,
@@ -529,7 +584,7 @@ class HttpOxideClient:
                 # The total deadline: a server trickling bytes defeats per-read timeouts only.
                 result = _Failed("timeout", exc, deadline=True)
             except TransportFailure as exc:
-                result = _Failed(exc.outcome, exc)
+                result = _Failed(exc.outcome, exc, cause=exc.cause, hint=exc.hint)
             except httpx.TimeoutException as exc:
                 result = _Failed("timeout", exc)
             except httpx.TransportError as exc:
@@ -577,7 +632,7 @@ class HttpOxideClient:
                 status=status,
                 outcome=outcome,
                 duration_ms=round(duration * 1000, 1),
-                request_id=request_id,
+                oxide_request_id=request_id,
                 attempt=attempt,
             )
         if self._observer is None:
@@ -599,12 +654,10 @@ class HttpOxideClient:
             detail = f"{self._timeout:g} s, connect to last byte"
         else:
             what = "timed out talking" if last.outcome == "timeout" else "could not connect"
-            if isinstance(last.exc, TransportFailure):
-                detail = str(last.exc)
-            else:
-                detail = f"{type(last.exc).__name__}: {last.exc}".rstrip(": ")
+            detail = _failure_text(last.exc)
+        hint = f": {last.hint}" if last.hint else ""
         return OxideUnavailableError(
-            f"{what} to {self._host} ({detail}); {after}",
+            f"{what} to {self._host} ({detail}){hint}; {after}",
             operation=operation,
             secrets=self._secrets(),
         )
@@ -613,6 +666,13 @@ class HttpOxideClient:
         """What no error text may contain: the token as it is now, and the last few sent (an
         answer to a request that carried the previous token may arrive after a rotation)."""
         return (self._token(), *self._sent)
+
+
+def _failure_text(exc: Exception) -> str:
+    """``Type: message`` of a failed attempt's exception (a carrier's text is that already)."""
+    if isinstance(exc, TransportFailure):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def _is_about(obj: object, asked: str) -> bool:

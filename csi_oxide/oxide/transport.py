@@ -72,13 +72,28 @@ class AnswerTooLargeError(Exception):
     """An answer body beyond ``max_body``: the request was abandoned."""
 
 
+# Why a connection failed, when the carrier can tell (``TransportFailure.cause``).
+REFUSED = "refused"  # nothing listens at the address (yet: the API may be restarting)
+UNRESOLVED = "unresolved"  # the host name does not resolve (yet: DNS may be restarting)
+PLAIN_SERVER = "plain_server"  # https:// to a server that speaks plain HTTP
+UNTRUSTED = "untrusted"  # the server's TLS certificate does not verify
+# Causes no retry can cure: the configuration must change.
+PERMANENT_CAUSES = frozenset({PLAIN_SERVER, UNTRUSTED})
+# Causes a retry may cure within seconds in production, but which mean a wrong address on first
+# contact (``csi-oxide doctor``).
+UNREACHABLE_CAUSES = frozenset({REFUSED, UNRESOLVED})
+
+
 class TransportFailure(Exception):  # noqa: N818 - a failure, reported as such, not an error
     """No complete answer came (``outcome`` ``timeout`` or ``connection_error``); the text names
-    the library's error type and message, never the request."""
+    the library's error type and message, never the request. ``cause`` is one of the constants
+    above when known (else empty), and ``hint`` then says what to check."""
 
-    def __init__(self, outcome: str, detail: str) -> None:
+    def __init__(self, outcome: str, detail: str, cause: str = "", hint: str = "") -> None:
         super().__init__(detail)
         self.outcome = outcome
+        self.cause = cause
+        self.hint = hint
 
 
 class Carrier(Protocol):
@@ -168,6 +183,16 @@ class HttpxCarrier:
     async def aclose(self) -> None:
         """Release connections."""
         await self._http.aclose()
+
+
+# OpenSSL's words when the first bytes back from a TLS handshake are a plain HTTP answer.
+_PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+
+
+def _speaks_plain_http(exc: BaseException) -> bool:
+    """True when a TLS handshake failed because the server answered in plain HTTP."""
+    text = str(getattr(exc, "os_error", exc)).upper().replace(" ", "_")
+    return any(sign in text for sign in _PLAIN_HTTP_SIGNS)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -284,9 +309,30 @@ class AiohttpCarrier:
         except self._aiohttp.ServerTimeoutError as exc:
             failure = TransportFailure("timeout", self._describe(exc))
         except self._failures as exc:
-            failure = TransportFailure("connection_error", self._describe(exc))
+            cause, hint = self._diagnose(exc)
+            failure = TransportFailure("connection_error", self._describe(exc), cause, hint)
         # Raised out here, so that not even its __context__ refers to aiohttp's error.
         raise failure
+
+    def _diagnose(self, exc: BaseException) -> tuple[str, str]:
+        """The cause of a failed connection and what to do about it, when aiohttp tells."""
+        aiohttp = self._aiohttp
+        where = urlsplit(self._base).netloc
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return UNTRUSTED, (
+                f"the certificate of {where} does not verify: if the rack uses its own CA, "
+                "give its PEM bundle in CSI_OXIDE_CA_FILE"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorSSLError) and _speaks_plain_http(exc):
+            return PLAIN_SERVER, f"the server speaks plain HTTP: use http://{where}"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            host = urlsplit(self._base).hostname
+            return UNRESOLVED, f"the host name {host!r} does not resolve: check OXIDE_HOST"
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+            exc.os_error, ConnectionRefusedError
+        ):
+            return REFUSED, f"nothing listens at {where}: is the API up, and the port right?"
+        return "", ""
 
     def _describe(self, exc: BaseException) -> str:
         """``Type: message`` of a library error, without its request (so without the token)."""

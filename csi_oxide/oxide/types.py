@@ -1,6 +1,8 @@
 """Domain values for the parts of the Oxide API the driver uses.
 
 Only ``csi_oxide.oxide.client`` turns JSON into these; everything else sees plain frozen values.
+Oxide's rules that the node plugin follows too (names, block sizes, disks per instance) are in
+``csi_oxide.oxide_rules``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from enum import StrEnum
 GIB = 1024**3
 MIN_DISK_SIZE = 1 * GIB
 MAX_DISK_SIZE = 1023 * GIB
-BLOCK_SIZES = (512, 2048, 4096)
-MAX_DISKS_PER_INSTANCE = 12
 MAX_DESCRIPTION_LENGTH = 512
 
 
@@ -100,6 +100,20 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An Oxide image: a copy of a snapshot's data, in a project (``project_id``) or the silo
+    (``project_id`` None). It has no state: it is usable once it exists."""
+
+    id: str
+    name: str
+    description: str
+    project_id: str | None
+    size: int
+    block_size: int
+    time_created: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Instance:
     """An Oxide instance (a Kubernetes node, for this driver)."""
 
@@ -125,17 +139,25 @@ class Utilization:
 
 @dataclass(frozen=True, slots=True)
 class DiskSpec:
-    """What ``disk_create`` needs. Exactly one of ``block_size`` (blank) or ``snapshot_id``."""
+    """What ``disk_create`` needs. Exactly one of ``block_size`` (blank), ``snapshot_id`` or
+    ``image_id``; ``read_only`` only with a snapshot or an image (the disk is then exactly the
+    source's size)."""
 
     name: str
     description: str
     size: int
     block_size: int | None = None
     snapshot_id: str | None = None
+    image_id: str | None = None
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         # A programmer's error, never a user's: the controller builds every spec itself.
-        if (self.block_size is None) == (self.snapshot_id is None):
+        given = [v for v in (self.block_size, self.snapshot_id, self.image_id) if v is not None]
+        if len(given) != 1:
             raise ValueError(
-                f"disk {self.name!r}: give exactly one of a block size (blank) or a snapshot ID"
+                f"disk {self.name!r}: give exactly one of a block size (blank), a snapshot ID "
+                "or an image ID"
             )
+        if self.read_only and self.block_size is not None:
+            raise ValueError(f"disk {self.name!r}: a blank disk cannot be read-only")

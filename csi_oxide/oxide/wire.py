@@ -1,10 +1,11 @@
 """JSON <-> domain values for the Oxide API: pure functions, no I/O.
 
-Request bodies are built exactly as the published schema (``oxide/oxide-api.json``) spells them;
-response bodies are read defensively and checked for plausibility: sizes are positive whole GiB,
-block sizes one of 512/2048/4096, IDs UUIDs, names non-empty, quota figures not negative. Anything
-that does not match raises ``WireError`` (an unknown enum value raises its subclass
-``UnknownValueError``, so a list can skip the one object it cannot represent).
+Request bodies are built exactly as the published schema spells them (it ships as
+``csi_oxide/sim/openapi/oxide-api.json``); response bodies are read defensively and checked for
+plausibility: sizes are positive whole GiB, block sizes one of 512/2048/4096, IDs UUIDs, names
+non-empty, quota figures not negative. Anything that does not match raises ``WireError`` (an
+unknown enum value raises its subclass ``UnknownValueError``, so a list can skip the one object it
+cannot represent).
 ``csi_oxide.oxide.client`` turns these into ``OxideServerError``.
 """
 
@@ -16,20 +17,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from csi_oxide.oxide.names import MAX_NAME_LENGTH, is_uuid
 from csi_oxide.oxide.types import (
-    BLOCK_SIZES,
     GIB,
     PUBLISHED_STATES,
     Disk,
     DiskSpec,
     DiskState,
+    Image,
     Instance,
     InstanceState,
     Snapshot,
     SnapshotState,
     Utilization,
 )
+from csi_oxide.oxide_rules import BLOCK_SIZES, MAX_NAME_LENGTH, is_uuid
 
 JsonObject = dict[str, object]
 _E = TypeVar("_E", bound=StrEnum)
@@ -74,12 +75,17 @@ class ErrorBody:
 
 
 def disk_create_body(spec: DiskSpec) -> JsonObject:
-    """``DiskCreate`` for a distributed (replicated) disk, blank or from a snapshot."""
+    """``DiskCreate`` for a distributed (replicated) disk: blank, from a snapshot or from an
+    image (``read_only`` is sent only when set: older servers do not know it)."""
     source: JsonObject
     if spec.snapshot_id is not None:
         source = {"type": "snapshot", "snapshot_id": spec.snapshot_id}
+    elif spec.image_id is not None:
+        source = {"type": "image", "image_id": spec.image_id}
     else:
         source = {"type": "blank", "block_size": spec.block_size}
+    if spec.read_only:
+        source["read_only"] = True
     return {
         "name": spec.name,
         "description": spec.description,
@@ -91,6 +97,18 @@ def disk_create_body(spec: DiskSpec) -> JsonObject:
 def snapshot_create_body(name: str, description: str, disk: str) -> JsonObject:
     """``SnapshotCreate``: ``disk`` is a name (in the query's project) or a UUID."""
     return {"name": name, "description": description, "disk": disk}
+
+
+def image_create_body(name: str, description: str, snapshot_id: str) -> JsonObject:
+    """``ImageCreate`` from a snapshot. ``os`` and ``version`` are required free text that
+    Oxide's console shows; the driver's images say what they are."""
+    return {
+        "name": name,
+        "description": description,
+        "os": "csi-oxide",
+        "version": "volume snapshot",
+        "source": {"type": "snapshot", "id": snapshot_id},
+    }
 
 
 def disk_path_body(disk: str) -> JsonObject:
@@ -143,6 +161,25 @@ def parse_snapshot(value: object) -> Snapshot:
         disk_id=_uuid(obj, "disk_id", what),
         size=_size(obj, "size", what),
         state=_enum(SnapshotState, _str(obj, "state"), f"state of snapshot {name!r}"),
+        time_created=_time(obj, "time_created"),
+    )
+
+
+def parse_image(value: object) -> Image:
+    """An ``Image`` body (``project_id`` absent or null for a silo image)."""
+    obj = _object(value, "image")
+    name = _name(obj)
+    what = f"image {name!r}"
+    block_size = _int(obj, "block_size")
+    if block_size not in BLOCK_SIZES:
+        raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")
+    return Image(
+        id=_uuid(obj, "id", what),
+        name=name,
+        description=_str(obj, "description"),
+        project_id=_opt_uuid(obj, "project_id", what),
+        size=_size(obj, "size", what),
+        block_size=block_size,
         time_created=_time(obj, "time_created"),
     )
 

@@ -22,7 +22,20 @@ from csi_oxide.server.interceptor import RpcInterceptor, RpcObserver
 
 log = structlog.get_logger("csi_oxide.server")
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The largest answer we send: ListVolumes over thousands of volumes, unpaged.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# The largest request accepted; gRPC answers RESOURCE_EXHAUSTED to a larger one before parsing it.
+# The CSI spec ("Size Limits") caps a string at 128 bytes and a map at 4 KiB, so the largest honest
+# request (a NodeStageVolume with its maps and capability) is a few tens of KiB. The former 16 MiB
+# (and gRPC's default, 4 MiB) let a 1.4 MiB map of unknown parameters in, to be parsed per call.
+MAX_REQUEST_BYTES = 256 * 1024
+# RPCs served at once; gRPC answers RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") to more,
+# which the sidecars and the kubelet retry with backoff. Their normal load is well below it: the
+# external-provisioner's 100 workers, 10 each for the attacher, resizer and snapshotter, and a
+# few Probe, GetCapacity and ListVolumes calls. A call holds its request (up to MAX_REQUEST_BYTES
+# on the wire, two to three times that once parsed) and the answer it builds (a ListVolumes over
+# 500 volumes: about 0.2 MiB), so a burst at the cap holds at most about 200 MiB.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
 
 
 def parse_endpoint(endpoint: str) -> Path:
@@ -119,11 +132,21 @@ class Services:
 
 
 class CsiServer:
-    """A grpc.aio server on a unix socket serving the given CSI services."""
+    """A grpc.aio server on a unix socket serving the given CSI services, at most
+    ``max_concurrent_rpcs`` calls at once."""
 
-    def __init__(self, endpoint: str, services: Services) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        services: Services,
+        *,
+        max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    ) -> None:
+        if max_concurrent_rpcs < 1:
+            raise ConfigurationError(f"max_concurrent_rpcs is {max_concurrent_rpcs}: at least 1")
         self.path = parse_endpoint(endpoint)
         self._services = services
+        self._max_concurrent_rpcs = max_concurrent_rpcs
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -132,9 +155,10 @@ class CsiServer:
         server = grpc.aio.server(
             interceptors=[RpcInterceptor(list(self._services.observers))],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
             ],
+            maximum_concurrent_rpcs=self._max_concurrent_rpcs,
         )
         csi_grpc.add_IdentityServicer_to_server(self._services.identity, server)
         # A service not served in this mode is not registered: gRPC answers UNIMPLEMENTED.

@@ -146,6 +146,7 @@ class ControllerService(csi_grpc.ControllerServicer):
             source=_source(request),
             pvc=params.pvc,
             pv=params.pv,
+            read_only=params.read_only,
         )
         info = await self._ops.create_volume(spec)
         return csi.CreateVolumeResponse(volume=_volume(info))
@@ -164,10 +165,10 @@ class ControllerService(csi_grpc.ControllerServicer):
         if not request.HasField("volume_capability"):
             raise InvalidArgumentError("volume_capability is required")
         _supported([parse.capability(request.volume_capability)])
-        origin = await self._ops.publish(volume_id, node_id)
-        # How the disk was born: the node formats a device without a signature only on this proof.
-        entries = publish_context.encode(origin) if origin is not None else {}
-        return csi.ControllerPublishVolumeResponse(publish_context=entries)
+        birth = await self._ops.publish(volume_id, node_id)
+        # Which disk and how it was born: the node formats a device without a signature only on
+        # this proof, and keys its history by the disk.
+        return csi.ControllerPublishVolumeResponse(publish_context=publish_context.encode(birth))
 
     async def ControllerUnpublishVolume(
         self, request: csi.ControllerUnpublishVolumeRequest, context: Ctx
@@ -271,8 +272,8 @@ class ControllerService(csi_grpc.ControllerServicer):
     ) -> csi.CreateSnapshotResponse:
         source = parse.require(request.source_volume_id, "source_volume_id")
         name = parse.csi_name(request.name, "name")
-        parse.snapshot_parameters(request.parameters)
-        info = await self._ops.create_snapshot(name, source)
+        params = parse.snapshot_parameters(request.parameters)
+        info = await self._ops.create_snapshot(name, source, as_image=params.as_image)
         return csi.CreateSnapshotResponse(snapshot=_snapshot(info))
 
     async def DeleteSnapshot(

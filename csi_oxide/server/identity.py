@@ -17,7 +17,7 @@ CAPABILITIES = [
     csi.PluginCapability(
         service=csi.PluginCapability.Service(type=csi.PluginCapability.Service.CONTROLLER_SERVICE)
     ),
-    # Oxide has no disk resize: expansion re-creates the detached disk (DESIGN.md), so OFFLINE.
+    # Oxide has no disk resize: expansion re-creates the detached disk (docs/design.md), so OFFLINE.
     csi.PluginCapability(
         volume_expansion=csi.PluginCapability.VolumeExpansion(
             type=csi.PluginCapability.VolumeExpansion.OFFLINE

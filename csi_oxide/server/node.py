@@ -84,7 +84,7 @@ class NodeService(csi_grpc.NodeServicer):
             fstype=cap.fstype,
             mount_flags=cap.mount_flags,
             block=cap.block,
-            origin=decode(request.publish_context),
+            birth=decode(request.publish_context),
         )
         return csi.NodeStageVolumeResponse()
 

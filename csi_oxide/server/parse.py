@@ -7,6 +7,7 @@ validated before any lookup (csi-sanity checks that order).
 
 from __future__ import annotations
 
+import heapq
 import os
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from csi_oxide._csi import csi_pb2 as csi
-from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import InvalidArgumentError
-from csi_oxide.oxide.types import BLOCK_SIZES
-from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
+from csi_oxide.mount_options import mount_flags
+from csi_oxide.oxide_rules import BLOCK_SIZES
+from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS, CapacityRange
 
 MAX_PATH_BYTES = 4096
 _FS_CHOICES = " or ".join(FILESYSTEMS)
@@ -35,12 +36,6 @@ SUPPORTED_ACCESS_MODES = frozenset(
 )
 READ_ONLY_ACCESS_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY})
 
-# Mount flags that would change what gets mounted (rather than how) are not the StorageClass's
-# to set.
-_FORBIDDEN_MOUNT_FLAGS = frozenset(
-    {"bind", "rbind", "move", "remount", "loop", "make-shared", "make-private", "make-slave"}
-)
-
 
 class AccessType(Enum):
     """How the volume is presented to the workload."""
@@ -56,7 +51,7 @@ class Capability:
     access_type: AccessType
     access_mode: int
     fstype: str = ""  # CSI's MountVolume.fs_type, defaulted and checked
-    mount_flags: tuple[str, ...] = ()
+    mount_flags: tuple[str, ...] = ()  # one option each, all allowed (csi_oxide.mount_options)
 
     @property
     def block(self) -> bool:
@@ -106,18 +101,6 @@ def path(value: str, field: str) -> str:
     return os.path.normpath(value)
 
 
-def mount_flags(flags: Iterable[str]) -> tuple[str, ...]:
-    """Validated mount flags: non-empty, no whitespace or NUL, none that changes the source."""
-    out: list[str] = []
-    for flag in flags:
-        if not flag or any(c.isspace() or c == "\x00" for c in flag):
-            raise InvalidArgumentError(f"mount flag {flag!r} is empty or contains whitespace")
-        if flag.split("=", 1)[0] in _FORBIDDEN_MOUNT_FLAGS:
-            raise InvalidArgumentError(f"mount flag {flag!r} is not allowed")
-        out.append(flag)
-    return tuple(out)
-
-
 def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> Capability:
     """Validate one VolumeCapability (access type, access mode, fs type, mount flags)."""
     kind = cap.WhichOneof("access_type")
@@ -137,7 +120,7 @@ def capability(cap: csi.VolumeCapability, field: str = "volume_capability") -> C
         raise InvalidArgumentError(
             f"{field}: fs_type {cap.mount.fs_type!r} is not supported (use {_FS_CHOICES})"
         )
-    return Capability(AccessType.MOUNT, mode, fstype, mount_flags(cap.mount.mount_flags))
+    return Capability(AccessType.MOUNT, mode, fstype, mount_flags(cap.mount.mount_flags, fstype))
 
 
 def capabilities(caps: Iterable[csi.VolumeCapability]) -> list[Capability]:
@@ -173,6 +156,23 @@ K8S_PREFIX = "csi.storage.k8s.io/"
 _BLOCK_SIZE_TEXTS = tuple(str(size) for size in BLOCK_SIZES)
 
 
+# An error message names at most this many of the unknown keys, each cut to KEY_SHOWN characters:
+# a request may carry thousands of keys, and the message goes into a log line and a gRPC status.
+KEYS_NAMED = 3
+KEY_SHOWN = 64
+
+
+def named_keys(keys: list[str]) -> str:
+    """The first ``KEYS_NAMED`` of ``keys`` in sorted order, each cut to ``KEY_SHOWN`` characters,
+    and how many more there are (``keys`` must not be empty)."""
+    first = [
+        k if len(k) <= KEY_SHOWN else k[:KEY_SHOWN] + "..."
+        for k in heapq.nsmallest(KEYS_NAMED, keys)
+    ]
+    more = len(keys) - len(first)
+    return ", ".join(first) + (f" and {more} more" if more else "")
+
+
 @dataclass(frozen=True, slots=True)
 class VolumeParameters:
     """StorageClass parameters after validation."""
@@ -180,17 +180,29 @@ class VolumeParameters:
     block_size: int | None = None  # None: not given (4096 for a blank volume)
     pvc: str = ""
     pv: str = ""
+    read_only: bool = False
+
+
+_VOLUME_KEYS = ("fsType", "blockSize", "readOnly")
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _boolean(params: Mapping[str, str], key: str, what: str) -> bool:
+    """A ``"true"``/``"false"`` parameter (absent: false)."""
+    value = params.get(key, "false")
+    if value.lower() not in _BOOLEANS:
+        raise InvalidArgumentError(f"{what} parameter {key} is {value[:64]!r}: use true or false")
+    return _BOOLEANS[value.lower()]
 
 
 def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
-    """Accept ``fsType``, ``blockSize`` and the ``csi.storage.k8s.io/`` keys; refuse the rest."""
-    unknown = sorted(
-        k for k in params if k not in ("fsType", "blockSize") and not k.startswith(K8S_PREFIX)
-    )
+    """Accept ``fsType``, ``blockSize``, ``readOnly`` and the ``csi.storage.k8s.io/`` keys;
+    refuse the rest."""
+    unknown = [k for k in params if k not in _VOLUME_KEYS and not k.startswith(K8S_PREFIX)]
     if unknown:
         raise InvalidArgumentError(
-            f"unknown StorageClass parameter(s) {', '.join(unknown)}: accepted are fsType, "
-            "blockSize and csi.storage.k8s.io/* keys"
+            f"unknown StorageClass parameter(s) {named_keys(unknown)}: accepted are fsType, "
+            "blockSize, readOnly and csi.storage.k8s.io/* keys"
         )
     block = params.get("blockSize")
     if block is not None and block not in _BLOCK_SIZE_TEXTS:
@@ -206,13 +218,32 @@ def volume_parameters(params: Mapping[str, str]) -> VolumeParameters:
         block_size=None if block is None else int(block),
         pvc=f"{namespace}/{pvc_name}" if pvc_name else "",
         pv=params.get(K8S_PREFIX + "pv/name", ""),
+        read_only=_boolean(params, "readOnly", "StorageClass"),
     )
 
 
-def snapshot_parameters(params: Mapping[str, str]) -> None:
-    """VolumeSnapshotClass parameters: only the snapshotter's own keys are accepted."""
-    unknown = sorted(k for k in params if not k.startswith(K8S_PREFIX))
+SNAPSHOT_TYPES = ("snapshot", "image")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotParameters:
+    """VolumeSnapshotClass parameters after validation."""
+
+    as_image: bool = False  # snapshotType: image
+
+
+def snapshot_parameters(params: Mapping[str, str]) -> SnapshotParameters:
+    """VolumeSnapshotClass parameters: ``snapshotType`` (``snapshot``, the default, or
+    ``image``) and the snapshotter's own keys; the rest is refused."""
+    unknown = [k for k in params if k != "snapshotType" and not k.startswith(K8S_PREFIX)]
     if unknown:
         raise InvalidArgumentError(
-            f"unknown VolumeSnapshotClass parameter(s) {', '.join(unknown)}: none are supported"
+            f"unknown VolumeSnapshotClass parameter(s) {named_keys(unknown)}: accepted are "
+            "snapshotType and csi.storage.k8s.io/* keys"
         )
+    kind = params.get("snapshotType", "snapshot")
+    if kind not in SNAPSHOT_TYPES:
+        raise InvalidArgumentError(
+            f"snapshotType {kind[:64]!r} must be one of {', '.join(SNAPSHOT_TYPES)}"
+        )
+    return SnapshotParameters(as_image=kind == "image")

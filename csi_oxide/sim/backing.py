@@ -38,11 +38,25 @@ class Backing(Protocol):
     def delete_snapshot(self, snapshot: str) -> None:
         """Forget a snapshot's data."""
 
-    def attach_local(self, disk: str, block_size: int) -> None:
-        """The disk was attached to the local instance: make it visible on this machine."""
+    def image(self, snapshot: str, image_id: str) -> None:
+        """Copy ``snapshot``'s data into the image ``image_id`` (images are kept by ID: a
+        project image and a silo image may share a name)."""
+
+    def create_disk_from_image(self, disk: str, image_id: str, size: int) -> None:
+        """Make a disk holding the image's data, grown to ``size`` bytes."""
+
+    def delete_image(self, image_id: str) -> None:
+        """Forget an image's data."""
+
+    def attach_local(
+        self, disk: str, block_size: int, local: int = 0, *, read_only: bool = False
+    ) -> None:
+        """The disk was attached to local instance number ``local`` (0 is the first): make it
+        visible on this machine, to that instance only; ``read_only``: a device that refuses
+        writes, where the backing can make one."""
 
     def detach_local(self, disk: str) -> None:
-        """The disk left the local instance: make it disappear from this machine."""
+        """The disk left its local instance: make it disappear from this machine."""
 
     def device(self, disk: str) -> str | None:
         """The local block device of an attached disk, if this backing makes one."""
@@ -66,6 +80,7 @@ class MemoryBacking:
     def __init__(self) -> None:
         self._disks: dict[str, bytes] = {}
         self._snapshots: dict[str, bytes] = {}
+        self._images: dict[str, bytes] = {}
 
     def create_disk(self, disk: str, size: int, block_size: int) -> None:
         self._disks[disk] = b""
@@ -82,7 +97,18 @@ class MemoryBacking:
     def delete_snapshot(self, snapshot: str) -> None:
         self._snapshots.pop(snapshot, None)
 
-    def attach_local(self, disk: str, block_size: int) -> None:
+    def image(self, snapshot: str, image_id: str) -> None:
+        self._images[image_id] = self._snapshots.get(snapshot, b"")
+
+    def create_disk_from_image(self, disk: str, image_id: str, size: int) -> None:
+        self._disks[disk] = self._images.get(image_id, b"")
+
+    def delete_image(self, image_id: str) -> None:
+        self._images.pop(image_id, None)
+
+    def attach_local(
+        self, disk: str, block_size: int, local: int = 0, *, read_only: bool = False
+    ) -> None:
         return None
 
     def detach_local(self, disk: str) -> None:
@@ -100,12 +126,23 @@ class MemoryBacking:
     def close(self) -> None:
         self._disks.clear()
         self._snapshots.clear()
+        self._images.clear()
 
 
 class LoopBacking:
-    """A sparse file per disk in ``<state_dir>/devices/<disk name>`` and per snapshot in
-    ``<state_dir>/snapshots/<snapshot name>``; a disk attached to the local instance is a loop
-    device over its file (so its backing-file name is the disk name, the node's "serial").
+    """A sparse file per disk in ``<state_dir>/devices/<disk name>``, per snapshot in
+    ``<state_dir>/snapshots/<snapshot name>`` and per image in ``<state_dir>/images/<image
+    ID>`` (that folder made with the first image); a disk attached to a local instance is a loop
+    device over a file named after the disk (its backing-file name is the node's "serial") in
+    that instance's device folder.
+
+    With one local instance (the default) its device folder is ``devices`` itself. With several,
+    instance ``i`` has ``<state_dir>/local-<i>``: attaching a disk to it makes a hard link to the
+    disk's file there and the loop device over that link, so the device shows up in that folder
+    only; detaching removes the link, so a device still held open (mounted) by the guest loses
+    the disk's identity at once (its backing file reads "... (deleted)") and goes away on its
+    last close, as an unplugged NVMe namespace does. One difference remains: I/O through such a
+    lingering device still reaches the file, where a guest would get EIO.
 
     With ``state_dir`` None a temporary directory is used and removed by ``close``; a directory
     given by the user is kept. ``close`` always detaches the loop devices it made.
@@ -113,16 +150,25 @@ class LoopBacking:
 
     blocking = True
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, local_instances: int = 1) -> None:
+        if local_instances < 1:
+            raise ValueError("local_instances must be at least 1")
         self._owned = state_dir is None
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="csi-oxide-sim-"))
         self.state_dir = state_dir
         self.device_dir = self.state_dir / "devices"
         self.snapshot_dir = self.state_dir / "snapshots"
-        self.device_dir.mkdir(parents=True, exist_ok=True)
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.image_dir = self.state_dir / "images"
+        self.local_dirs = (
+            [self.device_dir]
+            if local_instances == 1
+            else [self.state_dir / f"local-{i}" for i in range(local_instances)]
+        )
+        for folder in (self.device_dir, self.snapshot_dir, *self.local_dirs):
+            folder.mkdir(parents=True, exist_ok=True)
         self._loops: dict[str, str] = {}
+        self._links: dict[str, Path] = {}
 
     def _disk_file(self, disk: str) -> Path:
         return self.device_dir / disk
@@ -134,10 +180,13 @@ class LoopBacking:
             f.truncate(size)
 
     def create_disk_from_snapshot(self, disk: str, snapshot: str, size: int) -> None:
-        path = self._disk_file(disk)
-        path.unlink(missing_ok=True)
-        run_command(["cp", "--sparse=always", str(self.snapshot_dir / snapshot), str(path)])
-        with path.open("r+b") as f:
+        self._copy_grown(self.snapshot_dir / snapshot, self._disk_file(disk), size)
+
+    @staticmethod
+    def _copy_grown(source: Path, target: Path, size: int) -> None:
+        target.unlink(missing_ok=True)
+        run_command(["cp", "--sparse=always", str(source), str(target)])
+        with target.open("r+b") as f:
             f.truncate(size)
 
     def delete_disk(self, disk: str) -> None:
@@ -151,27 +200,71 @@ class LoopBacking:
     def delete_snapshot(self, snapshot: str) -> None:
         (self.snapshot_dir / snapshot).unlink(missing_ok=True)
 
-    def attach_local(self, disk: str, block_size: int) -> None:
+    def image(self, snapshot: str, image_id: str) -> None:
+        self.image_dir.mkdir(exist_ok=True)  # made with the first image
+        target = self.image_dir / image_id
+        target.unlink(missing_ok=True)
+        run_command(["cp", "--sparse=always", str(self.snapshot_dir / snapshot), str(target)])
+
+    def create_disk_from_image(self, disk: str, image_id: str, size: int) -> None:
+        self._copy_grown(self.image_dir / image_id, self._disk_file(disk), size)
+
+    def delete_image(self, image_id: str) -> None:
+        (self.image_dir / image_id).unlink(missing_ok=True)
+
+    def _local_file(self, disk: str, local: int) -> Path:
+        """The name the loop device of ``disk`` opens for local instance ``local``."""
+        if not 0 <= local < len(self.local_dirs):
+            raise ValueError(f"no local instance number {local} (have {len(self.local_dirs)})")
+        folder = self.local_dirs[local]
+        if folder == self.device_dir:
+            return self._disk_file(disk)
+        link = folder / disk
+        link.unlink(missing_ok=True)
+        os.link(self._disk_file(disk), link)
+        self._links[disk] = link
+        return link
+
+    def attach_local(
+        self, disk: str, block_size: int, local: int = 0, *, read_only: bool = False
+    ) -> None:
+        """A loop device over the disk's file; for a read-only disk a read-only loop device
+        (``losetup --read-only``): the kernel refuses every write to it (EPERM, and the block
+        device reports ``ro``), as a guest's read-only NVMe namespace does."""
         if disk in self._loops:
             return
+        path = str(self._local_file(disk, local))
         argv = ["losetup", "--find", "--show", "--sector-size", str(block_size)]
+        if read_only:
+            argv.append("--read-only")
         # Direct I/O: the device reads and writes its file without a second copy in the host's
         # page cache, as an Oxide disk (Crucible over the network) has none. Buffered, ten
         # concurrent zero checks of fresh 1 GiB disks took 4 s instead of 0.9 s on a busy
         # 2-core machine, with stragglers of several seconds. A file system that refuses
         # O_DIRECT gets a buffered device.
-        path = str(self._disk_file(disk))
         try:
-            self._loops[disk] = run_command([*argv, "--direct-io=on", path])
-        except CommandError:
-            self._loops[disk] = run_command([*argv, path])
+            try:
+                self._loops[disk] = run_command([*argv, "--direct-io=on", path])
+            except CommandError:
+                self._loops[disk] = run_command([*argv, path])
+        except BaseException:
+            self._unlink(disk)
+            raise
+
+    def _unlink(self, disk: str) -> None:
+        link = self._links.pop(disk, None)
+        if link is not None:
+            link.unlink(missing_ok=True)
 
     def detach_local(self, disk: str) -> None:
         dev = self._loops.pop(disk, None)
-        if dev is not None:
-            # On a device still in use (mounted) this sets autoclear: the kernel frees it on the
-            # last close.
-            run_command(["losetup", "-d", dev])
+        try:
+            if dev is not None:
+                # On a device still in use (mounted) this sets autoclear: the kernel frees it on
+                # the last close.
+                run_command(["losetup", "-d", dev])
+        finally:
+            self._unlink(disk)
 
     def device(self, disk: str) -> str | None:
         return self._loops.get(disk)

@@ -11,13 +11,16 @@ from pathlib import Path
 from csi_oxide.sim.backing import Backing, LoopBacking, MemoryBacking
 
 
-def make_backing(kind: str, state_dir: Path | None) -> Backing:
-    """The backing named ``kind`` (``memory``, ``loop`` or ``guest``)."""
+def make_backing(kind: str, state_dir: Path | None, local_instances: int = 1) -> Backing:
+    """The backing named ``kind`` (``memory``, ``loop`` or ``guest``) for ``local_instances``
+    local instances (the guest is one: it takes no more)."""
     if kind == "memory":
         return MemoryBacking()
     if kind == "loop":
-        return LoopBacking(state_dir)
+        return LoopBacking(state_dir, local_instances)
     if kind == "guest":
+        if local_instances != 1:
+            raise ValueError("the guest backing has one local instance (the qemu guest)")
         from csi_oxide.guest.backing import GuestBacking  # qemu's world, only when asked for
 
         return GuestBacking(state_dir)

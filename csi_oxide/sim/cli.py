@@ -2,8 +2,11 @@
 
 Once the port is bound it writes ``--env-file`` atomically (shell ``export`` lines for
 ``OXIDE_HOST``, ``OXIDE_TOKEN``, ``OXIDE_PROJECT``, ``CSI_OXIDE_NODE_ID`` and, with loop backing,
-``CSI_OXIDE_SIM_DEVICE_DIR``; with guest backing ``CSI_OXIDE_GUEST_NODE_ENDPOINT`` and
-``CSI_OXIDE_GUEST_DIR`` instead) and prints where it listens. SIGTERM or SIGINT stops it
+``CSI_OXIDE_SIM_DEVICE_DIR``, and with ``--local-instances N`` above 1 also
+``CSI_OXIDE_NODE_ID_<i>`` and ``CSI_OXIDE_SIM_DEVICE_DIR_<i>`` for each local instance ``i`` from
+0, the unnumbered pair naming instance 0; with guest backing ``CSI_OXIDE_GUEST_NODE_ENDPOINT`` and
+``CSI_OXIDE_GUEST_DIR`` instead) and prints where it listens; without ``--env-file`` it prints
+those lines instead, so that the token can be pasted into a shell. SIGTERM or SIGINT stops it
 cleanly: loop devices are detached, a guest is powered off, and backing files are kept only in a
 ``--state-dir`` the user chose.
 """
@@ -53,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir", type=Path, help="loop backing: keep the backing files here (kept on exit)"
     )
     parser.add_argument("--instances", type=int, default=0, help="extra running instances")
+    parser.add_argument(
+        "--local-instances",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="loop backing: N instances on this machine, each seeing the disks attached to it as "
+        "loop devices in a device folder of its own (default 1: the folder is <state>/devices)",
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument(
         "--jitter-ms", type=float, default=0.0, help="up to this much more, at random"
@@ -99,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-file", type=Path, help="write shell export lines here once bound")
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def _op_latency(value: str) -> tuple[OpLatency, ...]:
     try:
         return parse_op_latency(value)
@@ -120,6 +137,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
         backing=args.backing,
         state_dir=args.state_dir,
         instances=args.instances,
+        local_instances=args.local_instances,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
         op_latency=args.op_latency_ms,
@@ -170,8 +188,20 @@ def env_lines(sim: Simulator, url: str) -> str:
         values["CSI_OXIDE_GUEST_NODE_ENDPOINT"] = f"unix://{sim.backing.vm.node_socket}"
         values["CSI_OXIDE_GUEST_DIR"] = str(sim.backing.guest_dir)
     elif isinstance(sim.backing, LoopBacking):
-        values["CSI_OXIDE_SIM_DEVICE_DIR"] = str(sim.backing.device_dir)
+        values.update(_local_instances(sim, sim.backing))
     return "".join(f"export {k}={_single_quoted(v)}\n" for k, v in values.items())
+
+
+def _local_instances(sim: Simulator, backing: LoopBacking) -> dict[str, str]:
+    """Each local instance's ID and device folder (numbered when there are several)."""
+    values = {"CSI_OXIDE_SIM_DEVICE_DIR": str(backing.local_dirs[0])}
+    if len(sim.local_instance_ids) > 1:
+        for i, (instance, folder) in enumerate(
+            zip(sim.local_instance_ids, backing.local_dirs, strict=True)
+        ):
+            values[f"CSI_OXIDE_NODE_ID_{i}"] = instance
+            values[f"CSI_OXIDE_SIM_DEVICE_DIR_{i}"] = str(folder)
+    return values
 
 
 def _single_quoted(value: str) -> str:
@@ -218,6 +248,8 @@ async def _serve(sim: Simulator, sock: socket.socket, env_file: Path | None) -> 
     if env_file is not None:
         write_atomically(env_file, env_lines(sim, url))
     print(f"csi-oxide sim: serving the simulated Oxide API on {url}", flush=True)
+    if env_file is None:  # the only place the token shows: paste these lines into a shell
+        print(env_lines(sim, url), end="", flush=True)
     await server.serve(sockets=[sock])
 
 

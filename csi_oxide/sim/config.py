@@ -99,7 +99,9 @@ class SimConfig:
     detach only while their instance is stopped. ``backing`` is ``memory`` (no data, a content token
     per disk) or ``loop`` (sparse files under ``state_dir`` and loop devices for the local
     instance) or ``guest`` (the same files; the local instance is a qemu guest and attach is
-    NVMe hot-plug). ``instances`` adds that many running instances besides the local one.
+    NVMe hot-plug). ``local_instances`` is how many instances run on this machine (loop backing:
+    each sees the disks attached to it as loop devices in a device folder of its own; the guest
+    backing has one); ``instances`` adds that many running instances besides the local ones.
     ``latency_ms`` is added to every request, plus up to ``jitter_ms`` more; ``op_latency``
     adds, per operation, the latency of the entry naming its operationId, else that of its class
     (``read``: GET, ``mutation``: the rest), else nothing; ``request_log`` is a file that gets
@@ -119,6 +121,7 @@ class SimConfig:
     backing: str = "memory"
     state_dir: Path | None = None
     instances: int = 0
+    local_instances: int = 1
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     op_latency: tuple[OpLatency, ...] = ()
@@ -136,6 +139,7 @@ class SimConfig:
         return (
             f"SimConfig(project={self.project!r}, token={token}, hotplug={self.hotplug}, "
             f"backing={self.backing!r}, state_dir={self.state_dir!r}, instances={self.instances}, "
+            f"local_instances={self.local_instances}, "
             f"latency_ms={self.latency_ms}, jitter_ms={self.jitter_ms}, "
             f"op_latency={self.op_latency!r}, request_log={self.request_log!r}, "
             f"fail_rate={self.fail_rate}, lost_rate={self.lost_rate}, "

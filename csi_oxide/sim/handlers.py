@@ -116,6 +116,52 @@ def snapshot_delete(state: SimState, call: Call) -> Reply:
     return 204, None
 
 
+# ---- images ----
+
+
+def image_list(state: SimState, call: Call) -> Reply:
+    """GET /v1/images: the project's images with ``project``, else the silo's."""
+    scan = parse_scan(call.query, project_required=False)
+    project = None if scan.project is None else parse.name_or_id(scan.project, "project")
+    images = state.list_images(project)
+    items, next_page = page(images, scan, name=lambda i: i.name, ident=lambda i: i.id)
+    return 200, {"items": [i.to_json() for i in items], "next_page": next_page}
+
+
+def image_create(state: SimState, call: Call) -> Reply:
+    """POST /v1/images: with ``project`` a project image, without it a silo image."""
+    project = _project_query(call)
+    if project is not None:
+        state.check_project(project)
+    new = parse.new_image(parse.json_body(call.body), project=project is not None)
+    return 201, state.create_image(new).to_json()
+
+
+def image_view(state: SimState, call: Call) -> Reply:
+    """GET /v1/images/{image}"""
+    return 200, state.image(_path(call, "image"), _project_query(call)).to_json()
+
+
+def image_delete(state: SimState, call: Call) -> Reply:
+    """DELETE /v1/images/{image}"""
+    state.delete_image(state.image(_path(call, "image"), _project_query(call)))
+    return 204, None
+
+
+def image_promote(state: SimState, call: Call) -> Reply:
+    """POST /v1/images/{image}/promote: a project image becomes the silo's (202)."""
+    image = state.image(_path(call, "image"), _project_query(call))
+    return 202, state.promote(image).to_json()
+
+
+def image_demote(state: SimState, call: Call) -> Reply:
+    """POST /v1/images/{image}/demote?project=: a silo image becomes that project's (202);
+    ``project`` names the target, the image is looked up among the silo's."""
+    project = parse.required_query(call.query, "project")
+    image = state.image(_path(call, "image"), None)  # the image is the silo's: no project
+    return 202, state.demote(image, project).to_json()
+
+
 # ---- instances ----
 
 
@@ -205,6 +251,12 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v1/snapshots", "snapshot_create", snapshot_create),
     ("GET", "/v1/snapshots/{snapshot}", "snapshot_view", snapshot_view),
     ("DELETE", "/v1/snapshots/{snapshot}", "snapshot_delete", snapshot_delete),
+    ("GET", "/v1/images", "image_list", image_list),
+    ("POST", "/v1/images", "image_create", image_create),
+    ("GET", "/v1/images/{image}", "image_view", image_view),
+    ("DELETE", "/v1/images/{image}", "image_delete", image_delete),
+    ("POST", "/v1/images/{image}/promote", "image_promote", image_promote),
+    ("POST", "/v1/images/{image}/demote", "image_demote", image_demote),
     ("GET", "/v1/instances", "instance_list", instance_list),
     ("GET", "/v1/instances/{instance}", "instance_view", instance_view),
     ("POST", "/v1/instances/{instance}/start", "instance_start", instance_start),

@@ -8,7 +8,9 @@ sim.asgi_app(validate=True))``. Nothing in the product uses this module.
 
 from __future__ import annotations
 
-from csi_oxide.sim.records import DiskRecord, InstanceRecord
+import uuid
+
+from csi_oxide.sim.records import DiskRecord, ImageRecord, InstanceRecord
 from csi_oxide.sim.simulator import Simulator
 from csi_oxide.sim.spec import ATTACHED_STATES, DiskState, InstanceState
 
@@ -62,6 +64,30 @@ class InProcessSimulator(Simulator):
     def disk_names(self) -> list[str]:
         """The names of all disks, sorted."""
         return self._locked(lambda: sorted(d.name for d in self._state.disks.values()))
+
+    def image_names(self) -> list[str]:
+        """The names of all images (the project's, the silo's, other projects'), sorted."""
+        return self._locked(lambda: sorted(i.name for i in self._state.images.values()))
+
+    def add_foreign_image(self, name: str, size: int, block_size: int = 4096) -> str:
+        """An image of another project of the silo (no data), which the simulated project's
+        user cannot see; its ID."""
+
+        def add() -> str:
+            image = ImageRecord(
+                id=str(uuid.uuid4()),
+                name=name,
+                description="",
+                project_id=str(uuid.uuid4()),
+                size=size,
+                block_size=block_size,
+                os="linux",
+                version="1",
+            )
+            self._state.images[image.id] = image
+            return image.id
+
+        return self._locked(add)
 
     def snapshot_names(self) -> list[str]:
         """The names of all snapshots, sorted."""

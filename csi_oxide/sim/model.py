@@ -1,7 +1,8 @@
-"""The simulated silo: one project's disks, snapshots and instances, and the real API's rules.
+"""The simulated silo: one project's disks, snapshots and instances, the silo's and the project's
+images, and the real API's rules.
 
 Every public method is one API operation after its request has been parsed; it applies the rules
-of FACTS.md §1-§5 and §7 (messages and codes included) and raises ``ApiError`` to refuse. The
+of docs/oxide-facts.md (messages and codes included) and raises ``ApiError`` to refuse. The
 caller holds the simulator's lock.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
 from csi_oxide.sim import errors
 from csi_oxide.sim.backing import Backing
-from csi_oxide.sim.records import DiskRecord, InstanceRecord, SnapshotRecord, now
+from csi_oxide.sim.records import DiskRecord, ImageRecord, InstanceRecord, SnapshotRecord, now
 from csi_oxide.sim.spec import (
     ATTACHED_STATES,
     GIB,
@@ -29,7 +30,7 @@ from csi_oxide.sim.spec import (
     is_uuid,
 )
 
-R = TypeVar("R", DiskRecord, SnapshotRecord, InstanceRecord)
+R = TypeVar("R", DiskRecord, SnapshotRecord, InstanceRecord, ImageRecord)
 
 # Instance states in which a VMM (Propolis) is active.
 _VMM_STATES = frozenset(
@@ -65,18 +66,23 @@ class SnapshotSource:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageSource:
+    """A new disk holding an image's data."""
+
+    image_id: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class UnservedSource:
     """A disk the published API offers but the simulator does not make (an ASSUMPTION each, see
-    ``refusal``): a local disk, a disk from an image, a disk for a bulk import."""
+    ``refusal``): a local disk, a disk for a bulk import."""
 
-    kind: Literal["local", "image", "importing_blocks"]
-    ident: str = ""  # the image ID
+    kind: Literal["local", "importing_blocks"]
 
     def refusal(self) -> errors.ApiError:
-        """The simulator's answer: the simulated silo has no images (so any image is not found);
-        local disks and imports are not modelled (400 InvalidRequest)."""
-        if self.kind == "image":
-            return errors.not_found("image", self.ident, by_id=True)
+        """The simulator's answer: local disks and imports are not modelled (400
+        InvalidRequest)."""
         if self.kind == "local":
             return errors.invalid_request(
                 'the simulator serves distributed disks only (disk_backend type "local")'
@@ -84,7 +90,31 @@ class UnservedSource:
         return errors.invalid_request("the simulator does not support importing blocks")
 
 
-DiskSource = BlankSource | SnapshotSource | UnservedSource
+DiskSource = BlankSource | SnapshotSource | ImageSource | UnservedSource
+
+
+@dataclass(frozen=True, slots=True)
+class NewImage:
+    """A parsed `ImageCreate`: ``snapshot_id`` is its source; ``project`` says whether it goes
+    to the project (True) or to the silo."""
+
+    name: str
+    description: str
+    os: str
+    version: str
+    snapshot_id: str
+    project: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a new disk's data and block size come from."""
+
+    size: int
+    block_size: int
+    snapshot_id: str | None = None
+    image_id: str | None = None
+    read_only: bool = False
 
 
 def check_description(description: str) -> None:
@@ -107,6 +137,7 @@ class SimState:
         hotplug: bool,
         quota_bytes: int,
         extra_instances: int,
+        local_instances: int = 1,
     ) -> None:
         self.project_name = project
         self.project_id = str(uuid.uuid4())
@@ -116,11 +147,15 @@ class SimState:
         self.quota_bytes = quota_bytes
         self.disks: dict[str, DiskRecord] = {}
         self.snapshots: dict[str, SnapshotRecord] = {}
+        self.images: dict[str, ImageRecord] = {}
         self.instances: dict[str, InstanceRecord] = {}
-        for i in range(extra_instances + 1):
+        for i in range(extra_instances + local_instances):
             inst = InstanceRecord(id=str(uuid.uuid4()), name=f"sim-node-{i}")
             self.instances[inst.id] = inst
-        self.local_instance_id = next(iter(self.instances))
+        # The first ``local_instances`` instances are this machine's (the backing's local
+        # instance numbers 0, 1, ...); the first of them is "the" local instance.
+        self.local_instance_ids = list(self.instances)[:local_instances]
+        self.local_instance_id = self.local_instance_ids[0]
 
     # ---- selectors (FACTS §7) ----
 
@@ -195,9 +230,13 @@ class SimState:
     # ---- quota (FACTS §5) ----
 
     def provisioned_storage(self) -> int:
-        """Bytes counted against the quota: every disk and every snapshot, at full size."""
+        """Bytes counted against the quota: every disk, snapshot and image, at full size.
+
+        ASSUMPTION: images count like snapshots (the facts do not say); a driver that leaves
+        images behind thereby sees its quota shrink, which it must not hide."""
         disks = sum(d.size for d in self.disks.values())
-        return disks + sum(s.size for s in self.snapshots.values())
+        images = sum(i.size for i in self.images.values())
+        return disks + images + sum(s.size for s in self.snapshots.values())
 
     def _reserve(self, size: int) -> None:
         left = self.quota_bytes - self.provisioned_storage()
@@ -233,13 +272,8 @@ class SimState:
         check_description(description)
         if isinstance(source, UnservedSource):
             raise source.refusal()
-        snap: SnapshotRecord | None = None
-        if isinstance(source, SnapshotSource):
-            snap = self._source_snapshot(source, size)
-            block_size = snap.block_size
-        else:
-            block_size = source.block_size
-        check_disk_size(size, block_size)
+        origin = self._origin(source, size)
+        check_disk_size(size, origin.block_size)
         self._check_new_name("disk", self.disks, name, lambda d: d.name)
         self._reserve(size)
         disk = DiskRecord(
@@ -247,30 +281,58 @@ class SimState:
             name=name,
             description=description,
             size=size,
-            block_size=block_size,
-            snapshot_id=None if snap is None else snap.id,
-            read_only=isinstance(source, SnapshotSource) and source.read_only,
+            block_size=origin.block_size,
+            snapshot_id=origin.snapshot_id,
+            image_id=origin.image_id,
+            read_only=origin.read_only,
         )
-        if snap is None:
-            self.backing.create_disk(name, size, block_size)
-        else:
-            self.backing.create_disk_from_snapshot(name, snap.name, size)
+        self._fill(disk, origin)
         self.disks[disk.id] = disk
         return disk
 
-    def _source_snapshot(self, source: SnapshotSource, size: int) -> SnapshotRecord:
+    def _origin(self, source: BlankSource | SnapshotSource | ImageSource, size: int) -> _Origin:
+        if isinstance(source, BlankSource):
+            return _Origin(size, source.block_size)
+        if isinstance(source, SnapshotSource):
+            snap = self._source_snapshot(source)
+            origin = _Origin(snap.size, snap.block_size, snapshot_id=snap.id)
+        else:
+            image = self._source_image(source)
+            origin = _Origin(image.size, image.block_size, image_id=image.id)
+        kind = "snapshot" if origin.snapshot_id else "image"
+        if size < origin.size:
+            raise errors.invalid_value("size", f"total size must be at least the {kind}'s size")
+        if source.read_only and size != origin.size:
+            raise errors.invalid_value(
+                "size", f"a read-only disk must be exactly the size of its {kind}"
+            )
+        return replace(origin, read_only=source.read_only)
+
+    def _fill(self, disk: DiskRecord, origin: _Origin) -> None:
+        if origin.snapshot_id is not None:
+            snap_name = self.snapshots[origin.snapshot_id].name
+            self.backing.create_disk_from_snapshot(disk.name, snap_name, disk.size)
+        elif origin.image_id is not None:
+            self.backing.create_disk_from_image(disk.name, origin.image_id, disk.size)
+        else:
+            self.backing.create_disk(disk.name, disk.size, disk.block_size)
+
+    def _source_snapshot(self, source: SnapshotSource) -> SnapshotRecord:
         snap = self.snapshots.get(source.snapshot_id)
         if snap is None:
             raise errors.not_found("snapshot", source.snapshot_id, by_id=True)
         if snap.state != SnapshotState.READY:
             raise errors.invalid_request(f"snapshot {snap.id} is in state {snap.state.value}")
-        if size < snap.size:
-            raise errors.invalid_value("size", "total size must be at least the snapshot's size")
-        if source.read_only and size != snap.size:
-            raise errors.invalid_value(
-                "size", "a read-only disk must be exactly the size of its snapshot"
-            )
         return snap
+
+    def _source_image(self, source: ImageSource) -> ImageRecord:
+        """An image a disk of the project may be made from: the project's or the silo's."""
+        image = self.images.get(source.image_id)
+        if image is None:
+            raise errors.not_found("image", source.image_id, by_id=True)
+        if image.project_id not in (None, self.project_id):
+            raise errors.invalid_request("image does not belong to this project")
+        return image
 
     def delete_disk(self, disk: DiskRecord) -> None:
         """disk_delete: only detached or faulted disks."""
@@ -320,8 +382,9 @@ class SimState:
             raise errors.invalid_request(
                 f"cannot attach more than {MAX_DISKS_PER_INSTANCE} disks to instance"
             )
-        if inst.id == self.local_instance_id:
-            self.backing.attach_local(disk.name, disk.block_size)
+        if inst.id in self.local_instance_ids:
+            local = self.local_instance_ids.index(inst.id)
+            self.backing.attach_local(disk.name, disk.block_size, local, read_only=disk.read_only)
         disk.state, disk.instance_id, disk.modified = DiskState.ATTACHED, inst.id, now()
         return disk
 
@@ -354,7 +417,7 @@ class SimState:
             if inst.run_state == InstanceState.FAILED:
                 raise errors.invalid_request("cannot detach disk from instance in failed state")
             raise errors.ApiError(409, "Conflict", "boot disk cannot be detached")
-        if inst.id == self.local_instance_id:
+        if inst.id in self.local_instance_ids:
             self.backing.detach_local(disk.name)
         disk.state, disk.instance_id, disk.modified = DiskState.DETACHED, None, now()
         return disk
@@ -414,6 +477,90 @@ class SimState:
             )
         self.backing.delete_snapshot(snap.name)
         del self.snapshots[snap.id]
+
+    # ---- images (FACTS §3) ----
+
+    def image(self, value: str, project: str | None) -> ImageRecord:
+        """The image an ``{image}`` path value (and ``?project``) select: by UUID any image; by
+        name with a project that project's image, without one the silo's."""
+        if is_uuid(value):
+            return self._select("image", self._visible_images(), value, project, _image_name)
+        if project is None:
+            return self._by_name("image", self._scope(None), value, _image_name)
+        self.check_project(project)
+        return self._by_name("image", self._scope(self.project_id), value, _image_name)
+
+    def list_images(self, project: str | None) -> list[ImageRecord]:
+        """image_list: the project's images with a project, else the silo's.
+
+        ASSUMPTION: with a project only that project's images (omicron lists project images
+        for a project selector); the document's summary mentions both kinds."""
+        if project is not None:
+            self.check_project(project)
+            return list(self._scope(self.project_id).values())
+        return list(self._scope(None).values())
+
+    def _visible_images(self) -> dict[str, ImageRecord]:
+        """The images a UUID may select: the project's and the silo's (another project's image
+        is not found, as to a user without access to that project)."""
+        return {i.id: i for i in self.images.values() if i.project_id in (None, self.project_id)}
+
+    def _scope(self, project_id: str | None) -> dict[str, ImageRecord]:
+        """The images of ``project_id`` (None: the silo's), whose names are unique among them."""
+        return {i.id: i for i in self.images.values() if i.project_id == project_id}
+
+    def create_image(self, new: NewImage) -> ImageRecord:
+        """image_create from a ready snapshot of the project; the image copies its data, size
+        and block size."""
+        check_description(new.description)
+        snap = self.snapshots.get(new.snapshot_id)
+        if snap is None:
+            raise errors.not_found("snapshot", new.snapshot_id, by_id=True)
+        if snap.state != SnapshotState.READY:
+            raise errors.invalid_request(f"snapshot {snap.id} is in state {snap.state.value}")
+        project_id = self.project_id if new.project else None
+        self._check_new_name("image", self._scope(project_id), new.name, _image_name)
+        self._reserve(snap.size)
+        image = ImageRecord(
+            id=str(uuid.uuid4()),
+            name=new.name,
+            description=new.description,
+            project_id=project_id,
+            size=snap.size,
+            block_size=snap.block_size,
+            os=new.os,
+            version=new.version,
+        )
+        self.backing.image(snap.name, image.id)
+        self.images[image.id] = image
+        return image
+
+    def delete_image(self, image: ImageRecord) -> None:
+        """image_delete: disks made from it keep their data."""
+        self.backing.delete_image(image.id)
+        del self.images[image.id]
+
+    def promote(self, image: ImageRecord) -> ImageRecord:
+        """image_promote: a project image becomes the silo's (ASSUMPTION: a silo image is 400
+        InvalidRequest, a silo image of that name 400 ObjectAlreadyExists)."""
+        if image.project_id is None:
+            raise errors.invalid_request("image is already a silo image")
+        self._check_new_name("image", self._scope(None), image.name, _image_name)
+        image.project_id, image.modified = None, now()
+        return image
+
+    def demote(self, image: ImageRecord, project: str) -> ImageRecord:
+        """image_demote: a silo image becomes ``project``'s (same ASSUMPTIONs as ``promote``)."""
+        self.check_project(project)
+        if image.project_id is not None:
+            raise errors.invalid_request("image is already a project image")
+        self._check_new_name("image", self._scope(self.project_id), image.name, _image_name)
+        image.project_id, image.modified = self.project_id, now()
+        return image
+
+
+def _image_name(image: ImageRecord) -> str:
+    return image.name
 
 
 def check_disk_size(size: int, block_size: int) -> None:

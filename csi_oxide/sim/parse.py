@@ -13,7 +13,14 @@ from collections.abc import Mapping
 
 from csi_oxide.sim import errors
 from csi_oxide.sim.errors import body_error
-from csi_oxide.sim.model import BlankSource, DiskSource, SnapshotSource, UnservedSource
+from csi_oxide.sim.model import (
+    BlankSource,
+    DiskSource,
+    ImageSource,
+    NewImage,
+    SnapshotSource,
+    UnservedSource,
+)
 from csi_oxide.sim.spec import (
     BLOCK_SIZES,
     canonical_id,
@@ -119,13 +126,27 @@ def _source(source: JsonMap) -> DiskSource:
     if kind == "snapshot":
         return SnapshotSource(_uuid(source, "snapshot_id", where), _read_only(source, where))
     if kind == "image":
-        image_id = _uuid(source, "image_id", where)
-        _read_only(source, where)
-        return UnservedSource("image", image_id)
+        return ImageSource(_uuid(source, "image_id", where), _read_only(source, where))
     if kind == "importing_blocks":
         _block_size(source, where)
         return UnservedSource("importing_blocks")
     raise body_error(f"{where}type: unknown variant `{kind}`")
+
+
+def new_image(data: JsonMap, *, project: bool) -> NewImage:
+    """An `ImageCreate` body (its only source type is a snapshot)."""
+    source = obj(data, "source")
+    kind = text(source, "type", where="source.")
+    if kind != "snapshot":
+        raise body_error(f"source.type: unknown variant `{kind}`")
+    return NewImage(
+        name=name(data),
+        description=description(data),
+        os=text(data, "os"),
+        version=text(data, "version"),
+        snapshot_id=_uuid(source, "id", "source."),
+        project=project,
+    )
 
 
 def _uuid(data: JsonMap, key: str, where: str) -> str:

@@ -1,4 +1,4 @@
-"""The simulator's stored objects and their JSON views (the published `Disk`, `Snapshot`,
+"""The simulator's stored objects and their JSON views (the published `Disk`, `Snapshot`, `Image`,
 `Instance` and `Project` shapes)."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class DiskRecord:
     state: DiskState = DiskState.DETACHED
     instance_id: str | None = None
     snapshot_id: str | None = None
+    image_id: str | None = None
     read_only: bool = False
     created: datetime = field(default_factory=now)
     modified: datetime = field(default_factory=now)
@@ -54,7 +55,7 @@ class DiskRecord:
             "device_path": f"/mnt/{self.name}",
             "disk_type": "distributed",
             "read_only": self.read_only,
-            "image_id": None,
+            "image_id": self.image_id,
             "snapshot_id": self.snapshot_id,
             "time_created": rfc3339(self.created),
             "time_modified": rfc3339(self.modified),
@@ -85,6 +86,39 @@ class SnapshotRecord:
             "disk_id": self.disk_id,
             "size": self.size,
             "state": self.state.value,
+            "time_created": rfc3339(self.created),
+            "time_modified": rfc3339(self.modified),
+        }
+
+
+@dataclass(slots=True)
+class ImageRecord:
+    """A simulated image: a copy of a snapshot's data, in a project (``project_id``) or, with
+    ``project_id`` None, in the silo (visible to every project)."""
+
+    id: str
+    name: str
+    description: str
+    project_id: str | None
+    size: int
+    block_size: int
+    os: str
+    version: str
+    created: datetime = field(default_factory=now)
+    modified: datetime = field(default_factory=now)
+
+    def to_json(self) -> JsonObject:
+        """The published `Image` view. ``digest`` (optional, null here) is left out: the
+        validator cannot match a null against its nullable ``allOf``."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "project_id": self.project_id,
+            "size": self.size,
+            "block_size": self.block_size,
+            "os": self.os,
+            "version": self.version,
             "time_created": rfc3339(self.created),
             "time_modified": rfc3339(self.modified),
         }

@@ -37,7 +37,8 @@ def new_token() -> str:
 
 
 class Simulator:
-    """A simulated Oxide rack: one silo, one project, the local instance plus ``config.instances``
+    """A simulated Oxide rack: one silo, one project, the local instance (``config.local_instances``
+    of them, ``local_instance_ids``; the first is ``local_instance_id``) plus ``config.instances``
     more, all running. The local instance has no boot disk, so all 12 disk slots are usable
     (with ``guest`` backing it is a qemu guest with a boot disk: 11 slots are left).
 
@@ -60,16 +61,22 @@ class Simulator:
             raise ValueError(f"op_latency names an operation or class twice: {keys}")
         self.config = config
         self.token = config.token if config.token is not None else new_token()
-        self.backing: Backing = make_backing(config.backing, config.state_dir)
+        if config.local_instances < 1:
+            raise ValueError("local_instances must be at least 1")
+        self.backing: Backing = make_backing(
+            config.backing, config.state_dir, config.local_instances
+        )
         self._state = SimState(
             project=config.project,
             backing=self.backing,
             hotplug=config.hotplug,
             quota_bytes=config.quota_gib * GIB,
             extra_instances=config.instances,
+            local_instances=config.local_instances,
         )
         self.project_id = self._state.project_id
         self.local_instance_id = self._state.local_instance_id
+        self.local_instance_ids = list(self._state.local_instance_ids)
         if config.backing == "guest":
             self._boot_guest()
         self.instance_ids = list(self._state.instances)

@@ -4,9 +4,9 @@ simulator reached by real HTTP requests, carried in-process by the ASGI transpor
 from __future__ import annotations
 
 from csi_oxide.controller.ops import NewVolume
-from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.testing import ControllerEnv as Env
 from csi_oxide.testing import controller_env
+from csi_oxide.volumes import CapacityRange
 
 GIB = 1024**3
 

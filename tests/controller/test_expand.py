@@ -15,7 +15,6 @@ import pytest
 
 from csi_oxide.controller import record
 from csi_oxide.controller.record import Source
-from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import (
     AbortedError,
     CsiOxideError,
@@ -26,6 +25,7 @@ from csi_oxide.errors import (
 )
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import Disk, DiskSpec
+from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
 
 from .controller_helpers import GIB, Env, controller_env, new

@@ -16,7 +16,7 @@ from csi_oxide.errors import (
 )
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.publish_context import Origin
+from csi_oxide.publish_context import Birth, Origin
 from csi_oxide.wiring import build_controller_ops
 
 from .controller_helpers import GIB, Env, controller_env, new
@@ -144,6 +144,32 @@ async def test_hotplug_off_refuses_and_changes_nothing(cold_env: Env) -> None:
     with pytest.raises(FailedPreconditionError, match="hot-plug"):
         await cold_env.ops.unpublish(vol.volume_id, cold_env.node)
     assert (await cold_env.ops.get_volume(vol.volume_id)).published_node == cold_env.node
+
+
+async def test_a_static_disk_stays_with_its_running_instance_on_todays_racks() -> None:
+    """A disk an operator attached while the instance was stopped serves pods while it runs:
+    publish there makes no attach, unpublish leaves it attached and answers OK, and a publish
+    to another node is refused while it stays."""
+    cold = controller_env(hotplug=False, instances=1)
+    node = cold.node
+    other = next(i.id for i in await cold.api.instance_list() if i.id != node)
+    await cold.api.disk_create(
+        DiskSpec(name="kept-data", description="made by hand", size=GIB, block_size=4096)
+    )
+    await cold.api.instance_stop(node)
+    await cold.api.instance_disk_attach(node, "kept-data")
+    await cold.api.instance_start(node)
+    disk_id = (await cold.api.disk_view("kept-data")).id
+    for _ in range(2):  # a pod, deleted, then re-created on the same node
+        assert await cold.ops.publish("kept-data", node) == Birth(Origin.STATIC, disk_id)
+        await cold.ops.unpublish("kept-data", node)
+        assert (await cold.ops.get_volume("kept-data")).published_node == node
+    await cold.ops.unpublish("kept-data", "")  # from every node: the same answer
+    with pytest.raises(FailedPreconditionError, match="attached to node"):
+        await cold.ops.publish("kept-data", other)
+    assert (await cold.ops.get_volume("kept-data")).published_node == node
+    await cold.api.aclose()
+    assert cold.sim.contract_violations == []
 
 
 async def test_snapshots_restore_and_clone(env: Env) -> None:

@@ -9,10 +9,11 @@ import pytest
 
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.owner import Owner
-from csi_oxide.oxide.types import Disk, DiskState, Snapshot, SnapshotState
+from csi_oxide.oxide.types import Disk, DiskState, Image, Snapshot, SnapshotState
 
 CLUSTER = "prod"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PROJECT = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60"
 
 
 def disk(name: str, description: str) -> Disk:
@@ -145,3 +146,47 @@ def test_temporary_snapshots_are_ours_or_nothing() -> None:
 def test_unknown_keys_of_a_later_version_are_ignored() -> None:
     text = VOLUME.encode()[:-1] + ',"future":{"a":[1,2]}}'
     assert owner.of_disk(disk(VOLUME_NAME, text), CLUSTER) == owner.Claim(Owner.OURS, VOLUME)
+
+
+def image(name: str, description: str, project_id: str | None = PROJECT) -> Image:
+    return Image(
+        id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e62",
+        name=name,
+        description=description,
+        project_id=project_id,
+        size=1 << 30,
+        block_size=4096,
+        time_created=NOW,
+    )
+
+
+KEPT = record.Record(cluster=CLUSTER, name="vs-1")
+
+
+def test_our_image() -> None:
+    claim = owner.of_image(image(KEPT.image_name(), KEPT.encode()), CLUSTER)
+    assert claim == owner.Claim(Owner.OURS, KEPT)
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "verdict"),
+    [
+        ("img-golden", "a golden image", Owner.STATIC),  # pre-provisioned: used, never deleted
+        (KEPT.image_name(), replace(KEPT, cluster="other").encode(), Owner.FOREIGN),
+        ("img-copied", KEPT.encode(), Owner.FOREIGN),  # a record copied onto another image
+        (KEPT.snapshot_name(), KEPT.encode(), Owner.FOREIGN),  # a snapshot's name is not it
+    ],
+)
+def test_images_that_are_not_ours(name: str, description: str, verdict: Owner) -> None:
+    assert owner.of_image(image(name, description), CLUSTER).owner is verdict
+
+
+def test_an_image_snapshot_is_ours_only_under_its_derived_name() -> None:
+    target = KEPT.image_name()
+    rec = record.Record.of_image_snapshot(
+        CLUSTER, target, record.Source(record.SourceKind.VOLUME, VOLUME_NAME)
+    )
+    name = record.image_snapshot_name(target)
+    assert owner.of_snapshot(snapshot(name, rec.encode()), CLUSTER).owner is Owner.OURS
+    assert owner.of_snapshot(snapshot(name + "0", rec.encode()), CLUSTER).owner is Owner.FOREIGN
+    assert owner.of_snapshot(snapshot(name, "by hand"), CLUSTER).owner is Owner.FOREIGN

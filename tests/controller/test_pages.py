@@ -1,15 +1,28 @@
-"""Paged listings: one listing per walk, correct answers when a walk is gone, bounded memory.
+"""Paged listings: one listing per walk, correct answers when a walk is gone, bounded memory,
+listings shared by concurrent calls.
 
 The listing is a plain in-memory list of IDs standing in for the Oxide project (what ``Walks``
 receives is just an async function); the clock is a settable number, so expiry is exact."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import grpc
 import pytest
 
+from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.controller.ops import VolumeInfo
 from csi_oxide.controller.pages import MAX_WALKS, WALK_TTL, Page, Walks
 from csi_oxide.errors import AbortedError, InvalidArgumentError
+from csi_oxide.health import Health
+from csi_oxide.server.app import CsiServer, Services
+from csi_oxide.server.controller import ControllerService
+from csi_oxide.server.identity import IdentityService
 from csi_oxide.volumes import is_volume_name
+from tests.controller.controller_helpers import controller_env, new
 
 
 def vid(i: int) -> str:
@@ -148,3 +161,130 @@ async def test_a_forged_offset_falls_back_to_the_key() -> None:
     forged = f"{walk_id}.7.{vid(30)}"  # offset 7 holds vid(70), not the key: not trusted
     rest = await w.page(project.list, forged, 2)
     assert rest.entries == [vid(30), vid(40)]
+
+
+class GatedProject(Project):
+    """A listing that takes its snapshot of the IDs when it begins and answers once ``gate`` is
+    set (or raises ``error``): a slow Oxide listing, with the moment it began made exact."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.gate = asyncio.Event()
+        self.begun = 0
+        self.began = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def list(self) -> list[str]:
+        self.begun += 1
+        self.began.set()
+        ids = sorted(self.ids)
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return ids
+
+
+async def test_concurrent_first_pages_share_a_listing_begun_after_they_asked() -> None:
+    project, w = GatedProject(50), walks()
+    first = asyncio.ensure_future(w.page(project.list, "", 0))
+    await project.began.wait()
+    project.ids.add(vid(5))  # created while the first listing is on its way
+    rest = [asyncio.ensure_future(w.page(project.list, "", 7)) for _ in range(1000)]
+    await asyncio.sleep(0)
+    project.gate.set()
+    pages = await asyncio.gather(*rest)
+    assert vid(5) not in (await first).entries  # that listing began before the volume existed
+    # The 1,000 later calls waited for one listing begun after they asked: it has the volume.
+    assert all(page.entries == sorted(project.ids)[:7] for page in pages)
+    assert w.listings == project.begun == 2
+    # Their walks share that listing: follow-on pages are cut from it (of the newest walks: only
+    # MAX_WALKS are kept), no more listings.
+    assert len(await walk_all(w, project, 7, pages[-1].next_token)) == 51 - 7
+    assert w.listings == 2
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_listing() -> None:
+    project, w = GatedProject(5), walks()
+    leaving = asyncio.ensure_future(w.page(project.list, "", 0))
+    staying = asyncio.ensure_future(w.page(project.list, "", 0))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    await asyncio.sleep(0)
+    project.gate.set()
+    assert (await staying).entries == sorted(project.ids)
+    assert leaving.cancelled()
+    assert w.listings == 1
+
+
+async def test_a_failed_listing_fails_its_callers_only() -> None:
+    project, w = GatedProject(5), walks()
+    project.error = RuntimeError("Oxide unreachable")
+    calls = [asyncio.ensure_future(w.page(project.list, "", 0)) for _ in range(3)]
+    project.gate.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    project.error = None
+    assert (await w.page(project.list, "", 0)).entries == sorted(project.ids)  # a fresh listing
+    assert w.listings == 2
+
+
+class Arrivals:
+    """An RPC observer that sets ``all_in`` once ``expected`` calls have started."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.started = 0
+        self.all_in = asyncio.Event()
+
+    def rpc_started(self, method: str) -> None:
+        self.started += 1
+        if self.started == self.expected:
+            self.all_in.set()
+
+    def rpc_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        pass
+
+
+async def test_concurrent_list_volumes_over_grpc_make_two_oxide_listings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real gRPC server and simulator. The first listing is held until every call has arrived,
+    # so all but the first call wait for the same second listing: 200 calls, 2 listings.
+    calls = 200
+    env = controller_env(quota_gib=100)
+    arrivals = Arrivals(calls)
+    list_volumes = env.ops.list_volumes
+
+    async def held_until_all_arrived() -> list[VolumeInfo]:
+        await arrivals.all_in.wait()
+        return await list_volumes()
+
+    monkeypatch.setattr(env.ops, "list_volumes", held_until_all_arrived)
+    services = Services(
+        identity=IdentityService(Health()),
+        controller=ControllerService(env.ops),
+        observers=[arrivals],
+    )
+    server = CsiServer(f"unix://{tmp_path}/c.sock", services)
+    try:
+        volumes = sorted(
+            [(await env.ops.create_volume(new(f"pvc-{i}"))).volume_id for i in range(30)]
+        )
+        before = dict(env.sim.request_counts)
+        await server.start()
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/c.sock") as channel:
+            stub = csi_grpc.ControllerStub(channel)
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(stub.ListVolumes(csi.ListVolumesRequest()) for _ in range(calls))),
+                60,
+            )
+    finally:
+        await server.stop(grace=1)
+        await env.api.aclose()
+    assert all([e.volume.volume_id for e in a.entries] == volumes for a in answers)
+    made = {
+        op: env.sim.request_counts[op] - before.get(op, 0) for op in ("disk_list", "snapshot_list")
+    }
+    # Per listing: one snapshot page (there are none) and two disk pages (the 30 disks, then the
+    # empty page that ends an Oxide scan). One listing per call would have been 200 and 400.
+    assert made == {"disk_list": 4, "snapshot_list": 2}

@@ -6,7 +6,7 @@ import pytest
 
 from csi_oxide.controller import record
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.oxide.names import is_valid_name
+from csi_oxide.oxide_rules import is_valid_name
 from csi_oxide.volumes import is_volume_name
 
 
@@ -211,3 +211,25 @@ def test_the_description_format_is_fixed() -> None:
         'csi.oxide.computer/v1 {"c":"prod","n":"pvc-1","s":5,'
         '"src":"snapshot:snap-0123456789abcdef","pvc":"ns/claim"}'
     )
+
+
+@pytest.mark.parametrize("name", ["vs-1", "é" * 300])
+def test_image_names_are_snapshot_ids_of_their_own_kind(name: str) -> None:
+    image = record.image_name(name)
+    assert is_valid_name(image) and record.is_driver_image_name(image)
+    assert record.is_image_id(image) and not record.is_image_id(record.snapshot_name(name))
+    temporary = record.image_snapshot_name(image)
+    assert is_valid_name(temporary) and record.is_temporary_snapshot_name(temporary)
+    rec = record.Record(cluster="c", name=name)
+    decoded = record.decode(rec.encode())
+    assert decoded is not None and decoded.image_name() == image
+    kept = record.Record.of_image_snapshot("c", image, record.Source(record.SourceKind.VOLUME, "v"))
+    assert kept.image_snapshot_name() == temporary
+
+
+def test_read_only_round_trips_and_is_absent_when_false() -> None:
+    ro = record.Record(cluster="c", name="pvc", read_only=True)
+    assert '"ro":1' in ro.encode()
+    assert record.decode(ro.encode()) == ro
+    assert '"ro"' not in record.Record(cluster="c", name="pvc").encode()
+    assert record.decode(ro.encode().replace('"ro":1', '"ro":true')) is None

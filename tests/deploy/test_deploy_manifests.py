@@ -28,7 +28,9 @@ import yaml
 
 from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide.cli import build_parser
+from csi_oxide.controller import record
 from csi_oxide.oxide.credentials import load_credentials
+from csi_oxide.oxide_rules import is_valid_name
 from csi_oxide.server import parse
 from csi_oxide.volumes import FILESYSTEMS
 
@@ -105,6 +107,13 @@ CEL_RULES: dict[str, Callable[[Any], bool]] = {
     "(has(self.volumeSnapshotContentName) && !has(self.persistentVolumeClaimName)) || "
     "(!has(self.volumeSnapshotContentName) && has(self.persistentVolumeClaimName))": _exactly_one(
         "volumeSnapshotContentName", "persistentVolumeClaimName"
+    ),
+    "(has(self.volumeHandle) && !has(self.snapshotHandle)) || "
+    "(!has(self.volumeHandle) && has(self.snapshotHandle))": _exactly_one(
+        "volumeHandle", "snapshotHandle"
+    ),
+    "has(self.name) && has(self.__namespace__)": lambda value: (
+        "name" in value and "namespace" in value
     ),
 }
 
@@ -196,7 +205,7 @@ def test_the_validation_catches_a_broken_manifest(kind: str, damage: Callable[[D
 
 
 def test_every_cel_rule_of_the_snapshot_crds_is_checked() -> None:
-    for kind in ("VolumeSnapshotClass", "VolumeSnapshot"):
+    for kind in ("VolumeSnapshotClass", "VolumeSnapshot", "VolumeSnapshotContent"):
         for path, rule in _cel_rules(CRDS[kind]["openAPIV3Schema"]):
             known = "oldSelf" in rule["rule"] or rule["rule"] in CEL_RULES
             assert known, f"{kind}{path}: CEL rule {rule['rule']!r} has no check here"
@@ -542,18 +551,49 @@ def test_volumesnapshotclass_parameters_are_accepted_by_the_driver() -> None:
     parse.snapshot_parameters(sent)
 
 
+def _named(docs: list[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_example_classes_are_the_drivers_and_accepted_by_it() -> None:
+    examples = [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in _docs(f)]
+    for sc in _named(examples, "StorageClass").values():
+        assert sc["provisioner"] == DRIVER_NAME
+        sent = {
+            k: v for k, v in sc.get("parameters", {}).items() if k != "csi.storage.k8s.io/fstype"
+        }
+        parse.volume_parameters(sent)
+    for vsc in _named(examples, "VolumeSnapshotClass").values():
+        assert vsc["driver"] == DRIVER_NAME
+        parse.snapshot_parameters(vsc.get("parameters", {}))
+    for content in _named(examples, "VolumeSnapshotContent").values():
+        assert content["spec"]["driver"] == DRIVER_NAME
+        handle = content["spec"]["source"]["snapshotHandle"]
+        assert record.is_image_id(handle) and is_valid_name(handle)
+        assert content["spec"]["deletionPolicy"] == "Retain"  # the driver never deletes it
+
+
 def test_examples_use_the_base_classes() -> None:
     examples = [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in _docs(f)]
-    sc = _one("StorageClass")["metadata"]["name"]
-    vsc = _one("VolumeSnapshotClass")["metadata"]["name"]
-    claims = {d["metadata"]["name"]: d for d in examples if d["kind"] == "PersistentVolumeClaim"}
-    assert claims and all(c["spec"]["storageClassName"] == sc for c in claims.values())
+    sc = {_one("StorageClass")["metadata"]["name"], *_named(examples, "StorageClass")}
+    vsc = {
+        _one("VolumeSnapshotClass")["metadata"]["name"],
+        *_named(examples, "VolumeSnapshotClass"),
+    }
+    claims = _named(examples, "PersistentVolumeClaim")
+    assert claims and all(c["spec"]["storageClassName"] in sc for c in claims.values())
     for c in claims.values():
         assert c["spec"]["accessModes"] == ["ReadWriteOnce"]  # one instance at a time
-    snapshots = {d["metadata"]["name"]: d for d in examples if d["kind"] == "VolumeSnapshot"}
+    snapshots = _named(examples, "VolumeSnapshot")
+    contents = _named(examples, "VolumeSnapshotContent")
     for snap in snapshots.values():
-        assert snap["spec"]["volumeSnapshotClassName"] == vsc
-        assert snap["spec"]["source"]["persistentVolumeClaimName"] in claims
+        assert snap["spec"]["volumeSnapshotClassName"] in vsc
+        source = snap["spec"]["source"]
+        if "volumeSnapshotContentName" in source:
+            content = contents[source["volumeSnapshotContentName"]]
+            assert content["spec"]["volumeSnapshotRef"]["name"] == snap["metadata"]["name"]
+        else:
+            assert source["persistentVolumeClaimName"] in claims
     for claim in claims.values():
         source = claim["spec"].get("dataSource")
         if source is not None:

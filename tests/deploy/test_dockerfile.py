@@ -49,6 +49,7 @@ TOOL_PACKAGES = {
     "setpriv": "util-linux",
     "mount": "mount",
     "umount": "mount",
+    "losetup": "mount",
     "mkfs.ext4": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",

@@ -1,17 +1,23 @@
-"""A one-node Kubernetes cluster on this machine, for the end-to-end test (root only).
+"""A one- or two-node Kubernetes cluster on this machine, for the end-to-end tests (root only).
 
-etcd (Debian), kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (built from the
-Go module, scripts/cluster/build_tools.py), containerd + runc (Debian). Everything listens on
-127.0.0.1 or on unix sockets in a temporary state folder; every process is started and stopped by
-its PID; nothing is pulled (containerd's proxy is a closed loopback port). The kubelet registers
-with this machine's own non-loopback address (it refuses a loopback one); nothing is ever sent to
-it: the kubelet serves on 127.0.0.1 only, and probes in the test overlay name 127.0.0.1. The node
-is named ``localhost``, so its Hostname address resolves to 127.0.0.1 and the API server, told to
-prefer Hostname addresses, reaches the kubelet there for `kubectl exec`/`logs` (authenticated by
-a client certificate of the cluster's CA, which the kubelet trusts).
+etcd (Debian), kube-apiserver, kube-controller-manager, kube-scheduler and one kubelet per node
+(built from the Go module, scripts/cluster/build_tools.py), containerd + runc (Debian), one
+containerd per node: a kubelet removes every container it does not know, so two kubelets cannot
+share one. Everything listens on 127.0.0.0/8 or on unix sockets in a temporary state folder; every
+process is started and stopped by its PID; nothing is pulled (containerd's proxy is a closed
+loopback port). The kubelets register with this machine's own non-loopback address (a kubelet
+refuses a loopback node IP); nothing is ever sent to it. Each kubelet serves on a loopback address
+of its own (127.0.0.1, 127.0.0.2) with its own self-signed serving certificate, and its node is
+named so that its Hostname address is that loopback address (``localhost``; ``127.0.0.2``): the
+API server, told to prefer Hostname addresses, reaches each kubelet there for `kubectl
+exec`/`logs` (authenticated by a client certificate of the cluster's CA, which the kubelets
+trust). The second node has its own folders (``<state>/node-b``: kubelet root, containerd, CNI
+configuration, pod logs), kubelet token, ports and cgroup root (``/csi-oxide-e2e-b``, made here
+in every hierarchy), so its pods never mix with the first node's ``/kubepods``.
 
 `Cluster.stop()` leaves no process, mount, cgroup, loop device or file behind, also after a
-failure half-way through `start()`.
+failure half-way through `start()`. A run killed before it could stop (SIGKILL) is cleaned up by
+the next `start()`, from the ledger each run keeps under /run (tests/e2e/leftovers.py).
 """
 
 from __future__ import annotations
@@ -32,22 +38,89 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.leftovers import (
+    CGROUP_ROOT,
+    CONTAINER_LOG_LINKS,
+    Ledger,
+    kill_cgroups,
+    mounts_below,
+    processes_naming,
+    sweep,
+    unmount_below,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = ROOT / ".tools" / "cluster"
 HERE = Path(__file__).resolve().parent
-# The node's name is also its Hostname address, which the API server dials for exec/logs: it must
-# resolve to loopback (the kubelet's registered InternalIP is never contacted).
+# A node's name is also its Hostname address, which the API server dials for exec/logs: it must
+# resolve to the loopback address its kubelet serves on (the registered InternalIP is never
+# contacted). The first node is ``localhost`` (127.0.0.1); a second is named by its address.
 NODE_NAME = "localhost"
+SECOND_NODE_ADDRESS = "127.0.0.2"
 SERVICE_RANGE = "127.100.0.0/16"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Two nodes: a kubelet's lease lasts 20 s and is renewed every 5 s; the node-lifecycle
+# controller's grace period is 20 s.
+LEASE_SECONDS = 20
 # containerd's proxy: any pull fails at once, locally.
 CLOSED_PORT = "http://127.0.0.1:9"
 # containerd's shims put their sockets in /run/containerd/s whatever the config says.
 SHIM_RUN_DIR = Path("/run/containerd")
 # The kubelet's device manager uses this fixed path whatever its --root-dir...
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
-# ... and links every container's log here, whatever its podLogsDir.
-CONTAINER_LOG_LINKS = Path("/var/log/containers")
+# ... and links every container's log here, whatever its podLogsDir (CONTAINER_LOG_LINKS).
+
+
+@dataclass(frozen=True)
+class Node:
+    """One kubelet with its own containerd, folders, cgroup root, ports and loopback address.
+
+    The first node keeps the one-node layout (folders directly in the state folder, pods in the
+    ``kubepods`` cgroup); the second works in ``<state>/node-b`` with its pods below the cgroup
+    ``csi-oxide-e2e-b``, which this module makes in every hierarchy."""
+
+    name: str
+    address: str
+    tag: str  # "" for the first node, "-b" for the second: in process and folder names
+    home: Path
+    cgroup_root: str  # "" (the kubelet's default "/") or a cgroup of its own
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.home / "kubelet"
+
+    @property
+    def containerd_dir(self) -> Path:
+        return self.home / "containerd"
+
+    @property
+    def containerd_sock(self) -> Path:
+        return self.containerd_dir / "containerd.sock"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.home / "pod-logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.home / "kubelet.kubeconfig"
+
+    @property
+    def pods_cgroup(self) -> str:
+        """Where its pods' cgroups live, below each hierarchy's root."""
+        return f"{self.cgroup_root}/kubepods" if self.cgroup_root else "kubepods"
+
+
+def make_nodes(state: Path, count: int) -> list[Node]:
+    if count not in (1, 2):
+        raise ValueError(f"the cluster has one or two nodes, not {count}")
+    nodes = [Node(NODE_NAME, "127.0.0.1", "", state, "")]
+    if count == 2:
+        nodes.append(
+            Node(
+                SECOND_NODE_ADDRESS, SECOND_NODE_ADDRESS, "-b", state / "node-b", "csi-oxide-e2e-b"
+            )
+        )
+    return nodes
 
 
 def log(msg: str) -> None:
@@ -121,32 +194,40 @@ class Tools:
 @dataclass
 class Cluster:
     tools: Tools
+    node_count: int = 1
     state: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="csi-oxide-e2e-")))
     procs: list[Proc] = field(default_factory=list)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
-    kubelet_token: str = field(default_factory=lambda: secrets.token_hex(16))
     etcd_port: int = 0
     api_port: int = 0
     node_ip: str = ""
     made_run_dir: bool = False
     made_host_dirs: list[Path] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger.for_this_process)
 
-    # ---- paths -------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.nodes = make_nodes(self.state, self.node_count)
+
+    # ---- paths (of the first node, where one is meant) -----------------------------------------
     @property
     def kubeconfig(self) -> Path:
         return self.state / "admin.kubeconfig"
 
     @property
     def kubelet_dir(self) -> Path:
-        return self.state / "kubelet"
+        return self.nodes[0].kubelet_dir
 
     @property
     def containerd_sock(self) -> Path:
-        return self.state / "containerd" / "containerd.sock"
+        return self.nodes[0].containerd_sock
 
     @property
     def pod_logs(self) -> Path:
-        return self.state / "pod-logs"
+        return self.nodes[0].pod_logs
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
 
     @property
     def kubectl_path(self) -> Path:
@@ -202,6 +283,7 @@ class Cluster:
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
+        self.ledger.record_pid(name, popen.pid)
         return proc
 
     def _alive(self, proc: Proc) -> None:
@@ -218,8 +300,11 @@ class Cluster:
 
     # ---- bring-up ----------------------------------------------------------------------------
     def start(self, before_kubelet: Callable[[Cluster], None] | None = None) -> None:
-        """Bring everything up; ``before_kubelet`` runs once containerd serves (image imports)."""
+        """Bring everything up; ``before_kubelet`` runs once every node's containerd serves
+        (image imports). First, whatever a killed earlier run left is swept away."""
         started = time.monotonic()
+        sweep(log=log)
+        self.ledger.record_dir(self.state)
         self.state.chmod(0o755)
         self.node_ip = node_address()
         self._pki()
@@ -227,11 +312,18 @@ class Cluster:
         self._apiserver()
         self._controller_manager()
         self._scheduler()
-        self._containerd()
+        for node in self.nodes:
+            self._containerd(node)
         if before_kubelet is not None:
             before_kubelet(self)
-        self._kubelet()
-        log(f"cluster up in {time.monotonic() - started:.1f} s (state {self.state})")
+        for node in self.nodes:
+            self._kubelet(node)
+        for node in self.nodes:
+            self._wait_node_ready(node)
+        log(
+            f"cluster of {len(self.nodes)} node(s) up in {time.monotonic() - started:.1f} s "
+            f"(state {self.state})"
+        )
 
     def _openssl(self, *args: str | Path) -> None:
         subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
@@ -273,12 +365,16 @@ class Cluster:
             "-CAkey", pki / "ca.key", "-CAcreateserial", "-days", "2",
             "-out", pki / "kubelet-client.crt", "-extfile", client_ext,
         )  # fmt: skip
+        tokens = {node.kubeconfig: secrets.token_hex(16) for node in self.nodes}
         (pki / "tokens.csv").write_text(
             f'{self.admin_token},admin,admin,"system:masters"\n'
-            f'{self.kubelet_token},system:node:{NODE_NAME},kubelet,"system:nodes"\n'
+            + "".join(
+                f'{tokens[n.kubeconfig]},system:node:{n.name},kubelet{n.tag},"system:nodes"\n'
+                for n in self.nodes
+            )
         )
         self.api_port = free_port()
-        for name, token in (("admin", self.admin_token), ("kubelet", self.kubelet_token)):
+        for path, token in ((self.kubeconfig, self.admin_token), *tokens.items()):
             config = {
                 "apiVersion": "v1",
                 "kind": "Config",
@@ -291,11 +387,11 @@ class Cluster:
                         },
                     }
                 ],
-                "users": [{"name": name, "user": {"token": token}}],
-                "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+                "users": [{"name": "e2e", "user": {"token": token}}],
+                "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}],
                 "current-context": "e2e",
             }
-            path = self.state / f"{name}.kubeconfig"
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(config))
             path.chmod(0o600)
 
@@ -387,8 +483,14 @@ class Cluster:
                 f"--service-cluster-ip-range={SERVICE_RANGE}",
                 "--profiling=false",
                 "--v=1",
+                *self._node_monitor_flags(),
             ],
         )
+
+    def _node_monitor_flags(self) -> list[str]:
+        """With two nodes, a node whose kubelet stops is NotReady after 20 s instead of 50 s
+        (its kubelet renews its lease every 5 s: see ``LEASE_SECONDS``)."""
+        return ["--node-monitor-grace-period=20s"] if len(self.nodes) > 1 else []
 
     def _scheduler(self) -> None:
         self._spawn(
@@ -406,11 +508,15 @@ class Cluster:
             ],
         )
 
-    def _containerd(self) -> None:
-        self.made_run_dir = not SHIM_RUN_DIR.exists()
-        base = self.state / "containerd"
-        cni_bin = self.state / "cni" / "bin"
-        cni_conf = self.state / "cni" / "conf"
+    def _containerd(self, node: Node) -> None:
+        if node is self.nodes[0]:
+            self.made_run_dir = not SHIM_RUN_DIR.exists()
+            if self.made_run_dir:
+                self.ledger.record_host_dir(SHIM_RUN_DIR)
+                self.ledger.record_host_dir(SHIM_RUN_DIR / "s")
+        base = node.containerd_dir
+        cni_bin = node.home / "cni" / "bin"
+        cni_conf = node.home / "cni" / "conf"
         for d in (base, cni_bin, cni_conf):
             d.mkdir(parents=True, exist_ok=True)
         shutil.copy2(HERE / "cni" / "csi-oxide-e2e-net", cni_bin / "csi-oxide-e2e-net")
@@ -450,9 +556,9 @@ disabled_plugins = [
   "io.containerd.tracing.processor.v1.otlp",
 ]
 [grpc]
-  address = "{self.containerd_sock}"
+  address = "{node.containerd_sock}"
 [ttrpc]
-  address = "{self.containerd_sock}.ttrpc"
+  address = "{node.containerd_sock}.ttrpc"
 [debug]
   address = ""
 [metrics]
@@ -479,7 +585,7 @@ disabled_plugins = [
 """
         (base / "config.toml").write_text(config)
         proc = self._spawn(
-            "containerd",
+            f"containerd{node.tag}",
             ["containerd", "--config", base / "config.toml"],
             env={
                 "HTTP_PROXY": CLOSED_PORT,
@@ -490,34 +596,58 @@ disabled_plugins = [
                 "no_proxy": "",
             },
         )
-        self._wait_ready(proc, "containerd socket", self.containerd_sock.exists, 60)
+        self._wait_ready(proc, "containerd socket", node.containerd_sock.exists, 60)
 
-    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def ctr(self, *args: str, node: Node | None = None) -> subprocess.CompletedProcess[str]:
+        sock = (node or self.nodes[0]).containerd_sock
         return subprocess.run(
-            ["ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args],
+            ["ctr", "--address", str(sock), "-n", "k8s.io", *args],
             capture_output=True,
             text=True,
             check=False,
         )
 
-    def _kubelet(self) -> None:
+    def _kubelet(self, node: Node) -> None:
         for path in (DEVICE_PLUGINS.parent, DEVICE_PLUGINS, CONTAINER_LOG_LINKS):
-            if not path.exists():
+            if not path.exists() and path not in self.made_host_dirs:
                 self.made_host_dirs.insert(0, path)  # deepest first, for removal
-        kdir = self.kubelet_dir
-        kdir.mkdir()
-        self.pod_logs.mkdir()
-        config = {
+                self.ledger.record_host_dir(path)
+        kdir = node.kubelet_dir
+        kdir.mkdir(parents=True)
+        node.pod_logs.mkdir()
+        self.ledger.record_cgroup(node.pods_cgroup)
+        if node.cgroup_root:
+            self.ledger.record_cgroup(node.cgroup_root)
+            make_cgroup(node.cgroup_root)
+        config = self._kubelet_config(node)
+        (kdir / "config.json").write_text(json.dumps(config))
+        self._spawn(f"kubelet{node.tag}", self._kubelet_argv(node))
+
+    def _kubelet_argv(self, node: Node) -> list[str | Path]:
+        kdir = node.kubelet_dir
+        return [
+            self.tools["kubelet"],
+            f"--config={kdir / 'config.json'}",
+            f"--kubeconfig={node.kubeconfig}",
+            f"--root-dir={kdir}",
+            f"--cert-dir={kdir / 'pki'}",
+            f"--hostname-override={node.name}",
+            f"--node-ip={self.node_ip}",
+            "--v=1",
+        ]
+
+    def _kubelet_config(self, node: Node) -> dict[str, Any]:
+        config: dict[str, Any] = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "address": "127.0.0.1",
+            "address": node.address,
             "port": free_port(),
             "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
+            "healthzBindAddress": node.address,
             "healthzPort": 0,
             "cgroupDriver": "cgroupfs",
             "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
+            "containerRuntimeEndpoint": f"unix://{node.containerd_sock}",
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": False},
@@ -532,8 +662,8 @@ disabled_plugins = [
             },
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
-            "podLogsDir": str(self.pod_logs),
-            "volumePluginDir": str(kdir / "volumeplugins"),
+            "podLogsDir": str(node.pod_logs),
+            "volumePluginDir": str(node.kubelet_dir / "volumeplugins"),
             "maxPods": 40,
             "serializeImagePulls": False,
             "resolvConf": "/etc/resolv.conf",
@@ -541,50 +671,62 @@ disabled_plugins = [
             "nodeStatusUpdateFrequency": "5s",
             "syncFrequency": "10s",
         }
-        (kdir / "config.json").write_text(json.dumps(config))
-        proc = self._spawn(
-            "kubelet",
-            [
-                self.tools["kubelet"],
-                f"--config={kdir / 'config.json'}",
-                f"--kubeconfig={self.state / 'kubelet.kubeconfig'}",
-                f"--root-dir={kdir}",
-                f"--cert-dir={kdir / 'pki'}",
-                f"--hostname-override={NODE_NAME}",
-                f"--node-ip={self.node_ip}",
-                "--v=1",
-            ],
+        if node.cgroup_root:
+            config["cgroupRoot"] = "/" + node.cgroup_root
+        if len(self.nodes) > 1:
+            config["nodeLeaseDurationSeconds"] = LEASE_SECONDS  # renewed every quarter of it
+        return config
+
+    def node_ready(self, name: str) -> bool:
+        found = self.get("node", name)
+        if found is None:
+            return False
+        return any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in found["status"].get("conditions", [])
         )
 
-        def node_ready() -> bool:
-            node = self.get("node", NODE_NAME)
-            if node is None:
-                return False
-            return any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in node["status"].get("conditions", [])
-            )
+    def _wait_node_ready(self, node: Node) -> None:
+        proc = self._proc(f"kubelet{node.tag}")
+        assert proc is not None
+        self._wait_ready(proc, f"node {node.name} Ready", lambda: self.node_ready(node.name), 120)
 
-        self._wait_ready(proc, f"node {NODE_NAME} Ready", node_ready, 120)
+    def stop_kubelet(self, name: str) -> None:
+        """Stop one node's kubelet (its pods keep running, as on a node that lost its kubelet)."""
+        node = self.node(name)
+        proc = self._proc(f"kubelet{node.tag}")
+        assert proc is not None
+        self._stop_proc(proc)
+
+    def start_kubelet(self, name: str) -> None:
+        """Start a stopped kubelet again, as it was; wait until its node is Ready."""
+        node = self.node(name)
+        self._spawn(f"kubelet{node.tag}", self._kubelet_argv(node))
+        self._wait_node_ready(node)
 
     # ---- diagnostics -------------------------------------------------------------------------
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
-        """A container's log from the kubelet's log folder (never through the kubelet's API)."""
-        found = sorted(self.pod_logs.glob(f"{namespace}_{pod}_*/{container}/*.log"))
+        """A container's log from the kubelets' log folders (never through a kubelet's API)."""
+        found = sorted(
+            path
+            for node in self.nodes
+            for path in node.pod_logs.glob(f"{namespace}_{pod}_*/{container}/*.log")
+        )
         return "\n".join(p.read_text(errors="replace") for p in found)
 
     def diagnostics(self) -> str:
-        """The driver's container logs and the kubelet's CSI lines, for a failure message."""
+        """The driver's container logs and the kubelets' CSI lines, for a failure message."""
         parts = []
-        for d in sorted(self.pod_logs.glob("kube-system_csi-oxide-*")):
-            for log_file in sorted(d.glob("*/*.log")):
-                text = log_file.read_text(errors="replace")[-2500:]
-                parts.append(f"--- {d.name.split('_')[1]}/{log_file.parent.name}\n{text}")
-        kubelet = self.state / "logs" / "kubelet.log"
-        if kubelet.exists():
-            lines = kubelet.read_text(errors="replace").splitlines()
-            csi = [ln for ln in lines if "csi" in ln.lower() or "plugin" in ln.lower()]
-            parts.append("--- kubelet (csi/plugin lines)\n" + "\n".join(csi[-40:]))
+        for node in self.nodes:
+            for d in sorted(node.pod_logs.glob("kube-system_csi-oxide-*")):
+                for log_file in sorted(d.glob("*/*.log")):
+                    text = log_file.read_text(errors="replace")[-2500:]
+                    parts.append(f"--- {d.name.split('_')[1]}/{log_file.parent.name}\n{text}")
+            kubelet = self.state / "logs" / f"kubelet{node.tag}.log"
+            if kubelet.exists():
+                lines = kubelet.read_text(errors="replace").splitlines()
+                csi = [ln for ln in lines if "csi" in ln.lower() or "plugin" in ln.lower()]
+                parts.append(f"--- kubelet{node.tag} (csi/plugin lines)\n" + "\n".join(csi[-40:]))
         return "\n".join(parts)
 
     # ---- teardown ----------------------------------------------------------------------------
@@ -601,96 +743,27 @@ disabled_plugins = [
             proc.popen.wait(10)
 
     def _proc(self, name: str) -> Proc | None:
-        return next((p for p in self.procs if p.name == name), None)
+        """The latest process started under ``name``."""
+        return next((p for p in reversed(self.procs) if p.name == name), None)
 
     def _our_shims(self) -> list[int]:
-        """PIDs of containerd shims serving our containerd (found by our socket in their argv)."""
-        pids = []
-        needle = str(self.containerd_sock).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"containerd-shim" in argv and needle in argv:
-                pids.append(int(entry.name))
-        return pids
+        """PIDs of containerd shims serving our containerds (found by our state folder in their
+        argv: each names its containerd's socket)."""
+        return processes_naming([str(self.state)], b"containerd-shim")
 
-    def _kill_pod_processes(self) -> None:
-        """SIGKILL whatever still runs in the kubelet's pod cgroups, then remove them."""
-        for controller in sorted(CGROUP_ROOT.iterdir()):
-            kubepods = controller / "kubepods"
-            if not kubepods.is_dir():
-                continue
-            for procs in kubepods.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    for pid in procs.read_text().split():
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(int(pid), signal.SIGKILL)
-        time.sleep(0.5)
-        for controller in sorted(CGROUP_ROOT.iterdir()):
-            kubepods = controller / "kubepods"
-            if not kubepods.is_dir():
-                continue
-            dirs = sorted(
-                (p for p in kubepods.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
-            )
-            for d in [*dirs, kubepods]:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+    def _stop_containers(self, node: Node) -> None:
+        """Every task of the node's containerd killed and deleted."""
+        if not node.containerd_sock.exists():
+            return
+        tasks = self.ctr("tasks", "ls", "-q", node=node).stdout.split()
+        for task in tasks:
+            self.ctr("tasks", "kill", "-s", "SIGKILL", task, node=node)
+        for task in tasks:  # -f: killed by force if the SIGKILL has not landed yet
+            self.ctr("tasks", "delete", "-f", task, node=node)
 
-    def _unmount_all(self) -> list[str]:
-        """Unmount everything under the state folder, deepest first; what is still mounted."""
-        state = str(self.state)
-
-        def ours() -> list[str]:
-            points = []
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                point = line.split()[4].replace("\\040", " ")
-                if point == state or point.startswith(state + "/"):
-                    points.append(point)
-            return sorted(set(points), key=lambda p: -p.count("/"))
-
-        for _ in range(3):
-            for point in ours():
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-            if not ours():
-                break
-        return ours()
-
-    def stop(self) -> list[str]:
-        """Stop everything; remove the state folder. Returns what could not be cleaned."""
-        problems: list[str] = []
-        started = time.monotonic()
-        kubelet = self._proc("kubelet")
-        if kubelet is not None:
-            self._stop_proc(kubelet)
-        # Containers: stop every task through containerd, then the shims.
-        if self.containerd_sock.exists():
-            tasks = self.ctr("tasks", "ls", "-q").stdout.split()
-            for task in tasks:
-                self.ctr("tasks", "kill", "-s", "SIGKILL", task)
-            time.sleep(0.5)
-            for task in tasks:
-                self.ctr("tasks", "delete", "-f", task)
-        self._kill_pod_processes()
-        for name in (
-            "containerd",
-            "kube-scheduler",
-            "kube-controller-manager",
-            "kube-apiserver",
-            "etcd",
-        ):
-            proc = self._proc(name)
-            if proc is not None:
-                self._stop_proc(proc)
-        for pid in self._our_shims():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.procs:
-            self._stop_proc(proc)
+    def _remove_host_traces(self) -> list[str]:
+        """The kubelets' log links and the host folders they made; what could not go."""
+        problems = []
         if CONTAINER_LOG_LINKS.is_dir():
             for link in CONTAINER_LOG_LINKS.iterdir():
                 with contextlib.suppress(OSError):
@@ -706,23 +779,82 @@ disabled_plugins = [
             with contextlib.suppress(OSError):
                 (SHIM_RUN_DIR / "s").rmdir()
                 SHIM_RUN_DIR.rmdir()
-        left = self._unmount_all()
+        return problems
+
+    def stop(self) -> list[str]:
+        """Stop everything; remove the state folder. Returns what could not be cleaned."""
+        problems: list[str] = []
+        started = time.monotonic()
+        steps: list[str] = []  # when each step ended, for a slow teardown's log line
+
+        def step(name: str) -> None:
+            steps.append(f"{name} {time.monotonic() - started:.1f}")
+
+        for node in self.nodes:
+            kubelet = self._proc(f"kubelet{node.tag}")
+            if kubelet is not None:
+                self._stop_proc(kubelet)
+        step("kubelets")
+        for node in self.nodes:
+            self._stop_containers(node)
+        step("containers")
+        kill_cgroups([node.pods_cgroup for node in self.nodes])
+        kill_cgroups([node.cgroup_root for node in self.nodes if node.cgroup_root])
+        step("cgroups")
+        names = [f"containerd{node.tag}" for node in self.nodes]
+        for name in (*names, "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self._proc(name)
+            if proc is not None:
+                self._stop_proc(proc)
+        for pid in self._our_shims():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for proc in self.procs:
+            self._stop_proc(proc)
+        step("processes")
+        problems += self._remove_host_traces()
+        step("host traces")
+        unmount_below([str(self.state)])
+        step("unmounts")
+        left = mounts_below([str(self.state)])
         problems += [f"still mounted: {p}" for p in left]
         problems += [f"shim still running: {pid}" for pid in self._our_shims()]
+        problems += [
+            f"cgroup {node.cgroup_root} left"
+            for node in self.nodes
+            if node.cgroup_root and (CGROUP_ROOT / "memory" / node.cgroup_root).exists()
+        ]
         if not left:
             shutil.rmtree(self.state, ignore_errors=True)
             if self.state.exists():
                 problems.append(f"could not remove {self.state}")
+        step("files")
+        if not problems:
+            self.ledger.drop()
         log(
-            f"teardown in {time.monotonic() - started:.1f} s"
+            f"teardown in {time.monotonic() - started:.1f} s (steps ended at: {', '.join(steps)})"
             + (f": {problems}" if problems else "")
         )
         return problems
 
 
+def make_cgroup(relative: str) -> None:
+    """Cgroup ``relative`` in every hierarchy (the kubelet wants its cgroup root to exist); a
+    cpuset gets its parent's CPUs and memory nodes (a new one has none, and takes no task)."""
+    for controller in sorted(CGROUP_ROOT.iterdir()):
+        if controller.is_symlink() or not (controller / "cgroup.procs").exists():
+            continue
+        folder = controller / relative
+        folder.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            parent = folder.parent / knob
+            if parent.exists() and not (folder / knob).read_text().strip():
+                (folder / knob).write_text(parent.read_text())
+
+
 @contextlib.contextmanager
-def running(tools: Tools) -> Iterator[Cluster]:
-    cluster = Cluster(tools)
+def running(tools: Tools, nodes: int = 1) -> Iterator[Cluster]:
+    cluster = Cluster(tools, nodes)
     try:
         cluster.start()
         yield cluster

@@ -393,6 +393,7 @@ def run(keep_results: Path = RESULTS_DIR) -> tuple[Counts | None, list[str]]:
         install_driver,
         install_snapshot_support,
         loops_backed_by,
+        track,
     )
 
     started = time.monotonic()
@@ -422,7 +423,9 @@ def run(keep_results: Path = RESULTS_DIR) -> tuple[Counts | None, list[str]]:
         cluster.start(lambda c: images.import_images(built, c.containerd_sock))
         install_snapshot_support(cluster, tools)
         sim = Sim(work / "sim", hotplug=True, port=free_port())
+        cluster.ledger.record_dir(work)
         sim.start()
+        track(cluster, sim)
         install_driver(cluster, sim, (free_port(), free_port()), run="conformance", how=INSTALL)
         log(f"cluster up and driver installed ({INSTALL}) in {time.monotonic() - t:.0f} s")
         report_dir = work / "report"

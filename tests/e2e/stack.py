@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shlex
 import subprocess
 import sys
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.oxide.types import Disk, Snapshot
+from csi_oxide.oxide.types import Disk, DiskSpec, Snapshot
 from tests.e2e import helm, images, overlay
-from tests.e2e.cluster import NODE_NAME, Cluster, Tools, wait_for
+from tests.e2e.cluster import Cluster, Tools, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SIDECARS = (
@@ -46,6 +47,7 @@ class Sim:
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra: tuple[str, ...] = ()  # more `csi-oxide sim` flags (e.g. --latency-ms for make bench)
+    local_instances: int = 1  # one per node of the cluster
 
     def start(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
@@ -58,6 +60,8 @@ class Sim:
         ]  # fmt: skip
         if self.hotplug:
             argv.append("--hotplug")
+        if self.local_instances > 1:
+            argv += ["--local-instances", str(self.local_instances)]
         argv += self.extra
         logf = (self.state / f"sim-{'hotplug' if self.hotplug else 'today'}.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -98,9 +102,57 @@ class Sim:
     def snapshots(self) -> dict[str, Snapshot]:
         return {s.name: s for s in self._call(lambda api: api.snapshot_list())}
 
-    def attached(self) -> set[str]:
-        node = self.env["CSI_OXIDE_NODE_ID"]
-        return {d.name for d in self._call(lambda api: api.instance_disk_list(node))}
+    def node_id(self, local: int = 0) -> str:
+        """The ID of local instance ``local`` (node ``local`` of the cluster)."""
+        if self.local_instances == 1:
+            return self.env["CSI_OXIDE_NODE_ID"]
+        return self.env[f"CSI_OXIDE_NODE_ID_{local}"]
+
+    def device_dir(self, local: int = 0) -> Path:
+        """The device folder of local instance ``local``."""
+        if self.local_instances == 1:
+            return Path(self.env["CSI_OXIDE_SIM_DEVICE_DIR"])
+        return Path(self.env[f"CSI_OXIDE_SIM_DEVICE_DIR_{local}"])
+
+    def attached(self, local: int | None = None) -> set[str]:
+        """The disks attached to local instance ``local`` (None: to any local instance)."""
+        chosen = range(self.local_instances) if local is None else [local]
+        names: set[str] = set()
+        for i in chosen:
+            names |= {d.name for d in self.disks_of(self.node_id(i))}
+        return names
+
+    def operator_disk(self, name: str, size: int, local: int = 0) -> Disk:
+        """A disk as an operator of today's racks gives a node: created, attached to local
+        instance ``local`` while it is stopped, and the instance started again."""
+        instance = self.node_id(local)
+        spec = DiskSpec(name=name, description="made by an operator", size=size, block_size=4096)
+
+        async def give(api: HttpOxideClient) -> Disk:
+            await api.disk_create(spec)
+            await api.instance_stop(instance)
+            disk = await api.instance_disk_attach(instance, name)
+            await api.instance_start(instance)
+            return disk
+
+        return self._call(give)  # type: ignore[no-any-return]
+
+    def remove_operator_disk(self, name: str, local: int = 0) -> None:
+        """Detach (instance stopped for it, then started) and delete ``operator_disk``'s disk."""
+        instance = self.node_id(local)
+
+        async def remove(api: HttpOxideClient) -> None:
+            await api.instance_stop(instance)
+            await api.instance_disk_detach(instance, name)
+            await api.instance_start(instance)
+            await api.disk_delete(name)
+
+        self._call(remove)
+
+    def disks_of(self, instance: str) -> list[Disk]:
+        """The disks attached to ``instance``."""
+        found: list[Disk] = self._call(lambda api: api.instance_disk_list(instance))
+        return found
 
 
 def loops_backed_by(folder: Path) -> list[str]:
@@ -144,6 +196,8 @@ def install_driver(
     ``how``: "kustomize" (deploy/kubernetes/base through overlay.py, applied with kubectl) or
     "helm" (deploy/helm/csi-oxide through helm.py). One install path per cluster."""
     if how == "helm":
+        if len(cluster.nodes) > 1:
+            raise ValueError("the Helm install path is wired for one node")
         helm.install(
             cluster.kubeconfig,
             sim_env=sim.env,
@@ -162,16 +216,15 @@ def install_driver(
             state_dir=cluster.state,
             ports=ports,
             run=run,
+            nodes=node_targets(cluster, sim, ports[1]),
         )
         cluster.apply(docs)
     else:
         raise ValueError(f"unknown install path {how!r}")
-    node_id = sim.env["CSI_OXIDE_NODE_ID"]
+    expected = {node.name: sim.node_id(i) for i, node in enumerate(cluster.nodes)}
 
     def registered() -> bool:
-        csinode = cluster.get("csinode", NODE_NAME)
-        drivers = (csinode or {}).get("spec", {}).get("drivers") or []
-        return any(d["name"] == "csi.oxide.computer" and d["nodeID"] == node_id for d in drivers)
+        return all(registered_id(cluster, name) == node_id for name, node_id in expected.items())
 
     def rolled(kind: str, name: str) -> bool:
         done = cluster.kubectl(
@@ -181,9 +234,46 @@ def install_driver(
 
     try:
         wait_for("controller rolled out", lambda: rolled("deployment", "csi-oxide-controller"), 180)
-        wait_for("node plugin rolled out", lambda: rolled("daemonset", "csi-oxide-node"), 180)
-        wait_for("the kubelet registered the driver (CSINode)", registered, 120)
+        for node in cluster.nodes:
+            name = f"csi-oxide-node{node.tag}"
+            wait_for(f"{name} rolled out", functools.partial(rolled, "daemonset", name), 180)
+        wait_for("the kubelets registered the driver (CSINode)", registered, 120)
     except TimeoutError as exc:
         pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
         events = cluster.kubectl("get", "events", "-n", "kube-system", check=False).stdout[-4000:]
         raise AssertionError(f"{exc}\n{pods}\n{events}\n{cluster.diagnostics()}") from None
+
+
+def registered_id(cluster: Cluster, node: str) -> str | None:
+    """The node ID the driver registered on ``node`` (CSINode), if it did."""
+    csinode = cluster.get("csinode", node)
+    drivers = (csinode or {}).get("spec", {}).get("drivers") or []
+    return next((d["nodeID"] for d in drivers if d["name"] == "csi.oxide.computer"), None)
+
+
+def node_targets(cluster: Cluster, sim: Sim, first_port: int) -> list[overlay.NodeTarget]:
+    """Each node's node plugin (none for the one-node layout): local instance ``i`` of the
+    simulator is node ``i``."""
+    if len(cluster.nodes) == 1:
+        return []
+    if sim.local_instances != len(cluster.nodes):
+        raise ValueError(f"{len(cluster.nodes)} nodes want as many local instances")
+    return [
+        overlay.NodeTarget(
+            node.name,
+            node.kubelet_dir,
+            sim.node_id(i),
+            str(sim.device_dir(i)),
+            first_port if i == 0 else free_port(),
+            node.tag,
+        )
+        for i, node in enumerate(cluster.nodes)
+    ]
+
+
+def track(cluster: Cluster, sim: Sim) -> None:
+    """The simulator's folder and process in the cluster's ledger, so that the next run cleans
+    them up if this one is killed (its loop devices are backed by files in that folder)."""
+    assert sim.proc is not None
+    cluster.ledger.record_dir(sim.state)
+    cluster.ledger.record_pid(f"sim {sim.state.name}", sim.proc.pid)

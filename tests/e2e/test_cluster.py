@@ -1,5 +1,5 @@
-"""The driver in a real one-node Kubernetes: PVCs used by real pods, checked in Kubernetes and on
-the rack.
+"""The driver in a real two-node Kubernetes: PVCs used by real pods, checked in Kubernetes and on
+the rack, and volumes following their pods from one node to the other.
 
 The cluster (tests/e2e/cluster.py) runs kube-apiserver, controller-manager, scheduler and kubelet
 built from Kubernetes v1.34, containerd, the kubernetes-csi sidecars built from their modules, and
@@ -19,16 +19,22 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from csi_oxide.node.devices import UdevDeviceFinder
+from csi_oxide.volumes import serial_of
 from tests.e2e import images
 from tests.e2e.cluster import Cluster, Tools, free_port, log, wait_for
 from tests.e2e.stack import (
@@ -37,6 +43,7 @@ from tests.e2e.stack import (
     install_driver,
     install_snapshot_support,
     loops_backed_by,
+    track,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +91,7 @@ class Report:
 class MemoryPeak:
     """Peak resident memory of the cluster and the driver: every process this test started (etcd,
     the Kubernetes components, containerd, the simulator, this process), the containerd shims, and
-    the kubelet's pod cgroups (the driver's and test pods' containers). Sampled every second."""
+    the kubelets' pod cgroups (the driver's and test pods' containers). Sampled every second."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -116,12 +123,13 @@ class MemoryPeak:
                 walk, seen = parents.get(walk, 0), seen + 1
             if walk == me or pid in shims:
                 total += size
-        stat_file = Path("/sys/fs/cgroup/memory/kubepods/memory.stat")
-        with contextlib.suppress(OSError):
-            for line in stat_file.read_text().splitlines():
-                key, value = line.split()
-                if key == "total_rss":
-                    total += int(value)
+        memory = Path("/sys/fs/cgroup/memory")
+        for stat_file in [memory / "kubepods", *memory.glob("csi-oxide-e2e-*/kubepods")]:
+            with contextlib.suppress(OSError):
+                for line in (stat_file / "memory.stat").read_text().splitlines():
+                    key, value = line.split()
+                    if key == "total_rss":
+                        total += int(value)
         return total
 
     def _run(self) -> None:
@@ -164,7 +172,7 @@ def _script(work: str) -> str:
     )
 
 
-def pod_spec(work: str, *, block: bool = False) -> dict[str, Any]:
+def pod_spec(work: str, *, block: bool = False, node: str | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "app",
         "image": "busybox:1.37",
@@ -176,16 +184,19 @@ def pod_spec(work: str, *, block: bool = False) -> dict[str, Any]:
         container["volumeDevices"] = [{"name": "data", "devicePath": "/dev/xvda"}]
     else:
         container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
-    return {
+    spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": 10,
         "automountServiceAccountToken": False,
         "restartPolicy": "Never",
         "containers": [container],
     }
+    if node is not None:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    return spec
 
 
-def pod(name: str, claim: str, work: str, *, block: bool = False) -> Any:
-    spec = pod_spec(work, block=block)
+def pod(name: str, claim: str, work: str, *, block: bool = False, node: str | None = None) -> Any:
+    spec = pod_spec(work, block=block, node=node)
     spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
     return {
         "apiVersion": "v1",
@@ -245,11 +256,16 @@ class World:
         assert c is not None and c["status"]["phase"] == "Bound", f"{claim} not bound: {c}"
         return self.cluster.get("pv", c["spec"]["volumeName"])
 
+    def local_of(self, p: Any) -> int:
+        """The number of the node a pod runs on (= its simulated local instance)."""
+        names = [n.name for n in self.cluster.nodes]
+        return names.index(p["spec"]["nodeName"])
+
     def volume_path(self, p: Any, pv_name: str) -> Path:
         """Where the kubelet mounted a pod's volume on the host."""
         uid: str = p["metadata"]["uid"]
         return (
-            self.cluster.kubelet_dir
+            self.cluster.nodes[self.local_of(p)].kubelet_dir
             / "pods"
             / uid
             / "volumes"
@@ -290,7 +306,9 @@ def assert_on_disk(world: World, p: Any, claim: str, file: str, token: str) -> A
     assert pv["spec"]["csi"]["driver"] == "csi.oxide.computer"
     va = world.attachment(pv["metadata"]["name"])
     assert va is not None and va["status"]["attached"] is True, va
-    assert disk in world.sim.attached(), f"{disk} not attached to the node's instance"
+    local = world.local_of(p)
+    assert disk in world.sim.attached(local), f"{disk} not attached to the node's instance"
+    assert va["spec"]["nodeName"] == p["spec"]["nodeName"], va
     where = world.volume_path(p, pv["metadata"]["name"])
     source = mount_source(where)
     assert source is not None, f"nothing mounted at {where}"
@@ -312,7 +330,7 @@ def check_provision_and_write(world: World) -> dict[str, str]:
     disk = pv["spec"]["csi"]["volumeHandle"]
     rack = world.sim.disks()[disk]
     assert rack.size == 2 * GI
-    assert rack.instance_id == world.sim.env["CSI_OXIDE_NODE_ID"]
+    assert rack.instance_id == world.sim.node_id(world.local_of(p))
     return {"token": token, "disk": disk, "pv": pv["metadata"]["name"]}
 
 
@@ -420,14 +438,14 @@ def check_raw_block(world: World) -> None:
             ),
         ]
     )
-    world.wait_pod_ready("raw-user")
+    p = world.wait_pod_ready("raw-user")
     pv = world.pv_of("raw")
     assert pv["spec"]["volumeMode"] == "Block"
     disk = pv["spec"]["csi"]["volumeHandle"]
     assert disk in world.sim.attached()
     va = world.attachment(pv["metadata"]["name"])
     assert va is not None and va["status"]["attached"] is True
-    backing = Path(world.sim.env["CSI_OXIDE_SIM_DEVICE_DIR"])
+    backing = world.sim.device_dir(world.local_of(p))
     files = [f for f in backing.iterdir() if f.name.startswith(disk)]
     assert len(files) == 1, files
     with files[0].open("rb") as f:
@@ -435,28 +453,33 @@ def check_raw_block(world: World) -> None:
     world.delete("pod/raw-user")
 
 
-def check_statefulset(world: World) -> None:
+def statefulset(name: str, replicas: int, work: str) -> Any:
+    """A StatefulSet whose pods run ``work`` on a 1 GiB volume ``data`` each."""
     sts: Any = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": "web", "namespace": NS},
+        "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "podManagementPolicy": "Parallel",
-            "serviceName": "web",
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": pod_spec(
-                    'if [ -f /data/id ]; then grep -qx "$(hostname)" /data/id; '
-                    "else hostname > /data/id && sync; fi"
-                ),
-            },
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec(work)},
             "volumeClaimTemplates": [pvc("data", "1Gi")],
         },
     }
     sts["spec"]["template"]["spec"]["restartPolicy"] = "Always"
     sts["spec"]["volumeClaimTemplates"][0]["metadata"].pop("namespace")
+    return sts
+
+
+def check_statefulset(world: World) -> None:
+    sts = statefulset(
+        "web",
+        2,
+        'if [ -f /data/id ]; then grep -qx "$(hostname)" /data/id; '
+        "else hostname > /data/id && sync; fi",
+    )
     world.cluster.apply([sts])
     for name in ("web-0", "web-1"):
         world.wait_pod_ready(name)
@@ -477,6 +500,280 @@ def check_statefulset(world: World) -> None:
     for name in ("web-0", "web-1"):
         world.wait_pod_ready(name)  # each found its own id file: data intact
     assert disks <= world.sim.attached()
+    # Scaled to 0 again: the two-node scenarios count every volume on a node.
+    world.cluster.kubectl("scale", "-n", NS, "statefulset/web", "--replicas=0")
+    for disk in disks:
+        world.wait_detached(disk)
+
+
+# ---- two nodes: a volume follows its pod ------------------------------------------------------
+
+
+def cordon(world: World, node: str, *, on: bool = True) -> None:
+    world.cluster.kubectl("cordon" if on else "uncordon", node)
+
+
+def keep_token(token: str) -> str:
+    """A pod's work: write ``token`` on a fresh volume, or find it on one that moved."""
+    return (
+        f"if [ -f /data/token ]; then grep -qx {token} /data/token; "
+        f"else echo {token} > /data/token && sync; fi"
+    )
+
+
+def traces_on(world: World, local: int, disk: str) -> list[str]:
+    """What node ``local`` still holds of ``disk``: mounts of its device below the kubelet's
+    folder, the node plugin's mount records, a device its node plugin would take for the disk."""
+    node = world.cluster.nodes[local]
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        source = fields[fields.index("-") + 2]
+        if fields[4].startswith(str(node.kubelet_dir)) and source.startswith("/dev/loop"):
+            with contextlib.suppress(OSError):
+                if Path(loop_backing(source).removesuffix(" (deleted)")).name == disk:
+                    found.append(f"mount {fields[4]}")
+    record = world.cluster.state / f"hostpaths{node.tag}/var/lib/csi-oxide/node/{disk}.json"
+    if record.exists():
+        body = json.loads(record.read_text())
+        if body.get("stage") or body.get("publish"):
+            found.append(f"record {record}: stage {body.get('stage')}, publish {body['publish']}")
+    finder = UdevDeviceFinder(sim_device_dir=world.sim.device_dir(local))
+    found += [f"device {d.path}" for d in finder.scan() if d.serial == serial_of(disk)]
+    return found
+
+
+def wait_no_traces(world: World, local: int, disk: str) -> None:
+    node = world.cluster.nodes[local].name
+    try:
+        wait_for(f"nothing of {disk} left on {node}", lambda: not traces_on(world, local, disk), 30)
+    except TimeoutError:
+        raise AssertionError(f"left on {node}: {traces_on(world, local, disk)}") from None
+
+
+def driver_rpcs(world: World, disk: str) -> list[str]:
+    """The driver's RPCs about ``disk``, in time order, from its containers' logs; each line:
+    when, which plugin on which node, the call, the node it names (ControllerPublishVolume and
+    ControllerUnpublishVolume: the instance's node, ``-`` otherwise), its result."""
+    node_of = {world.sim.node_id(i): n.name for i, n in enumerate(world.cluster.nodes)}
+    lines = []
+    for node in world.cluster.nodes:
+        for log_file in node.pod_logs.glob("kube-system_csi-oxide-*/csi-oxide/*.log"):
+            pod_name = log_file.parent.parent.name.split("_")[1]
+            plugin = "controller" if "controller" in pod_name else "node"
+            for line in log_file.read_text(errors="replace").splitlines():
+                when, _, rest = line.partition(" ")
+                with contextlib.suppress(ValueError, IndexError):
+                    entry = json.loads(rest.split(" ", 2)[2])
+                    if entry.get("event") == "rpc" and entry.get("volume_id") == disk:
+                        call = entry["rpc"].rsplit("/", 1)[-1]
+                        target = node_of.get(entry.get("node_id", ""), "-")
+                        lines.append(
+                            f"{_sortable(when)} {plugin}@{node.name} {call} {target} "
+                            f"{entry['code']}"
+                        )
+    return sorted(lines)
+
+
+def _sortable(when: str) -> str:
+    """A CRI log time with its fraction padded to nanoseconds (CRI drops trailing zeros)."""
+    whole, _, fraction = when.removesuffix("Z").partition(".")
+    return f"{whole}.{fraction.ljust(9, '0')}Z"
+
+
+def assert_moved_in_order(rpcs: list[str], old: str, new: str) -> None:
+    """The driver's calls for a move from node ``old`` to ``new``: unstaged on the old node,
+    then detached from it, and only then attached to the new node (never before) and staged
+    there."""
+    done = [line.split()[1:4] for line in rpcs if line.endswith(" OK")]
+
+    def at(who: str | None, call: str, target: str = "-") -> list[int]:
+        return [
+            i for i, (w, c, t) in enumerate(done) if c == call and who in (None, w) and t == target
+        ]
+
+    unstaged = at(f"node@{old}", "NodeUnstageVolume")
+    detached = at(None, "ControllerUnpublishVolume", old)
+    attached = at(None, "ControllerPublishVolume", new)
+    staged = at(f"node@{new}", "NodeStageVolume")
+    assert unstaged and detached and attached and staged, rpcs
+    assert unstaged[0] < detached[0] < attached[0] < staged[0], rpcs
+
+
+def check_move_with_cordon(world: World) -> None:
+    """A StatefulSet's pod on node A writes; A is cordoned and the pod deleted; the pod comes up
+    on B with the disk moved from A's instance to B's, and nothing of it is left on A."""
+    a, b = (n.name for n in world.cluster.nodes)
+    token = secrets.token_hex(8)
+    sts = statefulset("mover", 1, keep_token(token))
+    cordon(world, b)
+    world.cluster.apply([sts])
+    first = world.wait_pod_ready("mover-0")
+    cordon(world, b, on=False)
+    assert first["spec"]["nodeName"] == a
+    disk = assert_on_disk(world, first, "data-mover-0", "token", token)["spec"]["csi"][
+        "volumeHandle"
+    ]
+    cordon(world, a)
+    try:
+        world.delete("pod/mover-0")
+        moved = world.wait_pod_ready("mover-0")
+    finally:
+        cordon(world, a, on=False)
+    assert moved["spec"]["nodeName"] == b
+    assert_on_disk(world, moved, "data-mover-0", "token", token)
+    assert world.sim.disks()[disk].instance_id == world.sim.node_id(1)
+    assert disk not in world.sim.attached(0)
+    wait_no_traces(world, 0, disk)
+    rpcs = driver_rpcs(world, disk)
+    log("RPCs of the move:\n  " + "\n  ".join(rpcs))
+    assert_moved_in_order(rpcs, a, b)
+    world.cluster.kubectl("delete", "-n", NS, "statefulset/mover", "--wait=true")
+    wait_for("mover-0 gone", lambda: world.cluster.get("pod", "-n", NS, "mover-0") is None, 60)
+    world.wait_detached(disk)
+
+
+def check_crossing_moves(world: World) -> None:
+    """Two pods on different nodes, each with its volume, swap nodes at the same time: each
+    volume follows its pod, devices never mixed up."""
+    nodes = [n.name for n in world.cluster.nodes]
+    # claim -> (token, node number before, node number after)
+    plan = {"cross-a": (secrets.token_hex(8), 0, 1), "cross-b": (secrets.token_hex(8), 1, 0)}
+    world.cluster.apply([pvc(claim, "1Gi") for claim in plan])
+    world.cluster.apply(
+        [pod(f"x-{c}", c, keep_token(t), node=nodes[before]) for c, (t, before, _) in plan.items()]
+    )
+    disks = {}
+    for claim, (token, before, _) in plan.items():
+        p = world.wait_pod_ready(f"x-{claim}")
+        assert world.local_of(p) == before
+        pv = assert_on_disk(world, p, claim, "token", token)
+        disks[claim] = pv["spec"]["csi"]["volumeHandle"]
+    # The new pods are made while the old ones still hold the volumes: each waits for its
+    # volume to leave the other node (the attach/detach controller's Multi-Attach check).
+    world.cluster.kubectl("delete", "-n", NS, "pod", *(f"x-{c}" for c in plan), "--wait=false")
+    world.cluster.apply(
+        [pod(f"y-{c}", c, keep_token(t), node=nodes[after]) for c, (t, _, after) in plan.items()]
+    )
+    for claim, (token, before, after) in plan.items():
+        p = world.wait_pod_ready(f"y-{claim}")
+        assert world.local_of(p) == after
+        assert_on_disk(world, p, claim, "token", token)
+        disk = disks[claim]
+        assert disk not in world.sim.attached(before)
+        wait_no_traces(world, before, disk)
+        assert_moved_in_order(driver_rpcs(world, disk), nodes[before], nodes[after])
+    world.delete(*(f"pod/y-{c}" for c in plan))
+
+
+def check_volume_limit(world: World) -> None:
+    """13 pods pinned to node A, each with a volume of its own: 12 run, one stays pending (the
+    scheduler's limit from the node plugin's 12 slots); node B still takes a new volume."""
+    a, b = (n.name for n in world.cluster.nodes)
+    wait_for(f"no disk left on {a}", lambda: not world.sim.attached(0), 120)
+    names = [f"limit-{i}" for i in range(13)]
+    world.cluster.apply([pvc(n, "1Gi") for n in names] + [pod(n, n, "true", node=a) for n in names])
+
+    def settled() -> bool:
+        pods = [world.cluster.get("pod", "-n", NS, n) for n in names]
+        ready = [p for p in pods if _ready(p)]
+        return len(ready) == 12 and any(_unschedulable(p) for p in pods)
+
+    wait_for("12 pods ready and one unschedulable on node A", settled, 300, interval=2)
+    pending = [n for n in names if not _ready(world.cluster.get("pod", "-n", NS, n))]
+    assert len(pending) == 1, pending
+    message = _unschedulable(world.cluster.get("pod", "-n", NS, pending[0]))
+    log(f"the 13th pod ({pending[0]}): {message}")
+    assert message is not None and "max volume count" in message, message
+    on_a = {world.pv_of(n)["spec"]["csi"]["volumeHandle"] for n in names if n not in pending}
+    assert on_a <= world.sim.attached(0) and len(on_a) == 12
+    world.cluster.apply([pvc("limit-b", "1Gi"), pod("limit-b", "limit-b", "true", node=b)])
+    p = world.wait_pod_ready("limit-b")
+    assert world.local_of(p) == 1
+    assert world.pv_of("limit-b")["spec"]["csi"]["volumeHandle"] in world.sim.attached(1)
+    world.delete(*(f"pod/{n}" for n in [*names, "limit-b"]))
+    for disk in on_a:
+        world.wait_detached(disk)
+
+
+# How long the lost-node scenario watches Kubernetes hold a volume on a node that stopped
+# answering before the node's kubelet comes back (Kubernetes itself would wait 6 minutes).
+HOLD_SECONDS = 10
+
+
+def pod_node(world: World, name: str) -> str | None:
+    p = world.cluster.get("pod", "-n", NS, name)
+    return None if p is None else p["spec"].get("nodeName")
+
+
+def hold(what: str, invariant: Callable[[], None], seconds: float) -> None:
+    """Check ``invariant`` (it raises when broken) once a second for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        invariant()
+        time.sleep(1)
+    log(f"held for {seconds:.0f} s: {what}")
+
+
+def check_node_lost(world: World) -> None:
+    """Node A's kubelet stops while a pod uses a volume there; the pod is force-deleted and made
+    again on B. Kubernetes keeps the disk on A (the attach/detach controller will not detach
+    from a node that may still have it mounted: 6 minutes, or at once with the out-of-service
+    taint); the new pod waits. When A's kubelet returns, it unmounts, the attacher detaches,
+    and only then is the disk attached to B, data intact."""
+    a, b = (n.name for n in world.cluster.nodes)
+    token = secrets.token_hex(8)
+    cordon(world, b)
+    world.cluster.apply([statefulset("lost", 1, keep_token(token))])
+    first = world.wait_pod_ready("lost-0")
+    cordon(world, b, on=False)
+    assert first["spec"]["nodeName"] == a
+    pv = assert_on_disk(world, first, "data-lost-0", "token", token)
+    disk = pv["spec"]["csi"]["volumeHandle"]
+    started = time.monotonic()
+    world.cluster.stop_kubelet(a)
+    try:
+        wait_for(f"{a} NotReady", lambda: not world.cluster.node_ready(a), 120, interval=1)
+        log(f"{a} NotReady {time.monotonic() - started:.0f} s after its kubelet stopped")
+        world.cluster.kubectl(
+            "delete", "-n", NS, "pod", "lost-0", "--force", "--grace-period=0", "--wait=false"
+        )
+        wait_for("lost-0 made again on B", lambda: pod_node(world, "lost-0") == b, 120)
+
+        def still_on_a() -> None:
+            assert world.sim.disks()[disk].instance_id == world.sim.node_id(0), disk
+            va = world.attachment(pv["metadata"]["name"])
+            assert va is not None and va["spec"]["nodeName"] == a, va
+
+        hold(f"{disk} stays on {a}, the new pod waits on {b}", still_on_a, HOLD_SECONDS)
+    finally:
+        world.cluster.start_kubelet(a)
+    back = time.monotonic()
+    moved = world.wait_pod_ready("lost-0", 240)
+    log(f"lost-0 ready on {b} {time.monotonic() - back:.0f} s after {a}'s kubelet came back")
+    assert moved["spec"]["nodeName"] == b
+    assert_on_disk(world, moved, "data-lost-0", "token", token)
+    wait_no_traces(world, 0, disk)
+    rpcs = driver_rpcs(world, disk)
+    log("RPCs of the move after the node came back:\n  " + "\n  ".join(rpcs))
+    assert_moved_in_order(rpcs, a, b)
+    world.cluster.kubectl("delete", "-n", NS, "statefulset/lost", "--wait=true")
+    wait_for("lost-0 gone", lambda: world.cluster.get("pod", "-n", NS, "lost-0") is None, 60)
+    world.wait_detached(disk)
+
+
+def _ready(p: Any) -> bool:
+    return p is not None and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])
+    )
+
+
+def _unschedulable(p: Any) -> str | None:
+    """The scheduler's message when it could not place the pod."""
+    for c in (p or {}).get("status", {}).get("conditions", []):
+        if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable":
+            return str(c.get("message", ""))
+    return None
 
 
 def check_everything_deleted(world: World) -> None:
@@ -501,11 +798,11 @@ def check_everything_deleted(world: World) -> None:
     assert world.sim.disks() == {}
     assert world.sim.snapshots() == {}
     assert world.sim.attached() == set()
-    kubelet = str(world.cluster.kubelet_dir)
+    kubelets = tuple(str(node.kubelet_dir) for node in world.cluster.nodes)
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(kubelet) and "/loop" in line
+        if line.split()[4].startswith(kubelets) and "/loop" in line
     ]
     assert mounts == []
     assert loops_backed_by(world.sim.state) == []
@@ -551,17 +848,107 @@ def check_hotplug_off(world: World) -> None:
     assert world.sim.disks() == {}
 
 
+OPERATOR_DISK = "kept-data-of-node-a"  # its first 20 characters: no other disk's
+
+
+def static_pv_of(world: World, disk: str, node: str) -> Any:
+    """The PersistentVolume ``csi-oxide static-pv`` prints for ``disk``, as an operator runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "csi_oxide", "static-pv", disk, "--node-name", node],
+        env={**os.environ, **world.sim.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return yaml.safe_load(done.stdout)
+
+
+def check_static_volume_on_todays_rack(world: World) -> None:
+    """Hot-plug off: a disk attached while A's instance was stopped serves pods on the running
+    node through a static PV; the pod is deleted and re-created, data intact, the disk never
+    leaves A (unpublish leaves it and answers OK); a pod on B is refused by the PV's affinity."""
+    a, b = (n.name for n in world.cluster.nodes[:2])
+    world.sim.operator_disk(OPERATOR_DISK, GI, local=0)
+    pv = static_pv_of(world, OPERATOR_DISK, a)
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "kept", "namespace": NS},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "volumeName": pv["metadata"]["name"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    token = secrets.token_hex(8)
+    world.cluster.apply([pv, claim, pod("kept-writer", "kept", f"echo {token} > /data/f && sync")])
+    assert_on_disk(world, world.wait_pod_ready("kept-writer"), "kept", "f", token)
+    world.delete("pod/kept-writer")
+    wait_for(
+        "the VolumeAttachment gone (unpublish answered OK)",
+        lambda: world.attachment(pv["metadata"]["name"]) is None,
+        120,
+    )
+    assert OPERATOR_DISK in world.sim.attached(0), "the operator's disk left its instance"
+    world.cluster.apply([pod("kept-reader", "kept", f"grep -qx {token} /data/f", node=a)])
+    assert_on_disk(world, world.wait_pod_ready("kept-reader"), "kept", "f", token)
+    world.delete("pod/kept-reader")
+    world.cluster.apply([pod("kept-elsewhere", "kept", "true", node=b)])
+    wait_for(
+        "the pod on B refused by the scheduler",
+        lambda: (
+            "affinity"
+            in (_unschedulable(world.cluster.get("pod", "-n", NS, "kept-elsewhere")) or "")
+        ),
+        60,
+    )
+    assert OPERATOR_DISK in world.sim.attached(0) and OPERATOR_DISK not in world.sim.attached(1)
+    world.delete("pod/kept-elsewhere", "pvc/kept")
+    world.cluster.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=true")
+    world.sim.remove_operator_disk(OPERATOR_DISK, local=0)
+    assert world.sim.disks() == {}
+
+
 # ---- the test -------------------------------------------------------------------------------
 
 
-def test_the_driver_in_a_one_node_kubernetes() -> None:
+NODES = 2
+
+
+def start_sim(cluster: Cluster, state: Path, *, hotplug: bool) -> Sim:
+    """The simulated rack, one local instance per node, its process and folder in the ledger."""
+    sim = Sim(state, hotplug=hotplug, port=free_port(), local_instances=len(cluster.nodes))
+    cluster.ledger.record_dir(state)  # before any loop device exists
+    sim.start()
+    track(cluster, sim)
+    return sim
+
+
+def import_everywhere(built: list[images.Image]) -> Callable[[Cluster], None]:
+    """The images imported into every node's containerd, at the same time."""
+
+    def run(cluster: Cluster) -> None:
+        with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+            done = [
+                pool.submit(images.import_images, built, node.containerd_sock)
+                for node in cluster.nodes
+            ]
+            for future in done:
+                future.result()
+
+    return run
+
+
+def test_the_driver_in_a_two_node_kubernetes() -> None:
     total = time.monotonic()
     memory = MemoryPeak()
     report = Report()
     with report.scenario("build binaries (cached under .tools/cluster)"):
         tools = Tools.build()
     work = Path(tempfile.mkdtemp(prefix="csi-oxide-e2e-work-"))
-    cluster = Cluster(tools)
+    cluster = Cluster(tools, NODES)
     sims: list[Sim] = []
     problems: list[str] = []
     try:
@@ -569,12 +956,14 @@ def test_the_driver_in_a_one_node_kubernetes() -> None:
             out = work / "images"
             out.mkdir()
             built = cluster_images(tools, out)
-        with report.scenario("cluster up, images imported, driver installed and registered"):
-            cluster.start(lambda c: images.import_images(built, c.containerd_sock))
+        with report.scenario(
+            f"cluster of {NODES} nodes up, images imported, driver installed and registered"
+        ):
+            cluster.start(import_everywhere(built))
+            cluster.ledger.record_dir(work)
             install_snapshot_support(cluster, tools)
-            sim = Sim(work / "sim-hotplug", hotplug=True, port=free_port())
+            sim = start_sim(cluster, work / "sim-hotplug", hotplug=True)
             sims.append(sim)
-            sim.start()
             ports = (free_port(), free_port())
             install_driver(cluster, sim, ports, run="hotplug")
         world = World(cluster, sim, report)
@@ -588,19 +977,28 @@ def test_the_driver_in_a_one_node_kubernetes() -> None:
             check_snapshot_restore_clone(world, s)
         with report.scenario("raw block PVC used by a pod"):
             check_raw_block(world)
-        with report.scenario("StatefulSet of 2, scaled to 0 and back"):
+        with report.scenario("StatefulSet of 2, scaled to 0 and back (and to 0 again)"):
             check_statefulset(world)
+        with report.scenario("two nodes: A cordoned, pod deleted, volume moves to B, data intact"):
+            check_move_with_cordon(world)
+        with report.scenario("two nodes: crossing moves, each volume follows its pod"):
+            check_crossing_moves(world)
+        with report.scenario("two nodes: 13 volumes pinned to A, one pending; B takes more"):
+            check_volume_limit(world)
+        with report.scenario("two nodes: A's kubelet stopped, pod forced to B after A returns"):
+            check_node_lost(world)
         with report.scenario("everything deleted: no disk, snapshot, mount or loop device left"):
             check_everything_deleted(world)
         with report.scenario("hot-plug off: pod pending, FAILED_PRECONDITION, rack unchanged"):
             sim.stop()
-            today = Sim(work / "sim-today", hotplug=False, port=free_port())
+            today = start_sim(cluster, work / "sim-today", hotplug=False)
             sims.append(today)
-            today.start()
             # Host networking: the new pods must not wait for the old ones' ports.
             install_driver(cluster, today, (free_port(), free_port()), run="today")
             world.sim = today
             check_hotplug_off(world)
+        with report.scenario("hot-plug off: an operator's disk as a static PV on its node"):
+            check_static_volume_on_todays_rack(world)
     finally:
         with report.scenario("teardown: no process, mount, loop device or disk left"):
             for one in sims:

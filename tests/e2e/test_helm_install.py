@@ -45,6 +45,7 @@ def api() -> Iterator[Cluster]:
     """etcd + kube-apiserver with the snapshot CRDs; stopped by PID at the end."""
     tools = Tools({n: TOOLS_DIR / f"{n}-{KUBE}" for n in ("kube-apiserver", "kubectl")})
     cluster = Cluster(tools)
+    cluster.ledger.record_dir(cluster.state)  # a killed run's processes go at the next start
     try:
         cluster.state.chmod(0o755)
         cluster._pki()
@@ -65,6 +66,7 @@ def api() -> Iterator[Cluster]:
         for proc in reversed(cluster.procs):
             cluster._stop_proc(proc)
         shutil.rmtree(cluster.state, ignore_errors=True)
+        cluster.ledger.drop()
 
 
 def test_helm_installs_upgrades_and_uninstalls_the_chart(api: Cluster) -> None:

@@ -139,3 +139,34 @@ def test_binaries_are_cached_by_version() -> None:
     assert paths["kubelet"] == Path("/cache/kubelet-v1.34.4")
     assert paths["csi-resizer"] == Path("/cache/csi-resizer-v2.3.0")
     assert len(set(paths.values())) == len(paths)
+
+
+def test_two_nodes_get_a_node_plugin_each(tmp_path: Path) -> None:
+    targets = [
+        overlay.NodeTarget("localhost", tmp_path / "kubelet", "id-a", "/sim/local-0", 19091),
+        overlay.NodeTarget(
+            "127.0.0.2", tmp_path / "node-b" / "kubelet", "id-b", "/sim/local-1", 19092, "-b"
+        ),
+    ]
+    docs = overlay.overlay(
+        _base(), sim_env=SIM_ENV, api_port=6443, kubelet_dir=tmp_path / "unused",
+        state_dir=tmp_path, ports=(19090, 0), run="r1", nodes=targets,
+    )  # fmt: skip
+    plugins = [d for d in docs if d["kind"] == "DaemonSet"]
+    assert [d["metadata"]["name"] for d in plugins] == ["csi-oxide-node", "csi-oxide-node-b"]
+    assert len([d for d in docs if d["kind"] == "Deployment"]) == 1
+    for doc, target in zip(plugins, targets, strict=True):
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"kubernetes.io/hostname": target.node}
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ours = next(c for c in pod["containers"] if c["name"] == "csi-oxide")
+        env = {e["name"]: e.get("value") for e in ours["env"]}
+        assert env["CSI_OXIDE_NODE_ID"] == target.node_id
+        assert env["CSI_OXIDE_SIM_DEVICE_DIR"] == target.device_dir
+        assert f"--metrics-address=127.0.0.1:{target.port}" in ours["args"]
+        hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+        assert hosts["kubelet-dir"] == str(target.kubelet_dir)
+        assert hosts["state-dir"].startswith(str(tmp_path / f"hostpaths{target.tag}/"))
+    selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in plugins]
+    assert len(set(selectors)) == 2  # neither DaemonSet adopts the other's pods

@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from csi_oxide.errors import FailedPreconditionError, InternalError, NotFoundError
+from csi_oxide.inflight import InFlight
 from csi_oxide.node.devices import BlockDevice, serial_text
 from csi_oxide.node.fs import Signature
 from csi_oxide.node.mountinfo import Mount
+from csi_oxide.node.ops import NodeOps
+from csi_oxide.node.state import RecordStore
 from csi_oxide.volumes import serial_of
 
 DEV_MM = "0:6"  # the devtmpfs at /dev
@@ -62,6 +65,7 @@ class FakeMounter:
     table: list[Mount] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
     before_mount: Callable[[str], None] | None = None  # runs when a mount is about to happen
+    mount_options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by mount point
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def __post_init__(self) -> None:
@@ -92,7 +96,10 @@ class FakeMounter:
             self.before_mount(target)
         dev = next(d for d in self.devices.attached.values() if d.path == source)
         self.calls.append(("mount", target))
-        self.table.append(self.entry(dev.major_minor, "/", target, fstype, source))
+        self.mount_options[os.path.realpath(target)] = tuple(options)
+        m = self.entry(dev.major_minor, "/", target, fstype, source, ro="ro" in options)
+        supers = ("ro", "norecovery") if {"noload", "norecovery"} & set(options) else ("rw",)
+        self.table.append(replace(m, super_options=supers))
 
     async def bind(
         self, source: str, target: str, *, read_only: bool, options: Sequence[str] = ()
@@ -134,6 +141,29 @@ class FakeMounter:
             for m in self.table
             if m.major_minor == major_minor or (m.fstype == "devtmpfs" and m.root == node)
         ]
+
+
+@dataclass
+class FakeViews:
+    """Read-only views by anchor: each one a loop device name, as ``LoopViews`` would attach."""
+
+    directory: str = "/var/lib/csi-oxide/node/views"
+    views: dict[str, str] = field(default_factory=dict)  # anchor -> /dev/loopN
+    die_after_open: bool = False  # the plugin dies once the view exists, before recording it
+    _numbers: itertools.count[int] = field(default_factory=itertools.count)
+
+    def anchor(self, volume_id: str, target: str) -> str:
+        return f"{self.directory}/{volume_id}.{abs(hash(target)):016x}"
+
+    async def open(self, anchor: str, device: BlockDevice) -> str:
+        loop = self.views.setdefault(anchor, f"/dev/loop{next(self._numbers)}")
+        if self.die_after_open:
+            self.die_after_open = False
+            raise OSError(f"killed after attaching {loop}")
+        return loop
+
+    async def close(self, anchor: str) -> None:
+        self.views.pop(anchor, None)
 
 
 @dataclass
@@ -212,3 +242,24 @@ class FakeFilesystems:
 
     async def device_size(self, device: str) -> int:
         return 1 << 30
+
+
+def fake_node_ops(
+    devices: FakeDevices,
+    filesystems: FakeFilesystems,
+    records: RecordStore,
+    *,
+    mounter: FakeMounter | None = None,
+    views: FakeViews | None = None,
+) -> NodeOps:
+    """``NodeOps`` over the fakes (a mount table over ``devices`` unless ``mounter``), with a
+    guard of its own and online ext4 growth, as the node's tests use it."""
+    return NodeOps(
+        devices,
+        mounter if mounter is not None else FakeMounter(devices),
+        filesystems,
+        records,
+        views=views if views is not None else FakeViews(),
+        inflight=InFlight(),
+        online_ext4_growth=True,
+    )

@@ -26,6 +26,7 @@ from csi_oxide.node.fs import LinuxFilesystems
 from csi_oxide.node.mount import LinuxMounter
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import FileRecordStore
+from csi_oxide.node.views import LoopViews
 from csi_oxide.wiring import build_node_ops
 
 pytestmark = pytest.mark.root
@@ -102,6 +103,7 @@ def rack_ops(rack: Rack) -> Callable[[bool], NodeOps]:
             LinuxMounter(),
             LinuxFilesystems(),
             records,
+            views=LoopViews(rack.root / f"views-{online_ext4_growth}"),
             inflight=InFlight(),
             online_ext4_growth=online_ext4_growth,
         )

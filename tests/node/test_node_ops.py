@@ -19,22 +19,24 @@ from csi_oxide.errors import (
     FailedPreconditionError,
     NotFoundError,
 )
-from csi_oxide.inflight import InFlight
 from csi_oxide.node.fs import Signature
 from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
-from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore
-from csi_oxide.publish_context import Origin
+from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore, VolumeRecord
+from csi_oxide.publish_context import Birth, Origin
 from tests.node.fakes import (
     Disk,
     FakeDevices,
     FakeFilesystems,
     FakeMounter,
     MkfsInterruptedError,
+    fake_node_ops,
 )
 
 VOLUME = "csi-0123456789abcdef"
 TWIN = "csi-0123456789abcdef-twin"  # the same first 20 characters: the same NVMe serial
 OTHER = "csi-fedcba9876543210"
+DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"  # the Oxide disk behind VOLUME (publish_context)
+NEW_DISK = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # another disk given VOLUME's name later
 GUARD = 10.0  # ends a test that would hang on the old behaviour; never reached when it passes
 
 
@@ -62,18 +64,21 @@ class World:
         self.store.close()
         self.mounter.table[2:] = []
         self.store = FileRecordStore(self.root / "state", boot="boot-2")
-        self.ops = NodeOps(
-            self.devices,
-            self.mounter,
-            self.fs,
-            self.store,
-            inflight=InFlight(),
-            online_ext4_growth=True,
-        )
+        self.ops = fake_node_ops(self.devices, self.fs, self.store, mounter=self.mounter)
 
-    async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> None:
+    async def stage(
+        self,
+        volume: str = VOLUME,
+        name: str = "a",
+        *,
+        origin: Origin | None = None,
+        disk_id: str | None = DISK,
+        **kw: object,
+    ) -> None:
+        """Stage as the kubelet would, with ``publish_context`` naming ``disk_id`` (the disk
+        behind the volume) and ``origin``."""
         options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
-        options.update(kw)
+        options.update(kw, birth=Birth(origin, disk_id))
         await self.ops.stage(volume, self.staging(name), **options)  # type: ignore[arg-type]
 
     async def publish(self, volume: str = VOLUME, name: str = "a", **kw: bool) -> None:
@@ -89,9 +94,7 @@ def world(tmp_path: Path) -> World:
     mounter = FakeMounter(devices)
     filesystems = FakeFilesystems()
     store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = NodeOps(
-        devices, mounter, filesystems, store, inflight=InFlight(), online_ext4_growth=True
-    )
+    ops = fake_node_ops(devices, filesystems, store, mounter=mounter)
     return World(tmp_path, devices, mounter, filesystems, store, ops)
 
 
@@ -174,9 +177,7 @@ async def test_after_a_plugin_restart_the_records_still_prove_it(world: World) -
     await world.publish()
     world.store.close()  # a new process, the same host directory and boot
     store = FileRecordStore(world.root / "state", boot="boot-1")
-    ops = NodeOps(
-        world.devices, world.mounter, world.fs, store, inflight=InFlight(), online_ext4_growth=True
-    )
+    ops = fake_node_ops(world.devices, world.fs, store, mounter=world.mounter)
     await ops.unpublish(VOLUME, world.target())
     await ops.unstage(VOLUME, world.staging())
     assert not _mounted(world, world.staging())
@@ -457,6 +458,58 @@ async def test_a_disk_used_raw_is_never_formatted_on_the_controllers_word(world:
     with pytest.raises(FailedPreconditionError, match="raw block data"):
         await _staged_with(world, Origin.BLANK)
     assert world.fs.formatted == [] and world.fs.disk(dev.path).signature == Signature()
+
+
+# ---- issue 24, finding 1: the history belongs to the disk, not to its name ----
+
+
+def _name_given_to_a_new_disk(world: World) -> str:
+    """VOLUME's disk deleted and a new one created under the same name (same volume ID, another
+    disk UUID): the device the node then finds; blank, unless the caller writes to it."""
+    world.devices.detach(VOLUME)
+    return world.devices.attach(VOLUME).path
+
+
+async def test_an_interrupted_mkfs_never_vouches_for_a_new_disk_of_the_same_name(
+    world: World,
+) -> None:
+    world.devices.attach(VOLUME)
+    world.fs.interrupt_next_mkfs = True
+    with pytest.raises(MkfsInterruptedError):
+        await world.stage(origin=Origin.BLANK)  # disk DISK: the record says mkfs-started
+    new = _name_given_to_a_new_disk(world)
+    world.fs.disk(new).zeros = False  # someone's raw data, no signature
+    for disk_id in (NEW_DISK, None):  # the new disk, or a context that names none
+        with pytest.raises(FailedPreconditionError, match="not blank"):
+            await world.stage(origin=Origin.BLANK, disk_id=disk_id)
+    assert world.fs.formatted == []
+
+
+async def test_a_new_disk_under_a_formatted_disks_name_is_formatted(world: World) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(origin=Origin.BLANK)
+    await world.ops.unstage(VOLUME, world.staging())
+    assert (await world.store.load(VOLUME)).history == MKFS_DONE
+    new = _name_given_to_a_new_disk(world)
+    await world.stage(origin=Origin.BLANK, disk_id=NEW_DISK)
+    assert world.fs.formatted[-1] == (new, "ext4")
+    record = await world.store.load(VOLUME)
+    assert (record.history, record.disk_id) == (MKFS_DONE, NEW_DISK)
+
+
+async def test_a_history_without_a_disk_id_still_refuses_and_vouches_for_nothing(
+    world: World,
+) -> None:
+    dev = world.devices.attach(VOLUME)
+    for history in (MKFS_DONE, RAW):  # a record of an earlier version: no disk UUID in it
+        await world.store.save(VolumeRecord(VOLUME, VOLUME, history, "ext4"))
+        with pytest.raises(FailedPreconditionError, match="this node recorded"):
+            await world.stage(origin=Origin.BLANK, disk_id=NEW_DISK)
+    await world.store.save(VolumeRecord(VOLUME, VOLUME, MKFS_STARTED, "ext4"))
+    world.fs.disk(dev.path).zeros = False
+    with pytest.raises(FailedPreconditionError, match="not blank"):
+        await world.stage(origin=Origin.BLANK, disk_id=DISK)
+    assert world.fs.formatted == []
 
 
 async def test_a_device_held_by_a_running_mkfs_is_left_alone(world: World) -> None:

@@ -25,12 +25,15 @@ from csi_oxide.node.fs import LinuxFilesystems
 from csi_oxide.node.mount import LinuxMounter
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, FileRecordStore
-from csi_oxide.publish_context import Origin
+from csi_oxide.node.views import LoopViews
+from csi_oxide.publish_context import Birth, Origin
 from tests.node.test_node_loop import GIB, MIB, OTHER, VOLUME, Rack, _digest, _sh
 
 pytestmark = pytest.mark.root
 
 TWIN = VOLUME + "-twin"  # shares the first 20 characters: the same NVMe serial
+DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"  # the Oxide disk behind VOLUME (publish_context)
+NEW_DISK = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # another disk given VOLUME's name later
 T = TypeVar("T")
 
 
@@ -46,7 +49,15 @@ class World:
 
     def _ops(self) -> NodeOps:
         devices = UdevDeviceFinder(sim_device_dir=self.rack.devices, timeout=2.0)
-        return NodeOps(devices, LinuxMounter(), self.filesystems, self.store, inflight=InFlight())
+        views = LoopViews(self.state / "views")
+        return NodeOps(
+            devices,
+            LinuxMounter(),
+            self.filesystems,
+            self.store,
+            views=views,
+            inflight=InFlight(),
+        )
 
     def restart(self, boot: str | None = None) -> None:
         """A new plugin process (``boot``: after a reboot with that boot ID)."""
@@ -54,10 +65,20 @@ class World:
         self.store = FileRecordStore(self.state, boot=boot)
         self.ops = self._ops()
 
-    async def stage(self, volume: str = VOLUME, name: str = "a", **kw: object) -> str:
+    async def stage(
+        self,
+        volume: str = VOLUME,
+        name: str = "a",
+        *,
+        origin: Origin | None = None,
+        disk_id: str | None = DISK,
+        **kw: object,
+    ) -> str:
+        """Stage as the kubelet would, with ``publish_context`` naming ``disk_id`` (the disk
+        behind the volume) and ``origin``."""
         staging, _ = self.rack.paths(name)
         options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
-        options.update(kw)
+        options.update(kw, birth=Birth(origin, disk_id))
         await self.ops.stage(volume, staging, **options)  # type: ignore[arg-type]
         return staging
 
@@ -267,6 +288,52 @@ async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: Worl
     _sh("wipefs", "-a", "-q", dev)
     with pytest.raises(FailedPreconditionError, match="complete filesystem"):
         await world.stage(origin=Origin.BLANK)
+
+
+# ---- issue 24, finding 1: a reused volume name ----
+
+
+def _delete_and_create_again(world: World, dev: str, raw_data_at: int | None = None) -> str:
+    """The volume's disk detached and deleted, then a new disk created under the same name (a
+    new UUID), attached again: its loop device, with ``raw_data_at`` holding someone's data."""
+    _sh("losetup", "-d", dev)
+    world.rack.disk(VOLUME).unlink()
+    backing = world.rack.disk(VOLUME, 64 * GIB)
+    if raw_data_at is not None:
+        with backing.open("r+b") as f:
+            f.seek(raw_data_at)
+            f.write(os.urandom(4 * MIB))
+    return world.rack.attach(backing)
+
+
+async def test_a_stale_mkfs_started_never_formats_a_new_disks_raw_data(world: World) -> None:
+    dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
+    world.filesystems = MkfsDiesBeforeItsSuperblock()
+    world.restart()
+    with pytest.raises(OSError, match="killed"):
+        await world.stage(origin=Origin.BLANK)  # the first life: mkfs killed on disk DISK
+    world.filesystems = LinuxFilesystems()
+    world.restart()
+    assert (await world.store.load(VOLUME)).history == MKFS_STARTED
+    dev = _delete_and_create_again(world, dev, raw_data_at=10 * GIB)
+    before = _digest(dev)
+    for disk_id in (NEW_DISK, None):
+        with pytest.raises(FailedPreconditionError, match="not blank"):
+            await world.stage(origin=Origin.BLANK, disk_id=disk_id)
+    assert _digest(dev) == before and not (await fs.probe(dev)).found
+
+
+async def test_a_new_blank_disk_under_a_formatted_name_is_formatted(world: World) -> None:
+    dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
+    staging = await world.stage(origin=Origin.BLANK)
+    await world.ops.unstage(VOLUME, staging)
+    dev = _delete_and_create_again(world, dev)
+    staging = await world.stage(origin=Origin.BLANK, disk_id=NEW_DISK)
+    Path(staging, "data").write_text("second life")
+    await world.ops.unstage(VOLUME, staging)
+    record = await world.store.load(VOLUME)
+    assert (record.history, record.disk_id) == (MKFS_DONE, NEW_DISK)
+    _sh("fsck.ext4", "-n", "-f", dev)
 
 
 # ---- finding 5 ----

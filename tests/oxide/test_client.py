@@ -621,3 +621,22 @@ async def test_the_debug_line_per_request_shows_at_debug_level_only() -> None:
     finally:
         structlog.configure(**before)
     await client.aclose()
+
+
+async def test_each_retry_line_says_why_it_retries() -> None:
+    answers: list[Exception | int] = [503, httpx.ConnectError("refused"), 200]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer == 503:
+            return error(503, "ServiceNotAvailable", "Service Unavailable")
+        return httpx.Response(200, json=disk_answer(request))
+
+    client = make_client(handler)
+    with capture_logs() as logs:
+        await client.disk_view("csi-a")
+    await client.aclose()
+    causes = [e["cause"] for e in logs if e["event"] == "oxide_request_retry"]
+    assert causes == ["HTTP 503", "connection_error: ConnectError: refused"]

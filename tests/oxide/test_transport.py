@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide import wire
-from csi_oxide.oxide.client import HttpOxideClient, RetryPolicy
+from csi_oxide.oxide.client import HttpOxideClient, RequestObserver, RequestRecord, RetryPolicy
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.transport import proxy_from_environment
 from csi_oxide.oxide.types import DiskSpec
@@ -172,3 +174,90 @@ async def test_an_unreadable_answer_leaves_no_trace_of_the_token(
         for text in (str(exc), repr(exc), repr(exc.args), repr(vars(exc))):
             assert TOKEN not in text
             assert TOKEN.removeprefix("oxide-token-") not in text
+
+
+# ---- connections that cannot work: named, and not retried when no retry can help ------------
+
+
+def _attempts(records: list[RequestRecord]) -> RequestObserver:
+    return records.append
+
+
+async def _fails(api: HttpOxideClient) -> tuple[str, float]:
+    """The error text of a request that must fail, and the seconds it took."""
+    started = time.monotonic()
+    with pytest.raises(oxerr.OxideUnavailableError) as info:
+        await api.disk_view(NAME)
+    await api.aclose()
+    return str(info.value), time.monotonic() - started
+
+
+async def _plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What an HTTP server does with a TLS handshake: reads it as a bad request, answers 400."""
+    await reader.read(512)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def test_https_to_a_plain_http_server_says_so_at_once(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    records: list[RequestRecord] = []
+    server = await asyncio.start_server(_plain_http, "127.0.0.1", 0)
+    async with server:
+        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        api = client(f"https://{where}", retry=RetryPolicy(), request_observer=_attempts(records))
+        message, seconds = await _fails(api)
+    assert f"the server speaks plain HTTP: use http://{where}" in message
+    assert len(records) == 1 and seconds < 5  # the production policy: no retry can cure it
+
+
+async def test_an_untrusted_certificate_is_not_retried_and_names_the_ca_setting(
+    certificate: tuple[Path, Path], no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    records: list[RequestRecord] = []
+    async with HostileServer(disk_for, tls=tls) as server:
+        api = client(server.url, retry=RetryPolicy(), request_observer=_attempts(records))
+        message, seconds = await _fails(api)
+    assert "CSI_OXIDE_CA_FILE" in message
+    assert len(records) == 1 and seconds < 5
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_refused_connection_is_retried_by_the_daemon_and_not_on_first_contact(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    daemon: list[RequestRecord] = []
+    message, _ = await _fails(client(url, request_observer=_attempts(daemon)))
+    assert len(daemon) > 1  # the API may be restarting: the controller keeps trying
+    assert "nothing listens at 127.0.0.1:" in message
+    first: list[RequestRecord] = []
+    once = RetryPolicy(retry_unreachable=False)
+    message, seconds = await _fails(client(url, retry=once, request_observer=_attempts(first)))
+    assert len(first) == 1 and seconds < 5
+    assert "nothing listens at 127.0.0.1:" in message and "after 1 attempt" in message
+
+
+async def test_a_host_name_that_does_not_resolve_is_named(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    def unknown(host: object, *_args: object, **_kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    no_proxy_settings.setattr(socket, "getaddrinfo", unknown)  # no lookup leaves the machine
+    records: list[RequestRecord] = []
+    once = RetryPolicy(retry_unreachable=False)
+    api = client("https://oxide.invalid", retry=once, request_observer=_attempts(records))
+    message, _ = await _fails(api)
+    assert "the host name 'oxide.invalid' does not resolve: check OXIDE_HOST" in message
+    assert len(records) == 1

@@ -238,3 +238,56 @@ def test_error_body_tolerates_anything() -> None:
     assert wire.parse_error_body({"request_id": "r2", "message": "m"}).error_code is None
     assert wire.parse_error_body("oops") == wire.ErrorBody(None, None, None)
     assert wire.parse_error_body({"message": 5}).message is None
+
+
+IMAGE_ID = "0b9e1c1e-5d4c-4a3b-9f2e-1d0c9b8a7f6e"
+
+
+def test_image_disk_body_names_the_image_and_read_only_only_when_set() -> None:
+    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, image_id=IMAGE_ID))
+    assert body["disk_backend"] == {
+        "type": "distributed",
+        "disk_source": {"type": "image", "image_id": IMAGE_ID},
+    }
+    ro = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAP_ID, read_only=True))
+    assert ro["disk_backend"] == {
+        "type": "distributed",
+        "disk_source": {"type": "snapshot", "snapshot_id": SNAP_ID, "read_only": True},
+    }
+
+
+def test_a_blank_disk_cannot_be_read_only() -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        DiskSpec("csi-a", "", 1024**3, block_size=4096, read_only=True)
+
+
+def test_image_create_body_has_every_required_property() -> None:
+    schemas = json.loads(SPEC.read_text())["components"]["schemas"]
+    body = wire.image_create_body("img-a", "d", SNAP_ID)
+    assert set(body) == set(schemas["ImageCreate"]["required"])
+    assert body["source"] == {"type": "snapshot", "id": SNAP_ID}
+
+
+@pytest.mark.parametrize("project_id", [None, "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60"])
+def test_image_parses_project_and_silo_images(project_id: str | None) -> None:
+    body = {
+        "id": IMAGE_ID,
+        "name": "img-a",
+        "description": "d",
+        "project_id": project_id,
+        "size": 2 * 1024**3,
+        "block_size": 512,
+        "os": "debian",
+        "version": "13",
+        "time_created": "2026-08-21T10:00:00.000000Z",
+        "time_modified": "2026-08-21T10:00:00.000000Z",
+    }
+    image = wire.parse_image(body)
+    assert (image.id, image.project_id, image.size, image.block_size) == (
+        IMAGE_ID,
+        project_id,
+        2 * 1024**3,
+        512,
+    )
+    with pytest.raises(wire.WireError, match="block_size"):
+        wire.parse_image({**body, "block_size": 1000})

@@ -124,9 +124,13 @@ class Cluster:
             parameters=parameters or {},
         )
 
-    async def snapshot(self, name: str, source: str) -> csi.Snapshot:
+    async def snapshot(
+        self, name: str, source: str, parameters: dict[str, str] | None = None
+    ) -> csi.Snapshot:
         answer = await self.stub.CreateSnapshot(
-            csi.CreateSnapshotRequest(name=name, source_volume_id=source)
+            csi.CreateSnapshotRequest(
+                name=name, source_volume_id=source, parameters=parameters or {}
+            )
         )
         return answer.snapshot
 
@@ -184,14 +188,14 @@ class Interposer:
         if not callable(target) or name.startswith("_") or name == "aclose":
             return target
 
-        async def call(*args: object) -> object:
+        async def call(*args: object, **kwargs: object) -> object:
             hook = self._world.before.pop(name, None)
             if hook is not None:
                 await hook(*args)
             if self._world.each is not None:
                 await self._world.each(name, False)
             try:
-                return await target(*args)
+                return await target(*args, **kwargs)
             finally:  # also after an error answer: a hook raising here replaces it (lost)
                 if self._world.each is not None:
                     await self._world.each(name, True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.health import Health
 from csi_oxide.server.app import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
     GC_YOUNG_THRESHOLD,
+    MAX_REQUEST_BYTES,
     CsiServer,
     Services,
     parse_endpoint,
@@ -109,6 +112,76 @@ async def test_unserved_rpcs_are_unimplemented(served) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await csi_grpc.ControllerStub(channel).DeleteVolume(csi.DeleteVolumeRequest(volume_id="x"))
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _parameters(size: int) -> dict[str, str]:
+    """A parameter map of about ``size`` bytes on the wire."""
+    return {f"key-{i:06d}": "v" * 100 for i in range(size // 115)}
+
+
+async def test_a_request_over_the_size_cap_is_refused_unread(served) -> None:
+    channel, controller, _, recorder = served
+    controller.raise_next = errors.InvalidArgumentError("read and refused")
+    stub = csi_grpc.ControllerStub(channel)
+    under = csi.CreateVolumeRequest(name="v", parameters=_parameters(MAX_REQUEST_BYTES - 8192))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateVolume(under)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    over = csi.CreateVolumeRequest(name="v", parameters=_parameters(MAX_REQUEST_BYTES + 8192))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateVolume(over)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (info.value.details() or "")
+    assert recorder.finished == [("CreateVolume", grpc.StatusCode.INVALID_ARGUMENT)]  # not read
+
+
+class HeldController(csi_grpc.ControllerServicer):
+    """Holds every ListVolumes until ``release`` is set; ``full`` is set once ``expected`` are
+    held."""
+
+    def __init__(self, expected: int) -> None:
+        self.entered = 0
+        self.expected = expected
+        self.full = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def ListVolumes(self, request, context):
+        self.entered += 1
+        if self.entered == self.expected:
+            self.full.set()
+        await self.release.wait()
+        return csi.ListVolumesResponse()
+
+
+async def test_calls_beyond_the_cap_are_refused_at_once(tmp_path: Path) -> None:
+    held = HeldController(DEFAULT_MAX_CONCURRENT_RPCS)  # type: ignore[abstract]
+    server = CsiServer(
+        f"unix://{tmp_path}/csi.sock", Services(identity=IdentityService(Health()), controller=held)
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/csi.sock") as channel:
+            stub = csi_grpc.ControllerStub(channel)
+            calls = [
+                asyncio.ensure_future(stub.ListVolumes(csi.ListVolumesRequest()))
+                for _ in range(DEFAULT_MAX_CONCURRENT_RPCS)
+            ]
+            await asyncio.wait_for(held.full.wait(), 30)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ListVolumes(csi.ListVolumesRequest(), timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert held.entered == DEFAULT_MAX_CONCURRENT_RPCS  # refused before any work
+            held.release.set()
+            await asyncio.gather(*calls)
+            await stub.ListVolumes(csi.ListVolumesRequest())  # below the cap again: served
+    finally:
+        await server.stop(grace=1)
+
+
+def test_a_cap_below_one_is_a_configuration_error(tmp_path: Path) -> None:
+    services = Services(identity=IdentityService(Health()))
+    with pytest.raises(ConfigurationError, match="max_concurrent_rpcs"):
+        CsiServer(f"unix://{tmp_path}/csi.sock", services, max_concurrent_rpcs=0)
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,22 @@ async def _snapshot(world: World, ctl: Cluster, vol: str, snap: str) -> object:
     return await ctl.snapshot("snap-2", vol)
 
 
+async def _image(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    return await ctl.snapshot("image-2", vol, {"snapshotType": "image"})
+
+
+async def _restore_image(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    image = await ctl.snapshot("image-1", vol, {"snapshotType": "image"})
+    return await ctl.create("pvc-restored", 2 * GIB, snapshot=image.snapshot_id)
+
+
+async def _delete_image(world: World, ctl: Cluster, vol: str, snap: str) -> object:
+    image = record.image_name("image-1")
+    if image not in world.sim.image_names():
+        await ctl.snapshot("image-1", vol, {"snapshotType": "image"})
+    return await ctl.stub.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=image))
+
+
 async def _delete(world: World, ctl: Cluster, vol: str, snap: str) -> object:
     return await ctl.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol))
 
@@ -84,6 +100,9 @@ OPERATIONS: dict[str, Operation] = {
     "clone": _clone,
     "restore": _restore,
     "snapshot": _snapshot,
+    "image": _image,
+    "restore-image": _restore_image,
+    "delete-image": _delete_image,
     "delete": _delete,
 }
 
@@ -94,12 +113,16 @@ async def _check(world: World, name: str, vol: str) -> None:
     if name == "expand":
         assert (await world.api.disk_view(vol)).size == 2 * GIB
         assert world.sim.read_content(vol) == DATA
-    elif name in ("clone", "restore"):
+    elif name in ("clone", "restore", "restore-image"):
         made = record.volume_name("pvc-clone" if name == "clone" else "pvc-restored")
         assert (await world.api.disk_view(made)).size == 2 * GIB
         assert world.sim.read_content(made) == DATA
     elif name == "snapshot":
         assert record.snapshot_name("snap-2") in world.sim.snapshot_names()
+    elif name == "image":
+        assert world.sim.image_names() == [record.image_name("image-2")]
+    elif name == "delete-image":
+        assert world.sim.image_names() == []
     else:
         assert vol not in world.sim.disk_names()
 

@@ -3,6 +3,7 @@ a fresh request ID per call, and each method's wrapped handler made once."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -106,3 +107,68 @@ async def test_a_methods_wrapped_handler_is_made_once_and_unknown_methods_are_no
         missing = await interceptor.intercept_service(continuation, _Details("/x.Y/Unknown"))
         assert missing is None
     assert asked.count("/x.Y/Unknown") == 3  # asked every time, never remembered
+
+
+async def test_an_rpc_and_its_oxide_requests_share_the_rpcs_id_and_name_what_it_made(
+    tmp_path: Path, logged: io.StringIO
+) -> None:
+    from csi_oxide.testing import controller_env
+    from tests.server.controller_world import cap, controller_stub
+
+    log.configure(fmt="json", level="debug", stream=logged)
+    env = controller_env()
+    try:
+        async with controller_stub(tmp_path / "c.sock", env.ops) as stub:
+            answer = await stub.CreateVolume(
+                csi.CreateVolumeRequest(name="pvc-1", volume_capabilities=[cap()])
+            )
+    finally:
+        await env.api.aclose()
+    lines = [json.loads(line) for line in logged.getvalue().splitlines()]
+    oxide = [line for line in lines if line["event"] == "oxide_request"]
+    [rpc] = [line for line in _rpc_lines(logged) if line["rpc"] == "CreateVolume"]
+    assert oxide, "no Oxide request line at debug level"
+    assert {line["request_id"] for line in oxide} == {rpc["request_id"]}
+    assert all(line["oxide_request_id"] for line in oxide)  # Oxide's own ID, under its own key
+    assert rpc["volume_id"] == answer.volume.volume_id
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_refused_calls_hold_no_memory_once_answered(
+    tmp_path: Path, logged: io.StringIO
+) -> None:
+    """200 CreateVolume calls refused for a 200 KiB map of unknown parameters leave RSS within a
+    few MiB. The cyclic collector is off meanwhile, as good as in the daemon, where a full
+    collection is rare: a refused call's request must be freed when its answer is sent, not kept
+    in a reference cycle (``context.abort`` made one per call: 1.4 MiB maps took the daemon from
+    60 to 561 MiB in 150 calls)."""
+    from csi_oxide.testing import controller_env
+    from tests.server.controller_world import cap, code_of, controller_stub
+
+    log.configure(fmt="json", level="error", stream=logged)
+    unknown = {f"unknown-{i:05d}-{'k' * 40}": "v" * 60 for i in range(1700)}
+    request = csi.CreateVolumeRequest(name="pvc-1", volume_capabilities=[cap()], parameters=unknown)
+    assert 180 * 1024 < request.ByteSize() < 220 * 1024
+    env = controller_env()
+    try:
+        async with controller_stub(tmp_path / "c.sock", env.ops) as stub:
+            for _ in range(20):  # warm-up: the allocator's and gRPC's working set
+                assert await code_of(stub.CreateVolume(request)) == grpc.StatusCode.INVALID_ARGUMENT
+            gc.collect()
+            gc.disable()
+            try:
+                before = _rss_mib()
+                for _ in range(200):
+                    await code_of(stub.CreateVolume(request))
+                grown = _rss_mib() - before
+            finally:
+                gc.enable()
+    finally:
+        await env.api.aclose()
+    assert grown < 8, f"RSS grew by {grown:.1f} MiB over 200 refused calls"

@@ -15,8 +15,8 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.oxide.names import is_uuid
 from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.oxide_rules import is_uuid
 from csi_oxide.publish_context import ORIGIN_KEY
 
 from .controller_world import GIB, Cluster, Code, World, code_of, failure, serve

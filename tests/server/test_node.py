@@ -16,19 +16,19 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
-from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import MKFS_STARTED, FileRecordStore, VolumeRecord, to_json
-from csi_oxide.publish_context import Origin, encode
+from csi_oxide.publish_context import Birth, Origin, encode
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService
-from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter
+from tests.node.fakes import FakeDevices, FakeFilesystems, fake_node_ops
 
 VOLUME = "csi-0123456789abcdef"
 TWIN = "csi-0123456789abcdef-twin"
 BAD_IDS = ["../../etc", "UPPER", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f", "a" * 64, "-x"]
 NODE_ID = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"  # the Oxide disk behind VOLUME
+OTHER = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # another disk, given VOLUME's name later
 
 
 class SlowFilesystems(FakeFilesystems):
@@ -78,14 +78,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     devices = FakeDevices()
     filesystems = SlowFilesystems()
     store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = NodeOps(
-        devices,
-        FakeMounter(devices),
-        filesystems,
-        store,
-        inflight=InFlight(),
-        online_ext4_growth=True,
-    )
+    ops = fake_node_ops(devices, filesystems, store)
     server = CsiServer(
         f"unix://{tmp_path}/csi.sock",
         Services(
@@ -184,13 +177,16 @@ async def test_the_controllers_origin_reaches_the_format_decision(node: Node) ->
     store = node.root / "state" / f"{VOLUME}.json"
     # A disk this plugin began to format (record: mkfs started), left with no signature and
     # non-zero bytes, exactly what a kill -9 during mkfs leaves.
-    store.write_text(to_json(VolumeRecord(VOLUME, VOLUME, MKFS_STARTED, "ext4")))
+    store.write_text(to_json(VolumeRecord(VOLUME, VOLUME, MKFS_STARTED, "ext4", disk_id=DISK)))
     node.fs.disk(dev.path).zeros = False
     code = await _code(node.stub.NodeStageVolume(node.stage_request(VOLUME, "a")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    snapshot = encode(Origin.SNAPSHOT)
-    code = await _code(node.stub.NodeStageVolume(node.stage_request(VOLUME, "a", snapshot)))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    for refused in (Birth(Origin.SNAPSHOT, DISK), Birth(Origin.BLANK), Birth(Origin.BLANK, OTHER)):
+        request = node.stage_request(VOLUME, "a", encode(refused))
+        assert (
+            await _code(node.stub.NodeStageVolume(request)) == grpc.StatusCode.FAILED_PRECONDITION
+        )
     assert node.fs.formatted == []
-    await node.stub.NodeStageVolume(node.stage_request(VOLUME, "a", encode(Origin.BLANK)))
+    blank = encode(Birth(Origin.BLANK, DISK))
+    await node.stub.NodeStageVolume(node.stage_request(VOLUME, "a", blank))
     assert node.fs.formatted == [(dev.path, "ext4")]

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
-from csi_oxide.controller.sizing import CapacityRange
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.server import parse
+from csi_oxide.volumes import CapacityRange
 
 GIB = 1024**3
 Mode = csi.VolumeCapability.AccessMode
@@ -140,6 +140,29 @@ def test_snapshot_parameters() -> None:
         parse.snapshot_parameters({"foo": "bar"})
 
 
+def test_a_few_unknown_keys_are_named_in_full() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        parse.volume_parameters({"zone": "a", "type": "ssd", "fsType": "ext4"})
+    assert "parameter(s) type, zone: accepted are" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "check", [parse.volume_parameters, parse.snapshot_parameters], ids=["volume", "snapshot"]
+)
+def test_thousands_of_unknown_keys_make_a_short_message(check: object) -> None:
+    # 10,000 keys of 110 characters: the message names the first three, cut, and counts the rest.
+    params = {f"key-{i:05d}-{'x' * 100}": "v" for i in reversed(range(10_000))}
+    with pytest.raises(InvalidArgumentError) as info:
+        check(params)  # type: ignore[operator]
+    message = str(info.value)
+    assert len(message) < 400
+    shown = f"key-00000-{'x' * (parse.KEY_SHOWN - 10)}..."
+    assert shown in message
+    assert "key-00002-" in message
+    assert "key-00003-" not in message
+    assert "and 9997 more" in message
+
+
 @pytest.mark.parametrize("mode", [-1, 8, 99])
 def test_access_mode_outside_the_enum_is_invalid(mode: int) -> None:
     cap = csi.VolumeCapability(
@@ -148,3 +171,27 @@ def test_access_mode_outside_the_enum_is_invalid(mode: int) -> None:
     )
     with pytest.raises(InvalidArgumentError, match="not a CSI access mode"):
         parse.capability(cap)
+
+
+@pytest.mark.parametrize(
+    ("value", "as_image"), [(None, False), ("snapshot", False), ("image", True)]
+)
+def test_snapshot_type(value: str | None, as_image: bool) -> None:
+    params = {} if value is None else {"snapshotType": value}
+    assert parse.snapshot_parameters(params).as_image is as_image
+
+
+def test_unknown_snapshot_type_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="snapshotType 'Image' must be one of"):
+        parse.snapshot_parameters({"snapshotType": "Image"})
+
+
+@pytest.mark.parametrize(("value", "read_only"), [("true", True), ("FALSE", False), ("True", True)])
+def test_read_only_parameter(value: str, read_only: bool) -> None:
+    assert parse.volume_parameters({"readOnly": value}).read_only is read_only
+    assert parse.volume_parameters({}).read_only is False
+
+
+def test_read_only_parameter_must_be_a_boolean() -> None:
+    with pytest.raises(InvalidArgumentError, match="readOnly is 'yes': use true or false"):
+        parse.volume_parameters({"readOnly": "yes"})

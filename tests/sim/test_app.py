@@ -93,7 +93,7 @@ async def test_json_parse_error_has_no_error_code() -> None:
 
 
 async def test_unknown_route_and_method(api: Api) -> None:
-    r = await api.http.get("/v1/images")  # published, but not simulated
+    r = await api.http.get("/v1/subnet-pools")  # published, but not simulated
     assert error_of(r) == (404, None, "Not Found")
     r = await api.http.put("/v1/disks/vol-a", params={"project": "csi"})
     assert error_of(r) == (405, None, "Method Not Allowed")

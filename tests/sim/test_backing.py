@@ -133,3 +133,62 @@ async def test_a_read_runs_on_the_event_loop_but_never_blocks_it_on_the_lock(
         assert len(hops) == 1  # it waited for the lock in a worker thread
         assert (await api.create_disk("vol-b", GIB)).status_code == 201
         assert len(hops) == 2  # a mutation always goes through a thread (it does I/O)
+
+
+async def test_read_only_disk_is_a_read_only_loop_device(tmp_path: Path) -> None:
+    async with serve(backing="loop", state_dir=tmp_path / "state", hotplug=True) as api:
+        await api.create_disk("vol-a", GIB)
+        api.sim.write_content("vol-a", b"golden")
+        snap_id = (await api.snapshot("snap-a", "vol-a")).json()["id"]
+        body = {
+            "name": "vol-ro",
+            "description": "",
+            "size": GIB,
+            "disk_backend": {
+                "type": "distributed",
+                "disk_source": {"type": "snapshot", "snapshot_id": snap_id, "read_only": True},
+            },
+        }
+        assert (await api.http.post("/v1/disks", params={"project": "csi"}, json=body)).is_success
+        assert (await api.attach("vol-ro")).status_code == 202
+        device = api.sim.device_path("vol-ro")
+        assert device is not None
+        try:
+            assert _loop_attr(device, "ro") == "1"
+            with pytest.raises(PermissionError):  # EPERM: the kernel refuses the write
+                _write_device(device, b"overwritten")
+            assert api.sim.read_content("vol-ro") == b"golden"
+        finally:
+            assert (await api.detach("vol-ro")).status_code == 202
+        assert api.sim.contract_violations == []
+
+
+async def test_image_is_a_sparse_copy_that_outlives_its_snapshot(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with serve(backing="loop", state_dir=state) as api:
+        await api.create_disk("vol-a", GIB)
+        api.sim.write_content("vol-a", b"golden")
+        snap_id = (await api.snapshot("snap-a", "vol-a")).json()["id"]
+        body: dict[str, object] = {
+            "name": "img-a",
+            "description": "",
+            "os": "linux",
+            "version": "1",
+            "source": {"type": "snapshot", "id": snap_id},
+        }
+        image = (await api.http.post("/v1/images", params={"project": "csi"}, json=body)).json()
+        assert (state / "images" / image["id"]).stat().st_blocks < GIB // 512  # sparse
+        assert (await api.http.delete(f"/v1/snapshots/{snap_id}")).status_code == 204
+        source = {"type": "image", "image_id": image["id"]}
+        body = {
+            "name": "vol-b",
+            "description": "",
+            "size": 2 * GIB,
+            "disk_backend": {"type": "distributed", "disk_source": source},
+        }
+        assert (await api.http.post("/v1/disks", params={"project": "csi"}, json=body)).is_success
+        assert api.sim.read_content("vol-b") == b"golden"
+        assert (state / "devices" / "vol-b").stat().st_size == 2 * GIB
+        assert (await api.http.delete(f"/v1/images/{image['id']}")).status_code == 204
+        assert not (state / "images" / image["id"]).exists()
+        assert api.sim.contract_violations == []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,3 +164,49 @@ def test_a_bad_op_latency_is_refused_when_parsed(
     err = capsys.readouterr().err
     assert "argument --op-latency-ms" in err
     assert message in err
+
+
+def _export_lines(proc: subprocess.Popen[str], count: int, timeout: float = 20.0) -> str:
+    """The first ``count`` ``export`` lines ``proc`` prints, waited for up to ``timeout``."""
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    found: list[str] = []
+    while len(found) < count:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise AssertionError(f"only {len(found)} export lines after {timeout} s") from None
+        found += [line] if line.startswith("export ") else []
+    return "".join(found)
+
+
+def test_without_an_env_file_the_export_lines_go_to_stdout(tmp_path: Path) -> None:
+    import csi_oxide
+
+    code = Path(csi_oxide.__file__).resolve().parents[1]  # the code under test
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csi_oxide", "sim"],
+        env=dict(os.environ, PYTHONPATH=str(code)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        values = _parse_env(_export_lines(proc, count=4))
+        assert values["OXIDE_TOKEN"].startswith("oxide-token-")
+        assert values["OXIDE_HOST"].startswith("http://127.0.0.1:")
+        assert values["OXIDE_PROJECT"] and values["CSI_OXIDE_NODE_ID"]
+        with httpx.Client(base_url=values["OXIDE_HOST"], timeout=10) as http:
+            headers = {"authorization": f"Bearer {values['OXIDE_TOKEN']}"}
+            assert http.get("/v1/utilization", headers=headers).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)

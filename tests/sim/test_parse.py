@@ -100,8 +100,9 @@ async def test_a_long_description_is_refused_as_a_value_after_parsing() -> None:
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        # ASSUMPTIONS, each a well-formed request the simulator refuses after parsing:
-        ({"type": "image", "image_id": UUID}, (404, "ObjectNotFound")),  # no images
+        # Not found: no image has that ID.
+        ({"type": "image", "image_id": UUID}, (404, "ObjectNotFound")),
+        # ASSUMPTION, a well-formed request the simulator refuses after parsing:
         ({"type": "importing_blocks", "block_size": 512}, (400, "InvalidRequest")),  # no imports
     ],
 )

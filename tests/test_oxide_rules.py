@@ -1,4 +1,4 @@
-"""``csi_oxide.oxide.names``: ``is_uuid`` answers exactly as ``uuid.UUID`` parses, shortcuts
+"""``csi_oxide.oxide_rules``: ``is_uuid`` answers exactly as ``uuid.UUID`` parses, shortcuts
 included (a name shorter than 32 characters, the canonical form)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from csi_oxide.oxide.names import is_uuid
+from csi_oxide.oxide_rules import is_uuid
 
 
 def _parses(value: str) -> bool:

@@ -1,13 +1,24 @@
-"""Pure rules for Oxide names and identifiers (no I/O)."""
+"""Oxide's own rules that the node plugin follows too: what the server takes for a name or for a
+UUID, the block sizes a disk may have and how many disks an instance may have. Pure: no I/O.
+
+They live here, outside the Oxide layer (``csi_oxide.oxide``), so that the node plugin, which holds
+no Oxide credentials and makes no Oxide call, follows the same rules without loading that layer
+(``tests/test_layers.py`` and ``tests/test_footprint.py`` check it). The Oxide layer and the
+controller take them from here too; Oxide's limits that only the controller needs (disk sizes, the
+description's length) stay in ``csi_oxide.oxide.types``.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
 
+BLOCK_SIZES = (512, 2048, 4096)
+MAX_DISKS_PER_INSTANCE = 12  # its boot disk included
+MAX_NAME_LENGTH = 63
+
 # fullmatch, never ``match`` with ``$``: ``$`` also matches before a final newline.
 _NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]*[a-z0-9])?")
-MAX_NAME_LENGTH = 63
 
 
 # The canonical 8-4-4-4-12 form, which ``uuid.UUID`` always accepts (ASCII hex digits only).
