@@ -81,7 +81,7 @@ def test_the_cli_reference_is_the_clis_own_help() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["see DESIGN.md", "in docs/nowhere.md", "[x](gone.md)", "(oxide/oxide-api.json)"]
+    "text", ["see NOWHERE-NOTES.md", "in docs/nowhere.md", "[x](gone.md)", "(oxide/oxide-api.json)"]
 )
 def test_a_dangling_reference_is_found(text: str) -> None:
     files = _tracked()
