@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from csi_oxide.oxide.errors import OxideNotFoundError
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.sim import SimConfig, Simulator
+from tests.polling import wait_until
 
 
 def _free_port() -> int:
@@ -140,15 +141,6 @@ def _closed_by_peer(conn: socket.socket) -> bool:
         return True  # reset
 
 
-def _wait_until(done: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.fixture
 def listener() -> Iterator[BoundedHttpListener]:
     limits = Limits(max_connections=64, request_timeout=2.0, max_request_bytes=2048)
@@ -173,8 +165,8 @@ def test_idle_connections_are_bounded_and_closed_while_healthz_answers(
         assert _proc_status("VmRSS") - rss < 4 * 1024  # KiB; the client sockets included
         for conn in idle:
             conn.setblocking(False)
-        assert _wait_until(lambda: all(_closed_by_peer(c) for c in idle), 15.0)
-        assert _wait_until(lambda: listener.open_connections() == 0, 5.0)
+        assert wait_until(lambda: all(_closed_by_peer(c) for c in idle), 15.0)
+        assert wait_until(lambda: listener.open_connections() == 0, 5.0)
     finally:
         for conn in idle:
             conn.close()

@@ -128,9 +128,7 @@ def parse_disk(value: object) -> Disk:
     state_obj = _object(obj.get("state"), "disk state")
     state = _enum(DiskState, _str(state_obj, "state"), f"state of {what}")
     instance_id = _uuid(state_obj, "instance", what) if state in PUBLISHED_STATES else None
-    block_size = _int(obj, "block_size")
-    if block_size not in BLOCK_SIZES:
-        raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")
+    block_size = _block_size(obj, what)
     return Disk(
         id=_uuid(obj, "id", what),
         name=name,
@@ -146,6 +144,13 @@ def parse_disk(value: object) -> Disk:
         disk_type=_str(obj, "disk_type"),
         time_created=_time(obj, "time_created"),
     )
+
+
+def _block_size(obj: Mapping[str, object], what: str) -> int:
+    block_size = _int(obj, "block_size")
+    if block_size not in BLOCK_SIZES:
+        raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")
+    return block_size
 
 
 def parse_snapshot(value: object) -> Snapshot:
@@ -170,9 +175,7 @@ def parse_image(value: object) -> Image:
     obj = _object(value, "image")
     name = _name(obj)
     what = f"image {name!r}"
-    block_size = _int(obj, "block_size")
-    if block_size not in BLOCK_SIZES:
-        raise WireError(f"{what}: block_size {block_size} is not one of {BLOCK_SIZES}")
+    block_size = _block_size(obj, what)
     return Image(
         id=_uuid(obj, "id", what),
         name=name,

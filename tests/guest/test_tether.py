@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from csi_oxide import harness
 from csi_oxide.guest import vm
+from tests.polling import wait_until
 
 # A parent that starts `sh` (which starts `sleep`, the grandchild) as GuestVM.start starts vng,
 # writes the grandchild's pid, then waits to be killed.
@@ -50,26 +50,17 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def _wait_until(done: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_a_sigkilled_parent_takes_the_whole_tethered_tree_with_it(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     parent = subprocess.Popen([sys.executable, "-c", STAND_IN, str(pidfile)])
     grandchild = 0
     try:
-        assert _wait_until(pidfile.exists, 30.0), "the stand-in never started its tree"
+        assert wait_until(pidfile.exists, 30.0), "the stand-in never started its tree"
         grandchild = int(pidfile.read_text())
         assert _running(grandchild)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert _wait_until(lambda: not _running(grandchild), 10.0), "the grandchild survived"
+        assert wait_until(lambda: not _running(grandchild), 10.0), "the grandchild survived"
     finally:
         parent.kill()
         parent.wait()
@@ -136,7 +127,7 @@ def test_a_sigkilled_simulator_leaves_no_qemu(tmp_path: Path) -> None:
             assert qemu, "no qemu found for the guest"
             sim.proc.popen.send_signal(signal.SIGKILL)
             sim.proc.popen.wait()
-            assert _wait_until(lambda: not any(map(_running, qemu)), 30.0), "qemu survived"
+            assert wait_until(lambda: not any(map(_running, qemu)), 30.0), "qemu survived"
         finally:
             sim.proc.stop()
             for pid in _qemu_of(sim.env["CSI_OXIDE_NODE_ID"]):
