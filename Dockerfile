@@ -13,8 +13,8 @@ RUN python -m build --wheel --outdir /dist
 
 # ---- runtime: Python, the node's tools and the wheel ----
 FROM python:3.11.14-slim-bookworm AS runtime
-# util-linux: blkid, setpriv; mount: mount, umount, losetup; e2fsprogs: mkfs.ext4, e2fsck,
-# resize2fs; xfsprogs: mkfs.xfs, xfs_growfs, xfs_db; libudev1: loaded by pyudev.
+# util-linux: blkid, setpriv; mount: mount, umount, losetup; e2fsprogs: mkfs.ext4, mkfs.ext3,
+# e2fsck, resize2fs, dumpe2fs; xfsprogs: mkfs.xfs, xfs_growfs, xfs_db; libudev1: loaded by pyudev.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs libudev1 \

@@ -148,9 +148,10 @@ cluster-tools: $(STAMP)
 e2e: setup cluster-deps cluster-tools
 	CSI_OXIDE_E2E=1 $(VENV)/bin/pytest -s -p no:randomly -p no:cacheprovider tests/e2e
 
-# Kubernetes' own external-storage e2e suite (e2e.test v1.34.4, built with agnhost into
-# .tools/cluster) against the driver on the one-node cluster; tests/e2e/conformance.py holds the
-# focus and the skips with their reasons. Exits non-zero on any failure in the claimed patterns.
+# Kubernetes' own external-storage e2e suite (e2e.test v1.34.4, built with agnhost and ginkgo into
+# .tools/cluster) against the driver on the two-node cluster, in parallel ginkgo processes;
+# tests/e2e/conformance.py holds the focus and the skips with their reasons. Exits non-zero on any
+# failure in the claimed patterns.
 conformance: setup cluster-deps cluster-tools
 	$(PY) -m tests.e2e.conformance
 	# Now that e2e.test is built: the skip list checked against the suite's real spec list.

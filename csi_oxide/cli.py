@@ -188,7 +188,7 @@ def _add_static_pv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="the Kubernetes node name of the disk's instance (default: the instance's name, "
         "as Oxide's cloud controller manager names nodes)",
     )
-    p.add_argument("--fs-type", default="ext4", help="ext4 (default) or xfs")
+    p.add_argument("--fs-type", default="ext4", help="ext4 (default), ext3 or xfs")
     p.add_argument("--pv-name", help="the PersistentVolume's name (default oxide-DISK)")
     p.set_defaults(func=_run_static_pv)
 

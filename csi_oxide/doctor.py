@@ -29,6 +29,7 @@ NODE_TOOLS = (
     "umount",
     "losetup",  # read-only raw block publishes (csi_oxide.node.views)
     "mkfs.ext4",
+    "mkfs.ext3",
     "dumpe2fs",
     "e2fsck",
     "resize2fs",

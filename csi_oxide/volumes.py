@@ -24,7 +24,9 @@ _VOLUME_SERIAL_RE = re.compile(_VOLUME_NAME.encode())
 
 SERIAL_BYTES = 20  # an NVMe serial: the guest sees the first 20 bytes of the disk name
 
-FILESYSTEMS = ("ext4", "xfs")  # the filesystems the node formats, mounts and grows
+# The filesystems the node formats, mounts and grows (ext3 is served by the kernel's ext4 driver
+# and made, checked and grown by the same e2fsprogs as ext4).
+FILESYSTEMS = ("ext4", "ext3", "xfs")
 DEFAULT_FILESYSTEM = "ext4"  # for a mount capability without an fs_type
 DEFAULT_BLOCK_SIZE = 4096  # for a blank volume without a blockSize parameter
 

@@ -9,6 +9,7 @@ a figure with its goal; nothing here is asserted by a test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller import record
 from csi_oxide.inflight import InFlight
+from csi_oxide.loops import detach_if_ours
 from csi_oxide.node import fs
 from csi_oxide.oxide.client import DEFAULT_MAX_CONCURRENCY, HttpOxideClient
 from csi_oxide.wiring import build_reconciler
@@ -223,7 +225,8 @@ def by_hand_seconds(workdir: Path, size: int, *, direct_io: bool) -> float:
         sh("umount", str(target))
         return seconds
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+        with contextlib.suppress(OSError):  # never another's that took the number
+            detach_if_ours(dev, path)
         path.unlink(missing_ok=True)
 
 

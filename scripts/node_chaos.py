@@ -52,6 +52,7 @@ import grpc
 from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.loops import detach_if_ours
 from csi_oxide.node import fs, mountinfo
 from csi_oxide.publish_context import Birth, Origin, encode
 
@@ -309,7 +310,8 @@ class Storm:
         return Volume(volume_id, backing, dev, staging, target, fresh, disk_id)
 
     def remove_volume(self, volume: Volume) -> None:
-        subprocess.run(["losetup", "-d", volume.dev], check=False, capture_output=True)
+        with contextlib.suppress(OSError):  # never another's that took the number
+            detach_if_ours(volume.dev, volume.backing)
         volume.backing.unlink(missing_ok=True)
 
     # ---- kills ----

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from csi_oxide import demo, harness
-from csi_oxide.oxide.types import GIB
+from tests.units import GIB
 
 
 def test_the_demo_runs_its_story_and_leaves_nothing(

@@ -18,9 +18,10 @@ import csi_oxide.node
 from csi_oxide import doctor, tools
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import OxideCredentials
-from csi_oxide.oxide.types import GIB, DiskSpec
+from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.sim import SimConfig, Simulator
 from csi_oxide.testing import oxide_client
+from tests.units import GIB
 
 UUID = "0b8e2a4c-5d6f-4a1b-9c3d-2e7f8a9b0c1d"
 

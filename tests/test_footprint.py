@@ -1,13 +1,15 @@
 """What a running daemon has loaded, read from the real process (``python -X importtime``): the
 node plugin holds no Oxide credentials and makes no Oxide call, so it loads neither the Oxide
 layer nor the controller, nor an HTTP client, nor the simulator; the controller loads none of the
-node's data path (pyudev, the filesystem tools' wrappers)."""
+node's data path (pyudev, the filesystem tools' wrappers), and of the HTTP libraries only the one
+it talks to Oxide with (aiohttp; httpx serves the tests' and the simulator's transports)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ NOT_IN_THE_CONTROLLER = (
     "csi_oxide.server.node",
     "csi_oxide.sim",
     "pyudev",
+    "httpx",
     "uvicorn",
     "starlette",
 )
@@ -127,19 +130,72 @@ def test_the_node_plugin_loads_no_oxide_controller_or_http_code(
     # The metrics and the registration API are loaded only when asked for.
     asked = {"prometheus_client": deployed, "csi_oxide.server.registration": deployed}
     assert {name: name in loaded for name in asked} == asked
+    if not deployed:  # (the metrics' prometheus_client loads it through urllib.request)
+        # Only a read-only raw block publish hashes (csi_oxide.node.views): imported there.
+        assert "hashlib" not in loaded
 
 
-def test_the_controller_loads_none_of_the_nodes_data_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_controller_loads_none_of_the_nodes_data_path(tmp_path: Path, scheme: str) -> None:
+    """https: the client builds its TLS trust at start (certifi's bundle here), without httpx."""
     env = _env(
         tmp_path,
-        OXIDE_HOST="http://127.0.0.1:9",  # never answers: the controller starts all the same
+        OXIDE_HOST=f"{scheme}://127.0.0.1:9",  # never answers: the controller starts all the same
         OXIDE_TOKEN="oxide-token-for-a-test",
         OXIDE_PROJECT="csi",
     )
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        env.pop(name, None)
     loaded = loaded_by_serve(tmp_path, "controller", env=env)
-    assert {"grpc", "httpx", "csi_oxide.controller.ops"} <= loaded  # it did serve
+    assert {"grpc", "aiohttp", "csi_oxide.controller.ops"} <= loaded  # it did serve
+    assert ("certifi" in loaded) == (scheme == "https")
     found = under(loaded, NOT_IN_THE_CONTROLLER)
     assert found == [], f"the controller loaded {len(found)} modules it must not: {found}"
+
+
+def _trust(context: ssl.SSLContext) -> tuple[object, ...]:
+    """What an SSLContext trusts and checks."""
+    return (
+        context.get_ca_certs(),
+        context.verify_mode,
+        context.check_hostname,
+        context.options,
+        context.minimum_version,
+        context.maximum_version,
+        context.protocol,
+    )
+
+
+@pytest.mark.parametrize("settings", ["none", "file", "dir", "file-and-dir"])
+def test_the_controllers_tls_trust_is_httpxs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: str
+) -> None:
+    """``tls_context`` takes httpx's steps without importing httpx: the same trust as
+    ``httpx.create_ssl_context`` for each of the environment settings it reads."""
+    import certifi
+    import httpx
+
+    from csi_oxide.oxide.transport import tls_context
+
+    bundle = certifi.where()
+    first = Path(bundle).read_text().split("-----END CERTIFICATE-----")[0]
+    one = tmp_path / "one.pem"  # a bundle of one certificate, unlike certifi's
+    one.write_text(first + "-----END CERTIFICATE-----\n")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    if "file" in settings:
+        monkeypatch.setenv("SSL_CERT_FILE", str(one))
+    if "dir" in settings:
+        monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    ours = tls_context(None)
+    assert _trust(ours) == _trust(httpx.create_ssl_context(trust_env=True))
+    count = len(ours.get_ca_certs())  # each setting made a difference
+    if settings == "none":
+        assert count > 10  # certifi's bundle
+    elif settings == "dir":
+        assert count == 0  # a folder holding no certificate
+    else:
+        assert count == 1  # the one certificate: SSL_CERT_FILE wins over SSL_CERT_DIR
 
 
 @pytest.mark.parametrize("mode", ["node", "controller"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 
 from csi_oxide.errors import AbortedError, UnavailableError
 from csi_oxide.inflight import InFlight, current_deadline, rpc_deadline
@@ -62,24 +63,33 @@ async def test_failure_releases_the_key() -> None:
 
 async def test_work_is_cut_after_the_rpc_deadline_plus_grace_and_the_key_freed() -> None:
     inflight = InFlight(grace=0.2)
-    cancelled = asyncio.Event()
+    started = asyncio.Event()
+    held_at_the_end: list[bool] = []
 
     async def stalled() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()  # an Oxide request that never answers
         finally:
-            cancelled.set()
+            held_at_the_end.append(inflight.busy("vol"))
 
     async def rpc() -> None:
         with rpc_deadline(0.1):
             await inflight.run(["vol"], "CreateVolume", stalled())
 
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     caller = asyncio.create_task(rpc())
-    await asyncio.sleep(0.15)
+    await asyncio.wait_for(started.wait(), 10)
     caller.cancel()  # the CO's deadline: the caller goes away, the work goes on...
+    with pytest.raises(asyncio.CancelledError):
+        await caller
     assert inflight.busy("vol")
-    await asyncio.wait_for(cancelled.wait(), 10)  # ...until deadline + grace
-    await inflight.drain()
+    with capture_logs() as logs:
+        await asyncio.wait_for(inflight.drain(), 10)  # ...until deadline + grace
+    assert loop.time() - began > 0.29  # not before the deadline plus the grace
+    assert [e["event"] for e in logs] == ["operation cut"]  # ended by the cut, not the caller
+    assert held_at_the_end == [True]
     assert not inflight.busy("vol")
     # A retry starts afresh instead of answering ABORTED.
     assert await inflight.run(["vol"], "CreateVolume", asyncio.sleep(0, "fresh")) == "fresh"

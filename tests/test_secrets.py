@@ -17,8 +17,8 @@ import pytest
 from csi_oxide import harness
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from tests.units import GIB
 
-GIB = 1024**3
 CAP = csi.VolumeCapability(
     mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
     access_mode=csi.VolumeCapability.AccessMode(

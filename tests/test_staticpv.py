@@ -20,8 +20,9 @@ from csi_oxide.controller.record import PREFIX
 from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.credentials import StaticToken
-from csi_oxide.oxide.types import GIB, Disk, DiskSpec, DiskState, Instance, InstanceState
+from csi_oxide.oxide.types import Disk, DiskSpec, DiskState, Instance, InstanceState
 from csi_oxide.testing import ControllerEnv, controller_env, sim_client
+from tests.units import GIB
 
 NODE_DISK = "kept-data"
 

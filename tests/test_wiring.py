@@ -20,8 +20,7 @@ from csi_oxide.node.ops import NodeOps
 from csi_oxide.testing import controller_env
 from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
-
-GIB = 1024**3
+from tests.units import GIB
 
 
 @pytest.mark.parametrize("cluster_id", ["c" * 600, "two words", 'q"uote'])

@@ -12,6 +12,14 @@ Changes (delete, attach, detach) address the disk or snapshot that passed the ow
 its UUID, never by name: between the check and the change, someone else may have deleted it and
 made an object of their own under the same name, which must never be touched. A snapshot taken by
 name is checked to be of the disk that was checked.
+
+A disk's verdict, once read, is kept by its UUID (``verdicts``): Oxide never changes what it rests
+on. ControllerPublish, ControllerUnpublish (from a named node) and DeleteVolume of a volume whose
+disk was read before therefore go straight to the attach, detach or delete by that UUID. A 404
+means the disk was deleted or replaced under its name since: the UUID is forgotten and the name
+read again, and only a disk that carries this very volume's record (the volume re-created by an
+expansion, perhaps by another controller replica) is then acted on in the same call; anything
+else under the name is not the volume that was checked, and is left untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from datetime import datetime
 
 import structlog
 
-from csi_oxide.controller import lookup, owner, record
+from csi_oxide.controller import lookup, owner, record, verdicts
 from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.record import Source, SourceKind
 from csi_oxide.controller.sizing import disk_size, exact_size
@@ -149,19 +157,29 @@ class ControllerOps:
     """The controller's logic; holds the Oxide API and the cluster's marker.
 
     Every operation on a disk or snapshot by ID first asks ``controller.owner`` whose it is, and
-    treats another cluster's (or a forged) object as absent without touching it.
+    treats another cluster's (or a forged) object as absent without touching it. For a disk
+    read before, the answer may be the one kept under its UUID (``controller.verdicts``), and
+    the change then goes to that UUID.
     """
 
     def __init__(
-        self, api: OxideApi, *, cluster: str, inflight: InFlight, expander: Expander
+        self,
+        api: OxideApi,
+        *,
+        cluster: str,
+        inflight: InFlight,
+        expander: Expander,
+        known: verdicts.Verdicts | None = None,
     ) -> None:
         """``inflight``: the per-volume guard (shared with the reconciler); ``expander`` grows
-        and repairs disks. Both are built in ``csi_oxide.wiring``."""
+        and repairs disks. Both are built in ``csi_oxide.wiring``. ``known``: the verdicts read
+        so far (``controller.verdicts``; by default an empty one of the default bound)."""
         record.check_cluster_id(cluster)
         self._api = api
         self._cluster = cluster
         self._inflight = inflight
         self._expander = expander
+        self._known = known if known is not None else verdicts.Verdicts(cluster)
 
     # ----------------------------------------------------------------------------- volumes
 
@@ -380,7 +398,7 @@ class ControllerOps:
             raise NotFoundError(f"source volume {source} does not exist") from exc
 
     def _check_existing(self, disk: Disk, spec: NewVolume) -> VolumeInfo:
-        rec = owner.of_disk(disk, self._cluster).record
+        rec = self._known.judge(disk).record
         if rec is None or not rec.matches_name(spec.name):
             raise AlreadyExistsError(
                 f"Oxide disk {disk.name} exists but was not created by this cluster for volume "
@@ -426,46 +444,76 @@ class ControllerOps:
         await self._inflight.run([volume_id], "DeleteVolume", self._delete_volume(volume_id))
 
     async def _delete_volume(self, volume_id: str) -> None:
+        known = self._actionable(volume_id)
+        if known is None:
+            await self._delete_read_volume(volume_id)
+            return
+        if not await self._delete_disk(known.id, volume_id):
+            # Gone since it was read: deleted by an earlier attempt, or replaced under its name.
+            await self._delete_read_volume(volume_id, checked=known.id)
+            return
+        # A crash mid-expansion leaves the data in a snapshot; the volume's deletion ends it too.
+        await self._expander.discard(volume_id)
+
+    async def _delete_read_volume(self, volume_id: str, *, checked: str | None = None) -> None:
+        """DeleteVolume after reading the volume's disk. ``checked``: the UUID a kept verdict
+        named, found gone; a disk of another UUID under the name is then deleted only when it
+        carries this volume's record (the volume's own, re-created by an expansion)."""
         disk = await lookup.disk_or_none(self._api, volume_id)
         if disk is not None:
-            if not owner.of_disk(disk, self._cluster).usable:
+            claim = self._known.judge(disk)
+            if not claim.usable:
                 log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)
                 return
-            if self._maybe_impostor(disk) and await self._expander.pending(volume_id):
+            if _replaced(disk, claim, checked):
+                log.warning(
+                    "the volume's disk was deleted and another made under its name: left untouched",
+                    volume=volume_id,
+                )
+            elif self._maybe_impostor(disk) and await self._expander.pending(volume_id):
                 # The volume's data is in its expansion snapshot (deleted below); the disk under
                 # its name was made by someone else in the gap and is not the volume.
                 log.warning("disk under the volume's name is not the volume: left untouched")
             else:
-                await self._delete_disk(disk)
+                await self._delete_disk(disk.id, volume_id)
         # A crash mid-expansion leaves the data in a snapshot; the volume's deletion ends it too.
         await self._expander.discard(volume_id)
 
-    async def _delete_disk(self, disk: Disk) -> None:
+    async def _delete_disk(self, disk_id: str, volume_id: str) -> bool:
+        """Delete the disk of ``volume_id`` by its UUID ``disk_id``; False when it was gone."""
         try:
-            await self._api.disk_delete(disk.id)
+            await self._api.disk_delete(disk_id)
         except OxideNotFoundError:
-            return
+            self._known.forget(disk_id)
+            return False
         except OxideInvalidRequestError as exc:
-            current = await lookup.disk_or_none(self._api, disk.id)
+            current = await lookup.disk_or_none(self._api, disk_id)
             if current is None:
-                return
+                self._known.forget(disk_id)
+                return False
             if current.published and current.instance_id:
                 node = await lookup.instance_label(self._api, current.instance_id)
                 raise FailedPreconditionError(
-                    f"volume {disk.name} is attached to node {node}; it must be unpublished "
+                    f"volume {volume_id} is attached to node {node}; it must be unpublished "
                     "(detached) before it can be deleted"
                 ) from exc
             raise FailedPreconditionError(
-                f"Oxide refused to delete volume {disk.name} in state {current.state}: "
+                f"Oxide refused to delete volume {volume_id} in state {current.state}: "
                 f"{exc.message}"
             ) from exc
+        self._known.forget(disk_id)
+        return True
 
     async def expand_volume(self, volume_id: str, capacity: CapacityRange) -> int:
         """Grow the (detached) disk offline; returns its size. See ``controller.expand``."""
         require_id(volume_id)
         return await self._inflight.run(
-            [volume_id], "ControllerExpandVolume", self._expander.expand(volume_id, capacity)
+            [volume_id], "ControllerExpandVolume", self._expand(volume_id, capacity)
         )
+
+    async def _expand(self, volume_id: str, capacity: CapacityRange) -> int:
+        self._known.forget_name(volume_id)  # re-created under a new UUID: read it afresh after
+        return await self._expander.expand(volume_id, capacity)
 
     async def get_volume(self, volume_id: str) -> VolumeInfo:
         """The volume and its condition; NotFoundError if there is no such disk of ours."""
@@ -509,8 +557,32 @@ class ControllerOps:
         )
 
     async def _publish(self, volume_id: str, node_id: str) -> Birth:
+        known = self._actionable(volume_id)
+        if known is None:
+            return await self._publish_read(volume_id, node_id)
+        try:
+            # By UUID: idempotent when attached there already; a disk replaced under the name
+            # since its verdict was read answers 404 and is never attached.
+            await self._api.instance_disk_attach(node_id, known.id)
+        except OxideNotFoundError:
+            self._known.forget(known.id)  # or the node is missing: reading again tells which
+            return await self._publish_read(volume_id, node_id, checked=known.id)
+        except OxideInvalidRequestError:
+            return await self._publish_read(volume_id, node_id)  # reads, then acts or explains
+        return Birth(origin_of(known.claim), known.id, read_only=known.read_only)
+
+    async def _publish_read(
+        self, volume_id: str, node_id: str, *, checked: str | None = None
+    ) -> Birth:
+        """ControllerPublish after reading the volume's disk (``checked``: see
+        ``_delete_read_volume``)."""
         # Under the volume's guard already: a half-done expansion is finished right here.
         disk, claim = await self._usable_volume(volume_id, "volume", guarded=True)
+        if _replaced(disk, claim, checked):
+            raise NotFoundError(
+                f"volume {volume_id} does not exist any more: its disk was deleted and another "
+                "disk, not this cluster's, made under its name (that disk was left untouched)"
+            )
         birth = Birth(origin_of(claim), disk.id, read_only=disk.read_only)
         if disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
             return birth
@@ -568,11 +640,37 @@ class ControllerOps:
         )
 
     async def _unpublish(self, volume_id: str, node_id: str) -> None:
+        known = self._actionable(volume_id) if node_id else None
+        if known is None:
+            await self._unpublish_read(volume_id, node_id)
+            return
+        try:
+            # By UUID: OK when not attached at all; a disk replaced under the name since its
+            # verdict was read answers 404 and is never detached.
+            await self._api.instance_disk_detach(node_id, known.id)
+        except OxideNotFoundError:
+            self._known.forget(known.id)  # or the node is gone: reading again tells which
+            await self._unpublish_read(volume_id, node_id, checked=known.id)
+        except OxideInvalidRequestError:
+            await self._unpublish_read(volume_id, node_id)  # reads, then acts or explains
+
+    async def _unpublish_read(
+        self, volume_id: str, node_id: str, *, checked: str | None = None
+    ) -> None:
+        """ControllerUnpublish after reading the volume's disk (``checked``: see
+        ``_delete_read_volume``)."""
         disk = await lookup.disk_or_none(self._api, volume_id)
         if disk is None or disk.instance_id is None:
             return
-        if not owner.of_disk(disk, self._cluster).usable:
+        claim = self._known.judge(disk)
+        if not claim.usable:
             log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)
+            return
+        if _replaced(disk, claim, checked):
+            log.warning(
+                "the volume's disk was deleted and another made under its name: left untouched",
+                volume=volume_id,
+            )
             return
         if node_id and disk.instance_id != node_id:
             return  # not attached to that node: unpublished from it already
@@ -856,6 +954,17 @@ class ControllerOps:
         claim = owner.of_disk(disk, self._cluster)
         return claim.owner is owner.Owner.STATIC and is_volume_name(disk.name)
 
+    def _actionable(self, volume_id: str) -> verdicts.Known | None:
+        """The kept verdict on the disk last read as volume ``volume_id``, when an attach, detach
+        or delete may go to that UUID without reading it again: the disk is ours or static, and
+        not a possible impostor (those are always read, see ``_usable_volume``)."""
+        known = self._known.under(volume_id)
+        if known is None or not known.claim.usable:
+            return None
+        if known.claim.owner is owner.Owner.STATIC and is_volume_name(known.name):
+            return None
+        return known
+
     async def _usable_volume(
         self, volume_id: str, what: str, *, guarded: bool = False
     ) -> tuple[Disk, owner.Claim]:
@@ -875,10 +984,18 @@ class ControllerOps:
                 disk = await self._inflight.run([volume_id], "finish expansion", settle)
         if disk is None:
             raise NotFoundError(f"{what} {volume_id} does not exist")
-        claim = owner.of_disk(disk, self._cluster)
+        claim = self._known.judge(disk)
         if not claim.usable:
             raise NotFoundError(owner.not_ours(what, volume_id))
         return disk, claim
+
+
+def _replaced(disk: Disk, claim: owner.Claim, checked: str | None) -> bool:
+    """True when ``disk`` is under the name of a volume whose disk ``checked`` (a UUID whose
+    verdict was kept) is gone, and is not that volume: another UUID without this cluster's
+    record. The volume's own disk re-created by an expansion (here or by another controller
+    replica) carries its record, and is the volume."""
+    return checked is not None and disk.id != checked and claim.owner is not owner.Owner.OURS
 
 
 def _check_block_size(spec: NewVolume, source_block_size: int | None) -> None:

@@ -3,9 +3,12 @@ instance is a real qemu guest in which attach is an NVMe hot-plug and detach a h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from csi_oxide.guest.vm import GuestVM
+from csi_oxide.guest.qmp import QmpError
+from csi_oxide.guest.vm import GuestError, GuestVM
 from csi_oxide.sim.backing import LoopBacking
 
 
@@ -18,9 +21,11 @@ class GuestBacking(LoopBacking):
         super().__init__(state_dir)
         self.guest_dir = self.state_dir / "guest"
         self.vm: GuestVM | None = None
+        self._boot_disk: str | None = None
 
     def boot(self, instance_id: str, boot_disk: str) -> GuestVM:
         """Boot the guest as instance ``instance_id`` with ``boot_disk`` cold-plugged."""
+        self._boot_disk = boot_disk
         self.vm = GuestVM(
             workdir=self.guest_dir,
             instance_id=instance_id,
@@ -50,8 +55,39 @@ class GuestBacking(LoopBacking):
     def device(self, disk: str) -> str | None:
         return None  # the device lives in the guest; only the guest's udev names it
 
+    def snapshot(self, disk: str, snapshot: str) -> None:
+        """A disk the guest has (hot-plugged, or its boot disk) is copied with the guest paused,
+        so that the copy is one instant of the disk (crash-consistent, as an Oxide snapshot of
+        an attached disk is): QMP ``stop`` answers once qemu has stopped the vCPUs and drained
+        and flushed every disk's I/O to its file, and ``cont`` resumes the guest after the copy.
+        Any other disk is copied as with loop backing (nothing writes it)."""
+        vm = self.vm
+        if vm is None or (disk not in vm.plugged() and disk != self._boot_disk):
+            super().snapshot(disk, snapshot)
+            return
+        with _paused(vm):
+            super().snapshot(disk, snapshot)
+
     def close(self) -> None:
         if self.vm is not None:
             self.vm.stop()
             self.vm = None
         super().close()
+
+
+@contextmanager
+def _paused(vm: GuestVM) -> Iterator[None]:
+    """The guest stopped (QMP ``stop``: vCPUs still, every disk's I/O drained and flushed) for
+    the length of the block, resumed (``cont``) after it."""
+    qmp = vm._client()  # the VM's one QMP session (qemu serves one client at a time)
+    try:
+        qmp.execute("stop")
+    except QmpError as exc:
+        raise GuestError(f"pausing the guest for a snapshot: {exc}") from exc
+    try:
+        yield
+    finally:
+        try:
+            qmp.execute("cont")
+        except QmpError as exc:
+            raise GuestError(f"resuming the guest after a snapshot: {exc}") from exc

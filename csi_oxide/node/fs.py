@@ -1,8 +1,9 @@
 """Filesystems on a device: signature probe, the zero check, mkfs, online growth, sizes.
 
 ``Filesystems`` is the seam the node's decisions go through; ``LinuxFilesystems`` is the real one
-(blkid, e2fsprogs, xfsprogs, reads of the device). The decision itself (format or refuse) lives in
-``ops.py``.
+(blkid, e2fsprogs, xfsprogs, reads of the device). ext3 and ext4 (``EXT_FAMILY``) are made,
+checked, sized and grown by the same e2fsprogs tools and served by the kernel's ext4 driver. The
+decision itself (format or refuse) lives in ``ops.py``.
 
 The zero check reads the device with O_DIRECT (what the disk holds, not a stale page cache) at
 samples spread over the WHOLE device: the first 4 MiB and the last MiB in full, plus
@@ -48,6 +49,9 @@ from csi_oxide.node.threads import in_own_thread
 from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MIB = 1024 * 1024
+# The e2fsprogs filesystems: sized by dumpe2fs, grown by resize2fs (after e2fsck when unmounted),
+# mounted by the kernel's ext4 driver (whose online growth needs CAP_SYS_RESOURCE for both).
+EXT_FAMILY = frozenset({"ext3", "ext4"})
 # ext4: the DESIGN flags: no discard pass over the device (a new Oxide disk already reads as zeros,
 # and discarding a 1 TiB network disk takes long), inode tables and journal zeroed lazily by the
 # kernel after mount instead of by mkfs; flex groups of 256 block groups (default 16) so the
@@ -65,15 +69,25 @@ MKFS = {
         "-E",
         "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
     ),
+    # ext3: of ext4's flags only -F, -q and nodiscard apply. No flex_bg (mkfs.ext3 refuses -G) and
+    # no uninit_bg, so mke2fs writes every inode table in full (lazy_itable_init would be ignored;
+    # blkid calls an ext3 with uninit_bg ext4, and the kernel refuses to mount it as ext3), and it
+    # zeroes the journal of a block-mapped journal inode whatever lazy_journal_init says: about
+    # 48 MiB written on a 1 GiB disk, some 17 GiB on a 1023 GiB one. Same 5% root reserve.
+    "ext3": ("mkfs.ext3", "-F", "-q", "-E", "nodiscard"),
     # xfs: -K skips the discard pass.
     "xfs": ("mkfs.xfs", "-q", "-K"),
 }
 # Clones and restored snapshots share the source's xfs UUID; nouuid lets both mount on one node.
-MOUNT_OPTIONS = {"ext4": (), "xfs": ("nouuid",)}
+MOUNT_OPTIONS = {"ext4": (), "ext3": (), "xfs": ("nouuid",)}
 # A read-only disk (an Oxide read_only disk) is mounted read-only without replaying the journal
 # or log: the device refuses the writes a replay needs, and a snapshot of a mounted filesystem
 # (crash-consistent) has one pending. Without the replay it shows the last committed state.
-READ_ONLY_MOUNT_OPTIONS = {"ext4": ("ro", "noload"), "xfs": ("ro", "norecovery")}
+READ_ONLY_MOUNT_OPTIONS = {
+    "ext4": ("ro", "noload"),
+    "ext3": ("ro", "noload"),
+    "xfs": ("ro", "norecovery"),
+}
 NO_RECOVERY = "norecovery"  # how mountinfo's superblock options show either of them
 
 
@@ -495,7 +509,7 @@ async def filesystem_size(device: str, fstype: str) -> int:
     On a mounted filesystem the on-disk copy may lag behind the kernel's only by being smaller
     (a growth not yet written back), so the worst case is a growth call that has nothing to do.
     """
-    if fstype == "ext4":
+    if fstype in EXT_FAMILY:
         return parse_dumpe2fs((await run(["dumpe2fs", "-h", device])).stdout)
     out = await run(["xfs_db", "-r", "-c", "sb 0", "-c", "p dblocks blocksize", device])
     return parse_xfs_db(out.stdout)
@@ -520,8 +534,9 @@ def has_capability(status: str, bit: int) -> bool:
 
 
 def can_grow_ext4_online() -> bool:
-    """Online ext4 growth (the resize ioctl) needs CAP_SYS_RESOURCE, which a container that is
-    root but not privileged may lack; xfs growth needs only CAP_SYS_ADMIN, as mounting does."""
+    """Online ext4 (and ext3) growth (the ext4 driver's resize ioctl) needs CAP_SYS_RESOURCE,
+    which a container that is root but not privileged may lack; xfs growth needs only
+    CAP_SYS_ADMIN, as mounting does."""
     try:
         return has_capability(PROC_STATUS.read_text(), CAP_SYS_RESOURCE)
     except OSError:
@@ -529,15 +544,15 @@ def can_grow_ext4_online() -> bool:
 
 
 async def grow_unmounted_ext4(device: str) -> None:
-    """Grow an unmounted ext4 filesystem to its device, after the full check resize2fs demands
-    (e2fsck exit 1 means it corrected something, which is fine; anything higher is not)."""
+    """Grow an unmounted ext4 or ext3 filesystem to its device, after the full check resize2fs
+    demands (e2fsck exit 1 means it corrected something, which is fine; anything higher is not)."""
     await run(["e2fsck", "-f", "-p", device], accept=(0, 1))
     await run(["resize2fs", device])
 
 
 async def grow_mounted(device: str, fstype: str, mount_point: str) -> None:
     """Grow a mounted filesystem to its device (a no-op when it already fills it)."""
-    if fstype == "ext4":
+    if fstype in EXT_FAMILY:
         await run(["resize2fs", device])
     else:
         await run(["xfs_growfs", mount_point])
@@ -590,7 +605,7 @@ class Filesystems(Protocol):
         ...
 
     async def grow_unmounted_ext4(self, device: str) -> None:
-        """Grow an unmounted ext4 to its device."""
+        """Grow an unmounted ext4 or ext3 to its device."""
         ...
 
     async def device_size(self, device: str) -> int:

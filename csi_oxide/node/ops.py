@@ -34,10 +34,11 @@ sharing that serial. The gRPC servicer only parses the request and makes one cal
 
 Stage (filesystem volumes) mounts what is on the device, formatting first only as above; a disk
 re-created larger by offline expansion has its filesystem grown at the next stage: after mounting
-(online), except ext4 when this process lacks CAP_SYS_RESOURCE, which is then grown just before
-mounting. Raw block volumes need no staging beyond the device being there (and a record); publish
-bind-mounts the device node onto a file, or, for a read-only publish, a read-only view of the
-device (``node.views``: a read-only bind of a device node still lets the device be written).
+(online), except ext4 and ext3 when this process lacks CAP_SYS_RESOURCE, which are then grown
+just before mounting. Raw block volumes need no staging beyond the device being there (and a
+record); publish bind-mounts the device node onto a file, or, for a read-only publish, a read-only
+view of the device (``node.views``: a read-only bind of a device node still lets the device be
+written).
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class NodeOps:
         """``views``: the read-only views a read-only raw block publish binds. ``inflight``: the
         per-volume guard (built in ``csi_oxide.wiring``; the node's never cuts an operation: a
         mkfs cut in the middle is not something a retry can tell from a filesystem).
-        ``online_ext4_growth``: whether resize2fs may grow a mounted ext4 (None: find out from
-        this process's capabilities). Without it, stage grows ext4 before mounting."""
+        ``online_ext4_growth``: whether resize2fs may grow a mounted ext4 or ext3 (None: find
+        out from this process's capabilities). Without it, stage grows them before mounting."""
         self._devices = devices
         self._mounter = mounter
         self._fs = filesystems
@@ -253,9 +254,9 @@ class NodeOps:
             return
         else:
             record, fresh = await self._prepare(record, device, fstype, birth)
-            if not fresh and fstype == "ext4" and not self._online_ext4:
+            if not fresh and fstype in fs.EXT_FAMILY and not self._online_ext4:
                 async with self._format_slots:
-                    await self._grow_offline(volume_id, device)
+                    await self._grow_offline(volume_id, device, fstype)
             await self._mount_staged(record, device, fstype, real, mount_flags, read_only=False)
             if fresh:
                 return
@@ -304,18 +305,18 @@ class NodeOps:
         """Grow the filesystem mounted at ``mounted`` when its device is larger."""
         if not await self._fs.needs_growth(device.path, fstype):
             return
-        if fstype == "ext4" and not self._online_ext4:
+        if fstype in fs.EXT_FAMILY and not self._online_ext4:
             raise FailedPreconditionError(
-                f"the ext4 filesystem of volume {volume_id} is smaller than its disk but cannot "
-                "grow while mounted: the node plugin lacks CAP_SYS_RESOURCE (run it privileged); "
-                "it grows at its next NodeStageVolume instead"
+                f"the {fstype} filesystem of volume {volume_id} is smaller than its disk but "
+                "cannot grow while mounted: the node plugin lacks CAP_SYS_RESOURCE (run it "
+                "privileged); it grows at its next NodeStageVolume instead"
             )
         await self._devices.verify(device, volume_id)
         await self._fs.grow_mounted(device.path, fstype, mounted)
 
-    async def _grow_offline(self, volume_id: str, device: BlockDevice) -> None:
-        """Grow an unmounted ext4 when its device is larger (no online growth here)."""
-        if await self._fs.needs_growth(device.path, "ext4"):
+    async def _grow_offline(self, volume_id: str, device: BlockDevice, fstype: str) -> None:
+        """Grow an unmounted ext4 or ext3 when its device is larger (no online growth here)."""
+        if await self._fs.needs_growth(device.path, fstype):
             await self._devices.verify(device, volume_id)
             await self._fs.grow_unmounted_ext4(device.path)
 
@@ -595,7 +596,7 @@ class NodeOps:
         st = await fs.statvfs(path)
         # A filesystem that went read-only (errors=remount-ro) is abnormal; a read-only volume's,
         # mounted read-only without recovery (``fs.READ_ONLY_MOUNT_OPTIONS``, which mountinfo
-        # shows as ``norecovery`` for ext4 and xfs alike), is not.
+        # shows as ``norecovery`` for ext4, ext3 and xfs alike), is not.
         supers = top.super_options
         went_read_only = "ro" in supers and fs.NO_RECOVERY not in supers
         abnormal = gone or ("the filesystem is read-only" if went_read_only else None)

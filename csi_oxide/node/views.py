@@ -21,7 +21,6 @@ unpublish detaches it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -63,6 +62,8 @@ class LoopViews:
 
     def anchor(self, volume_id: str, target: str) -> str:
         """``<directory>/<volume ID>.<16 hex characters of SHA-256 of the target>``."""
+        import hashlib  # here: only a read-only raw block publish needs it (and its libcrypto)
+
         digest = hashlib.sha256(target.encode()).hexdigest()[:16]
         return str(self._dir / f"{volume_id}.{digest}")
 

@@ -43,10 +43,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urlsplit
 
-import httpx
 import structlog
 
 from csi_oxide import __version__
@@ -84,6 +83,9 @@ from csi_oxide.oxide.transport import (
 )
 from csi_oxide.oxide.types import Disk, DiskSpec, Image, Instance, Snapshot, Utilization
 from csi_oxide.oxide_rules import is_uuid
+
+if TYPE_CHECKING:  # imported where a transport is given: see HttpOxideClient
+    import httpx
 
 log = structlog.get_logger("csi_oxide.oxide.client")
 
@@ -177,6 +179,7 @@ class _Failed:
 class HttpOxideClient:
     """``OxideApi`` over HTTP: aiohttp in production, or any ``httpx.AsyncBaseTransport`` given
     as ``transport`` (in-process tests and the simulator); see ``csi_oxide.oxide.transport``.
+    httpx is imported only then: a controller does not carry it in memory.
 
     Retries only 503 answers and connection errors or timeouts (see ``RetryPolicy``), so a POST may
     be sent twice when the first answer was lost: a retried ``disk_create`` or ``snapshot_create``
@@ -233,6 +236,11 @@ class HttpOxideClient:
         headers = {"api-version": API_VERSION, "user-agent": USER_AGENT}
         tls = _tls(ca_file) if ca_file is not None or self._host.startswith("https:") else None
         self._carrier: Carrier
+        # The carrier library's exceptions that reach ``_attempt``, by what they mean: none of
+        # aiohttp's (its carrier turns them into TransportFailure), all of httpx's.
+        self._timeouts: tuple[type[Exception], ...] = ()
+        self._connection_errors: tuple[type[Exception], ...] = ()
+        self._unusable_answers: tuple[type[Exception], ...] = (AnswerTooLargeError,)
         if transport is None:
             self._carrier = AiohttpCarrier(
                 self._host,
@@ -243,6 +251,8 @@ class HttpOxideClient:
                 max_body=max_body,
             )
         else:
+            import httpx
+
             self._carrier = HttpxCarrier(
                 self._host,
                 transport,
@@ -251,6 +261,9 @@ class HttpOxideClient:
                 headers=headers,
                 max_body=max_body,
             )
+            self._timeouts = (httpx.TimeoutException,)
+            self._connection_errors = (httpx.TransportError,)
+            self._unusable_answers = (httpx.HTTPError, AnswerTooLargeError)
 
     @classmethod
     def from_credentials(
@@ -585,11 +598,11 @@ class HttpOxideClient:
                 result = _Failed("timeout", exc, deadline=True)
             except TransportFailure as exc:
                 result = _Failed(exc.outcome, exc, cause=exc.cause, hint=exc.hint)
-            except httpx.TimeoutException as exc:
+            except self._timeouts as exc:
                 result = _Failed("timeout", exc)
-            except httpx.TransportError as exc:
+            except self._connection_errors as exc:
                 result = _Failed("connection_error", exc)
-            except (httpx.HTTPError, AnswerTooLargeError) as exc:
+            except self._unusable_answers as exc:
                 # Not a transport failure (a body that does not decode or is too large): the
                 # server answered something we cannot use; retrying would not help.
                 self._record(operation, method, None, self._monotonic() - start, attempt)

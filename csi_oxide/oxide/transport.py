@@ -13,7 +13,9 @@ Two carriers keep one contract (``Carrier``):
   ``NO_PROXY``...) as with httpx; the TLS trust is httpx's (certifi, or ``SSL_CERT_FILE`` /
   ``SSL_CERT_DIR``, or the custom CA).
 - ``HttpxCarrier`` sends over any ``httpx.AsyncBaseTransport``: the in-process transports of the
-  tests and of the simulator (``httpx.ASGITransport``, ``httpx.MockTransport``).
+  tests and of the simulator (``httpx.ASGITransport``, ``httpx.MockTransport``). httpx is
+  imported only by it: a controller, which talks to Oxide through aiohttp, does not load httpx
+  (nor what httpx loads with it, click for its command line among them).
 
 Both follow no redirect (the token would go along), read at most ``max_body`` bytes of an answer
 and then abandon the connection, and ask for no content coding (a compressed answer could expand
@@ -28,6 +30,7 @@ errors hold the request's headers (the token) in ``request_info``, so they are r
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import urllib.request
 from collections.abc import Mapping
@@ -35,10 +38,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode, urlsplit
 
-import httpx
-
 if TYPE_CHECKING:
     import aiohttp
+    import httpx
 
 Params = Mapping[str, str | int]
 
@@ -138,6 +140,8 @@ class HttpxCarrier:
         headers: Mapping[str, str],
         max_body: int,
     ) -> None:
+        import httpx  # here, not at the top: see the module docstring
+
         self._max_body = max_body
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -197,10 +201,20 @@ def _speaks_plain_http(exc: BaseException) -> bool:
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """httpx's trust: the CA bundle ``ca_file``, else ``SSL_CERT_FILE``/``SSL_CERT_DIR``, else
-    certifi's bundle. ``OSError``/``ssl.SSLError`` when ``ca_file`` is unusable."""
+    certifi's bundle. ``OSError``/``ssl.SSLError`` when ``ca_file`` is unusable.
+
+    The same steps as ``httpx.create_ssl_context(trust_env=True)`` (httpx 0.28 and 0.29), taken
+    here so that a controller does not import httpx for them (tests/test_footprint.py compares
+    the two)."""
     if ca_file is not None:
         return ssl.create_default_context(cafile=ca_file)
-    return httpx.create_ssl_context(trust_env=True)
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi  # httpx's own dependency, as in httpx
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def proxy_from_environment(base_url: str) -> str | None:

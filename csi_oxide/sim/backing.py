@@ -8,9 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from csi_oxide.loops import detach_if_ours
+from csi_oxide.sim.freeze import FreezeError, Writes, copy_at_one_instant
 from csi_oxide.sim.runner import CommandError, run_command
 
 _READ_LIMIT = 1024 * 1024
+_SYS_BLOCK = Path("/sys/block")
 
 
 class Backing(Protocol):
@@ -33,7 +36,8 @@ class Backing(Protocol):
         """Forget a disk's data (it is detached)."""
 
     def snapshot(self, disk: str, snapshot: str) -> None:
-        """Copy a disk's current data into ``snapshot``."""
+        """Copy a disk's current data into ``snapshot``: one instant of it (crash-consistent),
+        even while a device attached to it writes."""
 
     def delete_snapshot(self, snapshot: str) -> None:
         """Forget a snapshot's data."""
@@ -69,6 +73,23 @@ class Backing(Protocol):
 
     def close(self) -> None:
         """Release everything this backing holds on the machine (loop devices, temp files)."""
+
+
+def _device_writes(devices: list[str]) -> Writes:
+    """The write activity of the loop devices ``devices`` together, from their block statistics
+    (``/sys/block/loopN/stat``: write and discard requests and sectors; ``inflight``, read first:
+    writes, discards among them). A device gone meanwhile makes it unknown (never quiet)."""
+    finished = in_flight = landed = 0
+    for name in devices:
+        block = _SYS_BLOCK / name
+        try:
+            in_flight += int((block / "inflight").read_text().split()[1])
+            stat = [int(field) for field in (block / "stat").read_text().split()]
+            finished += stat[4] + stat[11]  # write and discard requests
+            landed += stat[6] + stat[13]  # their sectors
+        except (OSError, ValueError, IndexError):
+            return Writes(finished=-1, in_flight=1, landed=-1)
+    return Writes(finished=finished, in_flight=in_flight, landed=landed)
 
 
 class MemoryBacking:
@@ -167,7 +188,8 @@ class LoopBacking:
         )
         for folder in (self.device_dir, self.snapshot_dir, *self.local_dirs):
             folder.mkdir(parents=True, exist_ok=True)
-        self._loops: dict[str, str] = {}
+        self._loops: dict[str, str] = {}  # disk -> its loop device (/dev/loopN)
+        self._loop_files: dict[str, str] = {}  # disk -> the file its loop device was made over
         self._links: dict[str, Path] = {}
 
     def _disk_file(self, disk: str) -> Path:
@@ -193,9 +215,35 @@ class LoopBacking:
         self._disk_file(disk).unlink(missing_ok=True)
 
     def snapshot(self, disk: str, snapshot: str) -> None:
-        target = self.snapshot_dir / snapshot
-        target.unlink(missing_ok=True)
-        run_command(["cp", "--sparse=always", str(self._disk_file(disk)), str(target)])
+        """A sparse copy of the disk's file. While a loop device is over it (attached, or
+        detached but still held open), the copy is one instant of the disk, however busy the
+        device: its writes wait for the copy and the copy proves it missed none (``freeze``).
+        Otherwise nothing writes the file: ``cp``."""
+        source, target = self._disk_file(disk), self.snapshot_dir / snapshot
+        devices = self._loop_devices(disk)
+        if not devices:
+            target.unlink(missing_ok=True)
+            run_command(["cp", "--sparse=always", str(source), str(target)])
+            return
+        try:
+            copy_at_one_instant(source, target, lambda: _device_writes(devices))
+        except FreezeError as exc:
+            raise CommandError(f"snapshot of {disk}, which {devices} may write: {exc}") from exc
+
+    def _loop_devices(self, disk: str) -> list[str]:
+        """The names of the loop devices over the disk's file (``loopN``): the attached one and
+        any detached while still open, whose I/O still reaches the file."""
+        folders = {str(folder.resolve()) for folder in (self.device_dir, *self.local_dirs)}
+        found = []
+        for backing in sorted(_SYS_BLOCK.glob("loop*/loop/backing_file")):
+            try:
+                path = backing.read_text().rstrip("\n").removesuffix(" (deleted)")
+            except OSError:
+                continue  # detached meanwhile
+            folder, _, name = path.rpartition("/")
+            if name == disk and folder in folders:
+                found.append(backing.parent.parent.name)
+        return found
 
     def delete_snapshot(self, snapshot: str) -> None:
         (self.snapshot_dir / snapshot).unlink(missing_ok=True)
@@ -250,6 +298,7 @@ class LoopBacking:
         except BaseException:
             self._unlink(disk)
             raise
+        self._loop_files[disk] = path
 
     def _unlink(self, disk: str) -> None:
         link = self._links.pop(disk, None)
@@ -257,12 +306,17 @@ class LoopBacking:
             link.unlink(missing_ok=True)
 
     def detach_local(self, disk: str) -> None:
-        dev = self._loops.pop(disk, None)
+        """Detach the disk's loop device, if it still is the one made for the disk: over the
+        disk's file (``csi_oxide.loops``). One detached meanwhile (by hand, or freed at its last
+        close) may have been handed to someone else's file under the same number: left alone."""
+        dev, path = self._loops.pop(disk, None), self._loop_files.pop(disk, None)
         try:
-            if dev is not None:
+            if dev is not None and path is not None:
                 # On a device still in use (mounted) this sets autoclear: the kernel frees it on
                 # the last close.
-                run_command(["losetup", "-d", dev])
+                detach_if_ours(dev, path)
+        except OSError as exc:
+            raise CommandError(f"detaching {dev} (over {path}) failed: {exc}") from exc
         finally:
             self._unlink(disk)
 

@@ -143,7 +143,7 @@ TOOLS: tuple[Tool, ...] = (
 # What `make conformance` needs on top (tests/e2e/conformance.py), built only when asked for
 # (--suite or --only): Kubernetes' own e2e suite, compiled from the same module and version as the
 # cluster (`go test -c k8s.io/kubernetes/test/e2e`), and agnhost, the suite's test program (its
-# image, registry.k8s.io/e2e-test-images/agnhost:2.56, is made from this binary).
+# image, registry.k8s.io/e2e-test-images/agnhost:2.56, is made from this binary), and ginkgo.
 SUITE_TOOLS: tuple[Tool, ...] = (
     Tool(
         name="e2e.test",
@@ -158,6 +158,16 @@ SUITE_TOOLS: tuple[Tool, ...] = (
         module="k8s.io/kubernetes",
         version=KUBE_VERSION,
         package="k8s.io/kubernetes/test/images/agnhost",
+        ldflags="-s -w",
+    ),
+    # The ginkgo command runs e2e.test in parallel processes (-p), the [Serial] specs after them;
+    # its version is the one k8s.io/kubernetes v1.34.4's go.mod requires, as the suite's library.
+    Tool(
+        name="ginkgo",
+        module="github.com/onsi/ginkgo/v2",
+        version="v2.21.0",
+        package="github.com/onsi/ginkgo/v2/ginkgo",
+        plain=True,
         ldflags="-s -w",
     ),
 )

@@ -3,15 +3,38 @@ simulator reached by real HTTP requests, carried in-process by the ASGI transpor
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from csi_oxide.controller.ops import NewVolume
+from csi_oxide.oxide.types import Disk, DiskState
 from csi_oxide.testing import ControllerEnv as Env
 from csi_oxide.testing import controller_env
 from csi_oxide.volumes import CapacityRange
+from tests.units import GIB
 
-GIB = 1024**3
-
-__all__ = ["GIB", "Env", "controller_env", "new"]
+__all__ = ["Env", "controller_env", "new"]
 
 
 def new(name: str = "pvc-1", required: int = GIB, limit: int = 0, **kw: object) -> NewVolume:
     return NewVolume(name=name, capacity=CapacityRange(required, limit), **kw)  # type: ignore[arg-type]
+
+
+def a_disk(
+    name: str, description: str, disk_id: str = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+) -> Disk:
+    """A detached 1 GiB disk of the test project, as the API would answer it."""
+    return Disk(
+        id=disk_id,
+        name=name,
+        description=description,
+        project_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60",
+        size=GIB,
+        block_size=4096,
+        state=DiskState.DETACHED,
+        instance_id=None,
+        snapshot_id=None,
+        image_id=None,
+        read_only=False,
+        disk_type="distributed",
+        time_created=datetime(2026, 1, 1, tzinfo=UTC),
+    )

@@ -27,8 +27,9 @@ from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import Disk, DiskSpec
 from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
+from tests.units import GIB
 
-from .controller_helpers import GIB, Env, controller_env, new
+from .controller_helpers import Env, controller_env, new
 
 DATA = b"precious user data"
 

@@ -18,8 +18,9 @@ from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.publish_context import Birth, Origin
 from csi_oxide.wiring import build_controller_ops
+from tests.units import GIB
 
-from .controller_helpers import GIB, Env, controller_env, new
+from .controller_helpers import Env, controller_env, new
 
 
 async def test_create_is_idempotent_and_detects_conflicts(env: Env) -> None:

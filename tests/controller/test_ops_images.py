@@ -22,8 +22,9 @@ from csi_oxide.errors import (
 from csi_oxide.inflight import InFlight
 from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
+from tests.units import GIB
 
-from .controller_helpers import GIB, Env, new
+from .controller_helpers import Env, new
 
 
 def _from(snapshot_id: str) -> Source:

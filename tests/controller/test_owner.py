@@ -9,29 +9,13 @@ import pytest
 
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.owner import Owner
-from csi_oxide.oxide.types import Disk, DiskState, Image, Snapshot, SnapshotState
+from csi_oxide.oxide.types import Image, Snapshot, SnapshotState
+
+from .controller_helpers import a_disk
 
 CLUSTER = "prod"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PROJECT = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60"
-
-
-def disk(name: str, description: str) -> Disk:
-    return Disk(
-        id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
-        name=name,
-        description=description,
-        project_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60",
-        size=1 << 30,
-        block_size=4096,
-        state=DiskState.DETACHED,
-        instance_id=None,
-        snapshot_id=None,
-        image_id=None,
-        read_only=False,
-        disk_type="distributed",
-        time_created=NOW,
-    )
 
 
 def snapshot(name: str, description: str) -> Snapshot:
@@ -52,7 +36,7 @@ VOLUME_NAME = record.volume_name("pvc-1")
 
 
 def test_our_volume() -> None:
-    claim = owner.of_disk(disk(VOLUME_NAME, VOLUME.encode()), CLUSTER)
+    claim = owner.of_disk(a_disk(VOLUME_NAME, VOLUME.encode()), CLUSTER)
     assert claim == owner.Claim(Owner.OURS, VOLUME)
     assert claim.usable
 
@@ -61,12 +45,12 @@ def test_our_volume_with_a_hashed_name() -> None:
     long = record.Record(cluster=CLUSTER, name="é" * 300, pvc="x" * 300)
     text = long.encode()
     assert '"h":' in text  # the record carries a hash of the name, not the name
-    assert owner.of_disk(disk(record.volume_name("é" * 300), text), CLUSTER).owner is Owner.OURS
+    assert owner.of_disk(a_disk(record.volume_name("é" * 300), text), CLUSTER).owner is Owner.OURS
 
 
 @pytest.mark.parametrize("description", ["", "made by hand", "csi.oxide.computer is great"])
 def test_no_record_is_static(description: str) -> None:
-    claim = owner.of_disk(disk("legacy", description), CLUSTER)
+    claim = owner.of_disk(a_disk("legacy", description), CLUSTER)
     assert claim == owner.STATIC
     assert claim.usable and claim.record is None
 
@@ -106,7 +90,7 @@ def test_no_record_is_static(description: str) -> None:
     ],
 )
 def test_everything_else_is_foreign(name: str, description: str) -> None:
-    claim = owner.of_disk(disk(name, description), CLUSTER)
+    claim = owner.of_disk(a_disk(name, description), CLUSTER)
     assert claim == owner.FOREIGN
     assert not claim.usable
 
@@ -145,7 +129,7 @@ def test_temporary_snapshots_are_ours_or_nothing() -> None:
 
 def test_unknown_keys_of_a_later_version_are_ignored() -> None:
     text = VOLUME.encode()[:-1] + ',"future":{"a":[1,2]}}'
-    assert owner.of_disk(disk(VOLUME_NAME, text), CLUSTER) == owner.Claim(Owner.OURS, VOLUME)
+    assert owner.of_disk(a_disk(VOLUME_NAME, text), CLUSTER) == owner.Claim(Owner.OURS, VOLUME)
 
 
 def image(name: str, description: str, project_id: str | None = PROJECT) -> Image:

@@ -5,8 +5,7 @@ import pytest
 from csi_oxide.controller.sizing import disk_size
 from csi_oxide.errors import OutOfRangeError
 from csi_oxide.volumes import CapacityRange
-
-GIB = 1024**3
+from tests.units import GIB
 
 
 @pytest.mark.parametrize(

@@ -455,6 +455,16 @@ def test_controller_sidecars_elect_a_leader_and_wait_long_enough() -> None:
     assert _flag(_sidecar("Deployment", "csi-resizer"), "handle-volume-inuse-error") == "true"
 
 
+def test_controller_disruption_budget_covers_its_replicas_and_lets_drains_through() -> None:
+    """Voluntary evictions (node drains) take the controller's replicas one at a time, and can
+    still take a lone replica (minAvailable: 1 would block every drain of its node)."""
+    budget = _one("PodDisruptionBudget")
+    deployment = _one("Deployment")
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    assert budget["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+
+
 @pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
 def test_liveness_probes_point_at_a_listening_port(kind: str) -> None:
     # csi-oxide answers /healthz beside /metrics on --metrics-address (no livenessprobe sidecar).

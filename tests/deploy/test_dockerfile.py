@@ -51,6 +51,7 @@ TOOL_PACKAGES = {
     "umount": "mount",
     "losetup": "mount",
     "mkfs.ext4": "e2fsprogs",
+    "mkfs.ext3": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
     "dumpe2fs": "e2fsprogs",
@@ -232,6 +233,11 @@ class Installed:
             )
 
 
+# The module's first test that asks for ``installed`` builds the wheel and installs it with its
+# dependencies into a fresh environment (the two steps' own limits: 5 and 10 minutes).
+INSTALLING = pytest.mark.timeout(1200)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("image")
@@ -258,12 +264,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
+@INSTALLING
 def test_the_wheel_holds_the_generated_stubs(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     assert {"csi_oxide/_csi/csi_pb2.py", "csi_oxide/_csi/csi_pb2_grpc.py"} <= names
     assert not any(n.startswith("tests/") for n in names)
 
 
+@INSTALLING
 def test_the_installed_command_reports_its_version(installed: Installed) -> None:
     out = subprocess.run(
         [str(installed.bin / "csi-oxide"), "--version"],
@@ -296,6 +304,7 @@ def simulator(installed: Installed, tmp_path: Path) -> Iterator[dict[str, str]]:
         sim.wait(10)
 
 
+@INSTALLING
 def test_the_installed_controller_serves_with_the_deployment_arguments(
     installed: Installed, simulator: dict[str, str], tmp_path: Path
 ) -> None:

@@ -6,16 +6,22 @@ simulator credentials, one controller replica, host networking with KUBERNETES_S
 on 127.0.0.1, metrics and /healthz on 127.0.0.1 ports with the probes aimed there, the kubelet's
 folder moved, the node ID and simulator device folder as extra environment with the device folder
 mounted read-only, host folders this machine lacks made in the test's state folder, and a run
-annotation on both pod templates. tests/deploy/test_helm.py checks that the chart with these
-values renders what overlay.py makes of the kustomize base for the same inputs.
+annotation on both pod templates. On two nodes (one machine), the per-node targets overlay.py
+takes (``NodeTarget``, from stack.node_targets): the main node-plugin DaemonSet is the first
+node's, pinned to it, and ``node.additionalDaemonSets`` holds one per further node, each with its
+kubelet's folder, instance ID, device folder, health port and host folders, named as overlay.py
+names them (``csi-oxide-node-b``). tests/deploy/test_helm.py checks that the chart with these
+values renders what overlay.py makes of the kustomize base for the same inputs, on one node and
+on two.
 
 How to call it (from a test that has a running ``Cluster`` and ``Sim``, see stack.py)::
 
-    from tests.e2e import helm
+    from tests.e2e import helm, stack
     helm.install(
         cluster.kubeconfig,
         sim_env=sim.env, api_port=cluster.api_port, kubelet_dir=cluster.kubelet_dir,
         state_dir=cluster.state, ports=(metrics_port, node_metrics_port), run=run_id,
+        nodes=stack.node_targets(cluster, sim, node_metrics_port),  # [] on one node
     )
 
 ``install`` runs ``helm upgrade --install`` (so calling it again with a new simulator or run
@@ -38,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from tests.e2e.overlay import NodeTarget
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "csi-oxide"
 BUILD_TOOLS = ROOT / "scripts" / "cluster" / "build_tools.py"
@@ -51,6 +59,11 @@ NODE_HOST_PATHS = {
     "udev": "/run/udev",
     "state": "/var/lib/csi-oxide/node",
 }
+# Those of them the plugin may create (hostPath type DirectoryOrCreate): with several nodes on
+# this machine, each node gets its own, as separate machines would have.
+NODE_CREATED_PATHS = frozenset({"udev", "state"})
+# The label overlay.py pins a node's DaemonSet (its selector and pods) with.
+NODE_LABEL = "csi-oxide-e2e/node"
 
 Doc = dict[str, Any]
 
@@ -95,13 +108,67 @@ def helm_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _host_path(path: str, state_dir: Path) -> str:
-    """A host folder of the node plugin; one this machine lacks is made in the state folder."""
-    if Path(path).exists():
+def _host_path(name: str, state_dir: Path, target: NodeTarget) -> str:
+    """Host folder ``name`` of ``target``'s node plugin, made in the state folder when this
+    machine lacks it or, with several nodes here, when the plugin may create it (overlay.py's
+    rule, so both install paths use the same folders)."""
+    path = NODE_HOST_PATHS[name]
+    own = target.node is not None and name in NODE_CREATED_PATHS
+    if Path(path).exists() and not own:
         return path
-    moved = str(state_dir / "hostpaths") + path
+    moved = str(state_dir / f"hostpaths{target.tag}") + path
     Path(moved).mkdir(parents=True, exist_ok=True)
     return moved
+
+
+def _node_plugin(target: NodeTarget, state_dir: Path) -> Doc:
+    """The node-section values that make a node plugin ``target``'s: its host folders, node ID
+    and device folder and, for a named node, its pinning (node selector and selector label)."""
+    values: Doc = {
+        "hostPaths": {name: _host_path(name, state_dir, target) for name in NODE_HOST_PATHS},
+        "extraEnv": [
+            {"name": "CSI_OXIDE_NODE_ID", "value": target.node_id},
+            {"name": "CSI_OXIDE_SIM_DEVICE_DIR", "value": target.device_dir},
+        ],
+        "extraVolumes": [
+            {"name": "sim-devices", "hostPath": {"path": target.device_dir, "type": "Directory"}}
+        ],
+        "extraVolumeMounts": [
+            {"name": "sim-devices", "mountPath": target.device_dir, "readOnly": True}
+        ],
+    }
+    if target.node is not None:
+        values["nodeSelector"] = {"kubernetes.io/hostname": target.node}
+        values["selectorLabels"] = {NODE_LABEL: target.node}
+    return values
+
+
+def _additional(targets: Sequence[NodeTarget], state_dir: Path) -> Doc:
+    """``node.additionalDaemonSets`` for the nodes after the first: keyed by their tag less its
+    dash, so the chart names each ``csi-oxide-node<tag>`` as overlay.py does."""
+    extra: Doc = {}
+    for target in targets:
+        if target.node is None or not target.tag.startswith("-"):
+            raise ValueError(f"a further node needs a name and a tag like '-b': {target}")
+        extra[target.tag[1:]] = {
+            **_node_plugin(target, state_dir),
+            "kubeletDir": str(target.kubelet_dir),
+            "metrics": {"port": target.port},
+        }
+    return extra
+
+
+def _targets(sim_env: Mapping[str, str], kubelet_dir: Path, port: int) -> list[NodeTarget]:
+    """The one-node layout's one target (overlay.py's): every node, the simulator's instance."""
+    return [
+        NodeTarget(
+            None,
+            kubelet_dir,
+            sim_env["CSI_OXIDE_NODE_ID"],
+            sim_env["CSI_OXIDE_SIM_DEVICE_DIR"],
+            port,
+        )
+    ]
 
 
 def cluster_values(
@@ -112,10 +179,18 @@ def cluster_values(
     state_dir: Path,
     ports: tuple[int, int],
     run: str,
+    nodes: Sequence[NodeTarget] = (),
 ) -> Doc:
-    """The chart values for the test cluster (same arguments as overlay.overlay)."""
-    device_dir = sim_env["CSI_OXIDE_SIM_DEVICE_DIR"]
+    """The chart values for the test cluster (same arguments as overlay.overlay). With ``nodes``,
+    the main DaemonSet is the first node's and one additional DaemonSet serves each further node
+    (``kubelet_dir`` and ``ports[1]`` are then unused); without, one for the one node."""
+    first, *rest = list(nodes) or _targets(sim_env, kubelet_dir, ports[1])
+    if first.tag:
+        raise ValueError(f"the first node's DaemonSet is csi-oxide-node, without a tag: {first}")
     annotations = {"csi-oxide-e2e/run": run}
+    node = {"podAnnotations": annotations, **_node_plugin(first, state_dir)}
+    if rest:
+        node["additionalDaemonSets"] = _additional(rest, state_dir)
     return {
         "credentials": {
             "host": sim_env["OXIDE_HOST"],
@@ -127,25 +202,12 @@ def cluster_values(
         "metrics": {
             "enabled": True,
             "controller": {"address": "127.0.0.1", "port": ports[0]},
-            "node": {"address": "127.0.0.1", "port": ports[1]},
+            "node": {"address": "127.0.0.1", "port": first.port},
         },
         "probeHost": "127.0.0.1",
-        "kubeletDir": str(kubelet_dir),
+        "kubeletDir": str(first.kubelet_dir),
         "controller": {"replicas": 1, "podAnnotations": annotations},
-        "node": {
-            "podAnnotations": annotations,
-            "hostPaths": {k: _host_path(v, state_dir) for k, v in NODE_HOST_PATHS.items()},
-            "extraEnv": [
-                {"name": "CSI_OXIDE_NODE_ID", "value": sim_env["CSI_OXIDE_NODE_ID"]},
-                {"name": "CSI_OXIDE_SIM_DEVICE_DIR", "value": device_dir},
-            ],
-            "extraVolumes": [
-                {"name": "sim-devices", "hostPath": {"path": device_dir, "type": "Directory"}}
-            ],
-            "extraVolumeMounts": [
-                {"name": "sim-devices", "mountPath": device_dir, "readOnly": True}
-            ],
-        },
+        "node": node,
     }
 
 
@@ -193,11 +255,13 @@ def install(
     state_dir: Path,
     ports: tuple[int, int],
     run: str,
+    nodes: Sequence[NodeTarget] = (),
     helm: Path | None = None,
     wait: bool = False,
     timeout: str = "5m",
 ) -> None:
-    """``helm upgrade --install`` of the chart into the test cluster, with ``cluster_values``."""
+    """``helm upgrade --install`` of the chart into the test cluster, with ``cluster_values``
+    (``nodes``: one node plugin per node, as stack.node_targets makes them; empty on one node)."""
     values = cluster_values(
         sim_env=sim_env,
         api_port=api_port,
@@ -205,6 +269,7 @@ def install(
         state_dir=state_dir,
         ports=ports,
         run=run,
+        nodes=nodes,
     )
     work = state_dir / "helm"
     args = [

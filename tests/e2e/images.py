@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tests.e2e.leftovers import unmount_below
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "docker.io/library/python:3.11.14-slim-bookworm"
 DRIVER_IMAGE = "docker.io/library/csi-oxide:0.1.0"
@@ -286,15 +288,20 @@ def debian_rootfs(
     _log(f"debootstrap bookworm (minbase + {' '.join(packages)}) ...")
     with tempfile.TemporaryDirectory(prefix=f"csi-oxide-{stem}-", dir=cache_dir) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _run(
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(packages)}",
-            "bookworm",
-            rootfs,
-            DEBIAN_MIRROR,
-            stdout=subprocess.DEVNULL,
-        )
+        try:
+            _run(
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(packages)}",
+                "bookworm",
+                rootfs,
+                DEBIAN_MIRROR,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            # debootstrap mounts /proc (and /sys) inside while it installs; one it left behind
+            # (seen once: a busy /proc) would be packed into the image and stop the clean-up.
+            unmount_below([str(rootfs)])
         if shape is not None:
             shape(rootfs)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):

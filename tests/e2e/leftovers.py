@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.loops import DELETED, detach_if_ours
+
 LEDGER_DIR = Path("/run/csi-oxide-e2e")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
@@ -239,22 +241,25 @@ def unmount_below(dirs: list[str]) -> list[str]:
     return first
 
 
-def loops_below(dirs: list[str]) -> list[str]:
-    """Loop devices whose backing file lies below any of ``dirs``."""
-    found = []
+def loops_below(dirs: list[str]) -> dict[str, str]:
+    """Loop devices whose backing file lies below any of ``dirs``, each with that file."""
+    found = {}
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
-            path = backing.read_text().strip()
+            path = backing.read_text().rstrip("\n").removesuffix(DELETED)
             if any(path.startswith(d.rstrip("/") + "/") for d in dirs):
-                found.append(f"/dev/{backing.parent.parent.name}")
+                found[f"/dev/{backing.parent.parent.name}"] = path
     return found
 
 
 def detach_loops(dirs: list[str]) -> list[str]:
+    """Detach the loop devices over files below ``dirs``: each only while it is still over the
+    file it was found over (tests/loops.py), not another's that took its number meanwhile."""
     found = loops_below(dirs)
-    for device in found:
-        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-    return found
+    for device, path in found.items():
+        with contextlib.suppress(OSError):
+            detach_if_ours(device, path)
+    return list(found)
 
 
 def remove_host_dirs(paths: list[str]) -> list[str]:

@@ -18,12 +18,13 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.oxide.types import Disk, DiskSpec, Snapshot
+from csi_oxide.oxide.types import Disk, DiskSpec, Image, Snapshot
 from tests.e2e import helm, images, overlay
 from tests.e2e.cluster import Cluster, Tools, free_port, wait_for
 
@@ -101,6 +102,24 @@ class Sim:
 
     def snapshots(self) -> dict[str, Snapshot]:
         return {s.name: s for s in self._call(lambda api: api.snapshot_list())}
+
+    def images(self) -> dict[str, Image]:
+        return {i.name: i for i in self._call(lambda api: api.image_list())}
+
+    def operator_image(self, name: str, disk: str) -> Image:
+        """An image made outside Kubernetes, as an operator makes a golden one: a snapshot of
+        ``disk``, an image of that snapshot, and the snapshot deleted (the image keeps the data)."""
+
+        async def make(api: HttpOxideClient) -> Image:
+            snap = await api.snapshot_create(f"{name}-source", "made by an operator", disk)
+            image = await api.image_create(name, "made by an operator", snap.id)
+            await api.snapshot_delete(snap.name)
+            return image
+
+        return self._call(make)  # type: ignore[no-any-return]
+
+    def remove_operator_image(self, name: str) -> None:
+        self._call(lambda api: api.image_delete(name))
 
     def node_id(self, local: int = 0) -> str:
         """The ID of local instance ``local`` (node ``local`` of the cluster)."""
@@ -196,8 +215,6 @@ def install_driver(
     ``how``: "kustomize" (deploy/kubernetes/base through overlay.py, applied with kubectl) or
     "helm" (deploy/helm/csi-oxide through helm.py). One install path per cluster."""
     if how == "helm":
-        if len(cluster.nodes) > 1:
-            raise ValueError("the Helm install path is wired for one node")
         helm.install(
             cluster.kubeconfig,
             sim_env=sim.env,
@@ -206,6 +223,7 @@ def install_driver(
             state_dir=cluster.state,
             ports=ports,
             run=run,
+            nodes=node_targets(cluster, sim, ports[1]),
         )
     elif how == "kustomize":
         docs = overlay.overlay(
@@ -277,3 +295,18 @@ def track(cluster: Cluster, sim: Sim) -> None:
     assert sim.proc is not None
     cluster.ledger.record_dir(sim.state)
     cluster.ledger.record_pid(f"sim {sim.state.name}", sim.proc.pid)
+
+
+def import_everywhere(built: list[images.Image]) -> Callable[[Cluster], None]:
+    """The images imported into every node's containerd, at the same time."""
+
+    def run(cluster: Cluster) -> None:
+        with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+            done = [
+                pool.submit(images.import_images, built, node.containerd_sock)
+                for node in cluster.nodes
+            ]
+            for future in done:
+                future.result()
+
+    return run

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,24 +34,27 @@ import yaml
 
 from csi_oxide.node.devices import UdevDeviceFinder
 from csi_oxide.volumes import serial_of
-from tests.e2e import images
 from tests.e2e.cluster import Cluster, Tools, free_port, log, wait_for
 from tests.e2e.stack import (
     Sim,
     cluster_images,
+    import_everywhere,
     install_driver,
     install_snapshot_support,
     loops_backed_by,
     track,
 )
+from tests.units import GIB
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
-GI = 1024**3
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.e2e,
+    # One test: images, a two-node cluster and every scenario (~6 minutes warm, far longer when
+    # the images are built for the first time).
+    pytest.mark.timeout(3600),
     pytest.mark.skipif(
         os.environ.get("CSI_OXIDE_E2E") != "1",
         reason="opt-in: CSI_OXIDE_E2E=1 (make e2e; make test runs it as root)",
@@ -329,7 +331,7 @@ def check_provision_and_write(world: World) -> dict[str, str]:
     pv = assert_on_disk(world, p, "data", "hello", token)
     disk = pv["spec"]["csi"]["volumeHandle"]
     rack = world.sim.disks()[disk]
-    assert rack.size == 2 * GI
+    assert rack.size == 2 * GIB
     assert rack.instance_id == world.sim.node_id(world.local_of(p))
     return {"token": token, "disk": disk, "pv": pv["metadata"]["name"]}
 
@@ -356,14 +358,14 @@ def check_offline_expansion(world: World, s: dict[str, str]) -> None:
         return bool(pv["spec"]["capacity"]["storage"] == "3Gi")
 
     wait_for("PV capacity 3Gi (controller expansion)", pv_grown, 180, interval=1)
-    assert world.sim.disks()[s["disk"]].size == 3 * GI
+    assert world.sim.disks()[s["disk"]].size == 3 * GIB
     world.cluster.apply(
         [pod("grown", "data", f"grep -qx {s['token']} /data/hello && df -k /data > /tmp/df")]
     )
     p = world.wait_pod_ready("grown")
     where = assert_on_disk(world, p, "data", "hello", s["token"])
     st = os.statvfs(world.volume_path(p, where["metadata"]["name"]))
-    assert st.f_blocks * st.f_frsize > 2.5 * GI, "the filesystem did not grow"
+    assert st.f_blocks * st.f_frsize > 2.5 * GIB, "the filesystem did not grow"
 
     def claim_grown() -> bool:
         c = world.cluster.get("pvc", "-n", NS, "data")
@@ -420,9 +422,128 @@ def check_snapshot_restore_clone(world: World, s: dict[str, str]) -> None:
         p = world.wait_pod_ready(name)
         pv = assert_on_disk(world, p, claim, "hello", s["token"])
         disk = world.sim.disks()[pv["spec"]["csi"]["volumeHandle"]]
-        assert disk.size == size * GI
+        assert disk.size == size * GIB
         assert disk.name != s["disk"]
     world.delete("pod/restored-reader", "pod/cloned-reader")
+
+
+# ---- images and read-only volumes (deploy/kubernetes/examples/images.yaml) ---------------------
+
+IMAGES_EXAMPLE = ROOT / "deploy" / "kubernetes" / "examples" / "images.yaml"
+
+
+def example_classes() -> list[Any]:
+    """The example's VolumeSnapshotClass (snapshots kept as images) and read-only StorageClass,
+    applied as a user would."""
+    docs = [d for d in yaml.safe_load_all(IMAGES_EXAMPLE.read_text()) if d]
+    return [d for d in docs if d["kind"] in ("StorageClass", "VolumeSnapshotClass")]
+
+
+def volume_snapshot(name: str, klass: str, source: dict[str, str]) -> Any:
+    return {
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"volumeSnapshotClassName": klass, "source": source},
+    }
+
+
+def from_snapshot(name: str) -> dict[str, str]:
+    return {"name": name, "kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io"}
+
+
+def snapshot_handle(world: World, name: str) -> str:
+    """The handle of VolumeSnapshot ``name`` once it is ready to use."""
+
+    def ready() -> bool:
+        snap = world.cluster.get("volumesnapshot", "-n", NS, name)
+        return bool(snap and snap.get("status", {}).get("readyToUse") is True)
+
+    wait_for(f"VolumeSnapshot {name} readyToUse", ready, 180, interval=1)
+    snap = world.cluster.get("volumesnapshot", "-n", NS, name)
+    content = world.cluster.get(
+        "volumesnapshotcontent", snap["status"]["boundVolumeSnapshotContentName"]
+    )
+    return str(content["status"]["snapshotHandle"])
+
+
+def golden_content(image: str) -> Any:
+    """A pre-provisioned VolumeSnapshotContent naming an image made outside Kubernetes."""
+    return {
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotContent",
+        "metadata": {"name": f"{image}-content"},
+        "spec": {
+            "deletionPolicy": "Retain",
+            "driver": "csi.oxide.computer",
+            "volumeSnapshotClassName": "oxide-image",
+            "source": {"snapshotHandle": image},
+            "volumeSnapshotRef": {"name": "golden", "namespace": NS},
+        },
+    }
+
+
+# The read-only pod: the data is there, a write fails with EROFS, the data is still there.
+EROFS_CHECK = (
+    "grep -qx {token} /data/hello && ! {{ echo overwritten > /data/hello; }} 2>/tmp/err "
+    "&& grep -q 'Read-only file system' /tmp/err && grep -qx {token} /data/hello"
+)
+
+
+def check_images_and_read_only(world: World, s: dict[str, str]) -> None:
+    """A snapshot kept as an image, a volume and a read-only volume restored from it, and a
+    golden image made outside Kubernetes restored through a pre-provisioned content."""
+    token = s["token"]
+    world.cluster.apply(example_classes())
+    snapshots_before = set(world.sim.snapshots())
+    world.cluster.apply(
+        [volume_snapshot("data-image", "oxide-image", {"persistentVolumeClaimName": "data"})]
+    )
+    handle = snapshot_handle(world, "data-image")
+    image = world.sim.images().get(handle)
+    assert handle.startswith("img-") and image is not None, (handle, world.sim.images())
+    assert set(world.sim.snapshots()) == snapshots_before, "the snapshot behind it was left"
+    golden = world.sim.operator_image("img-golden", s["disk"])
+    world.cluster.apply(
+        [
+            golden_content("img-golden"),
+            volume_snapshot(
+                "golden", "oxide-image", {"volumeSnapshotContentName": "img-golden-content"}
+            ),
+        ]
+    )
+    assert snapshot_handle(world, "golden") == "img-golden"
+    read_only = pvc("read-only", f"{image.size // GIB}Gi", source=from_snapshot("data-image"))
+    read_only["spec"]["storageClassName"] = "oxide-disk-read-only"
+    world.cluster.apply(
+        [
+            pvc("from-image", f"{image.size // GIB + 1}Gi", source=from_snapshot("data-image")),
+            pvc("from-golden", f"{golden.size // GIB}Gi", source=from_snapshot("golden")),
+            read_only,
+            pod("image-reader", "from-image", f"grep -qx {token} /data/hello"),
+            pod("golden-reader", "from-golden", f"grep -qx {token} /data/hello"),
+            pod("read-only-writer", "read-only", EROFS_CHECK.format(token=token)),
+        ]
+    )
+    for name, claim, source in (
+        ("image-reader", "from-image", image),
+        ("golden-reader", "from-golden", golden),
+        ("read-only-writer", "read-only", image),
+    ):
+        p = world.wait_pod_ready(name)
+        pv = assert_on_disk(world, p, claim, "hello", token)
+        disk = world.sim.disks()[pv["spec"]["csi"]["volumeHandle"]]
+        assert disk.image_id == source.id, (claim, disk)
+        assert disk.read_only is (claim == "read-only"), (claim, disk)
+    disk = world.sim.disks()[world.pv_of("read-only")["spec"]["csi"]["volumeHandle"]]
+    assert disk.size == image.size, "a read-only disk is exactly its source's size"
+    world.delete("pod/image-reader", "pod/golden-reader", "pod/read-only-writer")
+    world.delete("pvc/from-image", "pvc/from-golden", "pvc/read-only")
+    world.delete("volumesnapshot/data-image", "volumesnapshot/golden")
+    wait_for("the driver's image deleted", lambda: handle not in world.sim.images(), 120)
+    world.cluster.kubectl("delete", "volumesnapshotcontent", "img-golden-content", "--wait=true")
+    assert "img-golden" in world.sim.images(), "the driver deleted an image it did not make"
+    world.sim.remove_operator_image("img-golden")
 
 
 def check_raw_block(world: World) -> None:
@@ -797,6 +918,7 @@ def check_everything_deleted(world: World) -> None:
     )
     assert world.sim.disks() == {}
     assert world.sim.snapshots() == {}
+    assert world.sim.images() == {}
     assert world.sim.attached() == set()
     kubelets = tuple(str(node.kubelet_dir) for node in world.cluster.nodes)
     mounts = [
@@ -869,7 +991,7 @@ def check_static_volume_on_todays_rack(world: World) -> None:
     node through a static PV; the pod is deleted and re-created, data intact, the disk never
     leaves A (unpublish leaves it and answers OK); a pod on B is refused by the PV's affinity."""
     a, b = (n.name for n in world.cluster.nodes[:2])
-    world.sim.operator_disk(OPERATOR_DISK, GI, local=0)
+    world.sim.operator_disk(OPERATOR_DISK, GIB, local=0)
     pv = static_pv_of(world, OPERATOR_DISK, a)
     claim = {
         "apiVersion": "v1",
@@ -926,21 +1048,6 @@ def start_sim(cluster: Cluster, state: Path, *, hotplug: bool) -> Sim:
     return sim
 
 
-def import_everywhere(built: list[images.Image]) -> Callable[[Cluster], None]:
-    """The images imported into every node's containerd, at the same time."""
-
-    def run(cluster: Cluster) -> None:
-        with ThreadPoolExecutor(len(cluster.nodes)) as pool:
-            done = [
-                pool.submit(images.import_images, built, node.containerd_sock)
-                for node in cluster.nodes
-            ]
-            for future in done:
-                future.result()
-
-    return run
-
-
 def test_the_driver_in_a_two_node_kubernetes() -> None:
     total = time.monotonic()
     memory = MemoryPeak()
@@ -975,6 +1082,11 @@ def test_the_driver_in_a_two_node_kubernetes() -> None:
             check_offline_expansion(world, s)
         with report.scenario("snapshot, restore and clone: data intact in both"):
             check_snapshot_restore_clone(world, s)
+        with report.scenario(
+            "images: snapshot kept as an image, volumes from it and from a golden image; "
+            "a read-only volume refuses a write with EROFS, data intact"
+        ):
+            check_images_and_read_only(world, s)
         with report.scenario("raw block PVC used by a pod"):
             check_raw_block(world)
         with report.scenario("StatefulSet of 2, scaled to 0 and back (and to 0 again)"):

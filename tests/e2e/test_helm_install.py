@@ -29,6 +29,7 @@ KUBE = "v1.34.4"
 pytestmark = [
     pytest.mark.root,
     pytest.mark.e2e,
+    pytest.mark.timeout(1800),  # etcd, an API server and the chart installed, upgraded, removed
     pytest.mark.skipif(
         os.environ.get("CSI_OXIDE_E2E") != "1",
         reason="opt-in: CSI_OXIDE_E2E=1 (make e2e; make test runs it as root)",

@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e import leftovers
 from tests.e2e.leftovers import Ledger, alive, mounts_below, start_time, sweep
+from tests.loops import attach, detach_if_ours
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
@@ -91,9 +92,7 @@ def test_a_killed_run_is_swept(tmp_path: Path, scratch_cgroup: str) -> None:
         dead.bind(str(host_dir / "kubelet.sock"))
     ledger.record_host_dir(host_dir.parent)
     ledger.record_host_dir(host_dir)
-    loop = subprocess.run(
-        ["losetup", "--find", "--show", str(disk)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    loop = attach(disk)
     try:
         found = sweep(tmp_path / "ledgers", log=lambda _: None)
         assert sleeper.wait(10) == -9 and pod.wait(10) == -9
@@ -111,7 +110,7 @@ def test_a_killed_run_is_swept(tmp_path: Path, scratch_cgroup: str) -> None:
             proc.kill()
             proc.wait()
         subprocess.run(["umount", "-l", str(state / "mnt")], capture_output=True, check=False)
-        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
+        detach_if_ours(loop, disk)  # the sweep detached it: the number may be another's now
 
 
 def _unbound(loop: str) -> bool:

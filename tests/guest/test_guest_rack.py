@@ -27,10 +27,14 @@ from csi_oxide import harness
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.guest.vm import unavailable_reason
+from tests.units import GIB, MIB
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.guest,
+    # The first test also boots the guest (the module's rack: waiting for another guest run's
+    # lock, then up to 10 minutes of TCG boot); csi-sanity in the guest may take 30 minutes.
+    pytest.mark.timeout(3600),
     pytest.mark.skipif(
         not os.environ.get("CSI_OXIDE_GUEST"),
         reason="the guest rack boots qemu (minutes of TCG): `make test` and `make guest` run it "
@@ -38,8 +42,6 @@ pytestmark = [
     ),
 ]
 
-GIB = 1024**3
-MIB = 1024**2
 Mode = csi.VolumeCapability.AccessMode
 RPC_TIMEOUT = 180.0
 LOCK_PATH = "/tmp/csi-oxide-guest-tests.lock"

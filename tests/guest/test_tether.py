@@ -111,6 +111,7 @@ def _qemu_of(instance_id: str) -> list[int]:
 
 @pytest.mark.root
 @pytest.mark.guest
+@pytest.mark.timeout(900)  # boots a guest: up to 10 minutes of TCG
 @pytest.mark.skipif(
     not os.environ.get("CSI_OXIDE_GUEST"),
     reason="boots qemu (minutes of TCG): `make guest` runs it (CSI_OXIDE_GUEST=1)",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -23,10 +24,19 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.harness import unmount_below
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
-from csi_oxide.mount_options import EXT4, EXT4_VALUES, GENERIC, XFS, XFS_VALUES
+from csi_oxide.mount_options import (
+    EXT3,
+    EXT3_VALUES,
+    EXT4,
+    EXT4_VALUES,
+    GENERIC,
+    XFS,
+    XFS_VALUES,
+)
 from csi_oxide.node import fs, mountinfo
 from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder
 from csi_oxide.node.exec import CommandFailedError
@@ -40,7 +50,9 @@ from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService
 from csi_oxide.wiring import build_node_ops
-from tests.node.test_node_loop import MIB, VOLUME, Rack, _digest, _sh
+from tests.loops import DELETED, attach, detach_if_ours
+from tests.node.test_node_loop import VOLUME, Rack, _digest
+from tests.units import MIB
 
 pytestmark = pytest.mark.root
 
@@ -61,9 +73,13 @@ class Node:
     def loops(self) -> set[str]:
         """Loop devices over anything of this test: its backing files, the loop devices that
         stand in for its disks, files below its directory (the node's own, included)."""
+        return set(self.loop_backings())
+
+    def loop_backings(self) -> dict[str, str]:
+        """``loops`` with the backing path of each, as the kernel shows it."""
         root = f"{self.rack.root}/"
         return {
-            loop
+            loop: back
             for loop, back in _loop_backings().items()
             if back.startswith(root) or back in self.rack.loops
         }
@@ -154,8 +170,10 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 def _release(node: Node) -> None:
     """Unmount what a failed test left below its directory and detach its loop devices."""
     unmount_below(node.rack.root)
-    for dev in sorted(node.loops()) + node.rack.loops:
-        subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+    for dev, back in sorted(node.loop_backings().items()):  # each only while over what it was
+        with contextlib.suppress(OSError):
+            detach_if_ours(dev, back.removesuffix(DELETED))
+    node.rack.loops.detach()
 
 
 # ---- finding 4 ----
@@ -244,12 +262,12 @@ async def test_a_read_only_block_publish_cannot_be_written_through(node: Node) -
     assert _read(ro_target, 0, SIZE) == _read(dev, 0, SIZE)
     # The kubelet holds a block target with a loop device of its own, attached read-write: the
     # view under it still refuses every write (the kubelet's loop device reports EIO).
-    held = _sh("losetup", "--find", "--show", ro_target)
+    held = attach(ro_target)
     try:
         with pytest.raises(OSError, match=r"not permitted|Read-only|denied|Input/output"):
             _write(held, 0, page)
     finally:
-        _sh("losetup", "--detach", held)
+        assert detach_if_ours(held, ro_target)
     assert _digest(dev) == before
     stats = await node.stub.NodeGetVolumeStats(
         csi.NodeGetVolumeStatsRequest(volume_id=VOLUME, volume_path=ro_target)
@@ -344,32 +362,40 @@ VALUE_EXAMPLES = {
 
 
 def _accepted(fstype: str) -> list[str]:
-    words, values = {"ext4": (EXT4, EXT4_VALUES), "xfs": (XFS, XFS_VALUES)}[fstype]
+    words, values = {
+        "ext4": (EXT4, EXT4_VALUES),
+        "ext3": (EXT3, EXT3_VALUES),
+        "xfs": (XFS, XFS_VALUES),
+    }[fstype]
     return sorted(GENERIC | words) + [f"{key}={VALUE_EXAMPLES[key]}" for key in sorted(values)]
 
 
 @pytest.fixture(scope="module")
 def formatted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """An ext4 and an xfs loop device, formatted, with a mount point below their directory."""
-    for tool in ("mkfs.ext4", "mkfs.xfs"):
+    """An ext4, an ext3 and an xfs loop device, formatted, with a mount point below their
+    directory."""
+    for tool in ("mkfs.ext4", "mkfs.ext3", "mkfs.xfs"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (make test installs it as root)")
     root = tmp_path_factory.mktemp("options")
     rack = Rack(root, root)
-    devices = {"ext4": rack.attach(rack.disk("ext4", SIZE)), "xfs": rack.attach(rack.disk("xfs"))}
-    subprocess.run(["mkfs.ext4", "-q", devices["ext4"]], check=True)
-    subprocess.run(["mkfs.xfs", "-q", devices["xfs"]], check=True)
+    devices = {
+        "ext4": rack.attach(rack.disk("ext4", SIZE)),
+        "ext3": rack.attach(rack.disk("ext3", SIZE)),
+        "xfs": rack.attach(rack.disk("xfs")),
+    }
+    for fstype, dev in devices.items():
+        subprocess.run([f"mkfs.{fstype}", "-q", dev], check=True)
     (root / "mnt").mkdir()
     try:
         yield devices
     finally:
         unmount_below(root)
-        for dev in rack.loops:
-            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+        rack.loops.detach()
 
 
 @pytest.mark.parametrize(
-    ("fstype", "option"), [(fs, o) for fs in ("ext4", "xfs") for o in _accepted(fs)]
+    ("fstype", "option"), [(fs, o) for fs in ("ext4", "ext3", "xfs") for o in _accepted(fs)]
 )
 async def test_every_accepted_option_mounts_the_volume_itself(
     formatted: dict[str, str], fstype: str, option: str
@@ -393,3 +419,31 @@ async def test_every_accepted_option_mounts_the_volume_itself(
 
 def _loops_over(dev: str) -> list[str]:
     return [loop for loop, backing in _loop_backings().items() if backing == dev]
+
+
+async def _mounts(dev: str, fstype: str, option: str) -> bool:
+    """Whether the kernel mounts ``dev`` as ``fstype`` with ``option`` (unmounted again)."""
+    mnt = os.path.join(os.path.dirname(_loop_backings()[dev]), "mnt")
+    try:
+        await LinuxMounter().mount(dev, mnt, fstype, [option])
+    except CommandFailedError:
+        return False
+    await LinuxMounter().unmount(mnt)
+    return True
+
+
+@pytest.mark.parametrize("option", _accepted("ext4"))
+async def test_ext3_takes_no_option_the_kernel_keeps_for_ext4(
+    formatted: dict[str, str], option: str
+) -> None:
+    """Every option of ext4's list, mounted on an ext4 and on an ext3 (both by the kernel's ext4
+    driver): one on ext3's list mounts an ext3 exactly when it mounts an ext4, so none of them
+    is one the driver refuses for ext3 only (delalloc, dioread_nolock, journal_checksum,
+    prjquota... are not on it)."""
+    on_ext4 = await _mounts(formatted["ext4"], "ext4", option)
+    on_ext3 = await _mounts(formatted["ext3"], "ext3", option)
+    if option in _accepted("ext3"):
+        assert on_ext3 == on_ext4
+    else:  # ext4's own: refused for an ext3 volume before any mount
+        with pytest.raises(InvalidArgumentError, match="not allowed for ext3"):
+            parse.capability(_cap((option,), False, "ext3"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from csi_oxide.node import fs
-
-MIB = fs.MIB
-GIB = 1024 * MIB
+from tests.loops import attach, detach_if_ours
+from tests.units import GIB, MIB
 
 
 @pytest.mark.parametrize("size", [GIB, 64 * GIB, 1024 * GIB, 1023 * GIB + 512 * 7])
@@ -77,9 +75,7 @@ def test_the_reads_cover_the_ranges_exactly_in_pieces_of_at_most_a_mib(size: int
 def _loop(backing: Path, size: int) -> str:
     with backing.open("wb") as f:
         f.truncate(size)
-    return subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return attach(backing)
 
 
 @pytest.fixture
@@ -89,7 +85,7 @@ def blank(tmp_path: Path) -> Iterator[str]:
     try:
         yield dev
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+        detach_if_ours(dev, tmp_path / "disk")
 
 
 def _poke(dev: str, offset: int, data: bytes = b"\x01") -> None:
@@ -198,11 +194,7 @@ def test_a_read_that_is_not_full_is_left_to_the_threads(blank: str) -> None:
 @pytest.mark.parametrize("offset", [0, 5 * MIB, 300 * MIB + 4096, GIB - 4096])
 def test_one_non_zero_4k_block_at_a_sample_is_seen(tmp_path: Path, offset: int) -> None:
     backing = tmp_path / "disk"
-    with backing.open("wb") as f:
-        f.truncate(GIB)
-    dev = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    dev = _loop(backing, GIB)
     try:
         assert fs.reads_as_zeros(dev)
         sampled = [o for o, n in fs.zero_check_ranges(GIB) if o <= offset < o + n]
@@ -213,7 +205,7 @@ def test_one_non_zero_4k_block_at_a_sample_is_seen(tmp_path: Path, offset: int) 
             f.flush()
         assert not fs.reads_as_zeros(dev)
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+        detach_if_ours(dev, backing)
 
 
 @pytest.mark.root
@@ -231,26 +223,40 @@ def test_a_stopped_zero_check_proves_nothing(blank: str, native: bool) -> None:
 def test_a_check_stopped_while_reading_stops(blank: str) -> None:
     """Set from another thread in the middle of the reads (as a cancelled NodeStage does), the
     check ends without an answer of "zeros"."""
-    stop = threading.Event()
-    reads = list(fs.zero_check_reads(GIB)) * 50  # long enough to be caught
+    reading = threading.Event()
+
+    class Stop(threading.Event):
+        """The stop flag. The third time the reads look at it they wait until the other thread
+        has set it: the stop comes in the middle of the reads, never before or after them."""
+
+        looks = 0
+
+        def is_set(self) -> bool:
+            self.looks += 1
+            if self.looks == 3:
+                reading.set()
+                assert self.wait(10), "the other thread never stopped the check"
+            return super().is_set()
+
+    stop = Stop()
+    reads = list(fs.zero_check_reads(GIB)) * 50
 
     def stopper() -> None:
-        time.sleep(0.005)
-        stop.set()
+        if reading.wait(10):
+            stop.set()
 
-    threading.Thread(target=stopper).start()
+    other = threading.Thread(target=stopper)
+    other.start()
     assert fs.native_reads_as_zeros(blank, reads, stop) is False
+    other.join()
+    assert stop.looks == 3  # it stopped at the first look after the stop
 
 
 @pytest.mark.root
 def test_the_cost_of_the_zero_check_on_a_1_tib_disk(tmp_path: Path, sanity_report) -> None:
     """Prints the figure (no timing is asserted): the check on a 1 TiB sparse loop device."""
     backing = tmp_path / "disk"
-    with backing.open("wb") as f:
-        f.truncate(1024 * GIB)
-    dev = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    dev = _loop(backing, 1024 * GIB)
     try:
         times = []
         for _ in range(3):
@@ -258,7 +264,7 @@ def test_the_cost_of_the_zero_check_on_a_1_tib_disk(tmp_path: Path, sanity_repor
             assert fs.reads_as_zeros(dev)
             times.append(time.perf_counter() - started)
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+        detach_if_ours(dev, backing)
     ranges = fs.zero_check_ranges(1024 * GIB)
     read = sum(n for _, n in ranges) / MIB
     sanity_report(

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +22,24 @@ from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFou
 from csi_oxide.harness import unmount_below
 from csi_oxide.inflight import InFlight
 from csi_oxide.node import fs
-from csi_oxide.node.devices import UdevDeviceFinder
+from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder
 from csi_oxide.node.fs import LinuxFilesystems
 from csi_oxide.node.mount import LinuxMounter
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import FileRecordStore
 from csi_oxide.node.views import LoopViews
 from csi_oxide.wiring import build_node_ops
+from tests.loops import Loops
+from tests.units import GIB, MIB
 
 pytestmark = pytest.mark.root
 
-GIB = 1024**3
-MIB = 1024**2
 SMALL = 64 * MIB  # for tests that checksum whole devices: keeps them quick
 XFS_MIN = 320 * MIB  # mkfs.xfs refuses filesystems under 300 MB
 VOLUME = "csi-0123456789abcdef"
 OTHER = "csi-fedcba9876543210"
+FSTYPES = ["ext4", "ext3", "xfs"]
+EXT = ["ext4", "ext3"]  # e2fsprogs' filesystems, served by the kernel's ext4 driver
 
 
 def _sh(*argv: str) -> str:
@@ -49,7 +52,7 @@ class Rack:
 
     root: Path
     devices: Path
-    loops: list[str] = field(default_factory=list)
+    loops: Loops = field(default_factory=Loops)
 
     def disk(self, name: str, size: int = GIB, directory: Path | None = None) -> Path:
         path = (directory or self.devices) / name
@@ -58,9 +61,7 @@ class Rack:
         return path
 
     def attach(self, backing: Path) -> str:
-        dev = _sh("losetup", "--find", "--show", str(backing))
-        self.loops.append(dev)
-        return dev
+        return self.loops.attach(backing)
 
     def grow(self, backing: Path, dev: str, size: int) -> None:
         with backing.open("r+b") as f:
@@ -82,8 +83,7 @@ def rack(tmp_path: Path) -> Iterator[Rack]:
         yield r
     finally:
         unmount_below(tmp_path)
-        for dev in r.loops:
-            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+        r.loops.detach()
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ async def _publish(ops: NodeOps, staging: str, target: str, **kw: bool) -> None:
     await ops.publish(VOLUME, staging, target, mount_flags=[], **options)
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", FSTYPES)
 async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -> None:
     _needs(f"mkfs.{fstype}")
     dev = rack.attach(rack.disk(VOLUME))
@@ -138,6 +138,8 @@ async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -
     for _ in range(2):
         await _stage(ops, staging, fstype)
     assert (await fs.probe(dev)).fstype == fstype
+    (mounted,) = await LinuxMounter().mounts_at(staging)
+    assert mounted.fstype == fstype  # mounted as what was asked (ext3: by the ext4 driver)
     for _ in range(2):
         await _publish(ops, staging, target)
     Path(target, "hello").write_text("hello")
@@ -155,6 +157,8 @@ async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -
     await _stage(ops, staging, fstype)
     assert Path(staging, "hello").read_text() == "hello"
     await ops.unstage(VOLUME, staging)
+    if fstype in EXT:
+        _sh(f"fsck.{fstype}", "-n", "-f", dev)  # clean: exit 0
 
 
 async def test_read_only_publish(rack: Rack, ops: NodeOps) -> None:
@@ -199,7 +203,7 @@ async def test_single_writer_refuses_a_second_target(rack: Rack, ops: NodeOps) -
         await _publish(ops, staging, target + "-2", single_writer=True)
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", FSTYPES)
 async def test_a_grown_device_grows_its_filesystem_at_stage(
     rack: Rack, ops: NodeOps, fstype: str
 ) -> None:
@@ -220,7 +224,7 @@ async def test_a_grown_device_grows_its_filesystem_at_stage(
     await ops.unstage(VOLUME, staging)
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", FSTYPES)
 async def test_expand_grows_online_through_the_published_path(
     rack: Rack, ops: NodeOps, fstype: str
 ) -> None:
@@ -232,38 +236,46 @@ async def test_expand_grows_online_through_the_published_path(
     await _publish(ops, staging, target)
     small = (await ops.stats(VOLUME, target)).total_bytes
     rack.grow(backing, dev, 2 * GIB)
-    if fstype == "ext4" and not fs.can_grow_ext4_online():
+    if fstype in EXT and not fs.can_grow_ext4_online():
         with pytest.raises(FailedPreconditionError, match="CAP_SYS_RESOURCE"):
             await ops.expand(VOLUME, target)
-        pytest.skip("online ext4 growth needs CAP_SYS_RESOURCE, which this process lacks")
+        pytest.skip(f"online {fstype} growth needs CAP_SYS_RESOURCE, which this process lacks")
     assert await ops.expand(VOLUME, target) == 2 * GIB
     assert (await ops.stats(VOLUME, target)).total_bytes > small + GIB // 2
     assert await ops.expand(VOLUME, target) == 2 * GIB  # nothing left to do: still fine
 
 
+@pytest.mark.parametrize("fstype", EXT)
 @pytest.mark.parametrize("online", [True, False])
 async def test_ext4_grows_at_stage_online_or_before_mounting(
-    rack: Rack, rack_ops: Callable[[bool], NodeOps], online: bool
+    rack: Rack, rack_ops: Callable[[bool], NodeOps], online: bool, fstype: str
 ) -> None:
+    """ext4, and ext3 alike (resize2fs; e2fsck first when unmounted)."""
     if online and not fs.can_grow_ext4_online():
-        pytest.skip("online ext4 growth needs CAP_SYS_RESOURCE, which this process lacks")
+        pytest.skip(f"online {fstype} growth needs CAP_SYS_RESOURCE, which this process lacks")
     ops = rack_ops(online)
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
     staging, _ = rack.paths()
-    await _stage(ops, staging)
+    await _stage(ops, staging, fstype)
     await ops.unstage(VOLUME, staging)
     rack.grow(backing, dev, 2 * GIB)
-    await _stage(ops, staging)
-    assert await fs.filesystem_size(dev, "ext4") == 2 * GIB
+    await _stage(ops, staging, fstype)
+    assert await fs.filesystem_size(dev, fstype) == 2 * GIB
+    assert (await fs.probe(dev)).fstype == fstype  # still ext3: growth adds no ext4 feature
+    await ops.unstage(VOLUME, staging)
+    _sh(f"fsck.{fstype}", "-n", "-f", dev)
 
 
-async def test_staged_again_with_another_type_is_refused(rack: Rack, ops: NodeOps) -> None:
+@pytest.mark.parametrize(("first", "then"), [("ext4", "xfs"), ("ext4", "ext3"), ("ext3", "ext4")])
+async def test_staged_again_with_another_type_is_refused(
+    rack: Rack, ops: NodeOps, first: str, then: str
+) -> None:
     rack.attach(rack.disk(VOLUME))
     staging, _ = rack.paths()
-    await _stage(ops, staging, "ext4")
-    with pytest.raises(AlreadyExistsError, match="xfs"):
-        await _stage(ops, staging, "xfs")
+    await _stage(ops, staging, first)
+    with pytest.raises(AlreadyExistsError, match=f"as {first}, not {then}"):
+        await _stage(ops, staging, then)
 
 
 async def test_stats_report_a_filesystem_gone_read_only(rack: Rack, ops: NodeOps) -> None:
@@ -276,20 +288,25 @@ async def test_stats_report_a_filesystem_gone_read_only(rack: Rack, ops: NodeOps
     assert "read-only" in str((await ops.stats(VOLUME, staging)).abnormal)
 
 
-async def test_existing_filesystem_is_mounted_never_reformatted(rack: Rack, ops: NodeOps) -> None:
+@pytest.mark.parametrize("fstype", EXT)
+async def test_existing_filesystem_is_mounted_never_reformatted(
+    rack: Rack, ops: NodeOps, fstype: str
+) -> None:
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
-    _sh("mkfs.ext4", "-q", "-L", "precious", dev)
+    _sh(f"mkfs.{fstype}", "-q", "-L", "precious", dev)
     mnt = rack.root / "by-hand"
     mnt.mkdir()
     _sh("mount", dev, str(mnt))
     (mnt / "data").write_bytes(os.urandom(1 << 20))
     before = _digest(mnt / "data")
     _sh("umount", str(mnt))
+    uuid = _sh("blkid", "-p", "-s", "UUID", "-o", "value", dev)
     staging, _ = rack.paths()
-    await _stage(ops, staging)
+    await _stage(ops, staging, fstype)
     assert _digest(Path(staging, "data")) == before
-    assert "LABEL=precious" in _sh("blkid", "-p", "-o", "export", dev)
+    blkid = _sh("blkid", "-p", "-o", "export", dev)
+    assert "LABEL=precious" in blkid and f"TYPE={fstype}" in blkid and f"UUID={uuid}" in blkid
 
 
 async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: NodeOps) -> None:
@@ -302,6 +319,22 @@ async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: 
     staging, _ = rack.paths()
     with pytest.raises(FailedPreconditionError, match="not blank"):
         await _stage(ops, staging)
+    assert _digest(dev) == before
+    assert not os.path.ismount(staging)
+
+
+@pytest.mark.parametrize(("holds", "asked"), [("ext4", "ext3"), ("ext3", "ext4")])
+async def test_an_ext4_asked_for_as_ext3_or_the_reverse_is_refused_untouched(
+    rack: Rack, ops: NodeOps, holds: str, asked: str
+) -> None:
+    """The kernel's ext4 driver would mount either way; the node does not: the filesystem a
+    volume holds is the one it was asked for (as for xfs and ext4), else FAILED_PRECONDITION."""
+    dev = rack.attach(rack.disk(VOLUME, SMALL))
+    _sh(f"mkfs.{holds}", "-q", dev)
+    before = _digest(dev)
+    staging, _ = rack.paths()
+    with pytest.raises(FailedPreconditionError, match=f"holds '{holds}', not {asked}"):
+        await _stage(ops, staging, asked)
     assert _digest(dev) == before
     assert not os.path.ismount(staging)
 
@@ -338,11 +371,22 @@ async def test_two_devices_with_one_serial_are_refused(rack: Rack, ops: NodeOps)
         await _stage(ops, staging)
 
 
-async def test_the_device_may_appear_after_the_call(rack: Rack, ops: NodeOps) -> None:
+async def test_the_device_may_appear_after_the_call(
+    rack: Rack, ops: NodeOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans = threading.Semaphore(0)
+    scan = UdevDeviceFinder.scan
+
+    def watched(finder: UdevDeviceFinder) -> list[BlockDevice]:
+        found = scan(finder)
+        scans.release()  # the finder looked (its udev monitor already listens) and went on
+        return found
+
+    monkeypatch.setattr(UdevDeviceFinder, "scan", watched)
     backing = rack.disk(VOLUME)
     staging, _ = rack.paths()
     stage = asyncio.ensure_future(_stage(ops, staging))
-    await asyncio.sleep(1.0)
+    assert await asyncio.to_thread(scans.acquire, timeout=10)  # looked: no device yet
     assert not stage.done()
     await asyncio.to_thread(rack.attach, backing)
     await asyncio.wait_for(stage, 10)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,9 @@ from csi_oxide.errors import (
     FailedPreconditionError,
     NotFoundError,
 )
+from csi_oxide.inflight import InFlight
 from csi_oxide.node.fs import Signature
+from csi_oxide.node.mountinfo import Mount
 from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore, VolumeRecord
 from csi_oxide.publish_context import Birth, Origin
@@ -28,6 +30,7 @@ from tests.node.fakes import (
     FakeDevices,
     FakeFilesystems,
     FakeMounter,
+    FakeViews,
     MkfsInterruptedError,
     fake_node_ops,
 )
@@ -371,6 +374,141 @@ async def test_zero_checks_run_for_every_volume_at_once_while_mkfs_stays_bounded
     world.fs.mkfs_gate.set()
     await asyncio.wait_for(asyncio.gather(*stages), GUARD)
     assert len(world.fs.formatted) == len(volumes) and world.fs.mkfs_peak == MKFS_CONCURRENCY
+
+
+# ---- every filesystem through the same rules: ext4, ext3, xfs ----
+
+FSTYPES = ["ext4", "ext3", "xfs"]
+
+
+def _staged_mount(world: World) -> Mount:
+    (top,) = [m for m in world.mounter.table if m.mount_point == os.path.realpath(world.staging())]
+    return top
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+async def test_a_blank_device_gets_the_filesystem_asked_for_once(world: World, fstype: str) -> None:
+    dev = world.devices.attach(VOLUME)
+    for _ in range(2):  # the retry finds it mounted
+        await world.stage(fstype=fstype)
+    assert world.fs.formatted == [(dev.path, fstype)]
+    assert _staged_mount(world).fstype == fstype  # mount -t fstype
+    record = await world.store.load(VOLUME)
+    assert (record.history, record.history_fstype) == (MKFS_DONE, fstype)
+    assert record.stage is not None and record.stage.identity is not None
+    assert record.stage.identity.fstype == fstype
+    await world.ops.unstage(VOLUME, world.staging())
+    await world.stage(fstype=fstype)  # staged again: mounted, never formatted again
+    assert world.fs.formatted == [(dev.path, fstype)] and _staged_mount(world).fstype == fstype
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+async def test_a_device_holding_the_filesystem_asked_for_is_mounted_as_it_is(
+    world: World, fstype: str
+) -> None:
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).signature = Signature(fstype=fstype)
+    world.fs.disk(dev.path).zeros = False
+    await world.stage(fstype=fstype)
+    assert world.fs.formatted == [] and _staged_mount(world).fstype == fstype
+
+
+@pytest.mark.parametrize(
+    ("holds", "asked"), [("ext4", "ext3"), ("ext3", "ext4"), ("xfs", "ext3"), ("ext3", "xfs")]
+)
+async def test_another_filesystem_than_the_one_asked_for_is_refused_untouched(
+    world: World, holds: str, asked: str
+) -> None:
+    """The rule for a filesystem-type mismatch holds between ext3 and ext4 too: an ext4 is not
+    mounted as ext3 (nor the reverse), and never formatted."""
+    dev = world.devices.attach(VOLUME)
+    world.fs.disk(dev.path).signature = Signature(fstype=holds)
+    world.fs.disk(dev.path).zeros = False
+    for origin in (None, Origin.BLANK):
+        with pytest.raises(FailedPreconditionError, match=f"holds '{holds}', not {asked}"):
+            await world.stage(fstype=asked, origin=origin)
+    assert world.fs.formatted == [] and not _mounted(world, world.staging())
+
+
+@pytest.mark.parametrize(("first", "then"), [("ext4", "ext3"), ("ext3", "ext4")])
+async def test_staged_again_as_the_other_ext_is_refused(
+    world: World, first: str, then: str
+) -> None:
+    world.devices.attach(VOLUME)
+    await world.stage(fstype=first)
+    with pytest.raises(AlreadyExistsError, match=f"as {first}, not {then}"):
+        await world.stage(fstype=then)
+    assert _staged_mount(world).fstype == first
+
+
+@dataclass
+class Growing(FakeFilesystems):
+    """Filesystems smaller than their device until grown; each growth is recorded with whether
+    the volume was mounted at the time."""
+
+    mounter: FakeMounter | None = None
+    grown: list[tuple[str, str]] = field(default_factory=list)  # (fstype, "mounted"/"unmounted")
+
+    async def needs_growth(self, device: str, fstype: str) -> bool:
+        return not self.grown
+
+    async def grow_mounted(self, device: str, fstype: str, mount_point: str) -> None:
+        assert self.mounter is not None and await self.mounter.mounts_at(mount_point)
+        self.grown.append((fstype, "mounted"))
+
+    async def grow_unmounted_ext4(self, device: str) -> None:
+        assert self.mounter is not None
+        assert not [m for m in self.mounter.table if m.source == device]
+        fstype = self.disk(device).signature.fstype
+        self.grown.append((fstype, "unmounted"))
+
+
+@pytest.mark.parametrize(
+    ("fstype", "online", "how"),
+    [
+        ("ext4", True, "mounted"),
+        ("ext4", False, "unmounted"),
+        ("ext3", True, "mounted"),
+        ("ext3", False, "unmounted"),
+        ("xfs", False, "mounted"),  # xfs_growfs needs no CAP_SYS_RESOURCE
+    ],
+)
+async def test_a_larger_disk_grows_its_filesystem_at_stage(
+    tmp_path: Path, fstype: str, online: bool, how: str
+) -> None:
+    """Offline expansion re-created the disk larger: stage grows the filesystem, online, or,
+    for ext4 and ext3 without CAP_SYS_RESOURCE (resize2fs's online growth needs it), with
+    e2fsck and resize2fs before mounting."""
+    devices = FakeDevices()
+    mounter = FakeMounter(devices)
+    filesystems = Growing(mounter=mounter)
+    store = FileRecordStore(tmp_path / "state", boot="boot-1")
+    ops = NodeOps(
+        devices,
+        mounter,
+        filesystems,
+        store,
+        views=FakeViews(),
+        inflight=InFlight(),
+        online_ext4_growth=online,
+    )
+    dev = devices.attach(VOLUME)
+    filesystems.disk(dev.path).signature = Signature(fstype=fstype)
+    filesystems.disk(dev.path).zeros = False
+    staging = tmp_path / "globalmount"
+    staging.mkdir()
+    await ops.stage(VOLUME, str(staging), fstype=fstype, mount_flags=[], block=False)
+    assert filesystems.grown == [(fstype, how)] and filesystems.formatted == []
+    assert await ops.expand(VOLUME, str(staging)) == 1 << 30  # nothing left to grow
+    assert filesystems.grown == [(fstype, how)]
+    filesystems.grown.clear()  # smaller again: NodeExpandVolume grows it online, or says why not
+    if how == "mounted":
+        await ops.expand(VOLUME, str(staging))
+        assert filesystems.grown == [(fstype, "mounted")]
+    else:
+        with pytest.raises(FailedPreconditionError, match=f"{fstype} .*CAP_SYS_RESOURCE"):
+            await ops.expand(VOLUME, str(staging))
+        assert filesystems.grown == []
 
 
 def _hold(disk: Disk) -> None:

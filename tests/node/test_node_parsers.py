@@ -25,6 +25,9 @@ def test_serial_padding_is_stripped(raw: bytes) -> None:
 def test_blkid_export() -> None:
     sig = fs.parse_blkid_export("DEVNAME=/dev/loop1\nUUID=1234\nTYPE=ext4\nUSAGE=filesystem\n")
     assert (sig.fstype, sig.found) == ("ext4", True)
+    # What blkid -p says of an ext3 (SEC_TYPE: ext2 could read it too): ext3, nothing else.
+    ext3 = fs.parse_blkid_export("SEC_TYPE=ext2\nBLOCK_SIZE=4096\nTYPE=ext3\nUSAGE=filesystem\n")
+    assert (ext3.fstype, ext3.found) == ("ext3", True)
     table = fs.parse_blkid_export("DEVNAME=/dev/loop1\nPTUUID=ab\nPTTYPE=gpt\n")
     assert (table.fstype, table.pttype, table.found) == ("", "gpt", True)
     assert not fs.parse_blkid_export("").found
@@ -36,12 +39,14 @@ def test_superblock_sizes() -> None:
     assert fs.parse_xfs_db("dblocks = 524288\nblocksize = 4096\n") == 2 << 30
 
 
-@pytest.mark.parametrize(("asked", "chosen"), [("", "ext4"), ("ext4", "ext4"), ("xfs", "xfs")])
+@pytest.mark.parametrize(
+    ("asked", "chosen"), [("", "ext4"), ("ext4", "ext4"), ("ext3", "ext3"), ("xfs", "xfs")]
+)
 def test_fstype_choice(asked: str, chosen: str) -> None:
     assert fs.check_fstype(asked) == chosen
 
 
-@pytest.mark.parametrize("asked", ["btrfs", "vfat", "ext3"])
+@pytest.mark.parametrize("asked", ["btrfs", "vfat", "ext2", "EXT3"])
 def test_other_filesystems_are_refused(asked: str) -> None:
     with pytest.raises(InvalidArgumentError, match=asked):
         fs.check_fstype(asked)

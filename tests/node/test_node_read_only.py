@@ -68,7 +68,11 @@ def world(tmp_path: Path) -> World:
 
 @pytest.mark.parametrize(
     ("fstype", "options"),
-    [("ext4", ("ro", "noload")), ("xfs", ("nouuid", "ro", "norecovery"))],
+    [
+        ("ext4", ("ro", "noload")),
+        ("ext3", ("ro", "noload")),
+        ("xfs", ("nouuid", "ro", "norecovery")),
+    ],
 )
 async def test_mounted_read_only_without_recovery(
     world: World, fstype: str, options: tuple[str, ...]
@@ -82,7 +86,9 @@ async def test_mounted_read_only_without_recovery(
     assert [c for c in world.mounter.calls if c[0] == "mount"] == [("mount", staging)]
 
 
-@pytest.mark.parametrize(("holds", "shown"), [("", "no filesystem"), ("xfs", "xfs")])
+@pytest.mark.parametrize(
+    ("holds", "shown"), [("", "no filesystem"), ("xfs", "xfs"), ("ext3", "ext3")]
+)
 async def test_a_read_only_disk_is_never_formatted(world: World, holds: str, shown: str) -> None:
     world.holding(holds)
     with pytest.raises(FailedPreconditionError, match=f"read-only disk holding '{shown}'"):

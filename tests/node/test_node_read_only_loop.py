@@ -14,9 +14,11 @@ import pytest
 
 from csi_oxide.errors import FailedPreconditionError
 from csi_oxide.harness import unmount_below
+from csi_oxide.node import mountinfo
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.publish_context import Birth, Origin
 from csi_oxide.wiring import build_node_ops
+from tests.loops import Loops, attach, detach_if_ours
 
 pytestmark = [
     pytest.mark.root,
@@ -29,7 +31,7 @@ pytestmark = [
 VOLUME = "csi-0123456789abcdef"
 DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"
 READ_ONLY = Birth(Origin.SNAPSHOT, DISK, read_only=True)
-SIZES = {"ext4": 64 * 1024**2, "xfs": 320 * 1024**2}  # mkfs.xfs wants 300 MB
+SIZES = {"ext4": 64 * 1024**2, "ext3": 64 * 1024**2, "xfs": 320 * 1024**2}  # mkfs.xfs: 300 MB
 
 
 def _sh(*argv: str) -> str:
@@ -37,17 +39,16 @@ def _sh(*argv: str) -> str:
 
 
 @pytest.fixture
-def loops(tmp_path: Path) -> Iterator[list[str]]:
-    made: list[str] = []
+def loops(tmp_path: Path) -> Iterator[Loops]:
+    made = Loops()
     try:
         yield made
     finally:
         unmount_below(tmp_path)
-        for dev in made:
-            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+        made.detach()
 
 
-def _golden_disk(tmp_path: Path, fstype: str, loops: list[str]) -> Path:
+def _golden_disk(tmp_path: Path, fstype: str, loops: Loops) -> Path:
     """A backing file in the device folder holding ``fstype`` with one file on it, attached as
     a read-only loop device."""
     devices = tmp_path / "devices"
@@ -58,14 +59,14 @@ def _golden_disk(tmp_path: Path, fstype: str, loops: list[str]) -> Path:
     _sh(f"mkfs.{fstype}", "-q", str(backing))
     by_hand = tmp_path / "by-hand"
     by_hand.mkdir()
-    dev = _sh("losetup", "--find", "--show", str(backing))
+    dev = attach(backing)
     try:
         _sh("mount", dev, str(by_hand))
         (by_hand / "data").write_bytes(b"golden")
         _sh("umount", str(by_hand))
     finally:
-        _sh("losetup", "-d", dev)
-    loops.append(_sh("losetup", "--find", "--show", "--read-only", str(backing)))
+        detach_if_ours(dev, backing)
+    loops.attach(backing, "--read-only")
     return devices
 
 
@@ -73,9 +74,9 @@ def _ops(tmp_path: Path, devices: Path) -> NodeOps:
     return build_node_ops(sim_device_dir=devices, device_timeout=3.0, state_dir=tmp_path / "st")
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", ["ext4", "ext3", "xfs"])
 async def test_read_only_disk_is_staged_read_only(
-    tmp_path: Path, loops: list[str], fstype: str
+    tmp_path: Path, loops: Loops, fstype: str
 ) -> None:
     ops = _ops(tmp_path, _golden_disk(tmp_path, fstype, loops))
     staging = tmp_path / "kubelet" / "globalmount"
@@ -83,6 +84,8 @@ async def test_read_only_disk_is_staged_read_only(
         VOLUME, str(staging), fstype=fstype, mount_flags=[], block=False, birth=READ_ONLY
     )
     assert (staging / "data").read_bytes() == b"golden"
+    (top,) = [m for m in mountinfo.read() if m.mount_point == os.path.realpath(staging)]
+    assert top.fstype == fstype  # an ext3 is mounted as ext3 (by the kernel's ext4 driver)
     with pytest.raises(OSError, match="Read-only file system") as info:
         (staging / "new").write_bytes(b"x")
     assert info.value.errno == errno.EROFS
@@ -93,12 +96,12 @@ async def test_read_only_disk_is_staged_read_only(
     await ops.unstage(VOLUME, str(staging))
 
 
-async def test_a_blank_read_only_disk_is_not_formatted(tmp_path: Path, loops: list[str]) -> None:
+async def test_a_blank_read_only_disk_is_not_formatted(tmp_path: Path, loops: Loops) -> None:
     devices = tmp_path / "devices"
     devices.mkdir()
     with (devices / VOLUME).open("wb") as f:
         f.truncate(SIZES["ext4"])
-    loops.append(_sh("losetup", "--find", "--show", "--read-only", str(devices / VOLUME)))
+    loops.attach(devices / VOLUME, "--read-only")
     ops = _ops(tmp_path, devices)
     staging = tmp_path / "kubelet" / "globalmount"
     with pytest.raises(FailedPreconditionError, match="never formatted"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +26,9 @@ from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, FileRecordStore
 from csi_oxide.node.views import LoopViews
 from csi_oxide.publish_context import Birth, Origin
-from tests.node.test_node_loop import GIB, MIB, OTHER, VOLUME, Rack, _digest, _sh
+from tests.loops import detach_if_ours
+from tests.node.test_node_loop import OTHER, VOLUME, Rack, _digest, _sh
+from tests.units import GIB, MIB
 
 pytestmark = pytest.mark.root
 
@@ -107,8 +108,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     finally:
         w.store.close()
         unmount_below(tmp_path)
-        for dev in rack.loops:
-            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+        rack.loops.detach()
 
 
 def _host_disk(world: World, name: str = "host-disk") -> str:
@@ -296,7 +296,7 @@ async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: Worl
 def _delete_and_create_again(world: World, dev: str, raw_data_at: int | None = None) -> str:
     """The volume's disk detached and deleted, then a new disk created under the same name (a
     new UUID), attached again: its loop device, with ``raw_data_at`` holding someone's data."""
-    _sh("losetup", "-d", dev)
+    assert detach_if_ours(dev, world.rack.devices / VOLUME)
     world.rack.disk(VOLUME).unlink()
     backing = world.rack.disk(VOLUME, 64 * GIB)
     if raw_data_at is not None:
@@ -306,6 +306,7 @@ def _delete_and_create_again(world: World, dev: str, raw_data_at: int | None = N
     return world.rack.attach(backing)
 
 
+@pytest.mark.timeout(900)  # reads the whole 64 GiB device twice: about 3 minutes
 async def test_a_stale_mkfs_started_never_formats_a_new_disks_raw_data(world: World) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
     world.filesystems = MkfsDiesBeforeItsSuperblock()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.units import GIB
+
 
 @dataclass(frozen=True, slots=True)
 class Seen:
@@ -202,7 +204,6 @@ async def _read_request(reader: asyncio.StreamReader) -> Seen | None:
 
 # ---- well-formed Oxide bodies, to be spoiled by tests ------------------------------------------
 
-GIB = 1024**3
 DISK_UUID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
 PROJECT_UUID = "11111111-2222-4333-8444-555555555555"
 INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"

@@ -31,9 +31,9 @@ from csi_oxide.oxide.credentials import FileToken, StaticToken, load_credentials
 from csi_oxide.oxide.types import DiskSpec, DiskState
 from csi_oxide.testing import oxide_client
 from tests.oxide.fakes import FakeClock
+from tests.units import GIB
 
 TOKEN = "oxide-token-c0ffee15secret0123456789"
-GIB = 1024**3
 PROJECT = "k8s"
 DISK_UUID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
 INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"
@@ -416,17 +416,26 @@ async def test_a_retried_create_that_already_happened_surfaces_as_already_exists
 async def test_in_flight_requests_are_capped() -> None:
     in_flight = 0
     peak = 0
+    full, go = asyncio.Event(), asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        if in_flight == 3:
+            full.set()
+        await go.wait()  # held in the server until the test has looked
         in_flight -= 1
         return httpx.Response(200, json=disk_answer(request))
 
     client = make_client(handler, max_concurrency=3)
-    disks = await asyncio.gather(*(client.disk_view(f"csi-{i}") for i in range(12)))
+    views = asyncio.gather(*(client.disk_view(f"csi-{i}") for i in range(12)))
+    await asyncio.wait_for(full.wait(), 30)
+    for _ in range(100):  # in-process transport: a fourth request let through would be in now
+        await asyncio.sleep(0)
+    assert in_flight == 3
+    go.set()
+    disks = await asyncio.wait_for(views, 30)
     assert len(disks) == 12
     assert peak == 3
     await client.aclose()

@@ -41,7 +41,6 @@ from csi_oxide.wiring import build_controller_ops, build_reconciler
 from tests.oxide.fakes import FakeClock
 from tests.oxide.hostile import (
     DISK_UUID,
-    GIB,
     INSTANCE_UUID,
     Answer,
     HostileServer,
@@ -51,6 +50,7 @@ from tests.oxide.hostile import (
     snapshot_body,
 )
 from tests.server.controller_world import controller_stub
+from tests.units import GIB
 
 # Shaped like a real token, and a second secret without the prefix (scrubbed by exact value).
 TOKEN = "oxide-token-5ec4e75ec4e75ec4e75ec4e75ec4e75ec4e75ec4"
@@ -529,7 +529,9 @@ async def test_a_huge_answer_is_abandoned_not_held(length: int | None) -> None:
         with pytest.raises(oxerr.OxideServerError, match="bytes the driver reads"):
             await asyncio.wait_for(api.disk_view(NAME), GUARD)
         await api.aclose()
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(GUARD):  # until the server sees the connection gone
+            while server.open_connections:  # noqa: ASYNC110 - the server offers no event
+                await asyncio.sleep(0.01)
     # The client stopped reading: most of the 50 MB never left the server.
     assert server.bytes_sent < huge // 4
 

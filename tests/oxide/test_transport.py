@@ -25,7 +25,8 @@ from csi_oxide.oxide.client import HttpOxideClient, RequestObserver, RequestReco
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.transport import proxy_from_environment
 from csi_oxide.oxide.types import DiskSpec
-from tests.oxide.hostile import GIB, Answer, HostileServer, Seen, disk_body
+from tests.oxide.hostile import Answer, HostileServer, Seen, disk_body
+from tests.units import GIB
 
 TOKEN = "oxide-token-7ra9570r7ra9570r7ra9570r7ra9570r7ra9570r"
 NAME = "csi-0123456789abcdef"

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from csi_oxide import harness
+from tests.units import GIB
 
-pytestmark = [pytest.mark.sanity, pytest.mark.root]
+# A csi-sanity run may take up to harness.run_csi_sanity's own limit (25 minutes), plus the
+# simulator's and the drivers' start and stop.
+pytestmark = [pytest.mark.sanity, pytest.mark.root, pytest.mark.timeout(2400)]
 
-GIB = 1024**3
 FULL_SUITE = [
     f"--csi.testvolumesize={GIB}",
     f"--csi.testvolumeexpandsize={2 * GIB}",

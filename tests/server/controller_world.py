@@ -30,8 +30,8 @@ from csi_oxide.sim import SimConfig
 from csi_oxide.sim.inprocess import InProcessSimulator
 from csi_oxide.testing import sim_client
 from csi_oxide.wiring import build_controller_ops
+from tests.units import GIB
 
-GIB = 1024**3
 Code = grpc.StatusCode
 Mode = csi.VolumeCapability.AccessMode
 

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -18,16 +19,19 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import SnapshotInfo, VolumeInfo
+from csi_oxide.controller.pages import Walks
 from csi_oxide.controller.record import volume_name
 from csi_oxide.oxide.client import HttpOxideClient
-from csi_oxide.oxide.types import DiskSpec
+from csi_oxide.oxide.types import Disk, DiskSpec
+from csi_oxide.server import controller as controller_service
 from csi_oxide.sim.inprocess import InProcessSimulator
 from csi_oxide.testing import controller_env
 from tests.server.controller_world import code_of, controller_stub
+from tests.units import GIB
 
-GIB = 1024**3
 Code = grpc.StatusCode
 Mode = csi.VolumeCapability.AccessMode
+T = TypeVar("T")
 MISSING_NODE = "00000000-0000-4000-8000-000000000000"
 
 
@@ -152,12 +156,29 @@ async def test_create_volume_conflicts_and_quota(world: World) -> None:
     assert await code_of(world.stub.CreateVolume(huge)) == Code.RESOURCE_EXHAUSTED
 
 
-async def test_second_call_for_a_volume_in_flight_is_aborted(tmp_path: Path) -> None:
-    async for slow in _serve(tmp_path, latency_ms=200):
-        first = asyncio.ensure_future(slow.stub.CreateVolume(_create(name="pvc-slow")))
-        await asyncio.sleep(0.05)
-        assert await code_of(slow.stub.CreateVolume(_create(name="pvc-slow"))) == Code.ABORTED
-        await first
+async def test_second_call_for_a_volume_in_flight_is_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = controller_env()
+    inside, release = asyncio.Event(), asyncio.Event()
+    disk_create = env.api.disk_create
+
+    async def held(spec: DiskSpec) -> Disk:
+        inside.set()  # the first CreateVolume holds the volume's guard until released
+        await release.wait()
+        return await disk_create(spec)
+
+    monkeypatch.setattr(env.api, "disk_create", held)
+    try:
+        async with controller_stub(tmp_path / "c.sock", env.ops) as stub:
+            first = asyncio.ensure_future(stub.CreateVolume(_create(name="pvc-slow")))
+            await asyncio.wait_for(inside.wait(), 30)
+            assert await code_of(stub.CreateVolume(_create(name="pvc-slow"))) == Code.ABORTED
+            release.set()
+            assert (await first).volume.volume_id == volume_name("pvc-slow")
+    finally:
+        await env.api.aclose()
+    assert env.sim.contract_violations == []
 
 
 # ---- DeleteVolume ----
@@ -374,10 +395,19 @@ async def test_get_and_list_rows(world: World) -> None:
     assert capacity.available_capacity == 97 * GIB
 
 
+class _StillWalks(Walks[T]):
+    """The servicer's ``Walks`` on a clock that stands still: a walk is kept however long the
+    test takes (on the real clock a walk is kept ``WALK_TTL``, 5 s: a slow machine outlives it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, clock=lambda: 0.0, **kwargs)
+
+
 async def test_a_paged_walk_lists_the_project_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real gRPC and simulator; the controller's listing calls are counted, not replaced.
+    monkeypatch.setattr(controller_service, "Walks", _StillWalks)  # expiry: test_pages.py
     env = controller_env(hotplug=True, instances=1, quota_gib=100)
     listings = {"volumes": 0, "snapshots": 0}
     list_volumes, list_snapshots = env.ops.list_volumes, env.ops.list_snapshots

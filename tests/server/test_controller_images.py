@@ -14,8 +14,9 @@ import pytest
 from csi_oxide import publish_context
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
+from tests.units import GIB
 
-from .controller_world import GIB, Cluster, World, code_of, serve
+from .controller_world import Cluster, World, code_of, serve
 
 Code = grpc.StatusCode
 IMAGE = {"snapshotType": "image"}

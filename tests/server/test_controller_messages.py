@@ -10,8 +10,9 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.oxide.types import InstanceState
+from tests.units import GIB
 
-from .controller_world import GIB, World, failure, serve
+from .controller_world import World, failure, serve
 
 
 async def _names(world: World) -> dict[str, str]:

@@ -25,8 +25,9 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.errors import OxideUnavailableError
+from tests.units import GIB
 
-from .controller_world import GIB, Cluster, Code, World, code_of, serve
+from .controller_world import Cluster, Code, World, code_of, serve
 
 DATA = b"precious user data"
 Operation = Callable[[World, Cluster, str, str], Awaitable[object]]

@@ -13,14 +13,17 @@ from pathlib import Path
 import grpc
 import pytest
 import structlog
+import structlog.testing
 
 from csi_oxide import log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.errors import UnavailableError
 from csi_oxide.health import Health
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.interceptor import RpcInterceptor
+from tests.server.controller_world import failure
 
 
 @pytest.fixture
@@ -172,3 +175,54 @@ async def test_refused_calls_hold_no_memory_once_answered(
     finally:
         await env.api.aclose()
     assert grown < 8, f"RSS grew by {grown:.1f} MiB over 200 refused calls"
+
+
+# An Oxide token as the client holds it (the shape ``csi_oxide.log.redact_text`` masks).
+TOKEN = "oxide-token-" + "5ecre7" * 6
+
+
+class _Careless(IdentityService):
+    """An Identity service whose calls fail with the token in the error's text, as a layer below
+    that forgot to scrub it would: a driver error (mapped to its code) and an unexpected one
+    (INTERNAL)."""
+
+    async def GetPluginInfo(
+        self, request: csi.GetPluginInfoRequest, context: object
+    ) -> csi.GetPluginInfoResponse:
+        raise UnavailableError(f"Oxide refused the request sent with Bearer {TOKEN}")
+
+    async def GetPluginCapabilities(
+        self, request: csi.GetPluginCapabilitiesRequest, context: object
+    ) -> csi.GetPluginCapabilitiesResponse:
+        raise RuntimeError(f"headers were {{'authorization': 'Bearer {TOKEN}'}}")
+
+
+async def test_the_interceptor_masks_the_token_in_status_details_and_its_log_line(
+    tmp_path: Path,
+) -> None:
+    """The interceptor alone: the handler's exception text carries the token, and neither the
+    status the client receives nor the ``rpc`` event the interceptor hands to the logger does.
+    ``capture_logs`` keeps the events as they were logged, before the ``redact`` processor (the
+    log's own, second line of defence), so the check sees the interceptor's own masking."""
+    socket = tmp_path / "csi.sock"
+    server = CsiServer(f"unix://{socket}", Services(identity=_Careless(Health())))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
+            stub: csi_grpc.IdentityAsyncStub = csi_grpc.IdentityStub(channel)
+            with structlog.testing.capture_logs() as events:
+                info = await failure(stub.GetPluginInfo(csi.GetPluginInfoRequest()))
+                caps = await failure(stub.GetPluginCapabilities(csi.GetPluginCapabilitiesRequest()))
+    finally:
+        await server.stop(grace=1)
+    assert info.code() == grpc.StatusCode.UNAVAILABLE
+    assert caps.code() == grpc.StatusCode.INTERNAL
+    for answer in (info, caps):
+        details = answer.details() or ""
+        assert "oxide-token-<redacted>" in details
+        assert "5ecre7" not in details
+    rpc_lines = [e for e in events if e["event"] == "rpc"]
+    assert [e["code"] for e in rpc_lines] == ["UNAVAILABLE", "INTERNAL"]
+    for event in rpc_lines:
+        assert "oxide-token-<redacted>" in str(event["error"])
+    assert "5ecre7" not in repr(rpc_lines)

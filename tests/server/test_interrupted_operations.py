@@ -18,8 +18,9 @@ from csi_oxide.controller import record
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.oxide_rules import is_uuid
 from csi_oxide.publish_context import ORIGIN_KEY
+from tests.units import GIB
 
-from .controller_world import GIB, Cluster, Code, World, code_of, failure, serve
+from .controller_world import Cluster, Code, World, code_of, failure, serve
 
 DATA = b"precious user data"
 

@@ -12,7 +12,7 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.errors import InvalidArgumentError
-from csi_oxide.mount_options import EXT4, GENERIC, XFS, mount_flags
+from csi_oxide.mount_options import EXT3, EXT3_VALUES, EXT4, EXT4_VALUES, GENERIC, XFS, mount_flags
 from csi_oxide.server import parse
 
 Mode = csi.VolumeCapability.AccessMode
@@ -27,7 +27,9 @@ def _capability(fstype: str, *flags: str) -> parse.Capability:
 
 @pytest.mark.parametrize(
     ("fstype", "option"),
-    [("ext4", o) for o in sorted(GENERIC | EXT4)] + [("xfs", o) for o in sorted(GENERIC | XFS)],
+    [("ext4", o) for o in sorted(GENERIC | EXT4)]
+    + [("ext3", o) for o in sorted(GENERIC | EXT3)]
+    + [("xfs", o) for o in sorted(GENERIC | XFS)],
 )
 def test_every_listed_option_is_accepted_for_its_filesystem(fstype: str, option: str) -> None:
     assert _capability(fstype, option).mount_flags == (option,)
@@ -43,6 +45,12 @@ def test_every_listed_option_is_accepted_for_its_filesystem(fstype: str, option:
         ("ext4", "barrier=0"),
         ("ext4", "journal_ioprio=7"),
         ("ext4", "inode_readahead_blks=64"),
+        ("ext3", "data=journal"),
+        ("ext3", "data_err=abort"),
+        ("ext3", "errors=remount-ro"),
+        ("ext3", "commit=30"),
+        ("ext3", "barrier=0"),
+        ("ext3", "resuid=0"),
         ("xfs", "allocsize=64k"),
         ("xfs", "logbsize=256k"),
         ("xfs", "logbufs=8"),
@@ -51,6 +59,45 @@ def test_every_listed_option_is_accepted_for_its_filesystem(fstype: str, option:
 )
 def test_options_with_values_are_accepted(fstype: str, option: str) -> None:
     assert _capability(fstype, option).mount_flags == (option,)
+
+
+def test_ext3_takes_ext4s_options_less_ext4s_own() -> None:
+    """ext4(5): ext3's options are ext2's and its own; of ext4's list, ext3 takes those."""
+    assert EXT3 < EXT4
+    assert EXT3_VALUES.items() < EXT4_VALUES.items()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "barrier",
+        "nobarrier",
+        "discard",
+        "nodiscard",
+        "delalloc",
+        "nodelalloc",
+        "auto_da_alloc",
+        "dioread_nolock",
+        "journal_checksum",
+        "journal_async_commit",
+        "block_validity",
+        "noinit_itable",
+        "i_version",
+        "nombcache",
+        "prjquota",
+        "stripe=16",
+        "min_batch_time=0",
+        "max_batch_time=15000",
+        "journal_ioprio=3",
+        "inode_readahead_blks=32",
+        "init_itable=10",
+        "max_dir_size_kb=1024",
+    ],
+)
+def test_ext4s_own_options_are_invalid_for_ext3(option: str) -> None:
+    assert _capability("ext4", option).mount_flags == (option,)
+    with pytest.raises(InvalidArgumentError, match="not allowed for ext3 volumes"):
+        _capability("ext3", option)
 
 
 def test_a_flag_is_split_at_its_commas_and_its_options_stripped() -> None:
@@ -76,6 +123,8 @@ def test_ro_and_rw_are_both_accepted() -> None:
         ("ext4", "loop,noatime"),
         ("ext4", "noatime, offset=0"),
         ("xfs", "nouuid,loop"),
+        ("ext3", "loop"),
+        ("ext3", "noatime,offset=0"),
         # another operation than a mount
         ("ext4", "bind"),
         ("ext4", "rbind"),
@@ -91,6 +140,10 @@ def test_ro_and_rw_are_both_accepted() -> None:
         ("ext4", "helper=nfs"),
         ("ext4", "uhelper=udisks2"),
         ("ext4", "journal_path=/dev/sdb"),
+        ("ext3", "journal_path=/dev/sdb"),
+        ("ext3", "journal_dev=2049"),
+        ("ext3", "usrjquota=aquota.user"),
+        ("ext3", "jqfmt=vfsv0"),
         ("ext4", "journal_dev=2049"),
         ("ext4", "usrjquota=aquota.user"),
         ("xfs", "logdev=/dev/sdb"),
@@ -100,6 +153,12 @@ def test_ro_and_rw_are_both_accepted() -> None:
         ("ext4", "norecovery"),
         ("xfs", "norecovery"),
         ("ext4", "sb=32768"),
+        ("ext3", "noload"),
+        ("ext3", "norecovery"),
+        ("ext3", "sb=32768"),
+        ("ext3", "debug"),
+        ("ext3", "nouuid"),
+        ("ext3", "data=bogus"),
         ("ext4", "abort"),
         ("ext4", "dax"),
         # fstab's, mount(8)'s own, another filesystem's, SELinux's

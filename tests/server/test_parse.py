@@ -7,7 +7,6 @@ from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.server import parse
 from csi_oxide.volumes import CapacityRange
 
-GIB = 1024**3
 Mode = csi.VolumeCapability.AccessMode
 
 
@@ -61,6 +60,25 @@ def test_capability_block() -> None:
 def test_capability_errors(cap: csi.VolumeCapability, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
         parse.capability(cap)
+
+
+@pytest.mark.parametrize("fs", ["ext4", "ext3", "xfs"])
+def test_capability_accepts_each_supported_filesystem(fs: str) -> None:
+    cap = parse.capability(mount_cap(fs=fs, flags=("noatime",)))
+    assert (cap.fstype, cap.mount_flags) == (fs, ("noatime",))
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "ext2", "vfat", "EXT3"])
+def test_capability_refuses_other_filesystems_naming_the_supported_ones(fs: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="not supported") as refused:
+        parse.capability(mount_cap(fs=fs))
+    assert repr(fs) in str(refused.value)
+    assert all(name in str(refused.value) for name in ("ext4", "ext3", "xfs"))
+
+
+@pytest.mark.parametrize("key", ["fsType", "csi.storage.k8s.io/fstype"])
+def test_volume_parameters_accept_ext3(key: str) -> None:
+    assert parse.volume_parameters({key: "ext3"}) == parse.VolumeParameters()
 
 
 def test_capabilities_requires_one() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from pathlib import Path
+import threading
+from pathlib import Path, PosixPath
 
 import grpc
 import pytest
@@ -97,12 +98,23 @@ def test_the_host_path_must_be_absolute(bad: str) -> None:
 async def test_registration_waits_for_the_csi_socket_and_ends_with_its_task(
     tmp_path: Path,
 ) -> None:
-    csi_socket = tmp_path / "csi.sock"
+    looked = threading.Semaphore(0)
+
+    class Watched(PosixPath):
+        """The CSI socket's path, telling the test each time the registration looks for it."""
+
+        def exists(self, *, follow_symlinks: bool = True) -> bool:
+            found = super().exists()
+            looked.release()
+            return found
+
+    csi_socket = Watched(tmp_path / "csi.sock")
     registry = tmp_path / "registry"
     registry.mkdir()
     server = RegistrationServer(registry, HOST_SOCKET, RegistrationStatus())
     task = asyncio.ensure_future(_register_with_kubelet(csi_socket, server, wait=0.01))
-    await asyncio.sleep(0.1)
+    for _ in range(2):  # it looked, found no socket, waited and looked again
+        assert await asyncio.to_thread(looked.acquire, timeout=10)
     assert not server.path.exists()  # the kubelet must not find us before the CSI socket exists
     csi_socket.touch()
     for _ in range(500):

@@ -23,8 +23,9 @@ from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_reconciler
+from tests.units import GIB
 
-from .controller_world import GIB, Code, World, code_of, serve
+from .controller_world import Code, World, code_of, serve
 
 DATA = b"the cluster's data"
 THEIRS = b"someone else's data"

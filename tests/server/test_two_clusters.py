@@ -21,8 +21,9 @@ from csi_oxide.controller import record
 from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.wiring import build_reconciler
+from tests.units import GIB
 
-from .controller_world import GIB, Cluster, Code, World, cap, code_of, serve
+from .controller_world import Cluster, Code, World, cap, code_of, serve
 
 A, B = "cluster-a", "cluster-b"
 DATA = b"cluster A's data"

@@ -10,8 +10,8 @@ import httpx
 
 from csi_oxide.sim import SimConfig
 from csi_oxide.sim.inprocess import InProcessSimulator
+from tests.units import GIB
 
-GIB = 1024**3
 TOKEN = "oxide-token-" + "ab" * 20
 
 

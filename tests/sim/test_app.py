@@ -14,8 +14,9 @@ import pytest
 from csi_oxide.sim import API_VERSION, SimConfig, Simulator, contract, records
 from csi_oxide.sim.config import parse_op_latency
 from csi_oxide.sim.paging import decode_token, encode_token
+from tests.units import GIB
 
-from .sim_helpers import GIB, Api, error_of, serve
+from .sim_helpers import Api, error_of, serve
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ import pytest
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide.client import HttpOxideClient, RetryPolicy
 from csi_oxide.oxide.credentials import StaticToken
-from csi_oxide.oxide.types import GIB, DiskSpec
+from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.sim import SimConfig, Simulator
 from csi_oxide.sim.cli import _config, add_arguments
 from csi_oxide.sim.inprocess import InProcessSimulator
+from tests.units import GIB
 
 
 def _client(sim: Simulator, timeout: float) -> HttpOxideClient:

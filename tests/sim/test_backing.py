@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .sim_helpers import GIB, serve
+from tests.units import GIB
+
+from .sim_helpers import serve
 
 pytestmark = [
     pytest.mark.root,
@@ -110,10 +112,12 @@ async def test_a_read_runs_on_the_event_loop_but_never_blocks_it_on_the_lock(
     async with serve(backing="loop", hotplug=True) as api:
         assert (await api.create_disk("vol-a", GIB)).status_code == 201
         hops: list[object] = []
+        hopped = asyncio.Event()
         original = asyncio.to_thread
 
         async def counting(fn: object, /, *args: object) -> object:
             hops.append(fn)
+            hopped.set()
             return await original(fn, *args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(asyncio, "to_thread", counting)
@@ -123,9 +127,9 @@ async def test_a_read_runs_on_the_event_loop_but_never_blocks_it_on_the_lock(
         lock.acquire()
         try:
             view = asyncio.ensure_future(api.disk("vol-a"))
-            # The event loop still runs other work while the read waits for the lock.
-            for _ in range(20):
-                await asyncio.sleep(0.01)
+            # The read went to a thread to wait for the lock, and the event loop still runs
+            # other work (this test) meanwhile.
+            await asyncio.wait_for(hopped.wait(), 30)
             assert not view.done()
         finally:
             lock.release()

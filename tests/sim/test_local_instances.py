@@ -19,8 +19,9 @@ from csi_oxide.sim.backing import LoopBacking
 from csi_oxide.sim.backings import make_backing
 from csi_oxide.sim.cli import _config, add_arguments, env_lines
 from csi_oxide.sim.simulator import Simulator
+from tests.units import GIB
 
-from .sim_helpers import GIB, serve
+from .sim_helpers import serve
 
 needs_loop = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/dev/loop-control").exists(),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .sim_helpers import GIB, Api, error_of, serve
+from tests.units import GIB
+
+from .sim_helpers import Api, error_of, serve
 
 
 async def test_create_answers_creating_then_view_says_detached(api: Api) -> None:

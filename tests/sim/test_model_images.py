@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import httpx
 
-from .sim_helpers import GIB, Api, error_of, serve
+from tests.units import GIB
+
+from .sim_helpers import Api, error_of, serve
 
 IMAGES = "/v1/images"
 PROJECT = {"project": "csi"}

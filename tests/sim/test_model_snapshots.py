@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .sim_helpers import GIB, Api, error_of, serve
+from tests.units import GIB
+
+from .sim_helpers import Api, error_of, serve
 
 
 async def test_snapshot_is_ready_at_once_with_the_disk_size(api: Api) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from .sim_helpers import GIB, error_of, serve
+from tests.units import GIB
+
+from .sim_helpers import error_of, serve
 
 PARSE_ERROR = "unable to parse JSON body: "
 UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"

@@ -19,8 +19,9 @@ from csi_oxide.sim.versions import (
     parse_version,
     upgrade_body,
 )
+from tests.units import GIB
 
-from .sim_helpers import GIB, Api, error_of, serve
+from .sim_helpers import Api, error_of, serve
 
 OLD = "2025112000.0.0"  # before LOCAL_STORAGE
 BLANK = {"type": "blank", "block_size": 2048}

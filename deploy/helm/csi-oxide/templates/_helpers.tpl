@@ -60,3 +60,81 @@ securityContext:
 {{- fail (printf "kubeletDir must be an absolute path, not %q" .Values.kubeletDir) }}
 {{- end }}
 {{- end }}
+
+{{/*
+A pod template's labels: its selector labels and the podLabels value. Argument:
+(list SELECTOR PODLABELS WHERE). A podLabels key that is a selector label with another value is
+refused (the controller would no longer own its pods); WHERE names the value in that message.
+*/}}
+{{- define "csi-oxide.podLabels" -}}
+{{- $selector := index . 0 }}
+{{- $extra := default dict (index . 1) }}
+{{- range $k, $v := $extra }}
+{{- if and (hasKey $selector $k) (ne (toString $v) (toString (get $selector $k))) }}
+{{- fail (printf "%s: %s is a selector label (%s), it cannot be changed" (index $ 2) $k (get $selector $k)) }}
+{{- end }}
+{{- end }}
+{{- toYaml (merge (deepCopy $selector) $extra) }}
+{{- end }}
+
+{{/*
+topologySpreadConstraints as given, a constraint without a labelSelector getting the pods' own
+selector labels (what a spread of these pods means). Argument: (list SELECTOR CONSTRAINTS).
+*/}}
+{{- define "csi-oxide.topologySpread" -}}
+{{- $selector := index . 0 }}
+{{- $out := list }}
+{{- range index . 1 }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Whether an address is a loopback one (127.0.0.0/8, ::1, localhost): no Service reaches it. */}}
+{{- define "csi-oxide.loopback" -}}
+{{- if or (hasPrefix "127." .) (eq . "::1") (eq . "localhost") }}true{{ end }}
+{{- end }}
+
+{{/* The leader-election timing flags of the controller's sidecars, as a JSON list. */}}
+{{- define "csi-oxide.leaderElectionFlags" -}}
+{{- $out := list }}
+{{- with .Values.controller.leaderElection }}
+{{- with .leaseDuration }}{{ $out = append $out (printf "--leader-election-lease-duration=%s" .) }}{{ end }}
+{{- with .renewDeadline }}{{ $out = append $out (printf "--leader-election-renew-deadline=%s" .) }}{{ end }}
+{{- with .retryPeriod }}{{ $out = append $out (printf "--leader-election-retry-period=%s" .) }}{{ end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+A sidecar's args (list items): the chart's flags, its --v when logLevel is set, and its
+extraArgs. An extra flag the chart sets already is refused: it has a value of its own. Argument:
+(list FLAGS SIDECARVALUES KEY), KEY naming it under sidecars.
+*/}}
+{{- define "csi-oxide.sidecarArgs" -}}
+{{- $v := index . 1 }}
+{{- $key := index . 2 }}
+{{- $args := index . 0 }}
+{{- if not (kindIs "invalid" $v.logLevel) }}
+{{- $args = append $args (printf "--v=%v" $v.logLevel) }}
+{{- end }}
+{{- $names := list }}
+{{- range $args }}
+{{- $names = append $names (regexReplaceAll "^-+([^=]*).*$" . "${1}") }}
+{{- end }}
+{{- range $v.extraArgs }}
+{{- if has (regexReplaceAll "^-+([^=]*).*$" . "${1}") $names }}
+{{- fail (printf "sidecars.%s.extraArgs: the chart sets %s already; change it through its value (timeout, logLevel, controller.leaderElection, ...)" $key .) }}
+{{- end }}
+{{- end }}
+{{- range $args }}
+- {{ . }}
+{{- end }}
+{{- range $v.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
