@@ -154,8 +154,10 @@ e2e: setup cluster-deps cluster-tools
 # failure in the claimed patterns.
 conformance: setup cluster-deps cluster-tools
 	$(PY) -m tests.e2e.conformance
-	# Now that e2e.test is built: the skip list checked against the suite's real spec list.
-	$(VENV)/bin/pytest -q -p no:randomly -p no:cacheprovider tests/e2e/test_conformance.py
+	# Now that e2e.test and the sidecars are built: the skip list checked against the suite's real
+	# spec list, and the chart's sidecar flags against the sidecars' own --help.
+	$(VENV)/bin/pytest -q -p no:randomly -p no:cacheprovider tests/e2e/test_conformance.py \
+	  tests/deploy/test_helm.py::test_the_controller_sidecars_know_every_flag_the_chart_gives_them
 
 # Only what the demo uses: no Go, no csi-sanity, no helm, no qemu.
 demo: $(STAMP) node-deps
