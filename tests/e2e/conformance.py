@@ -58,8 +58,9 @@ INSTALL = "helm"
 # The whole run must end well inside CI's budget; ginkgo stops the suite at this point.
 SUITE_TIMEOUT = "50m"
 # ginkgo's parallel processes: each runs one spec at a time, with its pods on either node. Measured
-# on the 2-core machine, warm: 3 processes 17.3 min for the suite (92 passed, the machine also
-# busy with other tests), 4 processes 14.6 min (101 passed, quiet). The specs wait on the cluster
+# on the 2-core machine, warm: 2 processes 24.9 min for the suite (101 passed), 3 processes 17.3
+# min (92 passed, before ext3 and singleNodeVolume: false; the machine also busy with other tests),
+# 4 processes 14.6 min (101 passed). The specs wait on the cluster
 # far more than they compute; 12 disk slots per node bound how many volumes can be attached.
 PROCS = 4
 # Two nodes, so that volumes move between instances ("on different node" specs).
