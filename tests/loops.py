@@ -13,10 +13,27 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
 
 from csi_oxide.loops import DELETED, attachment, backing_of, detach_if_ours
 
-__all__ = ["DELETED", "Loops", "attach", "attachment", "backing_of", "detach_if_ours"]
+__all__ = [
+    "DELETED",
+    "Loops",
+    "attach",
+    "attachment",
+    "backing_of",
+    "detach_if_ours",
+    "needs_loop_devices",
+]
+
+# The skip of a test that makes loop devices (beside its ``root`` mark).
+needs_loop_devices = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
+    reason="needs root and /dev/loop-control (loop devices)",
+)
 
 
 def attach(backing: str | os.PathLike[str], *options: str) -> str:

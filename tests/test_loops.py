@@ -8,23 +8,19 @@ Needs root and /dev/loop-control (marked ``root``; skipped with the reason other
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from csi_oxide.sim.backing import LoopBacking
-from tests.loops import DELETED, Loops, attach, backing_of, detach_if_ours
+from tests.loops import DELETED, Loops, attach, backing_of, detach_if_ours, needs_loop_devices
 from tests.polling import wait_until
 from tests.units import MIB
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-        reason="needs root and /dev/loop-control (loop devices)",
-    ),
+    needs_loop_devices,
 ]
 
 

@@ -18,14 +18,11 @@ from csi_oxide.node import mountinfo
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.publish_context import Birth, Origin
 from csi_oxide.wiring import build_node_ops
-from tests.loops import Loops, attach, detach_if_ours
+from tests.loops import Loops, attach, detach_if_ours, needs_loop_devices
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-        reason="needs root and /dev/loop-control (loop devices)",
-    ),
+    needs_loop_devices,
 ]
 
 VOLUME = "csi-0123456789abcdef"

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.loops import needs_loop_devices
 from tests.units import GIB
 
 from .sim_helpers import serve
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-        reason="needs root and /dev/loop-control (loop devices)",
-    ),
+    needs_loop_devices,
 ]
 
 

@@ -19,14 +19,10 @@ from csi_oxide.sim.backing import LoopBacking
 from csi_oxide.sim.backings import make_backing
 from csi_oxide.sim.cli import _config, add_arguments, env_lines
 from csi_oxide.sim.simulator import Simulator
+from tests.loops import needs_loop_devices
 from tests.units import GIB
 
 from .sim_helpers import serve
-
-needs_loop = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-    reason="needs root and /dev/loop-control (loop devices)",
-)
 
 
 def _parse_env(text: str) -> dict[str, str]:
@@ -108,7 +104,7 @@ def _loops_in(folder: Path) -> list[str]:
     return [device.path for device in UdevDeviceFinder(sim_device_dir=folder).scan()]
 
 
-@needs_loop
+@needs_loop_devices
 @pytest.mark.root
 async def test_a_disk_moves_between_local_instances_with_its_data(tmp_path: Path) -> None:
     async with serve(backing="loop", state_dir=tmp_path, hotplug=True, local_instances=2) as api:
@@ -137,7 +133,7 @@ async def test_a_disk_moves_between_local_instances_with_its_data(tmp_path: Path
     assert _loops_in(folder_b) == [] and not (folder_b / "vol-a").exists()
 
 
-@needs_loop
+@needs_loop_devices
 @pytest.mark.root
 async def test_a_busy_device_loses_its_identity_at_detach(tmp_path: Path) -> None:
     """Detached while the guest holds it open: the device no longer names the disk (as an
