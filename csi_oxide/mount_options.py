@@ -123,38 +123,42 @@ EXT4_VALUES = {
 }
 
 # ext4(5), "Mount options for ext3" (which ext3 takes with ext2's): of EXT4's, those that are not
-# ext4's own. The ext4-only ones stay out: "barrier"/"nobarrier" without a value (ext3 has
-# barrier=0|1), discard, delalloc, auto_da_alloc, dioread_*, journal_checksum,
-# journal_async_commit, block_validity, init_itable, i_version, nombcache, prefetch_block_bitmaps,
-# prjquota, stripe=, min_batch_time=, max_batch_time=, journal_ioprio=, inode_readahead_blks=,
-# max_dir_size_kb=; the kernel's ext4 driver, which serves ext3, refuses several of them on an
-# ext3 mount ("incompatible with ext3"). What ext3's section lists beyond EXT4 stays out for the
-# reasons it does for ext4 (journal_dev=, journal_path=, usrjquota=, noload, sb=, debug...).
-EXT3 = frozenset(
+# ext4's own. The ext4-only ones (EXT4_ONLY; "barrier"/"nobarrier" without a value among them, as
+# ext3 has barrier=0|1) and the ext4-only values (stripe=, min_batch_time=, max_batch_time=,
+# journal_ioprio=, inode_readahead_blks=, max_dir_size_kb=) stay out; the kernel's ext4 driver,
+# which serves ext3, refuses several of them on an ext3 mount ("incompatible with ext3"). What
+# ext3's section lists beyond EXT4 stays out for the reasons it does for ext4 (journal_dev=,
+# journal_path=, usrjquota=, noload, sb=, debug...).
+EXT4_ONLY = frozenset(
     {
-        "acl",
-        "noacl",
-        "user_xattr",
-        "grpid",
-        "bsdgroups",
-        "nogrpid",
-        "sysvgroups",
-        "bsddf",
-        "minixdf",
-        "quota",
-        "noquota",
-        "usrquota",
-        "grpquota",
+        "barrier",
+        "nobarrier",
+        "discard",
+        "nodiscard",
+        "delalloc",
+        "nodelalloc",
+        "auto_da_alloc",
+        "noauto_da_alloc",
+        "dioread_lock",
+        "dioread_nolock",
+        "journal_checksum",
+        "nojournal_checksum",
+        "journal_async_commit",
+        "block_validity",
+        "noblock_validity",
+        "init_itable",
+        "noinit_itable",
+        "i_version",
+        "nombcache",
+        "prefetch_block_bitmaps",
+        "no_prefetch_block_bitmaps",
+        "prjquota",
     }
 )
+EXT3 = EXT4 - EXT4_ONLY
 EXT3_VALUES = {
-    "data": EXT4_VALUES["data"],
-    "data_err": EXT4_VALUES["data_err"],
-    "errors": EXT4_VALUES["errors"],
-    "barrier": EXT4_VALUES["barrier"],
-    "commit": EXT4_VALUES["commit"],
-    "resuid": EXT4_VALUES["resuid"],
-    "resgid": EXT4_VALUES["resgid"],
+    key: EXT4_VALUES[key]
+    for key in ("data", "data_err", "errors", "barrier", "commit", "resuid", "resgid")
 }
 
 # xfs(5), "MOUNT OPTIONS", less logdev= and rtdev= (other devices) and norecovery.
