@@ -4,3 +4,5 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 DRIVER_NAME = "csi.oxide.computer"
+# The Lease (coordination.k8s.io/v1) whose holder alone runs the controller's reconciler.
+RECONCILER_LEASE = "csi-oxide-reconciler"

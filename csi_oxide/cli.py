@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from csi_oxide import DRIVER_NAME, __version__, log
+from csi_oxide import DRIVER_NAME, RECONCILER_LEASE, __version__, log
 from csi_oxide.errors import ConfigurationError
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
@@ -98,6 +98,49 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help="controller: total deadline of one Oxide API request, connect to last byte "
         "(env CSI_OXIDE_OXIDE_TIMEOUT, default 600, the slowest Oxide operation's bound)",
+    )
+    p.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=_env("CSI_OXIDE_LEADER_ELECTION", "") == "true",
+        help="controller: run the background reconciler only in the replica holding the Lease "
+        f"{RECONCILER_LEASE!r} (in-cluster Kubernetes API; env CSI_OXIDE_LEADER_ELECTION=true); "
+        "off: every replica runs it (one replica, or outside Kubernetes)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=_env("CSI_OXIDE_LEADER_ELECTION_NAMESPACE"),
+        help="controller: the Lease's namespace (default: the pod's own)",
+    )
+    p.add_argument(
+        "--leader-election-lease-duration",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="controller: how long a Lease holds without renewal (default 15, as the sidecars)",
+    )
+    p.add_argument(
+        "--leader-election-renew-deadline",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="controller: the leader stops leading when it could not renew for this long "
+        "(default 10)",
+    )
+    p.add_argument(
+        "--leader-election-retry-period",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="controller: the pause between attempts to acquire or renew (default 2)",
+    )
+    p.add_argument(
+        "--startup-taint",
+        action=argparse.BooleanOptionalAction,
+        default=_env("CSI_OXIDE_STARTUP_TAINT", "") == "true",
+        help="node: lift the taint csi.oxide.computer/agent-not-ready from this node (env "
+        "NODE_NAME) once the plugin answers Probe and the kubelet registered it (in-cluster "
+        "Kubernetes API; env CSI_OXIDE_STARTUP_TAINT=true); off by default",
     )
     p.add_argument(
         "--max-concurrent-rpcs",

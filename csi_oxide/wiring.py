@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from csi_oxide import RECONCILER_LEASE
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.health import Health
 from csi_oxide.inflight import InFlight
@@ -32,6 +34,7 @@ from csi_oxide.server.liveness import Check, combine, probe_socket
 if TYPE_CHECKING:  # imported where each side is built (see above)
     from csi_oxide.controller.ops import ControllerOps
     from csi_oxide.controller.reconcile import Reconciler
+    from csi_oxide.kube.client import KubeClient
     from csi_oxide.metrics import Metrics
     from csi_oxide.node.ops import NodeOps
     from csi_oxide.oxide.api import OxideApi
@@ -87,11 +90,55 @@ def _controller(
 
     closers = [
         _in_background(health.watch(check, interval=HEALTH_INTERVAL)),
-        _in_background(reconciler.run_forever(RECONCILE_INTERVAL)),
+        _in_background(_reconcile(args, env, reconciler)),
         client.aclose,
     ]
     ops = build_controller_ops(client, cluster=args.cluster_id, inflight=inflight)
     return ControllerService(ops), closers
+
+
+def _reconcile(
+    args: argparse.Namespace, env: Mapping[str, str], reconciler: Reconciler
+) -> Awaitable[None]:
+    """The reconciler's loop: in every replica, or with ``--leader-election`` only while this
+    replica holds the Lease ``RECONCILER_LEASE`` (cancelled the moment it stops holding it)."""
+
+    async def work() -> None:
+        await reconciler.run_forever(RECONCILE_INTERVAL)
+
+    if not getattr(args, "leader_election", False):
+        return work()
+    from csi_oxide.kube.lease import LeaderElector, LeaseTimings
+
+    try:
+        timings = LeaseTimings(
+            lease_duration=args.leader_election_lease_duration,
+            renew_deadline=args.leader_election_renew_deadline,
+            retry_period=args.leader_election_retry_period,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"--leader-election-*: {exc}") from None
+    client = _kube_client(env)
+    elector = LeaderElector(
+        client,
+        namespace=getattr(args, "leader_election_namespace", None) or client.config.namespace,
+        name=RECONCILER_LEASE,
+        identity=env.get("POD_NAME") or socket.gethostname(),
+        timings=timings,
+    )
+    log.info("reconciler under leader election", lease=RECONCILER_LEASE, identity=elector.identity)
+    return elector.run(work)
+
+
+def _kube_client(env: Mapping[str, str]) -> KubeClient:
+    """The Kubernetes API as a pod reaches it: ``KUBERNETES_SERVICE_HOST``/``_PORT`` and the
+    service-account folder (``CSI_OXIDE_SERVICE_ACCOUNT_DIR``, default the kubelet's mount: a
+    process outside a pod may point it at a folder holding ``token``, ``ca.crt``, ``namespace``).
+    """
+    from csi_oxide.kube.client import SERVICE_ACCOUNT_DIR, KubeClient, KubeConfig
+
+    folder = env.get("CSI_OXIDE_SERVICE_ACCOUNT_DIR") or str(SERVICE_ACCOUNT_DIR)
+    return KubeClient(KubeConfig.in_cluster(env=env, directory=Path(folder)))
 
 
 def build_controller_ops(api: OxideApi, *, cluster: str, inflight: InFlight) -> ControllerOps:
@@ -243,7 +290,30 @@ async def _assemble(
         closers.append(_in_background(_register_with_kubelet(server.path, registration)))
     if metrics is not None:
         _metrics_endpoint(metrics, args.metrics_address, _liveness(server, status))
+    if node is not None and getattr(args, "startup_taint", False):
+        closers.append(_in_background(_lift_startup_taint(env, node_id, server)))
     return server
+
+
+def _lift_startup_taint(env: Mapping[str, str], node_id: str, server: CsiServer) -> Awaitable[None]:
+    """The node's startup taint lifted once the plugin answers and the kubelet registered it
+    (``csi_oxide.kube.startup``); the Node is named by ``NODE_NAME`` (the downward API's
+    ``spec.nodeName``)."""
+    from csi_oxide.kube.startup import lift_when_ready
+
+    node_name = env.get("NODE_NAME", "")
+    if not node_name:
+        raise ConfigurationError(
+            "--startup-taint needs the Node's name in NODE_NAME (fieldRef spec.nodeName)"
+        )
+    client = _kube_client(env)  # refused at start when not in a pod
+
+    async def lift() -> None:
+        await lift_when_ready(
+            client, node_name=node_name, node_id=node_id, ready=lambda: probe_socket(server.path)
+        )
+
+    return lift()
 
 
 def build_node_ops(

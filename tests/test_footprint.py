@@ -27,6 +27,7 @@ NOT_IN_THE_NODE = (
     "csi_oxide.server.controller",
     "csi_oxide.sim",
     "httpx",
+    "httpcore",
     "aiohttp",
     "uvicorn",
     "starlette",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from csi_oxide.node.views import LoopViews
 from csi_oxide.sim.backing import LoopBacking
 from tests.loops import DELETED, Loops, attach, backing_of, detach_if_ours, needs_loop_devices
 from tests.polling import wait_until
@@ -148,3 +149,19 @@ def test_the_simulators_detach_detaches_its_own_device(tmp_path: Path) -> None:
         assert _unbound(dev)
     finally:
         sim.close()
+
+
+async def test_closing_a_view_leaves_the_device_that_took_the_number(
+    tmp_path: Path, cleanup: Loops
+) -> None:
+    """A read-only view's loop device, listed as over its anchor, is freed before the detach
+    and its number goes to a device over B: closing the view leaves B's device attached."""
+    dev_b = cleanup.attach(_file(tmp_path / "b"))
+    sys_block = tmp_path / "sys"  # /sys/block as it was listed: the number still the view's
+    views = LoopViews(tmp_path / "views", sys_block=sys_block)
+    anchor = views.anchor("csi-0123456789abcdef", "/pods/a/dev")
+    (sys_block / Path(dev_b).name / "loop").mkdir(parents=True)
+    (sys_block / Path(dev_b).name / "loop" / "backing_file").write_text(anchor + "\n")
+    assert await views.loops(anchor) == [dev_b]
+    await views.close(anchor)
+    assert backing_of(dev_b) == str(tmp_path / "b")  # B's device is still attached

@@ -3,12 +3,9 @@ instance is a real qemu guest in which attach is an NVMe hot-plug and detach a h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from csi_oxide.guest.qmp import QmpError
-from csi_oxide.guest.vm import GuestError, GuestVM
+from csi_oxide.guest.vm import GuestVM
 from csi_oxide.sim.backing import LoopBacking
 
 
@@ -65,7 +62,7 @@ class GuestBacking(LoopBacking):
         if vm is None or (disk not in vm.plugged() and disk != self._boot_disk):
             super().snapshot(disk, snapshot)
             return
-        with _paused(vm):
+        with vm.paused():
             super().snapshot(disk, snapshot)
 
     def close(self) -> None:
@@ -73,21 +70,3 @@ class GuestBacking(LoopBacking):
             self.vm.stop()
             self.vm = None
         super().close()
-
-
-@contextmanager
-def _paused(vm: GuestVM) -> Iterator[None]:
-    """The guest stopped (QMP ``stop``: vCPUs still, every disk's I/O drained and flushed) for
-    the length of the block, resumed (``cont``) after it."""
-    qmp = vm._client()  # the VM's one QMP session (qemu serves one client at a time)
-    try:
-        qmp.execute("stop")
-    except QmpError as exc:
-        raise GuestError(f"pausing the guest for a snapshot: {exc}") from exc
-    try:
-        yield
-    finally:
-        try:
-            qmp.execute("cont")
-        except QmpError as exc:
-            raise GuestError(f"resuming the guest after a snapshot: {exc}") from exc

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -107,12 +108,16 @@ class GuestVM:
     boot_disk: Path
     boot_serial: str
     memory: str = "1536M"
-    cpus: int = 2
+    # One vCPU: a hot-unplug's memory-map change then happens on the vCPU that asked for it (its
+    # ACPI eject), which drops its cached translations at once; with two, the other vCPU could
+    # write to a device through a stale translation and qemu 7.2 crashed (see ``paused``).
+    cpus: int = 1
     timings: dict[str, float] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
     _qmp: QmpClient | None = None
     _bridge: BridgeThread | None = None
     _plugged: dict[str, _Plugged] = field(default_factory=dict)
+    _port_used: dict[str, int] = field(default_factory=dict)  # port -> serial of its last device
     _serial: int = 0
 
     @property
@@ -237,16 +242,37 @@ wait
             raise GuestError("the guest is not running")
         return self._qmp
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The guest stopped for the length of the block (QMP ``stop``: every vCPU still, every
+        disk's I/O drained and flushed to its file), resumed after it (``cont``).
+
+        Used around a snapshot's copy (one instant of the disk) and around ``device_add``:
+        qemu 7.2's TCG updates a running vCPU's view of the memory map before that vCPU drops
+        its cached translations, and a guest MMIO write in between crashed qemu (a NULL memory
+        region in ``memory_region_dispatch_write``) in a hot-plug stress run. A stopped vCPU
+        drops them before it runs again."""
+        qmp = self._client()
+        try:
+            qmp.execute("stop")
+        except QmpError as exc:
+            raise GuestError(f"pausing the guest: {exc}") from exc
+        try:
+            yield
+        finally:
+            try:
+                qmp.execute("cont")
+            except QmpError as exc:
+                raise GuestError(f"resuming the guest: {exc}") from exc
+
     def hotplug(self, disk: str, path: Path, block_size: int) -> None:
         """Plug ``path`` in as an NVMe controller with serial ``disk[:20]`` on a free root port."""
         if disk in self._plugged:
             return
-        used = {p.port for p in self._plugged.values()}
-        free = [f"hp{i}" for i in range(1, HOTPLUG_PORTS + 1) if f"hp{i}" not in used]
-        if not free:
-            raise GuestError("no free PCIe root port in the guest")
+        port = self._free_port()
         self._serial += 1
-        plugged = _Plugged(f"nvme-{self._serial}", f"blk-{self._serial}", free[0])
+        plugged = _Plugged(f"nvme-{self._serial}", f"blk-{self._serial}", port)
+        self._port_used[port] = self._serial
         qmp = self._client()
         started = time.monotonic()
         try:
@@ -259,18 +285,19 @@ wait
                 },
             )
             try:
-                qmp.execute(
-                    "device_add",
-                    {
-                        "driver": "nvme",
-                        "id": plugged.device_id,
-                        "serial": disk[:20],
-                        "drive": plugged.node_name,
-                        "bus": plugged.port,
-                        "logical_block_size": block_size,
-                        "physical_block_size": block_size,
-                    },
-                )
+                with self.paused():  # see paused(): no vCPU runs while the memory map changes
+                    qmp.execute(
+                        "device_add",
+                        {
+                            "driver": "nvme",
+                            "id": plugged.device_id,
+                            "serial": disk[:20],
+                            "drive": plugged.node_name,
+                            "bus": plugged.port,
+                            "logical_block_size": block_size,
+                            "physical_block_size": block_size,
+                        },
+                    )
             except QmpError:
                 with contextlib.suppress(QmpError):
                     qmp.execute("blockdev-del", {"node-name": plugged.node_name})
@@ -279,6 +306,16 @@ wait
             raise GuestError(f"hot-plug of {disk}: {exc}") from exc
         self._plugged[disk] = plugged
         self.timings["last_hotplug_s"] = time.monotonic() - started
+
+    def _free_port(self) -> str:
+        """The free root port used longest ago: a port whose unplug the guest has only just
+        finished is not handed a new device at once (the guest's hot-plug handling of the slot
+        may still be settling; a device plugged there then vanished at once in stress runs)."""
+        used = {p.port for p in self._plugged.values()}
+        free = [f"hp{i}" for i in range(1, HOTPLUG_PORTS + 1) if f"hp{i}" not in used]
+        if not free:
+            raise GuestError("no free PCIe root port in the guest")
+        return min(free, key=lambda port: self._port_used.get(port, 0))
 
     def unplug(self, disk: str, timeout: float = UNPLUG_TIMEOUT) -> None:
         """Ask the guest to release the disk and wait until qemu reports it gone."""

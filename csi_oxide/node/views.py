@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csi_oxide.errors import FailedPreconditionError, InternalError
+from csi_oxide.loops import detach_if_ours
 from csi_oxide.node.devices import BlockDevice
 from csi_oxide.node.exec import run
 
@@ -81,10 +82,12 @@ class LoopViews:
         return loops[0]
 
     async def close(self, anchor: str) -> None:
-        """Detach the loop devices over ``anchor`` and remove it. A loop device still held open
-        (a workload that kept the device open) detaches itself at its last close."""
+        """Detach the loop devices over ``anchor`` and remove it. Each is checked again right
+        before its detach, held open so that it cannot change hands in between: one freed since
+        it was listed may already be another's (``csi_oxide.loops``). A loop device still held
+        open (a workload that kept the device open) detaches itself at its last close."""
         for loop in await self.loops(anchor):
-            await run(["losetup", "--detach", loop], accept=(0, 1))  # 1: already gone
+            await asyncio.to_thread(_detach, loop, anchor)
         await asyncio.to_thread(_remove_anchor, anchor)
 
     async def loops(self, anchor: str, *, usable: bool = False) -> list[str]:
@@ -119,6 +122,16 @@ def _attached(block: Path, backing: str, anchor: str, *, usable: bool) -> bool:
     read_only = (block / "ro").read_text().strip() == "1"
     leaving = (block / "loop" / "autoclear").read_text().strip() == "1"
     return backing == anchor and read_only and not leaving
+
+
+def _detach(loop: str, anchor: str) -> None:
+    """Detach ``loop`` if it still hangs from ``anchor`` (gone, or another's: left alone)."""
+    try:
+        detach_if_ours(loop, anchor)
+    except OSError as exc:
+        raise InternalError(
+            f"the kernel refused to detach {loop}, the read-only view over {anchor}: {exc}"
+        ) from exc
 
 
 def _is_anchor_of(anchor: str, major_minor: str) -> bool:

@@ -31,6 +31,7 @@ from urllib.parse import SplitResult, urlsplit
 import structlog
 
 from csi_oxide.errors import ConfigurationError
+from csi_oxide.files import read_small
 
 log = structlog.get_logger("csi_oxide.oxide.credentials")
 
@@ -450,21 +451,11 @@ MAX_CREDENTIALS_FILE = 1024 * 1024
 
 
 def _read_small(path: Path, limit: int) -> str:
-    """The text of ``path``, a regular file of at most ``limit`` bytes (``ConfigurationError``
-    otherwise; ``OSError`` when it cannot be opened).
-
-    The file is opened without blocking and checked AFTER opening (no window for a swap): the
-    token is read on the event loop before every request, so a FIFO behind a Secret's symlink
-    must not block the controller, nor a symlink to ``/dev/zero`` feed it without end.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigurationError(f"{path} is not a regular file")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigurationError(f"{path} is larger than {limit} bytes: not a token or profile")
-    return data.decode("utf-8", errors="replace")
+    """``files.read_small``, its refusals as ``ConfigurationError``."""
+    try:
+        return read_small(path, limit)
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc}: not a token or profile") from None
 
 
 def _safe_detail(exc: BaseException) -> str:

@@ -364,8 +364,8 @@ def test_controller_environment_yields_credentials(tmp_path: Path) -> None:
         if ref is not None:
             assert ref["name"] == secret["metadata"]["name"]
             env[var["name"]] = secret["stringData"][ref["key"]]
-        else:
-            env[var["name"]] = var["value"]
+        elif "value" in var:
+            env[var["name"]] = var["value"]  # (fieldRefs, such as POD_NAME, are no credentials)
     for mount_path, local in moved.items():  # the token file path, as seen on this machine
         env = {k: v.replace(mount_path, str(local)) for k, v in env.items()}
     assert "OXIDE_TOKEN" not in env, "the token must come from the mounted file (rotation)"

@@ -309,7 +309,9 @@ def test_the_installed_controller_serves_with_the_deployment_arguments(
     installed: Installed, simulator: dict[str, str], tmp_path: Path
 ) -> None:
     """As in the pod: the Deployment's args and a token file; only the socket and metrics
-    address are moved to this machine's free places (later flags win in argparse)."""
+    address are moved to this machine's free places (later flags win in argparse), and the
+    Lease is left off (``--no-leader-election``: there is no Kubernetes API here; the cluster
+    test and tests/kube run the election)."""
     ours = next(c for c in _pod_spec(DEPLOYMENT)["containers"] if c["name"] == "csi-oxide")
     token_file = tmp_path / "oxide-token"
     token_file.write_text(simulator["OXIDE_TOKEN"])
@@ -320,7 +322,13 @@ def test_the_installed_controller_serves_with_the_deployment_arguments(
     }
     sock = tmp_path / "csi.sock"
     metrics = f"127.0.0.1:{_free_port()}"
-    argv = [*ours["args"], f"--endpoint=unix://{sock}", f"--metrics-address={metrics}"]
+    assert "--leader-election" in ours["args"]
+    argv = [
+        *ours["args"],
+        f"--endpoint=unix://{sock}",
+        f"--metrics-address={metrics}",
+        "--no-leader-election",
+    ]
     driver = installed.start("controller", argv, env)
     try:
         _wait_for(sock, driver, installed.work / "controller.log", "the installed controller")

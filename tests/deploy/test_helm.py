@@ -237,6 +237,20 @@ def test_default_values_render_the_kustomize_base(base: list[Doc], render: Any) 
     }
 
 
+def test_the_startup_taint_renders_the_kustomize_component(kubectl: Path, render: Any) -> None:
+    example = overlay.render_base(kubectl, overlay.BASE.parent / "examples" / "startup-taint")
+    ours = render({"startupTaint": {"enabled": True}})
+    assert compare(example, ours) == []
+    node = _container(_one(ours, "DaemonSet"), "csi-oxide")
+    assert "--startup-taint" in node["args"]
+    assert _pod(_one(ours, "DaemonSet"))["automountServiceAccountToken"] is True
+    role = next(d for d in ours if d["kind"] == "ClusterRole" and "taint" in d["metadata"]["name"])
+    verbs = {r["resources"][0]: r["verbs"] for r in role["rules"]}
+    assert verbs == {"nodes": ["get", "patch"], "csinodes": ["get"]}  # and nothing more
+    # Off by default: the node plugin holds no token.
+    assert _pod(_one(render(), "DaemonSet"))["automountServiceAccountToken"] is False
+
+
 def test_the_comparison_sees_a_difference(base: list[Doc], render: Any) -> None:
     """compare() is not blind: a changed field, a dropped object and a wrong label all show."""
     ours = render({"controller": {"replicas": 3}, "volumeSnapshotClass": {"create": False}})
@@ -338,24 +352,27 @@ def _two_nodes(state: Path) -> list[overlay.NodeTarget]:
     ]
 
 
-def _two_node_values(state: Path) -> Doc:
+def _two_node_values(state: Path, startup_taint: bool = False) -> Doc:
     return chart.cluster_values(
         kubelet_dir=state / "unused",
         state_dir=state,
         nodes=_two_nodes(state),
+        startup_taint=startup_taint,
         **INPUTS,
     )
 
 
+@pytest.mark.parametrize("startup_taint", [False, True], ids=["base", "with-startup-taint"])
 def test_the_two_node_values_render_what_the_overlay_makes(
-    base: list[Doc], render: Any, tmp_path: Path
+    base: list[Doc], kubectl: Path, render: Any, tmp_path: Path, startup_taint: bool
 ) -> None:
     state = tmp_path / "state"
     targets = _two_nodes(state)
+    kustomized = overlay.render_base(kubectl, overlay.WITH_STARTUP_TAINT) if startup_taint else base
     expected = overlay.overlay(
-        base, kubelet_dir=state / "unused", state_dir=state, nodes=targets, **INPUTS
+        kustomized, kubelet_dir=state / "unused", state_dir=state, nodes=targets, **INPUTS
     )
-    ours = render(_two_node_values(state))
+    ours = render(_two_node_values(state, startup_taint))
     assert compare(expected, ours) == []
     # One DaemonSet per node, each with that node's folders, ID, port and pinning.
     plugins = [d for d in ours if d["kind"] == "DaemonSet"]
@@ -561,7 +578,11 @@ def test_existing_secret_drops_the_secret_and_is_used(render: Any) -> None:
     assert [d for d in docs if d["kind"] == "Secret"] == []
     controller = _one(docs, "Deployment")
     env = _container(controller, "csi-oxide")["env"]
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs == {"my-oxide"}
     volume = next(v for v in _pod(controller)["volumes"] if v["name"] == "oxide-token")
     assert volume["secret"]["secretName"] == "my-oxide"
@@ -1118,6 +1139,18 @@ def test_update_strategies(render: Any) -> None:
     }
 
 
+def test_on_the_host_network_a_rollout_replaces_before_it_adds(render: Any) -> None:
+    # A surge replica would need the ports its node's replica holds: one node would never fit it.
+    host = render({"hostNetwork": True})
+    assert _one(host, "Deployment")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    chosen = {"type": "Recreate"}
+    given = render({"hostNetwork": True, "controller": {"updateStrategy": chosen}})
+    assert _one(given, "Deployment")["spec"]["strategy"] == chosen
+
+
 # -- StorageClass extras
 
 
@@ -1270,7 +1303,12 @@ def test_the_controller_test_has_the_controllers_credentials_and_reach(
     (ours,) = spec["containers"]
     # The controller's environment (the Secret's keys, the token file, extraEnv such as a proxy)
     # but what only `serve` reads; its Secret volume and extra volumes, at the same paths.
-    serve_only = {"CSI_OXIDE_CLUSTER_ID", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
+    serve_only = {
+        "CSI_OXIDE_CLUSTER_ID",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "POD_NAME",
+    }
     assert ours["env"] == [e for e in theirs["env"] if e["name"] not in serve_only]
     pod = _pod(controller)
     assert spec["volumes"] == [v for v in pod["volumes"] if v["name"] != "socket-dir"]

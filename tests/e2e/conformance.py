@@ -367,7 +367,7 @@ def run(
 ) -> tuple[Counts | None, list[str]]:
     """Everything, from the builds to the teardown: the counts and what went wrong outside them."""
     # Imported here: the pure parts above must not need the cluster's modules.
-    from tests.e2e import images
+    from tests.e2e import helm, images
     from tests.e2e.cluster import Cluster, Tools, free_port
     from tests.e2e.stack import (
         Sim,
@@ -410,6 +410,10 @@ def run(
         sim.start()
         track(cluster, sim)
         install_driver(cluster, sim, (free_port(), free_port()), run="conformance", how=install)
+        if install == "helm":  # the chart's own check, in the cluster: csi-oxide doctor pods
+            t_test = time.monotonic()
+            tested = helm.run_chart_tests(cluster.kubeconfig, cluster.state)
+            log(f"helm test passed in {time.monotonic() - t_test:.0f} s:\n{tested[-3000:]}")
         log(
             f"{NODES} nodes up and driver installed ({install}) in {time.monotonic() - t:.0f} s; "
             "the rack is simulated with hot-plug on (today's racks refuse attaching a disk to a "

@@ -180,6 +180,7 @@ def cluster_values(
     ports: tuple[int, int],
     run: str,
     nodes: Sequence[NodeTarget] = (),
+    startup_taint: bool = False,
 ) -> Doc:
     """The chart values for the test cluster (same arguments as overlay.overlay). With ``nodes``,
     the main DaemonSet is the first node's and one additional DaemonSet serves each further node
@@ -208,6 +209,7 @@ def cluster_values(
         "kubeletDir": str(first.kubelet_dir),
         "controller": {"replicas": 1, "podAnnotations": annotations},
         "node": node,
+        "startupTaint": {"enabled": startup_taint},
     }
 
 
@@ -256,6 +258,7 @@ def install(
     ports: tuple[int, int],
     run: str,
     nodes: Sequence[NodeTarget] = (),
+    startup_taint: bool = False,
     helm: Path | None = None,
     wait: bool = False,
     timeout: str = "5m",
@@ -270,6 +273,7 @@ def install(
         ports=ports,
         run=run,
         nodes=nodes,
+        startup_taint=startup_taint,
     )
     work = state_dir / "helm"
     args = [
@@ -280,6 +284,16 @@ def install(
     if wait:
         args += ["--wait", "--timeout", timeout]
     _run(helm or helm_binary(), args, work / "home")
+
+
+def run_chart_tests(kubeconfig: Path, state_dir: Path, *, helm: Path | None = None) -> str:
+    """``helm test`` of the release: the chart's doctor pods (controller, and one per node-plugin
+    DaemonSet) run and must pass; their logs (``--logs``). RuntimeError when one fails."""
+    args = [
+        "test", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", str(kubeconfig),
+        "--logs", "--timeout", "5m",
+    ]  # fmt: skip
+    return _run(helm or helm_binary(), args, state_dir / "helm" / "home")
 
 
 def uninstall(kubeconfig: Path, state_dir: Path, *, helm: Path | None = None) -> None:

@@ -34,15 +34,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes" / "base"
+# The base with the startup-taint component: what the test cluster installs.
+WITH_STARTUP_TAINT = ROOT / "deploy" / "kubernetes" / "examples" / "startup-taint"
 KUBELET_DIR = "/var/lib/kubelet"
 
 Doc = dict[str, Any]
 
 
-def render_base(kubectl: Path) -> list[Doc]:
-    """``kubectl kustomize deploy/kubernetes/base`` as objects."""
+def render_base(kubectl: Path, folder: Path = BASE) -> list[Doc]:
+    """``kubectl kustomize deploy/kubernetes/base`` (or another kustomization ``folder``, such
+    as an example overlay of it) as objects."""
     out = subprocess.run(
-        [str(kubectl), "kustomize", str(BASE)], check=True, capture_output=True, text=True
+        [str(kubectl), "kustomize", str(folder)], check=True, capture_output=True, text=True
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -133,11 +136,18 @@ def overlay(
             for target in targets:
                 one = copy.deepcopy(doc)
                 _host_network(one, run)
-                _node_plugin(one, target, state_dir)
+                _node_plugin(one, target, state_dir, api_port)
                 docs.append(one)
             continue
         docs.append(doc)
     return docs
+
+
+# What the chart renders for the controller's Deployment with hostNetwork and no updateStrategy.
+HOST_NETWORK_STRATEGY = {
+    "type": "RollingUpdate",
+    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+}
 
 
 def _host_network(doc: Doc, run: str) -> None:
@@ -147,9 +157,16 @@ def _host_network(doc: Doc, run: str) -> None:
     doc["spec"]["template"]["metadata"].setdefault("annotations", {})["csi-oxide-e2e/run"] = run
 
 
+def _api_env(api_port: int) -> dict[str, str]:
+    """The API server on loopback, for host-network containers that call it (no kube-proxy)."""
+    return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api_port)}
+
+
 def _controller(doc: Doc, api_port: int, port: int) -> None:
-    api_env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api_port)}
+    api_env = _api_env(api_port)
     doc["spec"]["replicas"] = 1
+    # On the host network a replica's ports are the node's: a rollout replaces before it adds.
+    doc["spec"]["strategy"] = HOST_NETWORK_STRATEGY
     for c in _containers(doc):
         _set_env(c, api_env)
         if c["name"] == "csi-oxide":
@@ -168,7 +185,7 @@ def _pin(doc: Doc, target: NodeTarget) -> None:
     template["spec"]["nodeSelector"] = {"kubernetes.io/hostname": target.node}
 
 
-def _node_plugin(doc: Doc, target: NodeTarget, state_dir: Path) -> None:
+def _node_plugin(doc: Doc, target: NodeTarget, state_dir: Path, api_port: int) -> None:
     _pin(doc, target)
     pod = doc["spec"]["template"]["spec"]
     kubelet_dir = target.kubelet_dir
@@ -196,6 +213,8 @@ def _node_plugin(doc: Doc, target: NodeTarget, state_dir: Path) -> None:
         c["args"] = [_moved_flag(a, kubelet_dir) for a in c.get("args", [])]
         if c["name"] == "csi-oxide":
             _loopback_health(c, target.port)
+            if "--startup-taint" in c["args"]:  # it calls the API server (the startup taint)
+                _set_env(c, _api_env(api_port))
             _set_env(
                 c,
                 {

@@ -211,6 +211,7 @@ def install_driver(
     cluster: Cluster, sim: Sim, ports: tuple[int, int], run: str, *, how: str = "kustomize"
 ) -> None:
     """Install (or re-install against a new simulator) and wait until the kubelet registered it.
+    Installed with the startup taint on (the node plugins lift it from their nodes).
 
     ``how``: "kustomize" (deploy/kubernetes/base through overlay.py, applied with kubectl) or
     "helm" (deploy/helm/csi-oxide through helm.py). One install path per cluster."""
@@ -224,10 +225,11 @@ def install_driver(
             ports=ports,
             run=run,
             nodes=node_targets(cluster, sim, ports[1]),
+            startup_taint=True,
         )
     elif how == "kustomize":
         docs = overlay.overlay(
-            overlay.render_base(cluster.kubectl_path),
+            overlay.render_base(cluster.kubectl_path, overlay.WITH_STARTUP_TAINT),
             sim_env=sim.env,
             api_port=cluster.api_port,
             kubelet_dir=cluster.kubelet_dir,

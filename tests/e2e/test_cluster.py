@@ -15,6 +15,7 @@ Kubernetes binaries (cached under .tools/cluster by version).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -32,9 +33,12 @@ from typing import Any
 import pytest
 import yaml
 
+from csi_oxide import RECONCILER_LEASE
+from csi_oxide.kube.taint import AGENT_NOT_READY
 from csi_oxide.node.devices import UdevDeviceFinder
 from csi_oxide.volumes import serial_of
 from tests.e2e.cluster import Cluster, Tools, free_port, log, wait_for
+from tests.e2e.images import DRIVER_IMAGE
 from tests.e2e.stack import (
     Sim,
     cluster_images,
@@ -42,6 +46,7 @@ from tests.e2e.stack import (
     install_driver,
     install_snapshot_support,
     loops_backed_by,
+    registered_id,
     track,
 )
 from tests.units import GIB
@@ -627,6 +632,112 @@ def check_statefulset(world: World) -> None:
         world.wait_detached(disk)
 
 
+# ---- upgrades under a writer --------------------------------------------------------------------
+
+# A record of numbers 1, 2, 3, ... each appended and fsync'd on its own; an I/O error ends the pod.
+RECORDER = (
+    "trap 'exit 0' TERM INT; touch /tmp/done; i=0; while :; do i=$((i+1)); "
+    "echo $i | dd of=/data/record oflag=append conv=notrunc,fsync 2>/dev/null "
+    "|| { echo I/O ERROR at $i; exit 1; }; sleep 0.1; done"
+)
+
+
+def recorder(name: str, claim: str) -> Any:
+    p = pod(name, claim, "true")
+    p["spec"]["containers"][0]["command"] = ["sh", "-c", RECORDER]
+    return p
+
+
+def record_of(world: World, p: Any, claim: str) -> list[int]:
+    path = world.volume_path(p, world.pv_of(claim)["metadata"]["name"]) / "record"
+    lines = path.read_text().splitlines()
+    return [int(n) for n in lines[:-1]]  # the last line may be mid-write
+
+
+def roll(world: World, kind: str, name: str, image: str | None = None) -> float:
+    """``kubectl rollout restart`` of one workload of the driver, or with ``image`` its
+    csi-oxide container moved to that image; the seconds until its rollout finished."""
+    started = time.monotonic()
+    what = f"{kind}/{name}"
+    if image is None:
+        world.cluster.kubectl("rollout", "restart", "-n", "kube-system", what)
+    else:
+        world.cluster.kubectl("set", "image", "-n", "kube-system", what, f"csi-oxide={image}")
+    world.cluster.kubectl("rollout", "status", "-n", "kube-system", what, "--timeout=180s")
+    took = time.monotonic() - started
+    log(f"rollout of {what} ({'restart' if image is None else image}): {took:.1f} s")
+    return took
+
+
+ROLLED_IMAGE = "docker.io/library/csi-oxide:0.1.0-rolled"
+
+
+def check_rollout_while_writing(world: World) -> None:
+    """Controller and node plugins restarted, then moved to a new image tag, while a pod appends
+    fsync'd numbers: the writer never restarts nor sees an I/O error, its record has no gap, and
+    a new claim works afterwards."""
+    world.cluster.apply([pvc("rolling", "1Gi"), recorder("recorder", "rolling")])
+    p = world.wait_pod_ready("recorder")
+    wait_for("the recorder writing", lambda: len(record_of(world, p, "rolling")) > 5, 60)
+    before = len(record_of(world, p, "rolling"))
+    plugins = [f"csi-oxide-node{node.tag}" for node in world.cluster.nodes]
+    roll(world, "deployment", "csi-oxide-controller")
+    for name in plugins:
+        roll(world, "daemonset", name)
+    for node in world.cluster.nodes:  # the same image under a new name: a real image change
+        tagged = world.cluster.ctr(
+            "images", "tag", "--force", DRIVER_IMAGE, ROLLED_IMAGE, node=node
+        )
+        assert tagged.returncode == 0, tagged.stderr
+    roll(world, "deployment", "csi-oxide-controller", ROLLED_IMAGE)
+    for name in plugins:
+        roll(world, "daemonset", name, ROLLED_IMAGE)
+    install_wait_registered(world)
+    wait_for("the new controller holds the reconciler's Lease", lambda: reconciler_held(world), 60)
+    record = record_of(world, p, "rolling")
+    assert record == list(range(1, len(record) + 1)), "the record has a gap or a repeat"
+    assert len(record) > before, "the recorder stopped writing during the rollouts"
+    now = world.cluster.get("pod", "-n", NS, "recorder")
+    (status,) = now["status"]["containerStatuses"]
+    assert status["restartCount"] == 0 and "running" in status["state"], status
+    assert "I/O ERROR" not in world.cluster.pod_log(NS, "recorder", "app")
+    token = secrets.token_hex(8)
+    world.cluster.apply(
+        [pvc("after-rollout", "1Gi"), pod("after", "after-rollout", f"echo {token} > /data/t")]
+    )
+    world.wait_pod_ready("after")
+    disks = [world.pv_of(c)["spec"]["csi"]["volumeHandle"] for c in ("rolling", "after-rollout")]
+    world.delete("pod", "recorder", "after")
+    world.delete("pvc", "rolling", "after-rollout")
+    for disk in disks:
+        world.wait_detached(disk)
+
+
+def reconciler_held(world: World) -> bool:
+    """Whether the one running controller pod holds the Lease its reconciler runs under."""
+    lease = world.cluster.get("lease", "-n", "kube-system", RECONCILER_LEASE)
+    pods = world.cluster.get(
+        "pods", "-n", "kube-system", "-l", "app.kubernetes.io/component=controller"
+    )["items"]
+    running = [q["metadata"]["name"] for q in pods if q["status"].get("phase") == "Running"]
+    holder = (lease or {}).get("spec", {}).get("holderIdentity")
+    return len(running) == 1 and holder == running[0]
+
+
+def install_wait_registered(world: World) -> None:
+    """Every node's plugin registered with its kubelet again (CSINode names this driver)."""
+    for i, node in enumerate(world.cluster.nodes):
+        wait_for(
+            f"the driver registered again on {node.name}",
+            functools.partial(_registered_as, world, node.name, world.sim.node_id(i)),
+            120,
+        )
+
+
+def _registered_as(world: World, node: str, node_id: str) -> bool:
+    return registered_id(world.cluster, node) == node_id
+
+
 # ---- two nodes: a volume follows its pod ------------------------------------------------------
 
 
@@ -897,6 +1008,49 @@ def _unschedulable(p: Any) -> str | None:
     return None
 
 
+def taint_keys(world: World, node: str) -> list[str]:
+    spec = world.cluster.get("node", node)["spec"]
+    return [t["key"] for t in spec.get("taints") or []]
+
+
+def check_startup_taint(world: World) -> None:
+    """Node B tainted with the startup taint: a pod with a volume pinned to B waits (the
+    scheduler refuses the node); B's node plugin, restarted, lifts the taint once the kubelet has
+    registered it, and the pod runs there."""
+    node = world.cluster.nodes[-1]
+    world.cluster.kubectl("taint", "nodes", node.name, f"{AGENT_NOT_READY}=:NoSchedule")
+    world.cluster.apply(
+        [pvc("taint-data", "1Gi"), pod("tainted", "taint-data", "echo t > /data/t", node=node.name)]
+    )
+
+    def refused() -> bool:  # the scheduler names no key ("had untolerated taint(s)")
+        message = _unschedulable(world.cluster.get("pod", "-n", NS, "tainted"))
+        return message is not None and "untolerated taint" in message
+
+    wait_for("the scheduler refusing the tainted node", refused, 60)
+
+    def still_waiting() -> None:
+        assert refused(), "the pod was placed while the node was tainted"
+        assert AGENT_NOT_READY in taint_keys(world, node.name)
+
+    hold("the pod waits while the node is tainted", still_waiting, 5)
+    started = time.monotonic()
+    plugin = f"csi-oxide-node{node.tag}"
+    world.cluster.kubectl("rollout", "restart", "-n", "kube-system", f"daemonset/{plugin}")
+    wait_for(
+        "the node plugin lifting its node's taint",
+        lambda: AGENT_NOT_READY not in taint_keys(world, node.name),
+        120,
+    )
+    log(f"startup taint lifted {time.monotonic() - started:.1f} s after {plugin} restarted")
+    p = world.wait_pod_ready("tainted")
+    assert p["spec"]["nodeName"] == node.name
+    disk = world.pv_of("taint-data")["spec"]["csi"]["volumeHandle"]
+    world.delete("pod", "tainted")
+    world.delete("pvc", "taint-data")
+    world.wait_detached(disk)
+
+
 def check_everything_deleted(world: World) -> None:
     world.cluster.kubectl("delete", "-n", NS, "statefulset/web", "--wait=true", "--timeout=120s")
     world.cluster.kubectl("delete", "-n", NS, "pods", "--all", "--wait=true", "--timeout=120s")
@@ -1091,6 +1245,11 @@ def test_the_driver_in_a_two_node_kubernetes() -> None:
             check_raw_block(world)
         with report.scenario("StatefulSet of 2, scaled to 0 and back (and to 0 again)"):
             check_statefulset(world)
+        with report.scenario(
+            "rollout restart and image change of controller and node plugins under an fsync'd "
+            "writer: no restart, no I/O error, no gap; a new PVC works after"
+        ):
+            check_rollout_while_writing(world)
         with report.scenario("two nodes: A cordoned, pod deleted, volume moves to B, data intact"):
             check_move_with_cordon(world)
         with report.scenario("two nodes: crossing moves, each volume follows its pod"):
@@ -1099,6 +1258,11 @@ def test_the_driver_in_a_two_node_kubernetes() -> None:
             check_volume_limit(world)
         with report.scenario("two nodes: A's kubelet stopped, pod forced to B after A returns"):
             check_node_lost(world)
+        with report.scenario(
+            "startup taint: a pod with a volume waits on the tainted node; the node plugin lifts "
+            "the taint once registered, and the pod runs there"
+        ):
+            check_startup_taint(world)
         with report.scenario("everything deleted: no disk, snapshot, mount or loop device left"):
             check_everything_deleted(world)
         with report.scenario("hot-plug off: pod pending, FAILED_PRECONDITION, rack unchanged"):

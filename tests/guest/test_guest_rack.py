@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ pytestmark = [
 
 Mode = csi.VolumeCapability.AccessMode
 RPC_TIMEOUT = 180.0
+TAKEN_IN_TIMEOUT = 120.0  # for the node to answer one of two NodeStage calls (_stage_taken_in)
 LOCK_PATH = "/tmp/csi-oxide-guest-tests.lock"
 
 
@@ -209,6 +211,24 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
     lock.close()
 
 
+def _guest_report(rack: Rack) -> str:
+    """What the simulator and the guest printed last: whether qemu still runs, and why not."""
+    parts = [f"\n--- simulator\n{rack.sim.proc.output()[-3000:]}"]
+    for name in ("qemu.log", "node.log", "bridge.log"):
+        with contextlib.suppress(OSError):
+            text = (rack.guest_dir / name).read_text(errors="replace")
+            parts.append(f"--- guest {name}\n{text[-3000:]}")
+    return "\n".join(parts)
+
+
+def _assert_guest_serving(rack: Rack) -> None:
+    try:
+        rack.node_stub.NodeGetInfo(csi.NodeGetInfoRequest(), timeout=60)
+    except grpc.RpcError as exc:
+        report = _guest_report(rack)
+        raise AssertionError(f"the node in the guest does not answer: {exc}{report}") from None
+
+
 def test_node_id_comes_from_smbios_and_the_boot_disk_takes_a_slot(rack: Rack) -> None:
     info = rack.node_stub.NodeGetInfo(csi.NodeGetInfoRequest(), timeout=RPC_TIMEOUT)
     assert info.node_id == rack.node_id  # the sim's local instance ID, read from SMBIOS
@@ -244,10 +264,28 @@ def test_lifecycle_with_hotplug_formats_the_nvme_disk(rack: Rack) -> None:
     rack.delete(vol)
 
 
+def _stage_taken_in(rack: Rack, vol: str) -> grpc.Future[csi.NodeStageVolumeResponse]:
+    """A NodeStage of ``vol`` the node has taken in: it holds the volume's guard and answers
+    once the disk is there (or its wait for it runs out).
+
+    Nothing the host can see marks the node's wait itself, so two identical calls go out: the node
+    takes one and refuses the other with ABORTED ("already in progress"), which it can only do
+    while the first is inside. That refusal is the proof; the call it left running is returned."""
+    request = rack.stage_request(vol)
+    calls = [rack.node_stub.NodeStageVolume.future(request, timeout=RPC_TIMEOUT) for _ in "ab"]
+    answered = threading.Event()
+    for call in calls:
+        call.add_done_callback(lambda _: answered.set())
+    assert answered.wait(TAKEN_IN_TIMEOUT), "the node answered neither of two NodeStage calls"
+    refused = next(call for call in calls if call.done())
+    assert refused.code() == grpc.StatusCode.ABORTED, refused.details()
+    assert "already in progress" in (refused.details() or ""), refused.details()
+    return next(call for call in calls if call is not refused)
+
+
 def test_stage_waits_for_a_disk_hotplugged_meanwhile(rack: Rack) -> None:
     vol = rack.create("guest-stage-waits")
-    pending = rack.node_stub.NodeStageVolume.future(rack.stage_request(vol), timeout=RPC_TIMEOUT)
-    time.sleep(3)  # let the node start waiting (order only; nothing timed is asserted)
+    pending = _stage_taken_in(rack, vol)  # in the node before the disk is attached
     assert not pending.done(), "NodeStage answered before the disk was attached"
     rack.publish(vol)
     pending.result()
@@ -348,6 +386,7 @@ def test_csi_sanity_against_the_node_in_the_guest(
         pytest.skip("csi-sanity is not installed (`make tools` installs it)")
     workdir = rack.guest_dir / f"sanity-{access}"  # shared with the guest: its paths exist there
     workdir.mkdir()
+    _assert_guest_serving(rack)  # a guest that died earlier would hang csi-sanity's dial
     started = time.monotonic()
     result = harness.run_csi_sanity(
         binary,
@@ -365,7 +404,7 @@ def test_csi_sanity_against_the_node_in_the_guest(
     _phase(f"csi-sanity {access} mode in the guest", started)
     assert callable(sanity_report)
     sanity_report(f"csi-sanity in the guest, {access} mode: {result.summary()}")
-    assert result.failed == 0, f"{result.failures}\n{result.output[-8000:]}"
-    assert result.passed > 0, result.output[-4000:]
-    assert result.exit_code == 0, result.output[-8000:]
+    assert result.failed == 0, f"{result.failures}\n{result.output[-8000:]}{_guest_report(rack)}"
+    assert result.passed > 0, result.output[-4000:] + _guest_report(rack)
+    assert result.exit_code == 0, result.output[-8000:] + _guest_report(rack)
     assert harness.unexplained_skips(result.skips) == [], "skips nobody explained"

@@ -1,5 +1,6 @@
-"""The zero check's sample layout (pure) and its reads on a real loop device (root): the native
-AIO reader, the thread-pool fallback, and that both give the same answer on the same device."""
+"""The zero check's sample layout (pure), its readers on sparse regular files compared with a
+plain reference reader (no root), and its reads on a real loop device (root): the native AIO
+reader, the thread-pool fallback, and that both give the same answer on the same device."""
 
 from __future__ import annotations
 
@@ -114,6 +115,69 @@ BYTES = {
     "a sample, last byte": (SAMPLE[0] + SAMPLE[1] - 1, False),
     "between two samples": (BETWEEN, True),
 }
+
+
+def _reference_reads_as_zeros(path: Path) -> bool:
+    """The zero check's answer read the plainest way: each range of ``zero_check_ranges`` in one
+    buffered read, compared with zeros."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        for offset, length in fs.zero_check_ranges(size):
+            f.seek(offset)
+            data = f.read(length)
+            assert len(data) == length, (offset, length)
+            if data != bytes(length):
+                return False
+    return True
+
+
+def _sparse_file(path: Path, size: int, pokes: tuple[tuple[int, bytes], ...]) -> Path:
+    """A sparse file of ``size`` bytes (holes read as zeros, as a fresh disk does) holding
+    ``pokes``' bytes at their offsets, written back to the disk."""
+    with path.open("wb") as f:
+        f.truncate(size)
+        for offset, data in pokes:
+            f.seek(offset)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+TAIL = GIB - fs.TAIL_BYTES  # where the tail starts, on a 4 KiB block boundary
+# (bytes written at offsets, what the reference answers); the readers must answer the same.
+SPARSE = {
+    "holes only": ((), True),
+    "the last byte": (((GIB - 1, b"\x01"),), False),
+    "inside the last 4 KiB block": (((GIB - 4096 + 1234, b"\x7f"),), False),
+    "the first byte of the last block": (((GIB - 4096, b"\x01"),), False),
+    "across the 1 MiB boundary of two head reads": (((MIB - 1, b"\x01\x02"),), False),
+    "the tail's first byte": (((TAIL, b"\x01"),), False),
+    "the byte before the tail's block": (((TAIL - 1, b"\x01"),), True),
+    "the byte before a sample's block": (((SAMPLE[0] - 1, b"\x01"),), True),
+    "a sample's first byte": (((SAMPLE[0], b"\x01"),), False),
+    "a sample's last byte": (((SAMPLE[0] + SAMPLE[1] - 1, b"\x01"),), False),
+    "the byte after a sample's block": (((SAMPLE[0] + SAMPLE[1], b"\x01"),), True),
+    "between samples, and in the tail": (((BETWEEN, b"\x01"), (GIB - 2, b"\xff")), False),
+}
+
+
+@pytest.mark.parametrize("case", list(SPARSE))
+def test_the_readers_answer_as_the_reference_on_a_sparse_file(tmp_path: Path, case: str) -> None:
+    """The native AIO reader (and the threads) on a regular file, without root: the same
+    answer as the reference reader, and the AIO reader answers it itself (O_DIRECT reads of the
+    file; no hand-over to the threads)."""
+    pokes, expected = SPARSE[case]
+    path = _sparse_file(tmp_path / "disk", GIB, pokes)
+    assert _reference_reads_as_zeros(path) is expected  # the case tests what it says
+    reads = list(fs.zero_check_reads(GIB))
+    found = threading.Event()
+    native = fs.native_reads_as_zeros(str(path), reads, found)
+    assert native is not None, f"native AIO did not answer on {tmp_path} (O_DIRECT, io_setup)"
+    assert native is expected
+    assert found.is_set() is not expected  # set at the first non-zero byte, only then
+    assert fs.threads_reads_as_zeros(str(path), reads, threading.Event()) is expected
+    assert fs.reads_as_zeros(str(path)) is expected
 
 
 @pytest.mark.root

@@ -4,20 +4,23 @@ A CO's deadline can expire at any await point: the controller then cuts the work
 cancels it once the deadline and a grace have passed); or an answer is lost after Oxide applied
 the request (the client raises "no answer"). For each operation this runs it once cleanly to count
 its Oxide calls, then, for each call ``k``, runs it on a fresh simulator with the ``k``-th call cut
-BEFORE it is sent or AFTER it was applied, either by the real cut (the call stalls until the
-controller's ``InFlight`` limit cancels the work at that await) or as an Oxide "no answer" error
-(which the operation's own clean-up paths see), and then retries the same RPC once. The retry must
-succeed with the right data and size, and leave no temporary snapshot behind. Over real gRPC
-against the simulator (the cut is injected between the driver and its HTTP client: ``World.each``).
+BEFORE it is sent or AFTER it was applied, either by the controller's cut (the call stalls, and the
+operation is cancelled at that await the way ``InFlight`` cancels work that outlived its time) or
+as an Oxide "no answer" error (which the operation's own clean-up paths see), and then retries the
+same RPC once. The retry must succeed with the right data and size, and leave no temporary
+snapshot behind. Over real gRPC against the simulator (the cut is injected between the driver and
+its HTTP client: ``World.each``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import contextvars
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -31,11 +34,50 @@ from .controller_world import Cluster, Code, World, code_of, serve
 
 DATA = b"precious user data"
 Operation = Callable[[World, Cluster, str, str], Awaitable[object]]
+T = TypeVar("T")
+
+# The guard's own time limit: longer than pytest-timeout lets a test run, so it never fires and
+# no step, however slow the machine, is cut by time. The cut comes from the stall (``_cut_here``).
+NEVER = 3600.0
+
+# The cut of the guarded operation the current task runs (set by ``_cuttable``).
+_CUT: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "test_cut", default=None
+)
 
 
-# Every operation is cut after this long: far longer than any step here takes against the
-# in-process simulator, far shorter than the stall. Not a timing assertion.
-LIMIT = 0.2
+class CutOnStall(InFlight):
+    """The controller's guard in these runs. It cuts an operation the way its limit would (the
+    work is cancelled where it waits, ``InFlight`` answers UNAVAILABLE and frees the keys), but at
+    the moment the operation's Oxide call stalls (``_cut_here``) instead of after a time: slowness
+    can neither cut a step early nor keep the stalled one waiting."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=NEVER)
+
+    async def run(self, keys: Iterable[str], what: str, work: Awaitable[T]) -> T:
+        wanted = list(keys)
+        if any(self.busy(key) for key in wanted):
+            return await super().run(wanted, what, work)  # ABORTED (and ``work`` closed)
+        return await super().run(wanted, what, _cuttable(work))
+
+
+async def _cuttable(work: Awaitable[T]) -> T:
+    """``work`` inside a timeout with no deadline, which ``_cut_here`` makes expire. Its
+    TimeoutError leaves through ``InFlight``'s own cut handling, as the limit's would."""
+    async with asyncio.timeout(None) as cut:
+        token = _CUT.set(cut)
+        try:
+            return await work
+        finally:
+            _CUT.reset(token)
+
+
+def _cut_here() -> None:
+    """Cut the guarded operation this task runs, at its next await."""
+    cut = _CUT.get()
+    assert cut is not None, "an Oxide call stalled outside the controller's guard"
+    cut.reschedule(asyncio.get_running_loop().time())
 
 
 @dataclass
@@ -56,7 +98,8 @@ class Cut:
             return
         self.fired = True
         if self.kind == "stall":
-            await asyncio.sleep(3600)  # until InFlight cuts the operation at this await
+            _cut_here()
+            await asyncio.Event().wait()  # the cut cancels the operation at this await
         raise OxideUnavailableError("no complete answer (cut by the test)", operation=operation)
 
 
@@ -156,9 +199,7 @@ async def _run(tmp_path: Path, name: str, cut: Cut | None, meeting: str = "") ->
     ``meeting``: another RPC that meets the leftovers before the retry."""
     where = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     where.mkdir()
-    worlds = serve(
-        where, hotplug=True, instances=1, quota_gib=100, inflight=lambda: InFlight(limit=LIMIT)
-    )
+    worlds = serve(where, hotplug=True, instances=1, quota_gib=100, inflight=CutOnStall)
     async with contextlib.aclosing(worlds) as run:
         async for world in run:
             ctl = world.clusters["test"]
@@ -173,6 +214,8 @@ async def _run(tmp_path: Path, name: str, cut: Cut | None, meeting: str = "") ->
                 assert first == Code.OK
             else:
                 assert cut.fired
+                if cut.kind == "stall":
+                    assert first == Code.UNAVAILABLE, "the guard cut the operation at the stall"
                 if meeting:
                     await _meet(world, ctl, vol, meeting)
                 retried = await code_of(OPERATIONS[name](world, ctl, vol, snap))

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from csi_oxide.guest.backing import GuestBacking
+from csi_oxide.guest.vm import GuestVM, _Plugged
 from csi_oxide.sim.backing import LoopBacking
 from csi_oxide.sim.freeze import WriteHold
 from tests.polling import wait_until
@@ -316,20 +317,16 @@ class _FakeQmp:
         self._log = log
         self._snapshot_file = snapshot_file
 
-    def execute(self, command: str) -> None:
+    def execute(self, command: str, arguments: object = None) -> None:
         self._log.append(f"{command} (snapshot there: {self._snapshot_file.exists()})")
 
 
-class _FakeVM:
-    def __init__(self, plugged: list[str], qmp: _FakeQmp) -> None:
-        self._plugged_disks = plugged
-        self._qmp = qmp
-
-    def plugged(self) -> list[str]:
-        return self._plugged_disks
-
-    def _client(self) -> _FakeQmp:
-        return self._qmp
+def _vm_with(plugged: str, qmp: _FakeQmp, tmp_path: Path) -> GuestVM:
+    """A guest never booted, whose QMP session is ``qmp`` and which has ``plugged``."""
+    vm = GuestVM(workdir=tmp_path, instance_id="i", boot_disk=tmp_path / "b", boot_serial="b")
+    vm._qmp = qmp  # type: ignore[assignment]
+    vm._plugged[plugged] = _Plugged("nvme-1", "blk-1", "hp1")
+    return vm
 
 
 def test_the_guest_is_paused_around_the_copy_of_a_disk_it_has(tmp_path: Path) -> None:
@@ -341,7 +338,7 @@ def test_the_guest_is_paused_around_the_copy_of_a_disk_it_has(tmp_path: Path) ->
         log: list[str] = []
         for disk in ("plugged", "boot", "detached"):
             qmp = _FakeQmp(log, backing.snapshot_dir / f"snap-{disk}")
-            backing.vm = _FakeVM(["plugged"], qmp)  # type: ignore[assignment]
+            backing.vm = _vm_with("plugged", qmp, tmp_path)
             backing.snapshot(disk, f"snap-{disk}")
             assert (backing.snapshot_dir / f"snap-{disk}").exists()
         assert log == [

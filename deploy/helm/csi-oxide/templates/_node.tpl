@@ -64,6 +64,7 @@ from the one text.
 {{- $official := eq $root.Values.registration.mode "official" }}
 {{- $metrics := $root.Values.metrics.enabled }}
 {{- $paths := $n.hostPaths }}
+{{- $taint := $root.Values.startupTaint.enabled }}
 {{- $selector := include "csi-oxide.nodeSelectorLabels" $n | fromYaml }}
 apiVersion: apps/v1
 kind: DaemonSet
@@ -91,7 +92,8 @@ spec:
       {{- end }}
     spec:
       serviceAccountName: csi-oxide-node
-      automountServiceAccountToken: false
+      # A token only to lift the startup taint (startupTaint.enabled); else none at all.
+      automountServiceAccountToken: {{ $taint }}
       {{- with $n.priorityClassName }}
       priorityClassName: {{ . }}
       {{- end }}
@@ -142,9 +144,20 @@ spec:
             - --registration-dir=/registration
             - --kubelet-registration-path={{ $socket }}
             {{- end }}
-          {{- with $n.extraEnv }}
+            {{- if $taint }}
+            - --startup-taint
+            {{- end }}
+          {{- if or $taint $n.extraEnv }}
           env:
+            {{- if $taint }}
+            - name: NODE_NAME
+              valueFrom:
+                fieldRef: {fieldPath: spec.nodeName}
+            {{- include "csi-oxide.apiServerEnv" $root | nindent 12 }}
+            {{- end }}
+            {{- with $n.extraEnv }}
             {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- end }}
           securityContext:
             privileged: true
