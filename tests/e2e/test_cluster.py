@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 import yaml
 
-from csi_oxide import RECONCILER_LEASE
+from csi_oxide import DRIVER_NAME, RECONCILER_LEASE
+from csi_oxide.guest.bridge import BridgeThread
 from csi_oxide.kube.taint import AGENT_NOT_READY
 from csi_oxide.node.devices import UdevDeviceFinder
 from csi_oxide.volumes import serial_of
@@ -1008,6 +1009,159 @@ def _unschedulable(p: Any) -> str | None:
     return None
 
 
+# ---- two controller replicas ------------------------------------------------------------------
+
+# A pod off the host network reaches the API server and the simulated rack through two bridges:
+# in the pod, from 127.0.0.1:PORT (its own loopback) to a unix socket on a hostPath; on the host,
+# from that socket to 127.0.0.1:PORT. Off the host network, each replica has its own hostname, so
+# the sidecars' leader identities differ (on the host network both of this machine's two nodes
+# would give the same one).
+BRIDGES = "/csi-oxide-e2e-bridges"
+
+
+def _bridge_container(name: str, port: str, sock: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": DRIVER_IMAGE,
+        "command": ["python", "-m", "csi_oxide.guest.bridge"],
+        "args": [f"--listen=tcp:127.0.0.1:{port}", f"--connect=unix:{BRIDGES}/{sock}"],
+        "volumeMounts": [{"name": "e2e-bridges", "mountPath": BRIDGES}],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
+    }
+
+
+def bridged_controller(live: Any, api_port: int, sim_port: str, folder: Path) -> Any:
+    """The controller's Deployment as shipped (off the host network), two replicas, reaching the
+    API server and the rack through the bridges; no liveness probe (the kubelet cannot reach a
+    pod's own loopback network here)."""
+    doc = reapplicable(live)
+    doc["spec"]["replicas"] = 2
+    doc["spec"].pop("strategy", None)
+    pod_spec = doc["spec"]["template"]["spec"]
+    pod_spec.pop("hostNetwork", None)
+    pod_spec["dnsPolicy"] = "ClusterFirst"
+    for c in pod_spec["containers"]:
+        c.pop("livenessProbe", None)
+        c.pop("ports", None)
+    pod_spec["containers"] += [
+        _bridge_container("bridge-api", str(api_port), "api.sock"),
+        _bridge_container("bridge-rack", sim_port, "rack.sock"),
+    ]
+    volume = {"name": "e2e-bridges", "hostPath": {"path": str(folder), "type": "Directory"}}
+    pod_spec["volumes"] = [*pod_spec.get("volumes", []), volume]
+    return doc
+
+
+def reapplicable(live: Any) -> Any:
+    """An object as read from the API, to apply again: no status, no server-kept metadata."""
+    metadata = {k: live["metadata"][k] for k in ("name", "namespace", "labels")}
+    annotations = dict(live["metadata"].get("annotations", {}))
+    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    annotations.pop("deployment.kubernetes.io/revision", None)
+    if annotations:
+        metadata["annotations"] = annotations
+    spec = json.loads(json.dumps(live["spec"]))
+    return {
+        "apiVersion": live["apiVersion"],
+        "kind": live["kind"],
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def controller_pods(world: World) -> list[Any]:
+    found = world.cluster.get(
+        "pods", "-n", "kube-system", "-l", "app.kubernetes.io/component=controller"
+    )
+    return [p for p in found["items"] if "deletionTimestamp" not in p["metadata"]]
+
+
+def provisioner_leader(world: World) -> str | None:
+    """The pod whose csi-provisioner leads (the holder of its Lease, named after the driver)."""
+    lease = world.cluster.get("lease", "-n", "kube-system", DRIVER_NAME.replace(".", "-"))
+    return (lease or {}).get("spec", {}).get("holderIdentity") or None
+
+
+def immediate_class() -> Any:
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "oxide-immediate"},
+        "provisioner": DRIVER_NAME,
+        "volumeBindingMode": "Immediate",
+        "reclaimPolicy": "Delete",
+    }
+
+
+def check_two_replicas_leader_killed(world: World, work: Path) -> None:
+    """Two controller replicas off the host network; the provisioning leader is killed while 10
+    PVCs are being provisioned: exactly 10 disks, all bound, none left after deletion."""
+    live = world.cluster.get("deployment", "-n", "kube-system", "csi-oxide-controller")
+    folder = work / "bridges"
+    folder.mkdir()
+    sim_port = world.sim.env["OXIDE_HOST"].rsplit(":", 1)[1]
+    bridges = [
+        BridgeThread(f"unix:{folder}/api.sock", f"tcp:127.0.0.1:{world.cluster.api_port}"),
+        BridgeThread(f"unix:{folder}/rack.sock", f"tcp:127.0.0.1:{sim_port}"),
+    ]
+    try:
+        world.cluster.apply([bridged_controller(live, world.cluster.api_port, sim_port, folder)])
+        world.cluster.kubectl(
+            "rollout", "status", "-n", "kube-system", "deployment/csi-oxide-controller",
+            "--timeout=180s",
+        )  # fmt: skip
+        names = {p["metadata"]["name"] for p in controller_pods(world)}
+        assert len(names) == 2, names
+        wait_for(
+            "a provisioner leader among the two", lambda: provisioner_leader(world) in names, 90
+        )
+        before = set(world.sim.disks())
+        claims = [f"many-{i}" for i in range(10)]
+        many = [pvc(c, "1Gi") for c in claims]
+        for claim in many:
+            claim["spec"]["storageClassName"] = "oxide-immediate"
+        world.cluster.apply([immediate_class(), *many])
+        leader = provisioner_leader(world)
+        assert leader is not None
+
+        def bound_now() -> int:
+            phases = [
+                (world.cluster.get("pvc", "-n", NS, c) or {}).get("status", {}).get("phase")
+                for c in claims
+            ]
+            return phases.count("Bound")
+
+        wait_for("the provisioning under way", lambda: len(world.sim.disks()) > len(before), 60)
+        world.cluster.kubectl(
+            "delete", "pod", "-n", "kube-system", leader, "--grace-period=0", "--force"
+        )
+        log(
+            f"killed {leader}, the provisioner's leader, with {bound_now()} of 10 claims bound "
+            f"and {len(set(world.sim.disks()) - before)} disks made"
+        )
+
+        def bound() -> bool:
+            return bound_now() == len(claims)
+
+        wait_for("10 claims bound after the leader was killed", bound, 240)
+        handles = {world.pv_of(c)["spec"]["csi"]["volumeHandle"] for c in claims}
+        made = set(world.sim.disks()) - before
+        assert made == handles and len(handles) == 10, (sorted(made), sorted(handles))
+        new_leader = provisioner_leader(world)
+        log(f"the provisioner's leader is now {new_leader}")
+        world.delete("pvc", *claims)
+        wait_for("the 10 disks deleted", lambda: not handles & set(world.sim.disks()), 180)
+        world.cluster.kubectl("delete", "storageclass", "oxide-immediate")
+    finally:
+        world.cluster.apply([reapplicable(live)])
+        world.cluster.kubectl(
+            "rollout", "status", "-n", "kube-system", "deployment/csi-oxide-controller",
+            "--timeout=180s",
+        )  # fmt: skip
+        for bridge in bridges:
+            bridge.close()
+
+
 def taint_keys(world: World, node: str) -> list[str]:
     spec = world.cluster.get("node", node)["spec"]
     return [t["key"] for t in spec.get("taints") or []]
@@ -1258,6 +1412,11 @@ def test_the_driver_in_a_two_node_kubernetes() -> None:
             check_volume_limit(world)
         with report.scenario("two nodes: A's kubelet stopped, pod forced to B after A returns"):
             check_node_lost(world)
+        with report.scenario(
+            "two controller replicas off the host network; the provisioning leader killed with "
+            "10 PVCs being provisioned: 10 disks, all bound, none left after deletion"
+        ):
+            check_two_replicas_leader_killed(world, work)
         with report.scenario(
             "startup taint: a pod with a volume waits on the tainted node; the node plugin lifts "
             "the taint once registered, and the pod runs there"
