@@ -1149,6 +1149,17 @@ def test_on_the_host_network_a_rollout_replaces_before_it_adds(render: Any) -> N
     chosen = {"type": "Recreate"}
     given = render({"hostNetwork": True, "controller": {"updateStrategy": chosen}})
     assert _one(given, "Deployment")["spec"]["strategy"] == chosen
+    # A pod's hostname is its node's there, and the sidecars' leader identity: one per node.
+    (term,) = _pod(_one(host, "Deployment"))["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["labelSelector"]["matchLabels"]
+        == _one(host, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    off = _pod(_one(render(), "Deployment"))["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in off  # off the host network
 
 
 # -- StorageClass extras

@@ -167,6 +167,15 @@ def _controller(doc: Doc, api_port: int, port: int) -> None:
     doc["spec"]["replicas"] = 1
     # On the host network a replica's ports are the node's: a rollout replaces before it adds.
     doc["spec"]["strategy"] = HOST_NETWORK_STRATEGY
+    # And its hostname too, which the sidecars' leader elections name it by: one per node.
+    term = {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": doc["spec"]["selector"]["matchLabels"]},
+    }
+    anti = (
+        doc["spec"]["template"]["spec"].setdefault("affinity", {}).setdefault("podAntiAffinity", {})
+    )
+    anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(term)
     for c in _containers(doc):
         _set_env(c, api_env)
         if c["name"] == "csi-oxide":
