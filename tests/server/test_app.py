@@ -23,6 +23,7 @@ from csi_oxide.server.app import (
     Services,
     parse_endpoint,
     prepare_socket_path,
+    release_free_heap,
 )
 from csi_oxide.server.identity import IdentityService
 
@@ -243,3 +244,10 @@ def test_the_daemon_settles_the_garbage_collector_in_its_own_process() -> None:
     frozen, young, middle, old = map(int, out)
     assert frozen > 10_000  # the modules and objects start-up made
     assert (young, middle, old) == (GC_YOUNG_THRESHOLD, 10, 10)
+
+
+def test_the_free_heap_goes_back_where_the_c_library_can() -> None:
+    import ctypes
+
+    # glibc's malloc_trim (the daemon's node plugin calls it once it serves); musl has none.
+    assert release_free_heap() == hasattr(ctypes.CDLL(None), "malloc_trim")
