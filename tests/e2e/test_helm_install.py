@@ -41,9 +41,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def api() -> Iterator[Cluster]:
-    """etcd + kube-apiserver with the snapshot CRDs; stopped by PID at the end."""
+def _api_server(*, snapshot_crds: bool) -> Iterator[Cluster]:
+    """etcd + kube-apiserver, with the snapshot CRDs or without; stopped by PID at the end."""
     tools = Tools({n: TOOLS_DIR / f"{n}-{KUBE}" for n in ("kube-apiserver", "kubectl")})
     cluster = Cluster(tools)
     cluster.ledger.record_dir(cluster.state)  # a killed run's processes go at the next start
@@ -52,6 +51,9 @@ def api() -> Iterator[Cluster]:
         cluster._pki()
         cluster._etcd()
         cluster._apiserver()
+        if not snapshot_crds:
+            yield cluster
+            return
         crds = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "cluster" / "build_tools.py"), "--crd-dir"],
             check=True,
@@ -70,9 +72,19 @@ def api() -> Iterator[Cluster]:
         cluster.ledger.drop()
 
 
-def test_helm_installs_upgrades_and_uninstalls_the_chart(api: Cluster) -> None:
+@pytest.fixture
+def api() -> Iterator[Cluster]:
+    yield from _api_server(snapshot_crds=True)
+
+
+@pytest.fixture
+def bare_api() -> Iterator[Cluster]:
+    yield from _api_server(snapshot_crds=False)
+
+
+def _install(api: Cluster, run: str) -> None:
     disks = api.state / "disks"
-    disks.mkdir()
+    disks.mkdir(exist_ok=True)
     sim_env = {
         "OXIDE_HOST": "http://127.0.0.1:41000",
         "OXIDE_TOKEN": "oxide-token-abc",
@@ -80,17 +92,29 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart(api: Cluster) -> None:
         "CSI_OXIDE_NODE_ID": "7b0c3c1e-8f3a-4f4e-9a51-0d3f1c2b5a6e",
         "CSI_OXIDE_SIM_DEVICE_DIR": str(disks),
     }
+    helm.install(
+        api.kubeconfig,
+        sim_env=sim_env,
+        api_port=api.api_port,
+        kubelet_dir=api.kubelet_dir,
+        state_dir=api.state,
+        ports=(19090, 19091),
+        run=run,
+    )
 
+
+def test_helm_installs_without_the_snapshot_crds(bare_api: Cluster) -> None:
+    """A cluster without external-snapshotter's CRDs: the install succeeds, without the class."""
+    _install(bare_api, "r1")
+    assert bare_api.get("deployment", "-n", helm.NAMESPACE, "csi-oxide-controller") is not None
+    kinds = bare_api.kubectl("api-resources", "-o", "name").stdout.split()
+    assert not any(k.startswith("volumesnapshotclasses") for k in kinds)  # really none here
+    helm.uninstall(bare_api.kubeconfig, bare_api.state)
+
+
+def test_helm_installs_upgrades_and_uninstalls_the_chart(api: Cluster) -> None:
     def install(run: str) -> None:
-        helm.install(
-            api.kubeconfig,
-            sim_env=sim_env,
-            api_port=api.api_port,
-            kubelet_dir=api.kubelet_dir,
-            state_dir=api.state,
-            ports=(19090, 19091),
-            run=run,
-        )
+        _install(api, run)
 
     install("r1")
     ns = ("-n", helm.NAMESPACE)
