@@ -412,20 +412,11 @@ class LeaderElector:
             "metadata": {"name": self._name, "namespace": self._namespace},
             "spec": spec.to_spec(),
         }
-        try:
-            created = await asyncio.to_thread(self._client.create, self._collection, body)
-            self._observe(created)
-        except KubeError as exc:
-            if exc.conflict:  # created by another replica since the read
-                self._succeeded()
-                log.debug("lease created by another replica first", **self._fields)
-            else:
-                self._failed(str(exc))
+        if not await self._send(
+            lambda: self._client.create(self._collection, body),
+            raced="lease created by another replica first",
+        ):
             return False
-        except ValueError as exc:
-            self._failed(f"the lease cannot be read: {exc}")
-            return False
-        self._succeeded()
         log.info("lease created", **self._fields)
         return True
 
@@ -434,13 +425,21 @@ class LeaderElector:
         ``record`` in its spec."""
         spec = current.get("spec")
         body = {**current, "spec": {**(spec if isinstance(spec, dict) else {}), **record.to_spec()}}
+        return await self._send(
+            lambda: self._client.replace(self._path, body),
+            raced="lease changed since it was read",
+        )
+
+    async def _send(self, write: Callable[[], JsonObject], *, raced: str) -> bool:
+        """Run ``write`` (a create or a replace) and observe the Lease it answers; whether it
+        was written. A 409 means another writer came first: no failure (``raced`` is logged),
+        the Lease is read again at the next attempt."""
         try:
-            written = await asyncio.to_thread(self._client.replace, self._path, body)
-            self._observe(written)
+            self._observe(await asyncio.to_thread(write))
         except KubeError as exc:
-            if exc.conflict:  # written by somebody else since the read: read again next time
+            if exc.conflict:
                 self._succeeded()
-                log.debug("lease changed since it was read", **self._fields)
+                log.debug(raced, **self._fields)
             else:
                 self._failed(str(exc))
             return False
