@@ -1040,6 +1040,10 @@ def bridged_controller(live: Any, api_port: int, sim_port: str, folder: Path) ->
     pod_spec = doc["spec"]["template"]["spec"]
     pod_spec.pop("hostNetwork", None)
     pod_spec["dnsPolicy"] = "ClusterFirst"
+    # One replica per node is the host network's rule (its hostname is the node's); off it, as
+    # the chart does, only preferred: else the second replica and the surge would wait forever.
+    anti = pod_spec.get("affinity", {}).get("podAntiAffinity", {})
+    anti.pop("requiredDuringSchedulingIgnoredDuringExecution", None)
     for c in pod_spec["containers"]:
         c.pop("livenessProbe", None)
         c.pop("ports", None)
