@@ -1073,11 +1073,27 @@ def reapplicable(live: Any) -> Any:
     }
 
 
-def controller_pods(world: World) -> list[Any]:
+def replace_controller(world: World, doc: Any) -> None:
+    """The controller's Deployment replaced by ``doc``: scaled to 0 first (an old replica's
+    anti-affinity or ports then hold nothing back), then applied and rolled out."""
+    deployment = ("-n", "kube-system", "deployment/csi-oxide-controller")
+    world.cluster.kubectl("scale", *deployment, "--replicas=0")
+    wait_for("no controller pod left", lambda: controller_pods(world, all_pods=True) == [], 120)
+    world.cluster.apply([doc])
+    done = world.cluster.kubectl(
+        "rollout", "status", *deployment, "--timeout=180s", check=False, timeout=200
+    )
+    if done.returncode != 0:
+        pods = world.cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = world.cluster.kubectl("get", "events", "-n", "kube-system", check=False).stdout
+        raise AssertionError(f"controller rollout: {done.stdout[-500:]}\n{pods}\n{events[-4000:]}")
+
+
+def controller_pods(world: World, *, all_pods: bool = False) -> list[Any]:
     found = world.cluster.get(
         "pods", "-n", "kube-system", "-l", "app.kubernetes.io/component=controller"
     )
-    return [p for p in found["items"] if "deletionTimestamp" not in p["metadata"]]
+    return [p for p in found["items"] if all_pods or "deletionTimestamp" not in p["metadata"]]
 
 
 def provisioner_leader(world: World) -> str | None:
@@ -1109,11 +1125,9 @@ def check_two_replicas_leader_killed(world: World, work: Path) -> None:
         BridgeThread(f"unix:{folder}/rack.sock", f"tcp:127.0.0.1:{sim_port}"),
     ]
     try:
-        world.cluster.apply([bridged_controller(live, world.cluster.api_port, sim_port, folder)])
-        world.cluster.kubectl(
-            "rollout", "status", "-n", "kube-system", "deployment/csi-oxide-controller",
-            "--timeout=180s",
-        )  # fmt: skip
+        replace_controller(
+            world, bridged_controller(live, world.cluster.api_port, sim_port, folder)
+        )
         names = {p["metadata"]["name"] for p in controller_pods(world)}
         assert len(names) == 2, names
         wait_for(
@@ -1157,11 +1171,7 @@ def check_two_replicas_leader_killed(world: World, work: Path) -> None:
         wait_for("the 10 disks deleted", lambda: not handles & set(world.sim.disks()), 180)
         world.cluster.kubectl("delete", "storageclass", "oxide-immediate")
     finally:
-        world.cluster.apply([reapplicable(live)])
-        world.cluster.kubectl(
-            "rollout", "status", "-n", "kube-system", "deployment/csi-oxide-controller",
-            "--timeout=180s",
-        )  # fmt: skip
+        replace_controller(world, reapplicable(live))
         for bridge in bridges:
             bridge.close()
 
