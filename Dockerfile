@@ -8,6 +8,7 @@ WORKDIR /src
 RUN python -m pip install --no-cache-dir build==1.3.0
 COPY pyproject.toml README.md ./
 COPY csi_oxide ./csi_oxide
+COPY csi_oxide_lab ./csi_oxide_lab
 COPY proto ./proto
 RUN python -m build --wheel --outdir /dist
 

@@ -6,3 +6,5 @@ __version__ = "0.1.0"
 DRIVER_NAME = "csi.oxide.computer"
 # The Lease (coordination.k8s.io/v1) whose holder alone runs the controller's reconciler.
 RECONCILER_LEASE = "csi-oxide-reconciler"
+# The levels ``serve --log-level`` takes, least severe first (``csi_oxide.daemon.log``).
+LOG_LEVELS = ("debug", "info", "warning", "error")

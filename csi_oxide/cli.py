@@ -3,19 +3,20 @@
 Subcommands: ``serve`` (the CSI daemon), ``sim`` (the simulated Oxide API), ``demo`` (the embedded
 default: simulator + driver, one volume through its whole life), ``doctor`` (set-up checks) and
 ``static-pv`` (the PersistentVolume for a disk an operator attached to a node).
+
+The module itself imports only the standard library's argument parsing: asyncio, structlog and
+gRPC load once a command is chosen, so that ``serve --mode node`` can first refuse what the node
+plugin never uses (``_without_tls``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
-import structlog
-
-from csi_oxide import DRIVER_NAME, RECONCILER_LEASE, __version__, log
+from csi_oxide import DRIVER_NAME, LOG_LEVELS, RECONCILER_LEASE, __version__
 from csi_oxide.errors import ConfigurationError
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
@@ -68,10 +69,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--log-level",
-        choices=log.LEVELS,
+        choices=LOG_LEVELS,
         default="info",
         help="the least severe level logged (default info; debug adds a line per Oxide request)",
     )
+    _add_serve_endpoints(p)
+    _add_serve_controller(p)
+    _add_serve_node(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _add_serve_endpoints(p: argparse.ArgumentParser) -> None:
+    """What the kubelet and Prometheus reach: the metrics endpoint and the registration."""
     p.add_argument(
         "--metrics-address",
         default=_env("CSI_OXIDE_METRICS_ADDRESS"),
@@ -91,6 +100,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
         help="node: the CSI socket's path on the host, told to the kubelet at registration",
     )
+
+
+def _add_serve_controller(p: argparse.ArgumentParser) -> None:
+    """The controller's: the Oxide API's deadline and the reconciler's Lease."""
     p.add_argument(
         "--oxide-timeout",
         type=_seconds,
@@ -134,6 +147,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help="controller: the pause between attempts to acquire or renew (default 2)",
     )
+
+
+def _add_serve_node(p: argparse.ArgumentParser) -> None:
+    """The node plugin's, and the RPC bound both serve under."""
     p.add_argument(
         "--startup-taint",
         action=argparse.BooleanOptionalAction,
@@ -163,7 +180,6 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(env CSI_OXIDE_NODE_STATE_DIR, default /var/lib/csi-oxide/node); it must survive "
         "the plugin's container and node reboots",
     )
-    p.set_defaults(func=_run_serve)
 
 
 def _seconds(value: str) -> float:
@@ -187,7 +203,7 @@ def _positive(value: str) -> int:
 def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, options: bool) -> None:
     p = sub.add_parser("sim", help="run the simulated Oxide API")
     if options:  # the simulator and its web stack are imported to define them
-        from csi_oxide.sim import cli as sim_cli
+        from csi_oxide_lab.sim import cli as sim_cli
 
         sim_cli.add_arguments(p)
         p.set_defaults(func=sim_cli.run)
@@ -253,7 +269,24 @@ def build_parser(*, sim_options: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _without_tls() -> None:
+    """Refuse Python's TLS module in this process. The node plugin makes no TLS connection: it
+    holds no Oxide credentials, and only its optional startup taint talks to the Kubernetes API.
+    asyncio, gRPC and structlog import ``ssl`` anyway (OpenSSL's bindings: about 4.4 MiB of an
+    idle node plugin's resident memory); refused before they load, each goes on without it."""
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
+
+
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.mode == "node" and not args.startup_taint:
+        _without_tls()
+    import asyncio
+
+    import structlog
+
+    from csi_oxide.daemon import log
+
     log.configure(fmt=args.log_format, level=args.log_level)
     logger = structlog.get_logger("csi_oxide.cli")
     try:
@@ -277,18 +310,21 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from csi_oxide.demo import main as demo_main
+    from csi_oxide_lab.demo import main as demo_main
 
     return demo_main(guest=args.guest)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    from csi_oxide import doctor
+    from csi_oxide.commands import doctor
 
     return doctor.run(args.mode, os.environ)
 
 
 def _run_static_pv(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from csi_oxide.daemon import log
     from csi_oxide.errors import CsiOxideError
 
     log.configure(fmt="console", level="error")  # stdout carries the manifest alone
@@ -301,8 +337,8 @@ def _run_static_pv(args: argparse.Namespace) -> int:
 
 
 async def _static_pv(args: argparse.Namespace) -> str:
-    from csi_oxide import staticpv
-    from csi_oxide.doctor import first_contact_client
+    from csi_oxide.commands import staticpv
+    from csi_oxide.commands.doctor import first_contact_client
     from csi_oxide.oxide.credentials import load_credentials
     from csi_oxide.oxide.errors import OxideError
 

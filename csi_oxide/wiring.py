@@ -4,7 +4,8 @@ Each mode imports only its own side: the controller's modules (the Oxide layer, 
 are imported when the controller is built, the node's (pyudev, the tools' wrappers) when the node
 is, so that a node plugin never loads the Oxide layer and a controller never loads the node's data
 path (``tests/test_footprint.py`` checks the running processes). Likewise the metrics
-(prometheus_client) and the kubelet registration API are imported only when their flag is set.
+(``csi_oxide.daemon.metrics``) and the kubelet registration API are imported only when their flag
+is set.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from csi_oxide import RECONCILER_LEASE
+from csi_oxide.contract.nodeid import resolve_node_id
+from csi_oxide.daemon.health import Health
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
-from csi_oxide.nodeid import resolve_node_id
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.liveness import Check, combine, probe_socket
@@ -34,8 +35,8 @@ from csi_oxide.server.liveness import Check, combine, probe_socket
 if TYPE_CHECKING:  # imported where each side is built (see above)
     from csi_oxide.controller.ops import ControllerOps
     from csi_oxide.controller.reconcile import Reconciler
+    from csi_oxide.daemon.metrics import Metrics
     from csi_oxide.kube.client import KubeClient
-    from csi_oxide.metrics import Metrics
     from csi_oxide.node.ops import NodeOps
     from csi_oxide.oxide.api import OxideApi
     from csi_oxide.server.controller import ControllerService
@@ -235,7 +236,7 @@ def _socket_directory(endpoint: Path) -> None:
 
 def _metrics_endpoint(metrics: Metrics, address: str, liveness: Check) -> None:
     """Serve the metrics, or refuse to start when the address cannot be bound."""
-    from csi_oxide.metrics import serve_metrics
+    from csi_oxide.daemon.metrics import serve_metrics
 
     try:
         serve_metrics(metrics, address, liveness=liveness)
@@ -252,8 +253,8 @@ async def _assemble(
     """The server for ``args.mode``; ``closers`` receives what to release, as it is made."""
     health = Health()
     metrics: Metrics | None = None
-    if args.metrics_address:  # else nobody could read them: prometheus_client is not even loaded
-        from csi_oxide.metrics import Metrics
+    if args.metrics_address:  # else nobody could read them: the metrics are not even loaded
+        from csi_oxide.daemon.metrics import Metrics
 
         metrics = Metrics()
     controller = node = None

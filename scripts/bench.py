@@ -20,16 +20,21 @@ reads 20-50 ms, against the zero-overhead makespan of the same requests under th
 (scripts/makespan.py), and ListVolumes / ListSnapshots / a reconciler pass at 1,000 and
 5,000 volumes with a snapshot each (growth against linear).
 
-And on the one-node Kubernetes cluster of ``make e2e`` (root; scripts/bench_cluster.py, step
-"pods"): PVC created -> pod Running, one pod alone and the node's worth of pods at once, against
-the same chain of Oxide latencies plus mkfs, and against the same pods at zero latency.
+And on the two-node Kubernetes cluster of ``make e2e`` (root; scripts/bench_cluster.py, step
+"pods and move on the cluster"): PVC created -> pod Running on one node, one pod alone and the
+node's worth of pods at once, against the same chain of Oxide latencies plus mkfs, and against the
+same pods at zero latency; and a pod moved with its volume from one node to the other (deleted on
+A -> Running on B, three moves), against Kubernetes' own time for the same move of a pod without a
+volume plus the Oxide detach and attach.
 
 Every figure computed from repeated runs prints their spread (median, fastest, slowest), and
 its verdict follows scripts/bench_verdict.py: a ratio below what any machine can measure (a
 floor, e.g. 0.5 where the numerator does at least the denominator's work) or a run more than 3x
 off its series' median is printed INVALID with the reason, never "met".
 
-`scripts/bench.py WORD...` runs only the steps whose name has one of the words.
+`scripts/bench.py WORD...` runs only the steps whose name has one of the words: e.g.
+`scripts/bench.py pods` the cluster step (both kinds of rounds), `scripts/bench.py move` the cluster
+step with its move rounds alone.
 """
 
 from __future__ import annotations
@@ -51,22 +56,23 @@ import bench_load
 import grpc
 from bench_verdict import SAME_WORK_FLOOR, Spread, Verdict, judge
 
-from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
-from csi_oxide.loops import detach_if_ours
-from csi_oxide.node import fs
+from csi_oxide.daemon import log
+from csi_oxide.daemon.health import Health
+from csi_oxide.daemon.inflight import InFlight
+from csi_oxide.host.loops import detach_if_ours
+from csi_oxide.node import fs, zerocheck
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.errors import OxideNotFoundError
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
-from csi_oxide.sim import SimConfig, Simulator
-from csi_oxide.testing import sim_client
 from csi_oxide.wiring import build_controller_ops, build_node_ops
+from csi_oxide_lab import harness
+from csi_oxide_lab.sim import SimConfig, Simulator
+from csi_oxide_lab.testing import sim_client
 
 GIB = 1024**3
 CAP = csi.VolumeCapability(
@@ -252,7 +258,7 @@ def _bytes_read(dev: str) -> int:
 
 def _check_read(dev: str, before: int, size: int, who: str) -> None:
     """Both sides of the comparison must have read exactly the zero check's bytes."""
-    want = sum(n for _, n in fs.zero_check_reads(size))
+    want = sum(n for _, n in zerocheck.zero_check_reads(size))
     if _bytes_read(dev) - before != want:
         raise RuntimeError(f"{who} read {_bytes_read(dev) - before} bytes, not {want}")
 
@@ -273,14 +279,14 @@ FIO_DEPTH = 64
 
 
 def _fio_seconds(workdir: Path, size: int, index: int) -> float:
-    """The same reads as the zero check (``fs.zero_check_reads``: offsets and lengths, in
+    """The same reads as the zero check (``zerocheck.zero_check_reads``: offsets and lengths, in
     order) replayed by fio from an iolog, ``FIO_DEPTH`` in flight through libaio, O_DIRECT, on
     a fresh device like the zero check's: fio's own I/O time (its start-up and the log's
     parsing not counted), and fio compares nothing."""
     disk = Loop(workdir, f"fio-{index}", size)
     log = workdir / f"fio-{index}.iolog"
     try:
-        reads = list(fs.zero_check_reads(size))
+        reads = list(zerocheck.zero_check_reads(size))
         lines = ["fio version 2 iolog", f"{disk.dev} add", f"{disk.dev} open"]
         lines += [f"{disk.dev} read {offset} {length}" for offset, length in reads]
         lines.append(f"{disk.dev} close")
@@ -345,11 +351,11 @@ async def node_stage(workdir: Path) -> None:
             natives.append(await asyncio.to_thread(_fio_seconds, workdir, size, i))
     zero_runs = Spread.of("zero check", checks)
     zeros = zero_runs.median
-    reads = len(list(fs.zero_check_reads(size)))
+    reads = len(list(zerocheck.zero_check_reads(size)))
     reader = (
-        f"native AIO, {fs.AIO_DEPTH} in flight"
-        if fs.native_aio_available()
-        else f"{fs.ZERO_CHECK_THREADS} threads"
+        f"native AIO, {zerocheck.AIO_DEPTH} in flight"
+        if zerocheck.native_aio_available()
+        else f"{zerocheck.ZERO_CHECK_THREADS} threads"
     )
     ratio = stage / by_hand
     row(
@@ -482,6 +488,8 @@ async def memory_and_startup(workdir: Path) -> None:
 
 async def main() -> int:
     log.configure(fmt="console", level="warning")
+    only = set(sys.argv[1:])  # e.g. `scripts/bench.py burst`: the steps whose name has a word
+    rounds = bench_cluster.cluster_rounds(only)  # `move` alone: the cluster step's move rounds
     steps: list[tuple[str, Callable[[Path], Awaitable[None]]]] = [
         ("controller overhead", controller_overhead),
         ("concurrency", concurrency),
@@ -491,10 +499,12 @@ async def main() -> int:
         ("burst at realistic latencies", lambda d: bench_load.burst(d, row)),
         ("listings at scale", lambda d: bench_load.listing_scale(d, row)),
         ("memory and start-up", memory_and_startup),
-        # Root: the one-node Kubernetes of make e2e (blocking; in a thread of its own).
-        ("pods on the cluster", lambda d: asyncio.to_thread(bench_cluster.pods_step, d, row)),
+        # Root: the two-node Kubernetes of make e2e (blocking; in a thread of its own).
+        (
+            "pods and move on the cluster",
+            lambda d: asyncio.to_thread(bench_cluster.pods_step, d, row, rounds=rounds),
+        ),
     ]
-    only = set(sys.argv[1:])  # e.g. `scripts/bench.py burst`: the steps whose name has a word
     steps = [(n, s) for n, s in steps if not only or any(w in n.split() for w in only)]
     for name, step in steps:
         with tempfile.TemporaryDirectory(prefix="csi-oxide-bench-") as tmp:

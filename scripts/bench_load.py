@@ -1,7 +1,7 @@
 """``make bench``, the figures under load (issue 18): the driver's CPU per volume lifecycle, a
 burst of 200 PVCs at realistic Oxide latencies, and listings of thousands of volumes.
 
-Every figure runs the simulator and the driver as separate processes (``csi_oxide.harness``),
+Every figure runs the simulator and the driver as separate processes (``csi_oxide_lab.harness``),
 so the driver's CPU time (``/proc/<pid>/stat``) and memory are its own. Each prints a ratio or
 a figure with its goal; nothing here is asserted by a test. A figure from repeated runs prints
 their spread, and is judged by ``bench_verdict`` (INVALID on an outlier or an implausible ratio).
@@ -25,15 +25,15 @@ import grpc
 import makespan  # scripts/ is on sys.path when this file runs
 from bench_verdict import SAME_WORK_FLOOR, Spread, Verdict, judge
 
-from csi_oxide import harness
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller import record
-from csi_oxide.inflight import InFlight
-from csi_oxide.loops import detach_if_ours
+from csi_oxide.daemon.inflight import InFlight
+from csi_oxide.host.loops import detach_if_ours
 from csi_oxide.node import fs
 from csi_oxide.oxide.client import DEFAULT_MAX_CONCURRENCY, HttpOxideClient
 from csi_oxide.wiring import build_reconciler
+from csi_oxide_lab import harness
 
 GIB = 1024**3
 MIB = 1024**2

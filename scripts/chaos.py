@@ -37,10 +37,11 @@ from typing import TypeVar
 
 import grpc
 
-from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.daemon import log
 from csi_oxide.oxide.client import HttpOxideClient
+from csi_oxide_lab import harness
 
 GIB = 1024**3
 CAP = csi.VolumeCapability(

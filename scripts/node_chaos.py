@@ -49,12 +49,13 @@ from typing import Any
 
 import grpc
 
-from csi_oxide import harness, log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.loops import detach_if_ours
-from csi_oxide.node import fs, mountinfo
-from csi_oxide.publish_context import Birth, Origin, encode
+from csi_oxide.contract.publish_context import Birth, Origin, encode
+from csi_oxide.daemon import log
+from csi_oxide.host.loops import detach_if_ours
+from csi_oxide.node import fs, mountinfo, zerocheck
+from csi_oxide_lab import harness
 
 GIB = 1024**3
 TIB = 1024 * GIB
@@ -363,7 +364,7 @@ class Storm:
         # What the kill left: the wedge is no signature but non-zero bytes.
         if (await fs.probe(volume.dev)).found:
             self.report.mkfs_outcomes["filesystem complete"] += 1
-        elif await asyncio.to_thread(fs.reads_as_zeros, volume.dev):
+        elif await asyncio.to_thread(zerocheck.reads_as_zeros, volume.dev):
             self.report.mkfs_outcomes["still zeros"] += 1
         else:
             self.report.mkfs_outcomes["no signature, non-zero bytes"] += 1

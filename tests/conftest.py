@@ -1,46 +1,71 @@
-"""Shared test set-up: the root marker's skip rule and the csi-sanity figures in the summary."""
+"""Shared test set-up: the ``root`` and ``tools`` marks (under the one skip rule of
+``tests/skips.py``), the process's log configuration put back after every test, and the
+csi-sanity figures in the summary."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
+
+from tests import skips
 
 SANITY_RESULTS = pytest.StashKey[list[str]]()
-
-
-def root_skip_reason() -> str | None:
-    """Why root tests cannot run here (None when they can)."""
-    if os.geteuid() != 0:
-        return "needs root (loop devices, mkfs, mount); CI runs as root"
-    if not Path("/dev/loop-control").exists():
-        return "needs /dev/loop-control (loop devices)"
-    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SANITY_RESULTS] = []
 
 
-def sanity_required() -> bool:
-    """True where root tests and csi-sanity must run (CI): their skip becomes a failure."""
-    return os.environ.get("CSI_OXIDE_REQUIRE_SANITY") == "1"
+@pytest.fixture(autouse=True)
+def _log_configuration() -> Iterator[None]:
+    """A test may configure logging (``csi_oxide.daemon.log.configure``, as a daemon does at
+    start); the next one must not inherit it: a level left at info would silence the debug lines
+    another test reads."""
+    before = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**before)
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = root_skip_reason()
-    if reason is None:
+def _unmet(item: pytest.Item) -> str | None:
+    """What a test marked ``root`` (root, loop devices) or ``tools(...)`` lacks here, if
+    anything."""
+    if item.get_closest_marker("root") is not None:
+        reason = skips.root_reason()
+        if reason is not None:
+            return reason
+    for mark in item.iter_markers("tools"):
+        missing = skips.missing_tools(*mark.args)
+        if missing:
+            return skips.tools_reason(missing)
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In development, a marked test that cannot run here is skipped with the reason (reported
+    at the test)."""
+    if skips.in_ci():
         return
     for item in items:
-        if item.get_closest_marker("root") and not sanity_required():
+        reason = _unmet(item)
+        if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    reason = root_skip_reason()
-    if reason is not None and sanity_required() and item.get_closest_marker("root"):
-        pytest.fail(f"CSI_OXIDE_REQUIRE_SANITY=1 but this test cannot run: {reason}")
+    """In CI, a marked test that cannot run here fails (``skips.unavailable``). Runs after
+    pytest's conditional skip marks (an opt-in module's gate wins), before any fixture."""
+    reason = _unmet(item)
+    if reason is not None:
+        skips.unavailable(reason)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,7 +1,7 @@
 """The tests' loop devices: made with ``attach`` (or a ``Loops`` that records them), torn down
 with ``detach_if_ours``, which detaches a device only while it is still over the file it was
 made over, or, given the number of its attachment (as ``Loops`` records it), while it still is
-that very attachment (``csi_oxide.loops``). A device detached meanwhile (by the test, by the
+that very attachment (``csi_oxide.host.loops``). A device detached meanwhile (by the test, by the
 code under test, by an autoclear) may already be another process's under the same number: a
 test run beside this one, a cluster's simulator, a developer's own. Never ``losetup -d`` a
 remembered name."""
@@ -13,11 +13,8 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
-
-from csi_oxide.loops import DELETED, attachment, backing_of, detach_if_ours
+from csi_oxide.host.loops import DELETED, attachment, backing_of, detach_if_ours
 
 __all__ = [
     "DELETED",
@@ -26,14 +23,7 @@ __all__ = [
     "attachment",
     "backing_of",
     "detach_if_ours",
-    "needs_loop_devices",
 ]
-
-# The skip of a test that makes loop devices (beside its ``root`` mark).
-needs_loop_devices = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-    reason="needs root and /dev/loop-control (loop devices)",
-)
 
 
 def attach(backing: str | os.PathLike[str], *options: str) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import skips
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A path to a Markdown document or to the published API document, as code and config cite them.
@@ -28,7 +30,7 @@ def _tracked() -> list[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"not a git checkout: {done.stderr.strip()}")
+        skips.unavailable(f"not a git checkout: {done.stderr.strip()}")
     return [ROOT / line for line in done.stdout.splitlines() if (ROOT / line).is_file()]
 
 

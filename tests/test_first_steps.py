@@ -4,9 +4,9 @@ user can read. A documented command that fails fails this test.
 
 As root the commands run as ``nobody`` (``setpriv``, else ``runuser``); as any other user, as that
 user. The copy is a virtual environment made with a Python of the same version that the user can
-run, whose path holds a copy of ``csi_oxide`` and, for the third-party packages, this
-environment's site-packages (read, never written). Where no such Python or no way to switch user
-exists, the test skips and says which.
+run, whose path holds a copy of ``csi_oxide`` and ``csi_oxide_lab`` and, for the third-party
+packages, this environment's site-packages (read, never written). Where no such Python or no way
+to switch user exists, the test skips and says which.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 import csi_oxide
+import csi_oxide_lab
+from tests import skips
 
 USER = "nobody"
 VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -52,13 +54,15 @@ def _switch_user() -> tuple[tuple[str, ...], pwd.struct_passwd | None]:
     try:
         user = pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no user {USER!r} on this machine to run the first steps as")
+        skips.unavailable(f"no user {USER!r} on this machine to run the first steps as")
     if setpriv := shutil.which("setpriv"):
         ids = (f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups")
         return (setpriv, *ids), user
     if runuser := shutil.which("runuser"):
         return (runuser, "-u", USER, "--"), user
-    pytest.skip("neither setpriv nor runuser is installed: cannot run as an unprivileged user")
+    skips.unavailable(
+        "neither setpriv nor runuser is installed: cannot run as an unprivileged user"
+    )
 
 
 def _python_for(prefix: tuple[str, ...]) -> str:
@@ -76,7 +80,7 @@ def _python_for(prefix: tuple[str, ...]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode == 0 and done.stdout.strip() == VERSION:
             return python
-    pytest.skip(f"no Python {VERSION} that user {USER!r} can run (tried {candidates})")
+    skips.unavailable(f"no Python {VERSION} that user {USER!r} can run (tried {candidates})")
 
 
 def _copy(base: Path, python: str) -> Path:
@@ -84,10 +88,11 @@ def _copy(base: Path, python: str) -> Path:
     ``csi-oxide`` command."""
     venv = base / ".venv"
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    source = Path(csi_oxide.__file__).resolve().parent
-    shutil.copytree(
-        source, base / "src" / "csi_oxide", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in (csi_oxide, csi_oxide_lab):  # the distribution's two packages
+        source = Path(str(package.__file__)).resolve().parent
+        shutil.copytree(
+            source, base / "src" / source.name, ignore=shutil.ignore_patterns("__pycache__")
+        )
     site = Path(
         subprocess.run(
             [
@@ -155,7 +160,8 @@ def test_the_demo_runs_to_its_end(newcomer: Newcomer) -> None:
 def test_serving_without_root_says_what_to_do(newcomer: Newcomer) -> None:
     """The default socket folder (/csi) is root's to make: one line, no traceback."""
     if Path("/csi").exists():
-        pytest.skip("/csi exists on this machine: the refusal cannot be shown")
+        # A fact of the machine (a driver ran here), not something CI is asked to provide.
+        skips.skip("/csi exists on this machine: the refusal cannot be shown")
     newcomer.env.update(
         OXIDE_HOST="http://127.0.0.1:9", OXIDE_TOKEN="oxide-token-x", OXIDE_PROJECT="csi"
     )

@@ -2,21 +2,27 @@
 node plugin holds no Oxide credentials and makes no Oxide call, so it loads neither the Oxide
 layer nor the controller, nor an HTTP client, nor the simulator; the controller loads none of the
 node's data path (pyudev, the filesystem tools' wrappers), and of the HTTP libraries only the one
-it talks to Oxide with (aiohttp; httpx serves the tests' and the simulator's transports)."""
+it talks to Oxide with (aiohttp: httpx is no dependency at all, of the driver or its lab). Neither
+loads prometheus_client: the metrics are written by csi_oxide.daemon.exposition, and so the node
+plugin is spared the standard library's HTTP server and client, email, urllib.request and hashlib
+that prometheus_client imported. (ssl stays: asyncio imports it.)"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 NODE_ID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 START_TIMEOUT = 60.0
 
@@ -25,21 +31,37 @@ NOT_IN_THE_NODE = (
     "csi_oxide.oxide",
     "csi_oxide.controller",
     "csi_oxide.server.controller",
-    "csi_oxide.sim",
+    "csi_oxide_lab",
     "httpx",
     "httpcore",
     "aiohttp",
     "uvicorn",
     "starlette",
+    "prometheus_client",
+    # What prometheus_client brought in. Only a read-only raw block publish hashes
+    # (csi_oxide.node.views): it imports hashlib there, not at start.
+    "hashlib",
+    "http.server",
+    "http.client",
+    "email",
+    "urllib.request",
+    "wsgiref",
+    # Python's TLS (OpenSSL's bindings): the node makes no TLS connection without its startup
+    # taint, and refuses ``ssl`` before asyncio, gRPC and structlog would load it
+    # (csi_oxide.cli._without_tls). Their refused attempts still show as ``ssl`` lines in
+    # -X importtime; the bindings, which a real import loads, must not.
+    "_ssl",
 )
 NOT_IN_THE_CONTROLLER = (
     "csi_oxide.node",
     "csi_oxide.server.node",
-    "csi_oxide.sim",
+    "csi_oxide_lab",
     "pyudev",
     "httpx",
+    "httpcore",
     "uvicorn",
     "starlette",
+    "prometheus_client",
 )
 
 
@@ -93,12 +115,12 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_imported_names_reads_importtime_output() -> None:
     text = (
         "import time: self [us] | cumulative | imported package\n"
-        "import time:       120 |        120 |   csi_oxide.oxide_rules\n"
-        "import time:        80 |        200 | csi_oxide.volumes\n"
+        "import time:       120 |        120 |   csi_oxide.contract.oxide_rules\n"
+        "import time:        80 |        200 | csi_oxide.contract.volumes\n"
         '{"event": "serving"}\n'
     )
     names = imported_names(text)
-    assert names == {"csi_oxide.oxide_rules", "csi_oxide.volumes"}
+    assert names == {"csi_oxide.contract.oxide_rules", "csi_oxide.contract.volumes"}
     assert under(names | {"csi_oxide.oxide.names"}, ("csi_oxide.oxide",)) == [
         "csi_oxide.oxide.names"
     ]
@@ -129,16 +151,14 @@ def test_the_node_plugin_loads_no_oxide_controller_or_http_code(
     found = under(loaded, NOT_IN_THE_NODE)
     assert found == [], f"the node plugin loaded {len(found)} modules it must not: {found}"
     # The metrics and the registration API are loaded only when asked for.
-    asked = {"prometheus_client": deployed, "csi_oxide.server.registration": deployed}
+    asked = {"csi_oxide.daemon.metrics": deployed, "csi_oxide.server.registration": deployed}
     assert {name: name in loaded for name in asked} == asked
-    if not deployed:  # (the metrics' prometheus_client loads it through urllib.request)
-        # Only a read-only raw block publish hashes (csi_oxide.node.views): imported there.
-        assert "hashlib" not in loaded
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_the_controller_loads_none_of_the_nodes_data_path(tmp_path: Path, scheme: str) -> None:
-    """https: the client builds its TLS trust at start (certifi's bundle here), without httpx."""
+    """https: the client builds its TLS trust at start (certifi's bundle here), without httpx.
+    As deployed, with the metrics endpoint."""
     env = _env(
         tmp_path,
         OXIDE_HOST=f"{scheme}://127.0.0.1:9",  # never answers: the controller starts all the same
@@ -147,8 +167,9 @@ def test_the_controller_loads_none_of_the_nodes_data_path(tmp_path: Path, scheme
     )
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         env.pop(name, None)
-    loaded = loaded_by_serve(tmp_path, "controller", env=env)
-    assert {"grpc", "aiohttp", "csi_oxide.controller.ops"} <= loaded  # it did serve
+    metrics = f"127.0.0.1:{_free_port()}"
+    loaded = loaded_by_serve(tmp_path, "controller", "--metrics-address", metrics, env=env)
+    assert {"grpc", "aiohttp", "csi_oxide.controller.ops", "csi_oxide.daemon.metrics"} <= loaded
     assert ("certifi" in loaded) == (scheme == "https")
     found = under(loaded, NOT_IN_THE_CONTROLLER)
     assert found == [], f"the controller loaded {len(found)} modules it must not: {found}"
@@ -168,13 +189,14 @@ def _trust(context: ssl.SSLContext) -> tuple[object, ...]:
 
 
 @pytest.mark.parametrize("settings", ["none", "file", "dir", "file-and-dir"])
-def test_the_controllers_tls_trust_is_httpxs(
+def test_the_controllers_tls_trust_follows_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: str
 ) -> None:
-    """``tls_context`` takes httpx's steps without importing httpx: the same trust as
-    ``httpx.create_ssl_context`` for each of the environment settings it reads."""
+    """``tls_context`` without a CA file: ``SSL_CERT_FILE`` (a bundle) wins over
+    ``SSL_CERT_DIR`` (a folder), and without either, certifi's bundle; these are httpx's steps,
+    kept when the driver left httpx, so the same settings trust the same servers. Each case is
+    compared with a context made by hand from that one source."""
     import certifi
-    import httpx
 
     from csi_oxide.oxide.transport import tls_context
 
@@ -189,7 +211,13 @@ def test_the_controllers_tls_trust_is_httpxs(
     if "dir" in settings:
         monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
     ours = tls_context(None)
-    assert _trust(ours) == _trust(httpx.create_ssl_context(trust_env=True))
+    by_hand = {
+        "none": lambda: ssl.create_default_context(cafile=bundle),
+        "file": lambda: ssl.create_default_context(cafile=str(one)),
+        "dir": lambda: ssl.create_default_context(capath=str(tmp_path)),
+        "file-and-dir": lambda: ssl.create_default_context(cafile=str(one)),
+    }
+    assert _trust(ours) == _trust(by_hand[settings]())
     count = len(ours.get_ca_certs())  # each setting made a difference
     if settings == "none":
         assert count > 10  # certifi's bundle
@@ -197,6 +225,44 @@ def test_the_controllers_tls_trust_is_httpxs(
         assert count == 0  # a folder holding no certificate
     else:
         assert count == 1  # the one certificate: SSL_CERT_FILE wins over SSL_CERT_DIR
+    # A CA file given (CSI_OXIDE_CA_FILE) wins over the environment.
+    assert _trust(tls_context(str(one))) == _trust(ssl.create_default_context(cafile=str(one)))
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    """The project names of PEP 508 requirements ("aiohttp>=3.14.5,<4" -> "aiohttp")."""
+    names = set()
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+        assert name, requirement
+        names.add(name.group(0).lower().replace("_", "-"))
+    return names
+
+
+def test_the_driver_has_one_http_client() -> None:
+    """aiohttp is the driver's one HTTP client: neither the wheel (the driver and its lab) nor
+    the tests ask for httpx, nor for what it brought along (httpcore, sniffio)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _requirement_names(project["dependencies"])
+    dev = _requirement_names(project["optional-dependencies"]["dev"])
+    assert {"aiohttp", "certifi"} <= runtime
+    assert (runtime | dev) & {"httpx", "httpcore", "sniffio"} == set()
+
+
+def test_the_packages_import_without_httpx() -> None:
+    """The command line, the lab's test support and the simulator import with httpx (and
+    httpcore) made unimportable, in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "sys.modules['httpx'] = sys.modules['httpcore'] = None\n"
+        "import csi_oxide.cli, csi_oxide.wiring, csi_oxide.oxide.client\n"
+        "import csi_oxide_lab.testing, csi_oxide_lab.asgi, csi_oxide_lab.sim\n"
+        "import csi_oxide_lab.harness, csi_oxide_lab.demo\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("mode", ["node", "controller"])

@@ -10,7 +10,6 @@ descriptor embedded in the committed stubs is compared the same way.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ import grpc_tools
 import pytest
 from google.protobuf import descriptor_pb2 as dpb
 from google.protobuf.message import Message
+
+from tests import skips
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ROOT / "proto" / "csi.proto"
@@ -49,17 +50,10 @@ def _gen_proto() -> ModuleType:
     return module
 
 
-def _unavailable(reason: str) -> None:
-    """Skip locally, but fail in CI: there the comparison must always run."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is an error)")
-    pytest.skip(reason)
-
-
 def _go(*args: str, cwd: Path | None = None) -> str:
     done = subprocess.run(["go", *args], capture_output=True, text=True, cwd=cwd, check=False)
     if done.returncode != 0:
-        _unavailable(f"`go {' '.join(args)}` failed: {done.stderr.strip()}")
+        skips.unavailable(f"`go {' '.join(args)}` failed: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
@@ -67,7 +61,7 @@ def _go(*args: str, cwd: Path | None = None) -> str:
 def upstream_proto(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The csi.proto of the CSI v1.12.0 release, from the Go module cache."""
     if shutil.which("go") is None:
-        _unavailable("go is not installed: cannot fetch the CSI v1.12.0 proto to compare with")
+        skips.unavailable("go is not installed: cannot fetch the CSI v1.12.0 proto to compare with")
     cached = Path(_go("env", "GOMODCACHE")) / f"{MODULE}@{VERSION}" / "csi.proto"
     if not cached.exists():
         work = tmp_path_factory.mktemp("gomod")

@@ -6,17 +6,18 @@ paths through gRPC; then a driver holding a wrong token, whose every call fails.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 
-from csi_oxide import harness
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide_lab import harness
+from tests.plain_http import get
 from tests.units import GIB
 
 CAP = csi.VolumeCapability(
@@ -101,8 +102,7 @@ async def test_the_token_appears_nowhere(tmp_path: Path) -> None:
                     )
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 details.append(info.value.details() or "")
-            async with httpx.AsyncClient() as client:
-                metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            metrics = (await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")).text
     logs = driver.proc.output() + wrong.proc.output()
     assert "rpc" in logs and "CreateVolume" in logs  # the logs are there to be searched
     assert 'csi_oxide_oxide_requests_total{operation="disk_create"' in metrics

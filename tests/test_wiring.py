@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.controller.ops import ControllerOps, NewVolume
 from csi_oxide.controller.reconcile import Reconciler
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import CsiOxideError
-from csi_oxide.inflight import InFlight
 from csi_oxide.node.ops import NodeOps
-from csi_oxide.testing import controller_env
-from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
+from csi_oxide_lab.testing import controller_env
 from tests.units import GIB
 
 

@@ -1,5 +1,10 @@
 """Offline expansion: Oxide cannot resize a disk, so the driver re-creates it from a snapshot.
 
+This module owns an expansion's whole life: its start (``Expander.expand``), its resumption by
+whichever call meets the volume next (``resume`` before CreateVolume, ``settle`` before any other
+operation and in the reconciler's pass, ``discard`` in DeleteVolume), and the rule that recognises
+its records and leftovers (``is_expansion_record``, ``leftover_name``, ``leftover_record``).
+
 The steps, each resumable from what exists in Oxide (all names are deterministic):
 
 1. check that the disk is ours, detached, smaller than asked, and that the silo quota holds the
@@ -18,6 +23,31 @@ from it (someone else's, made under the name after step 3).
 
 Deletes address the disk or snapshot that was checked by its UUID, never by name: between the check
 and the delete, someone else may have replaced it with an object of their own under the same name.
+
+Records and leftovers. An expansion writes one record of its own, on its snapshot (step 2): the
+disk's record plus ``grow_from`` and ``grow_to``. That record belongs there only: a disk whose
+record carries ``grow_to`` is foreign (the record was copied onto it), and a ``tmp-grow-`` snapshot
+is this cluster's only when its record carries ``grow_to`` and derives that very name from the
+volume's. ``controller.owner`` applies this rule in its verdicts by asking this module, which
+therefore never imports ``owner``: the verdict on the volume's disk, which step 1 needs, is read
+by the caller (``owner.of_disk``), as every operation of ``ControllerOps`` reads its own.
+
+The guard. Every method of ``Expander`` reads or changes one volume's disk and expansion snapshot,
+and runs under that volume's guard (the per-volume ``InFlight``, keyed by the volume ID, which is
+the disk's name), so that two of them never work on one volume at once. The expander holds no guard
+of its own: the one ``InFlight`` is built in ``csi_oxide.wiring`` and handed to the only callers,
+``ControllerOps`` and the ``Reconciler``, which bring it in one of two ways, and only these:
+
+- held: the caller's RPC is on the volume and took its guard on entry, and calls the methods
+  directly: CreateVolume (``resume``), ControllerExpandVolume (``settle``, then ``expand``),
+  ControllerPublishVolume (``settle``), DeleteVolume (``pending``, ``discard``);
+- aside: the caller meets the volume while it works on something else, without its guard:
+  ControllerGetVolume, the source volume of a snapshot, an image or a clone, the reconciler's pass.
+  It calls ``settle_aside``, which takes the volume's guard for the settle alone and answers
+  ABORTED while another operation on the volume holds it (the reconciler then skips the volume).
+
+``settle_aside`` is the one place the guard is taken for an expansion's sake; nothing calls the
+other methods without holding it.
 """
 
 from __future__ import annotations
@@ -25,9 +55,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from csi_oxide.controller import lookup, owner, record
+from csi_oxide.contract.volumes import CapacityRange
+from csi_oxide.controller import lookup, record
 from csi_oxide.controller.sizing import disk_size
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
@@ -43,25 +76,44 @@ from csi_oxide.oxide.errors import (
     OxideNotFoundError,
 )
 from csi_oxide.oxide.types import Disk, DiskSpec, Snapshot
-from csi_oxide.volumes import CapacityRange
+
+
+def is_expansion_record(rec: record.Record) -> bool:
+    """True when ``rec`` is an expansion's (it carries ``grow_to``). It belongs on that expansion's
+    snapshot: a disk that carries it is foreign (``owner.of_disk``), the record copied onto it."""
+    return rec.grow_to != 0
+
+
+def leftover_name(rec: record.Record) -> str:
+    """The expansion snapshot ``rec`` was written for (``tmp-grow-`` + hash of its volume's disk
+    name); "" when ``rec`` is no expansion's."""
+    return record.grow_snapshot_name(rec.disk_name()) if is_expansion_record(rec) else ""
+
+
+def leftover_record(snap: Snapshot, cluster: str) -> record.Record | None:
+    """The record of ``snap`` when it is an expansion snapshot of ``cluster`` (our marker, and an
+    expansion record that derives this very name: ``owner.of_snapshot`` says OURS of it); None for
+    anything else, which an expansion never uses or deletes."""
+    rec = record.owned_by(snap.description, cluster)
+    if rec is None or leftover_name(rec) != snap.name:
+        return None
+    return rec
 
 
 class Expander:
-    """Grows (and repairs half-grown) disks of one cluster. Callers hold the volume's guard."""
+    """Grows (and repairs half-grown) disks of one cluster, each under its volume's guard, which
+    the caller brings (see the module's docstring)."""
 
     def __init__(self, api: OxideApi, *, cluster: str) -> None:
         self._api = api
         self._cluster = cluster
 
-    async def expand(self, volume_id: str, capacity: CapacityRange) -> int:
-        """Grow ``volume_id`` to satisfy ``capacity``; returns the disk size in bytes."""
-        disk = await self.settle(volume_id)
-        if disk is None:
-            raise NotFoundError(f"volume {volume_id} does not exist")
-        claim = owner.of_disk(disk, self._cluster)
-        if claim.owner is owner.Owner.FOREIGN:
-            raise NotFoundError(owner.not_ours("volume", volume_id))
-        rec = claim.record
+    async def expand(self, disk: Disk, rec: record.Record | None, capacity: CapacityRange) -> int:
+        """Grow volume ``disk.name`` to satisfy ``capacity``, from start to end; returns the disk's
+        size in bytes. ``disk`` is the volume's disk as ``settle`` left it, and usable by the
+        caller's verdict (``owner.of_disk``); ``rec``, the record that verdict found (None: a
+        static disk, which is refused)."""
+        volume_id = disk.name
         if rec is None:
             raise FailedPreconditionError(
                 f"volume {volume_id} was not provisioned by this driver in this cluster; "
@@ -98,11 +150,34 @@ class Expander:
         await self._delete_original(disk, snap)
         return await self._recreate(volume_id, snap)
 
+    async def resume(self, volume_id: str, csi_name: str) -> Disk | None:
+        """Before CreateVolume of ``csi_name`` makes its disk ``volume_id``: the disk after
+        finishing an expansion of the volume that a crash interrupted (its data may sit only in
+        the expansion snapshot: a blank disk must never take its place); None when there is no
+        such expansion. An expansion snapshot under the volume's name that is not this cluster's
+        is refused (ALREADY_EXISTS) and left untouched."""
+        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(volume_id))
+        if snap is None:
+            return None
+        if leftover_record(snap, self._cluster) is None:
+            raise AlreadyExistsError(
+                f"volume name {csi_name!r} maps to Oxide disk {volume_id}, and an expansion "
+                f"snapshot {snap.name} of that disk exists that is not this cluster's; nothing "
+                "was created and the snapshot was left untouched"
+            )
+        return await self.settle(volume_id)
+
+    async def settle_aside(self, guard: InFlight, volume_id: str, what: str) -> Disk | None:
+        """``settle`` for a caller that met ``volume_id`` without holding its guard: takes the
+        volume's guard in ``guard`` for the settle alone (``what``: the operation, as another
+        call refused meanwhile is told); AbortedError while another operation holds it."""
+        return await guard.run([volume_id], what, self.settle(volume_id))
+
     async def settle(self, volume_id: str) -> Disk | None:
         """Finish whatever expansion of ``volume_id`` a crash interrupted; the disk afterwards
         (None when there is neither a disk nor an expansion snapshot of this cluster).
 
-        Only an expansion snapshot that is ours (``owner.of_snapshot``) is ever used or deleted;
+        Only an expansion snapshot that is ours (``leftover_record``) is ever used or deleted;
         any other snapshot under that name is left alone.
         """
         disk = await lookup.disk_or_none(self._api, volume_id)
@@ -119,7 +194,7 @@ class Expander:
     async def pending(self, volume_id: str) -> Snapshot | None:
         """This cluster's expansion snapshot of ``volume_id``, if one exists."""
         snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(volume_id))
-        if snap is None or owner.of_snapshot(snap, self._cluster).owner is not owner.Owner.OURS:
+        if snap is None or leftover_record(snap, self._cluster) is None:
             return None
         return snap
 
@@ -158,7 +233,7 @@ class Expander:
         # Made by a retried request of ours, or something else under our name: the disk is deleted
         # next, so only a snapshot that is ours AND of this very disk may hold its data.
         snap = await self._api.snapshot_view(name)
-        if owner.of_snapshot(snap, self._cluster).record is None or snap.disk_id != disk.id:
+        if leftover_record(snap, self._cluster) is None or snap.disk_id != disk.id:
             raise InternalError(
                 f"expansion snapshot name {name} of volume {disk.name} is taken by a snapshot "
                 "that is not this expansion's; nothing was changed, and it was left untouched for "
@@ -179,8 +254,8 @@ class Expander:
             ) from exc
 
     async def _recreate(self, volume_id: str, snap: Snapshot) -> int:
-        rec = owner.of_snapshot(snap, self._cluster).record
-        if rec is None or not rec.grow_to or rec.disk_name() != volume_id:
+        rec = leftover_record(snap, self._cluster)
+        if rec is None or rec.disk_name() != volume_id:
             raise InternalError(
                 f"expansion snapshot {snap.name} of volume {volume_id} carries no record of this "
                 "cluster; it was left untouched for an operator to inspect"

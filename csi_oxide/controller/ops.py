@@ -30,10 +30,14 @@ from datetime import datetime
 
 import structlog
 
+from csi_oxide.contract.oxide_rules import MAX_DISKS_PER_INSTANCE, is_canonical_uuid, is_valid_name
+from csi_oxide.contract.publish_context import Birth, Origin
+from csi_oxide.contract.volumes import DEFAULT_BLOCK_SIZE, CapacityRange, is_volume_name, require_id
 from csi_oxide.controller import lookup, owner, record, verdicts
-from csi_oxide.controller.expand import Expander
+from csi_oxide.controller.expand import Expander, leftover_record
 from csi_oxide.controller.record import Source, SourceKind
 from csi_oxide.controller.sizing import disk_size, exact_size
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -43,7 +47,6 @@ from csi_oxide.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.errors import (
     OxideAlreadyExistsError,
@@ -61,9 +64,6 @@ from csi_oxide.oxide.types import (
     Snapshot,
     SnapshotState,
 )
-from csi_oxide.oxide_rules import MAX_DISKS_PER_INSTANCE, is_canonical_uuid, is_valid_name
-from csi_oxide.publish_context import Birth, Origin
-from csi_oxide.volumes import DEFAULT_BLOCK_SIZE, CapacityRange, is_volume_name, require_id
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +197,7 @@ class ControllerOps:
         )
 
     async def _create_volume(self, disk_name: str, spec: NewVolume) -> VolumeInfo:
-        resumed = await self._resume_expansion(disk_name, spec)
+        resumed = await self._expander.resume(disk_name, spec.name)
         if resumed is not None:
             return self._check_existing(resumed, spec)
         if spec.source is None:
@@ -224,21 +224,6 @@ class ControllerOps:
             pv=spec.pv,
             read_only=spec.read_only,
         )
-
-    async def _resume_expansion(self, disk_name: str, spec: NewVolume) -> Disk | None:
-        """The volume's disk after finishing an expansion of it that a crash interrupted (its data
-        may sit only in the expansion snapshot: a blank disk must never take its place); None
-        when there is no such expansion."""
-        snap = await lookup.snapshot_or_none(self._api, record.grow_snapshot_name(disk_name))
-        if snap is None:
-            return None
-        if owner.of_snapshot(snap, self._cluster).owner is not owner.Owner.OURS:
-            raise AlreadyExistsError(
-                f"volume name {spec.name!r} maps to Oxide disk {disk_name}, and an expansion "
-                f"snapshot {snap.name} of that disk exists that is not this cluster's; nothing "
-                "was created and the snapshot was left untouched"
-            )
-        return await self._expander.settle(disk_name)
 
     async def _create_disk(self, new: DiskSpec, spec: NewVolume) -> VolumeInfo:
         try:
@@ -513,7 +498,13 @@ class ControllerOps:
 
     async def _expand(self, volume_id: str, capacity: CapacityRange) -> int:
         self._known.forget_name(volume_id)  # re-created under a new UUID: read it afresh after
-        return await self._expander.expand(volume_id, capacity)
+        disk = await self._expander.settle(volume_id)  # an interrupted expansion ends first
+        if disk is None:
+            raise NotFoundError(f"volume {volume_id} does not exist")
+        claim = owner.of_disk(disk, self._cluster)
+        if not claim.usable:
+            raise NotFoundError(owner.not_ours("volume", volume_id))
+        return await self._expander.expand(disk, claim.record, capacity)
 
     async def get_volume(self, volume_id: str) -> VolumeInfo:
         """The volume and its condition; NotFoundError if there is no such disk of ours."""
@@ -531,10 +522,8 @@ class ControllerOps:
                 out.append(volume_info(disk, rec))
         present = {disk.name for disk in disks}
         for snap in snapshots:
-            rec = owner.of_snapshot(snap, self._cluster).record
-            if not snap.name.startswith(record.GROW_PREFIX) or rec is None:
-                continue
-            if rec.disk_name() not in present:
+            rec = leftover_record(snap, self._cluster)
+            if rec is not None and rec.disk_name() not in present:
                 out.append(_half_expanded(snap, rec))
         return sorted(out, key=lambda v: v.volume_id)
 
@@ -969,19 +958,21 @@ class ControllerOps:
         self, volume_id: str, what: str, *, guarded: bool = False
     ) -> tuple[Disk, owner.Claim]:
         """The disk behind a volume ID, ours or static; one caught mid-expansion is finished
-        first (``guarded``: the caller holds the volume's guard; otherwise it is taken, and the
-        answer is ABORTED while another operation on the volume runs). NotFoundError when there
-        is no such disk, or it is not this cluster's."""
+        first (``guarded``: the caller's RPC is on the volume and holds its guard; otherwise the
+        guard is taken for the settle alone, ``Expander.settle_aside``, and the answer is ABORTED
+        while another operation on the volume runs). NotFoundError when there is no such disk, or
+        it is not this cluster's."""
         disk = await lookup.disk_or_none(self._api, require_id(volume_id, what))
         if disk is None or self._maybe_impostor(disk):
             # No disk (an interrupted expansion may hold the data), or a disk without a record
             # under a driver-made name: if this cluster's expansion of the volume is pending, that
             # disk is someone else's made in the gap, and settling refuses it (INTERNAL).
-            settle = self._expander.settle(volume_id)
             if guarded:
-                disk = await settle
+                disk = await self._expander.settle(volume_id)
             else:
-                disk = await self._inflight.run([volume_id], "finish expansion", settle)
+                disk = await self._expander.settle_aside(
+                    self._inflight, volume_id, "finish expansion"
+                )
         if disk is None:
             raise NotFoundError(f"{what} {volume_id} does not exist")
         claim = self._known.judge(disk)

@@ -7,7 +7,10 @@ or ``of_snapshot`` first, and each object is one of:
 - ``OURS``: its description holds a record that names this cluster AND whose CSI name derives the
   object's name (``csi-`` + hash for a volume, ``snap-`` + hash for a snapshot, the temporary
   prefixes for the driver's own temporary snapshots). A record copied onto another object, or a
-  hand-made object under a driver-like name, is therefore not ours.
+  hand-made object under a driver-like name, is therefore not ours. What an expansion's record and
+  leftover look like is ``controller.expand``'s to say (``is_expansion_record``,
+  ``leftover_name``): such a record on a disk makes it foreign, and only it derives the name of an
+  expansion snapshot.
 - ``STATIC``: its description holds no record at all. Such a disk is a statically provisioned
   volume (usable, and deleted when its PersistentVolume's reclaim policy says so); such a snapshot
   a pre-provisioned snapshot. Temporary snapshot names are never static: they are ours or nothing.
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from csi_oxide.controller import record
+from csi_oxide.controller import expand, record
 from csi_oxide.oxide.types import Disk, Image, Snapshot
 
 
@@ -69,7 +72,7 @@ def of_disk(disk: Disk, cluster: str) -> Claim:
     rec = _record(disk.description, cluster)
     if isinstance(rec, Claim):
         return rec
-    if rec.grow_to or rec.disk_name() != disk.name:
+    if expand.is_expansion_record(rec) or rec.disk_name() != disk.name:
         return FOREIGN
     return Claim(Owner.OURS, rec)
 
@@ -80,7 +83,7 @@ def of_snapshot(snap: Snapshot, cluster: str) -> Claim:
     if isinstance(rec, Claim):
         return FOREIGN if record.is_temporary_snapshot_name(snap.name) else rec
     if snap.name.startswith(record.GROW_PREFIX):
-        derived = record.grow_snapshot_name(rec.disk_name()) if rec.grow_to else ""
+        derived = expand.leftover_name(rec)
     elif snap.name.startswith(record.CLONE_PREFIX):
         derived = rec.clone_snapshot_name()
     elif snap.name.startswith(record.IMAGE_SNAPSHOT_PREFIX):

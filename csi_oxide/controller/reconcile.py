@@ -7,7 +7,8 @@ controller replica. For each it takes the volume's (or image's) guard (skipping 
 holds it) and then:
 
 - expansion snapshot: finishes the expansion (re-creates a missing disk from it) or deletes it
-  when the disk provably holds the data (``Expander.settle``);
+  when the disk provably holds the data (``Expander.settle_aside``, which takes the guard as
+  ``controller.expand`` says every caller that meets a volume on the side does);
 - clone snapshot, image snapshot: deletes it (CreateVolume or CreateSnapshot re-makes it if
   retried).
 """
@@ -24,8 +25,8 @@ import structlog
 
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.expand import Expander
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import AbortedError, CsiOxideError
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.errors import OxideNotFoundError
 from csi_oxide.oxide.types import Snapshot
@@ -135,12 +136,9 @@ class Reconciler:
 
     async def _repair(self, snap: Snapshot, rec: record.Record, result: Pass) -> None:
         if snap.name.startswith(record.GROW_PREFIX):
+            # Ours, so its record derives its name (``expand.leftover_name``): it is the volume's.
             disk_name = rec.disk_name()
-            if record.grow_snapshot_name(disk_name) != snap.name:
-                return  # a record that does not describe this snapshot's volume: leave it
-            await self._inflight.run(
-                [disk_name], "reconcile expansion", self._expander.settle(disk_name)
-            )
+            await self._expander.settle_aside(self._inflight, disk_name, "reconcile expansion")
             result.finished.append(disk_name)
             return
         await self._inflight.run([rec.clone_target], "reconcile clone", self._delete(snap))

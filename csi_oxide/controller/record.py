@@ -31,10 +31,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from csi_oxide import DRIVER_NAME
+from csi_oxide.contract.oxide_rules import BLOCK_SIZES
+from csi_oxide.contract.volumes import VOLUME_PREFIX
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide.types import MAX_DESCRIPTION_LENGTH, MAX_DISK_SIZE
-from csi_oxide.oxide_rules import BLOCK_SIZES
-from csi_oxide.volumes import VOLUME_PREFIX
 
 PREFIX = f"{DRIVER_NAME}/v1 "  # the marker: "csi.oxide.computer/v1 "
 SNAPSHOT_PREFIX = "snap-"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.errors import OutOfRangeError
 from csi_oxide.oxide.types import GIB, MAX_DISK_SIZE, MIN_DISK_SIZE
-from csi_oxide.volumes import CapacityRange
 
 
 def round_up_gib(size: int) -> int:

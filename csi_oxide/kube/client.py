@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 import structlog
 
 from csi_oxide import __version__
+from csi_oxide.daemon.log import is_enabled
 from csi_oxide.errors import ConfigurationError, CsiOxideError
-from csi_oxide.files import read_small
-from csi_oxide.log import is_enabled
+from csi_oxide.host.files import read_small
 
 log = structlog.get_logger(__name__)
 

@@ -7,13 +7,15 @@ directory stands in for a disk, its base name playing the serial.
 
 When the device is not there yet, the finder listens to the kernel's uevents (no udevd needed;
 attaching a loop device sends ``change``, an NVMe hot-plug ``add``) and re-scans sysfs, until a
-deadline. pyudev and sysfs reads block, so they run in threads.
+deadline, or until the caller cancels the wait. pyudev and sysfs reads block (a device that stops
+answering can hold a read), so they run in threads, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,10 @@ from typing import Protocol
 
 import pyudev
 
+from csi_oxide.contract.oxide_rules import MAX_DISKS_PER_INSTANCE
+from csi_oxide.contract.volumes import is_volume_serial, serial_of
 from csi_oxide.errors import FailedPreconditionError, NotFoundError
 from csi_oxide.node.threads import in_own_thread
-from csi_oxide.oxide_rules import MAX_DISKS_PER_INSTANCE
-from csi_oxide.volumes import is_volume_serial, serial_of
 
 POLL_SECONDS = 0.5
 
@@ -120,8 +122,13 @@ class UdevDeviceFinder:
 
     async def find(self, volume_id: str) -> BlockDevice:
         """The device of ``volume_id``, waiting for it to appear up to the timeout (in a thread
-        of its own: see ``csi_oxide.node.threads``)."""
-        return await in_own_thread(lambda: self._wait(volume_id), "device-wait")
+        of its own: see ``csi_oxide.node.threads``); cancelling the call ends the wait."""
+        stop = threading.Event()
+        try:
+            return await in_own_thread(lambda: self._wait(volume_id, stop), "device-wait")
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def verify(self, device: BlockDevice, volume_id: str) -> None:
         """Check, right before a write, that ``device`` still is ``volume_id``'s disk."""
@@ -136,7 +143,10 @@ class UdevDeviceFinder:
         """12 minus the NVMe disks present that are not CSI volumes (the boot disk, ...)."""
         return volume_slots(await asyncio.to_thread(self.scan))
 
-    def _wait(self, volume_id: str) -> BlockDevice:
+    def _wait(self, volume_id: str, stop: threading.Event) -> BlockDevice:
+        """The device of ``volume_id`` once it is there: the monitor listens before each scan,
+        so a device that appears after one scan wakes the wait (NotFoundError at the deadline,
+        or once ``stop`` is set)."""
         monitor = self._monitor()
         deadline = time.monotonic() + self._timeout
         while True:
@@ -144,7 +154,7 @@ class UdevDeviceFinder:
             if found is not None:
                 return found
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stop.is_set():
                 raise NotFoundError(
                     f"volume {volume_id} is not attached to this node: no block device with "
                     f"serial {serial_text(volume_id)!r} appeared within "

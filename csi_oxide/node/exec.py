@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from csi_oxide import tools
 from csi_oxide.errors import FailedPreconditionError, InternalError
+from csi_oxide.host import tools
 
 log = structlog.get_logger(__name__)
 

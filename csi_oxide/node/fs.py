@@ -1,52 +1,27 @@
-"""Filesystems on a device: signature probe, the zero check, mkfs, online growth, sizes.
+"""Filesystems on a device: signature probe, mkfs, online growth, sizes.
 
 ``Filesystems`` is the seam the node's decisions go through; ``LinuxFilesystems`` is the real one
-(blkid, e2fsprogs, xfsprogs, reads of the device). ext3 and ext4 (``EXT_FAMILY``) are made,
-checked, sized and grown by the same e2fsprogs tools and served by the kernel's ext4 driver. The
-decision itself (format or refuse) lives in ``ops.py``.
-
-The zero check reads the device with O_DIRECT (what the disk holds, not a stale page cache) at
-samples spread over the WHOLE device: the first 4 MiB and the last MiB in full, plus
-``ZERO_SAMPLES`` reads of ``ZERO_SAMPLE_BYTES`` at evenly spaced offsets in between (on a 1 GiB
-disk one every 128 KiB, on a 1 TiB disk one every 128 MiB: 37 MiB read in all, whatever the
-size). Sampling is not proof of emptiness for data smaller than the spacing; it is one of two
-conditions (with "no signature at all") and the controller's record of the disk's birth is the
-stronger proof (see ``ops.py``).
-
-The reads (``zero_check_reads``: the head and tail in pieces of 1 MiB, so 8197 reads) go to
-the device through Linux native AIO (io_setup/io_submit/io_getevents called through libc's
-``syscall``), ``AIO_DEPTH`` in flight, each compared with zeros by ``memcmp`` in place; the
-check stops at the first non-zero byte or when its caller stops it. Where native AIO is not
-available (an architecture without the syscall table here, a seccomp profile that refuses
-io_setup, no O_DIRECT) or a read does not come back in full, the same reads run on
-``ZERO_CHECK_THREADS`` threads sharing one descriptor, which give the same answer and raise
-the read's error. ``make bench`` measures the check against fio issuing the same reads at the
-same queue depth.
+(blkid, e2fsprogs, xfsprogs, and the zero check of ``zerocheck.py``, which reads the device
+itself). ext3 and ext4 (``EXT_FAMILY``) are made, checked, sized and grown by the same e2fsprogs
+tools and served by the kernel's ext4 driver. The decision itself (format or refuse) lives in
+``history.py``; ``ops.py`` gathers what it decides on and acts on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import ctypes
 import errno
-import functools
-import mmap
 import os
-import platform
-import struct
-import sys
 import threading
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from csi_oxide.contract.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 from csi_oxide.errors import InvalidArgumentError
+from csi_oxide.node import zerocheck
 from csi_oxide.node.exec import run
 from csi_oxide.node.threads import in_own_thread
-from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS
 
 MIB = 1024 * 1024
 # The e2fsprogs filesystems: sized by dumpe2fs, grown by resize2fs (after e2fsck when unmounted),
@@ -131,342 +106,6 @@ async def probe(device: str) -> Signature:
     if result.returncode == 2:
         return Signature()
     return parse_blkid_export(result.stdout)
-
-
-HEAD_BYTES = 4 * MIB
-TAIL_BYTES = MIB
-ZERO_SAMPLES = 8192
-ZERO_SAMPLE_BYTES = 4096
-ALIGN = 4096
-# The largest single read: the head and the tail are read in pieces of this size.
-READ_BYTES = MIB
-# Reads in flight at once with native AIO (the whole set streams through a queue this deep).
-AIO_DEPTH = 64
-# Completions collected per wait: fewer wake-ups of the reading thread, the queue stays deep.
-AIO_REAP = 16
-# Threads of the fallback reader (no native AIO here).
-ZERO_CHECK_THREADS = 8
-
-
-def zero_check_ranges(size: int) -> list[tuple[int, int]]:
-    """(offset, length) of every read of the zero check on a device of ``size`` bytes: the head
-    and tail in full and evenly spaced samples between them, all 4 KiB aligned, in order."""
-    return list(_ranges(size))
-
-
-def _ranges(size: int) -> Iterator[tuple[int, int]]:
-    if size <= HEAD_BYTES + TAIL_BYTES + ZERO_SAMPLES * ZERO_SAMPLE_BYTES:
-        if size:
-            yield 0, size
-        return
-    tail = (size - TAIL_BYTES) // ALIGN * ALIGN
-    span = tail - HEAD_BYTES
-    yield 0, HEAD_BYTES
-    # Aligned and ascending, each sample starts at or after the end of the one before (a
-    # sample is at most ALIGN long) unless both round to the same offset: that one is read once.
-    previous = -1
-    for i in range(ZERO_SAMPLES):
-        offset = (HEAD_BYTES + span * i // ZERO_SAMPLES) // ALIGN * ALIGN
-        if offset != previous:
-            yield offset, ZERO_SAMPLE_BYTES
-            previous = offset
-    yield tail, size - tail
-
-
-def zero_check_reads(size: int) -> Iterator[tuple[int, int]]:
-    """The reads of the zero check on a device of ``size`` bytes, in order: the ranges of
-    ``zero_check_ranges`` cut into pieces of at most ``READ_BYTES``. Both readers issue exactly
-    these; they are computed as they are issued, so the first reads start at once."""
-    for offset, length in _ranges(size):
-        if length <= READ_BYTES:
-            yield offset, length
-        else:
-            for done in range(0, length, READ_BYTES):
-                yield offset + done, min(READ_BYTES, length - done)
-
-
-def reads_as_zeros(
-    device: str, stop: threading.Event | None = None, *, native: bool = True
-) -> bool:
-    """True when every range of ``zero_check_ranges`` reads as zeros (blocking), read with
-    O_DIRECT. It stops at the first non-zero byte, or once ``stop`` is set by the caller (then
-    the answer is False: nothing was proven).
-
-    The reads go to the device all at once, ``AIO_DEPTH`` in flight, through Linux native AIO
-    (a network disk answers many small reads at once far faster than one after the other).
-    Where native AIO is not available (another architecture, a seccomp profile that forbids
-    io_setup, no O_DIRECT, ``native=False``), or where it returns anything but a full read, the
-    same reads run on ``ZERO_CHECK_THREADS`` threads instead, which also decide every error."""
-    size = _device_size(device)
-    found = stop if stop is not None else threading.Event()
-    if native:
-        answer = native_reads_as_zeros(device, zero_check_reads(size), found)
-        if answer is not None:
-            return answer
-    return threads_reads_as_zeros(device, zero_check_reads(size), found)
-
-
-def native_aio_available() -> bool:
-    """Whether this machine and process allow Linux native AIO (an io_setup that succeeds)."""
-    kernel = _kernel()
-    if kernel is None:
-        return False
-    try:
-        kernel.destroy(kernel.setup(1))
-    except OSError:
-        return False
-    return True
-
-
-def threads_reads_as_zeros(
-    device: str, reads: Iterable[tuple[int, int]], found: threading.Event
-) -> bool:
-    """Whether ``reads`` all read as zeros, read on ``ZERO_CHECK_THREADS`` threads sharing one
-    descriptor (O_DIRECT where the device allows it); False once ``found`` is set (it is set at
-    the first non-zero byte). Errors of the reads raise."""
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)  # no O_DIRECT here: buffered reads
-    try:  # one descriptor, shared: preadv carries its own offset
-        with concurrent.futures.ThreadPoolExecutor(ZERO_CHECK_THREADS) as pool:
-            every = list(reads)
-            shares = [every[i::ZERO_CHECK_THREADS] for i in range(ZERO_CHECK_THREADS)]
-            results = list(pool.map(lambda share: _zeros(fd, share, found), shares))
-        return all(results)
-    finally:
-        os.close(fd)
-
-
-def _zeros(fd: int, reads: list[tuple[int, int]], found: threading.Event) -> bool:
-    buf = mmap.mmap(-1, READ_BYTES)  # page aligned, as O_DIRECT wants
-    view = memoryview(buf)
-    zeros = bytes(READ_BYTES)
-    try:
-        for offset, length in reads:
-            done = 0
-            while done < length:
-                if found.is_set():
-                    return False
-                got = os.preadv(fd, [view[: length - done]], offset + done)
-                if got <= 0:
-                    break
-                # one copy, compared with memcmp (a count of zero bytes costs five times more)
-                if view[:got].tobytes() != (zeros if got == READ_BYTES else zeros[:got]):
-                    found.set()
-                    return False
-                done += got
-        return True
-    finally:
-        view.release()
-        buf.close()
-
-
-# struct iocb of <linux/aio_abi.h> on a little-endian machine, 64 bytes, the fields a read uses:
-# aio_data (the slot), aio_lio_opcode, aio_fildes, aio_buf, aio_nbytes, aio_offset; the rest
-# (aio_key, aio_rw_flags, aio_reqprio, aio_reserved2, aio_flags, aio_resfd) packed as zeros.
-# struct io_event is 32 bytes: data, obj, res, res2. The numbers of io_setup, io_destroy,
-# io_getevents and io_submit per architecture.
-_IOCB = struct.Struct("<Q8xH2xIQQq16x")
-_EVENT_BYTES = 32
-_IOCB_CMD_PREAD = 0
-_AIO_SYSCALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}
-
-
-class _Aio:
-    """Linux native AIO through libc's ``syscall`` (no library needed: libaio is not in the
-    image), and libc's ``memcmp`` to compare a read with zeros without copying it."""
-
-    def __init__(self, libc: ctypes.CDLL, numbers: tuple[int, int, int, int]) -> None:
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
-        self.memcmp = libc.memcmp
-        self.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        self.memcmp.restype = ctypes.c_int
-        self._setup, self._destroy, self._getevents, self._submit = numbers
-
-    def _call(self, number: int, *args: int) -> int:
-        while True:
-            result = int(self._syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args)))
-            if result >= 0:
-                return result
-            code = ctypes.get_errno()
-            if code != errno.EINTR:
-                raise OSError(code, os.strerror(code))
-
-    def setup(self, depth: int) -> int:
-        """A new AIO context for ``depth`` requests in flight."""
-        context = ctypes.c_ulong(0)
-        self._call(self._setup, depth, ctypes.addressof(context))
-        return context.value
-
-    def submit(self, context: int, count: int, iocbs: int) -> int:
-        """Queue ``count`` requests (an array of pointers at ``iocbs``); how many were taken."""
-        return self._call(self._submit, context, count, iocbs)
-
-    def getevents(self, context: int, least: int, most: int, events: int) -> int:
-        """Wait for at least ``least`` completions, collect at most ``most`` at ``events``."""
-        return self._call(self._getevents, context, least, most, events, 0)
-
-    def destroy(self, context: int) -> None:
-        """Release a context (this waits for an RCU grace period: tens of milliseconds)."""
-        self._call(self._destroy, context)
-
-    def release(self, context: int) -> None:
-        """``destroy``, for a context that is no longer needed whatever happens."""
-        with contextlib.suppress(OSError):
-            self.destroy(context)
-
-
-@functools.cache
-def _kernel() -> _Aio | None:
-    """The kernel's AIO calls, or None on a machine this code does not know."""
-    numbers = _AIO_SYSCALLS.get(platform.machine())
-    if numbers is None or sys.byteorder != "little":
-        return None
-    try:
-        return _Aio(ctypes.CDLL(None, use_errno=True), numbers)
-    except (OSError, AttributeError):
-        return None
-
-
-def native_reads_as_zeros(
-    device: str, reads: Iterable[tuple[int, int]], found: threading.Event
-) -> bool | None:
-    """Whether ``reads`` (from ``zero_check_reads``) all read as zeros, read through native AIO
-    with ``AIO_DEPTH`` in flight; False once ``found`` is set (it is set at the first non-zero
-    byte). None when it cannot answer here (no native AIO, no O_DIRECT, a read that failed or
-    came back short): ``reads_as_zeros`` then runs the same reads on threads, which decide."""
-    kernel = _kernel()
-    if kernel is None:
-        return None
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        return None  # no O_DIRECT: the threads read through the page cache
-    try:
-        context = kernel.setup(AIO_DEPTH)
-    except OSError:
-        os.close(fd)
-        return None  # ENOSYS, EPERM (seccomp), EAGAIN (aio-max-nr): the threads read
-    try:
-        ring = _Ring(kernel, context, fd)
-    except BaseException:
-        kernel.release(context)
-        os.close(fd)
-        raise
-    try:
-        return ring.run(iter(reads), found)
-    finally:
-        ring.close()
-
-
-class _Ring:
-    """One zero check's requests in flight: ``AIO_DEPTH`` slots, each with a buffer of
-    ``READ_BYTES`` (only what is read is ever touched, so a few MiB are resident at most), and
-    room for as many iocbs (the kernel copies them at io_submit, so they are staged there for
-    each submission) and completions."""
-
-    def __init__(self, kernel: _Aio, context: int, fd: int) -> None:
-        self.kernel, self.context, self.fd = kernel, context, fd
-        self.buffers = mmap.mmap(-1, AIO_DEPTH * READ_BYTES)  # page aligned, as O_DIRECT wants
-        self.reference = mmap.mmap(-1, READ_BYTES)  # zeros, compared with memcmp: no copies
-        self.control = ctypes.create_string_buffer(AIO_DEPTH * (_IOCB.size + 8 + _EVENT_BYTES))
-        self.slots = ctypes.addressof(ctypes.c_char.from_buffer(self.buffers))
-        self.zeros = ctypes.addressof(ctypes.c_char.from_buffer(self.reference))
-        iocbs = ctypes.addressof(self.control)
-        self.pointers = iocbs + AIO_DEPTH * _IOCB.size  # to the staged iocbs, in order
-        for k in range(AIO_DEPTH):
-            at = AIO_DEPTH * _IOCB.size + 8 * k
-            struct.pack_into("<Q", self.control, at, iocbs + _IOCB.size * k)
-        self.events = self.pointers + AIO_DEPTH * 8
-        self.words = memoryview(self.control).cast("B").cast("q")  # events as 64-bit words
-        self.first_event = (self.events - iocbs) // 8
-        self.in_flight = 0
-
-    def run(self, reads: Iterator[tuple[int, int]], found: threading.Event) -> bool | None:
-        """Stream ``reads`` through the slots; False at the first non-zero byte or once
-        ``found`` is set, None when a read failed or came back short (threads decide)."""
-        free = list(range(AIO_DEPTH))
-        length_of = [0] * AIO_DEPTH  # of the read in each slot
-        words, first, memcmp = self.words, self.first_event, self.kernel.memcmp
-        more = True
-        while more or self.in_flight:
-            if found.is_set():
-                return False
-            staged = 0
-            while free and more:
-                read = next(reads, None)
-                if read is None:
-                    more = False
-                    break
-                slot = free.pop()
-                offset, length = read
-                buffer = self.slots + slot * READ_BYTES
-                _IOCB.pack_into(
-                    self.control,
-                    _IOCB.size * staged,
-                    slot,
-                    _IOCB_CMD_PREAD,
-                    self.fd,
-                    buffer,
-                    length,
-                    offset,
-                )
-                length_of[slot] = length
-                staged += 1
-            if staged and not self._submit(staged):
-                return None  # the kernel refused some (EAGAIN, a seccomp rule): threads read
-            try:
-                least = min(AIO_REAP, self.in_flight)
-                got = self.kernel.getevents(self.context, least, AIO_DEPTH, self.events)
-            except OSError:
-                return None
-            self.in_flight -= got
-            answer: bool | None = True
-            for k in range(first, first + 4 * got, 4):  # each event: data, obj, res, res2
-                slot = words[k]
-                free.append(slot)
-                if words[k + 2] != length_of[slot]:
-                    answer = None  # a short read or an error: the threads decide it
-                elif answer and memcmp(self.slots + slot * READ_BYTES, self.zeros, length_of[slot]):
-                    found.set()
-                    answer = False
-            if not answer:
-                return answer
-        return True
-
-    def _submit(self, count: int) -> bool:
-        """Submit the first ``count`` staged iocbs; whether the kernel took them all."""
-        try:
-            taken = self.kernel.submit(self.context, count, self.pointers)
-        except OSError:
-            taken = 0
-        self.in_flight += taken
-        return taken == count
-
-    def close(self) -> None:
-        """Collect what is still in flight (nothing is freed while the kernel may write into
-        it), then release everything; the context's slow release (an RCU grace period, tens of
-        milliseconds) runs in a thread of its own once nothing is in flight."""
-        try:
-            while self.in_flight:
-                least = self.in_flight
-                self.in_flight -= self.kernel.getevents(self.context, least, AIO_DEPTH, self.events)
-        except OSError:
-            self.kernel.release(self.context)  # waits for every request still in flight
-        else:
-            threading.Thread(
-                target=self.kernel.release, args=(self.context,), name="zero-check-aio", daemon=True
-            ).start()
-        os.close(self.fd)
-        self.words.release()
-        self.buffers.close()
-        self.reference.close()
 
 
 def held_exclusively(device: str) -> bool:
@@ -558,17 +197,9 @@ async def grow_mounted(device: str, fstype: str, mount_point: str) -> None:
         await run(["xfs_growfs", mount_point])
 
 
-def _device_size(device: str) -> int:
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 async def device_size(device: str) -> int:
     """The size of a block device in bytes."""
-    return await asyncio.to_thread(_device_size, device)
+    return await asyncio.to_thread(zerocheck.byte_size, device)
 
 
 async def statvfs(path: str) -> os.statvfs_result:
@@ -621,10 +252,10 @@ class LinuxFilesystems:
         return await probe(device)
 
     async def reads_as_zeros(self, device: str) -> bool:
-        """See ``reads_as_zeros``; cancelled, it stops at its next completion or read."""
+        """See ``zerocheck.reads_as_zeros``; cancelled, it stops at its next completion or read."""
         stop = threading.Event()
         try:
-            return await in_own_thread(lambda: reads_as_zeros(device, stop), "zero-check")
+            return await in_own_thread(lambda: zerocheck.reads_as_zeros(device, stop), "zero-check")
         except asyncio.CancelledError:
             stop.set()
             raise

@@ -12,14 +12,17 @@ host, written and fsynced BEFORE anything is mounted or formatted, removed after
   qualifies). Anything else at the path is left alone with FAILED_PRECONDITION; nothing mounted
   and nothing recorded is OK. The volume's device being present or not changes nothing.
 - **Format.** Never over any signature ``blkid -p`` finds. Without one, only when (a) the device
-  reads as zeros at samples spread over all of it (``fs.zero_check_ranges``), or (b) the
+  reads as zeros at samples spread over all of it (``zerocheck.zero_check_ranges``), or (b) the
   controller says the disk was created blank (``publish_context`` origin ``blank``) AND this
   node's record shows that this plugin itself started mkfs on that very disk (the same Oxide
   disk UUID, from ``publish_context``) after proving it blank, and that mkfs never completed. A
   record of a completed mkfs, or of raw block use, means the disk holds data: never blank again.
   The history belongs to the disk, not to its name: a new disk under a reused name starts with
   none (``VolumeRecord.for_disk``). Nothing is decided while something else holds the device
-  open exclusively (a mount elsewhere, a mkfs still running).
+  open exclusively (a mount elsewhere, a mkfs still running). The rules decide in
+  ``history.py``; here the evidence is gathered, and each history saved before the step it
+  stands for: ``mkfs-started`` before mkfs writes a byte, ``mkfs-done`` (with the staging
+  mount's record, in one write) before the mount lets anything be written into the filesystem.
 - **One serial, one volume.** The device is found by NVMe serial (the first 20 bytes of the volume
   ID); a volume whose serial another volume already uses on this node (recorded staged or
   published in this boot) is refused.
@@ -51,28 +54,27 @@ import stat
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from csi_oxide.contract.publish_context import UNKNOWN_BIRTH, Birth
+from csi_oxide.contract.volumes import require_id
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from csi_oxide.inflight import InFlight
 from csi_oxide.node import fs
 from csi_oxide.node.devices import BlockDevice, DeviceFinder, serial_text
 from csi_oxide.node.fs import Filesystems
-from csi_oxide.node.mount import Mounter
-from csi_oxide.node.mountinfo import Mount
-from csi_oxide.node.state import (
+from csi_oxide.node.history import (
     MKFS_DONE,
     MKFS_STARTED,
-    RAW,
-    Made,
-    MountIdentity,
-    MountRecord,
-    RecordStore,
-    VolumeRecord,
+    check_formattable,
+    handed_out_raw,
+    mkfs_finished,
+    vouched_blank,
 )
+from csi_oxide.node.mount import Mounter
+from csi_oxide.node.mountinfo import Mount
+from csi_oxide.node.state import Made, MountIdentity, MountRecord, RecordStore, VolumeRecord
 from csi_oxide.node.views import ReadOnlyViews
-from csi_oxide.publish_context import UNKNOWN_BIRTH, Birth, Origin
-from csi_oxide.volumes import require_id
 
 MKFS_CONCURRENCY = 2
 T = TypeVar("T")
@@ -212,12 +214,50 @@ class NodeOps:
         birth: Birth,
     ) -> None:
         fstype = "" if block else fs.check_fstype(fstype)
-        await self._claim_serial(volume_id)
-        device = await self._devices.find(volume_id)
-        if not block:
-            await asyncio.to_thread(os.makedirs, staging, exist_ok=True)
-        real = await asyncio.to_thread(os.path.realpath, staging)
-        record = (await self._records.load(volume_id)).for_disk(birth.disk_id)
+        # The claim, the device and the record only read: looked up at once (the device scan
+        # and the record reads overlap), their answers taken in the order they are checked, so
+        # the failure reported is the one a look after the other would have reported (a claim
+        # refused does not wait for a device that is not there: that wait is cancelled).
+        find = asyncio.ensure_future(self._devices.find(volume_id))  # first: the longest path
+        claim = asyncio.ensure_future(self._claim_serial(volume_id))
+        load = asyncio.ensure_future(self._records.load(volume_id))
+        # A filesystem volume that may be formatted (not a read-only disk) needs the zero check
+        # of a fresh disk, its longest step by far: it starts as soon as the device is found,
+        # its reads under way while the rest is looked up and checked. It only reads, and is
+        # stopped as soon as it is not needed (a refusal, the volume already mounted, a
+        # signature found).
+        zero_check: asyncio.Future[bool] | None = None
+        try:
+            await asyncio.wait([claim, find], return_when=asyncio.FIRST_COMPLETED)
+            if not (block or birth.read_only) and _succeeded(find):
+                zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(find.result().path))
+            await claim
+            device = await find
+            loaded = await load
+            if zero_check is None and not (block or birth.read_only):
+                zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(device.path))
+            await self._stage_on(
+                device, loaded, staging, fstype, mount_flags, block, birth, zero_check
+            )
+        finally:
+            await _settle(claim, find, load, *([zero_check] if zero_check else []))
+
+    async def _stage_on(
+        self,
+        device: BlockDevice,
+        loaded: VolumeRecord,
+        staging: str,
+        fstype: str,
+        mount_flags: Sequence[str],
+        block: bool,
+        birth: Birth,
+        zero_check: asyncio.Future[bool] | None,
+    ) -> None:
+        """``_stage`` once the volume's serial is claimed, its device found and its record
+        ``loaded``; ``zero_check``: the device's zero check, under way (None: not needed)."""
+        volume_id = loaded.volume_id
+        real = await asyncio.to_thread(_staging_path, staging, block)
+        record = loaded.for_disk(birth.disk_id)
         if record.stage is not None and record.stage.path != real:
             if await self._still_mounted(record.stage):
                 raise FailedPreconditionError(
@@ -226,12 +266,14 @@ class NodeOps:
             record = replace(record, stage=None)
         boot = self._records.boot
         if block:
-            history = RAW if record.history in ("", MKFS_STARTED) else record.history
+            history = handed_out_raw(record.history)
             stage = MountRecord(real, boot, True, None)
             await self._records.save(replace(record, history=history, stage=stage))
             return
         mounted = await self._mounter.mounts_at(real)
         if mounted:
+            if zero_check is not None:
+                await _settle(zero_check)  # staged already: nothing to prove, reads stopped
             top = mounted[-1]
             if not self._ours(record.stage, top):
                 raise AlreadyExistsError(
@@ -253,7 +295,7 @@ class NodeOps:
             await self._mount_staged(record, device, fstype, real, mount_flags, read_only=True)
             return
         else:
-            record, fresh = await self._prepare(record, device, fstype, birth)
+            record, fresh = await self._prepare(record, device, fstype, birth, zero_check)
             if not fresh and fstype in fs.EXT_FAMILY and not self._online_ext4:
                 async with self._format_slots:
                     await self._grow_offline(volume_id, device, fstype)
@@ -321,81 +363,79 @@ class NodeOps:
             await self._fs.grow_unmounted_ext4(device.path)
 
     async def _prepare(
-        self, record: VolumeRecord, device: BlockDevice, fstype: str, birth: Birth
+        self,
+        record: VolumeRecord,
+        device: BlockDevice,
+        fstype: str,
+        birth: Birth,
+        zero_check: asyncio.Future[bool] | None,
     ) -> tuple[VolumeRecord, bool]:
         """Format the device if (and only if) that is proven safe; the updated record and
-        whether it was formatted. See the module docstring for the rule.
+        whether it was formatted; ``check_formattable`` (``history.py``) decides, by the rule
+        of the module docstring.
 
         The checks only read, and run for every volume at once (on a network disk the zero
         check waits on thousands of reads); mkfs, which writes, takes one of the node's
-        ``MKFS_CONCURRENCY`` slots, and the device must still be free when it has one."""
+        ``MKFS_CONCURRENCY`` slots, and the device must still be free, still blank to blkid and
+        still the volume's when it has one. ``mkfs-started`` is saved (fsynced) before mkfs
+        writes a byte. After a mkfs the record returned says ``mkfs-done`` but is NOT saved
+        yet: the caller saves it together with the staging mount's record, in the one durable
+        write that precedes the mount (``_mount_staged``), so the disk is recorded as holding a
+        complete filesystem before anything can be written into it. (A crash between mkfs and
+        that write leaves ``mkfs-started`` and an unmounted filesystem: the next stage finds
+        the filesystem and completes the history, ``mkfs_finished``.)
+
+        ``zero_check``: the device's zero check, already under way (None: it starts here)."""
         volume_id = record.volume_id
         where = f"volume {volume_id} ({device.path})"
-        await self._refuse_if_held(where, device)
-        found, zeros = await self._probe_and_zero_check(device)
+        if zero_check is None:
+            zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(device.path))
+        found, zeros = await self._probe_and_zero_check(where, device, zero_check)
         if found.fstype == fstype:
-            if record.history == MKFS_STARTED:  # that mkfs did finish: its superblock is there
+            if mkfs_finished(record.history):  # that mkfs did finish: its superblock is there
                 record = replace(record, history=MKFS_DONE, history_fstype=fstype)
                 await self._records.save(record)
             return record, False
-        if found.found:
-            what = found.fstype or found.pttype or found.usage
-            raise FailedPreconditionError(
-                f"{where} holds {what!r}, not {fstype}; it was left untouched (a volume is never "
-                "re-formatted)"
-            )
-        if record.history in (MKFS_DONE, RAW):
-            was = "a complete filesystem" if record.history == MKFS_DONE else "raw block data"
-            raise FailedPreconditionError(
-                f"{where} has no filesystem signature, but this node recorded that it held {was}; "
-                "it is not blank and was left untouched"
-            )
-        interrupted = birth.origin is Origin.BLANK and record.interrupted_mkfs_on(birth.disk_id)
-        if not zeros and not interrupted:
-            raise FailedPreconditionError(
-                f"{where} has no filesystem but is not blank (it holds data, perhaps written in "
-                "raw block mode, or by an interrupted mkfs of a disk this node cannot prove was "
-                "created blank); it was left untouched"
-            )
+        vouched = vouched_blank(birth, record.history, record.disk_id)
+        check_formattable(where, record.history, found, fstype, zeros=zeros, vouched=vouched)
         async with self._format_slots:
-            # Again, as the wait for a slot may be long: still free, still blank to blkid.
-            await self._refuse_if_held(where, device)
-            appeared = await self._fs.probe(device.path)
-            if appeared.found:
+            # Again, as the wait for a slot may be long: still free, still blank to blkid, still
+            # the volume's device. The three only read: they run at once, and all three must
+            # pass (in that order of refusal) before anything is written.
+            held, appeared, same = await asyncio.gather(
+                self._fs.held_exclusively(device.path),
+                self._fs.probe(device.path),
+                self._devices.verify(device, volume_id),
+                return_exceptions=True,
+            )
+            _refuse_if_held(where, _answer(held))
+            what = _answer(appeared)
+            if what.found:
                 raise FailedPreconditionError(
-                    f"{where}: {appeared.fstype or appeared.pttype or appeared.usage} appeared on "
-                    "it while it waited to be formatted; it was left untouched"
+                    f"{where}: {what.fstype or what.pttype or what.usage} appeared on it while "
+                    "it waited to be formatted; it was left untouched"
                 )
-            await self._devices.verify(device, volume_id)
+            _answer(same)  # still the volume's device (a FailedPreconditionError otherwise)
             record = replace(record, history=MKFS_STARTED, history_fstype=fstype)
             await self._records.save(record)  # fsynced before mkfs writes a byte
             await self._fs.mkfs(device.path, fstype)
-            record = replace(record, history=MKFS_DONE)
-            await self._records.save(record)
-        return record, True
+        return replace(record, history=MKFS_DONE), True  # saved with the stage, before mounting
 
-    async def _refuse_if_held(self, where: str, device: BlockDevice) -> None:
-        if await self._fs.held_exclusively(device.path):
-            raise FailedPreconditionError(
-                f"{where} is held by something else (mounted elsewhere, or a tool such as mkfs "
-                "still running on it); nothing was done: retry once it is released"
-            )
-
-    async def _probe_and_zero_check(self, device: BlockDevice) -> tuple[fs.Signature, bool]:
-        """What ``blkid -p`` finds on the device, and whether it reads as zeros. Both only read:
-        the zero check (tens of thousands of reads on a large disk) starts with the probe and is
-        abandoned once the probe finds a signature, whose answer does not depend on it (a
-        re-stage of a formatted disk then costs no reads); ``zeros`` is then False."""
-        zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(device.path))
+    async def _probe_and_zero_check(
+        self, where: str, device: BlockDevice, zero_check: asyncio.Future[bool]
+    ) -> tuple[fs.Signature, bool]:
+        """What ``blkid -p`` finds on the device, and whether it reads as zeros (``zero_check``,
+        under way), once nothing holds the device (FailedPreconditionError otherwise). All three
+        only read: the zero check (thousands of reads, the longest) started first, and it is
+        abandoned once the device is held or the probe finds a signature, whose answer does not
+        depend on it (a re-stage of a formatted disk then costs almost no reads); ``zeros`` is
+        then False."""
         try:
+            _refuse_if_held(where, await self._fs.held_exclusively(device.path))
             found = await self._fs.probe(device.path)
             zeros = False if found.found else await zero_check
         finally:
-            if not zero_check.done():
-                zero_check.cancel()
-                await asyncio.wait([zero_check])
-            if not zero_check.cancelled():
-                zero_check.exception()  # retrieved: a failed check whose answer is not needed
+            await _settle(zero_check)  # an answer not needed: stopped
         return found, zeros
 
     async def unstage(self, volume_id: str, staging: str) -> None:
@@ -649,6 +689,48 @@ class NodeOps:
             if m.path == real and self._ours(m, top) and (device is None or m.view is not None):
                 return top, device
         raise NotFoundError(f"{path} does not hold volume {volume_id}")
+
+
+def _refuse_if_held(where: str, held: bool) -> None:
+    if held:
+        raise FailedPreconditionError(
+            f"{where} is held by something else (mounted elsewhere, or a tool such as mkfs "
+            "still running on it); nothing was done: retry once it is released"
+        )
+
+
+def _succeeded(step: asyncio.Future[Any]) -> bool:
+    """Whether ``step`` is done, with a result."""
+    return step.done() and not step.cancelled() and step.exception() is None
+
+
+def _answer(result: T | BaseException) -> T:
+    """A result of ``asyncio.gather(..., return_exceptions=True)``: the value, or its error
+    raised."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+async def _settle(*steps: asyncio.Future[Any]) -> None:
+    """Stop the ``steps`` still running (cancelled, and waited for) and retrieve the failures
+    of the others: what the caller no longer needs (it raised, or has its answer) ends here,
+    and no failure is left unretrieved."""
+    running = [s for s in steps if not s.done()]
+    for step in running:
+        step.cancel()
+    if running:
+        await asyncio.wait(running)
+    for step in steps:
+        if not step.cancelled():
+            step.exception()
+
+
+def _staging_path(staging: str, block: bool) -> str:
+    """The staging path after realpath; for a filesystem volume the directory is made first."""
+    if not block:
+        os.makedirs(staging, exist_ok=True)
+    return os.path.realpath(staging)
 
 
 def bound_identity(table: Sequence[Mount], device_path: str) -> MountIdentity:

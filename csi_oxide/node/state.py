@@ -8,7 +8,8 @@ directory). It holds:
   immediately BEFORE mkfs runs, only after the device was proven blank), ``mkfs-done`` (written once
   mkfs exited successfully: the disk has carried a complete filesystem and is never "blank" again),
   ``raw`` (the disk was handed out as a raw block device: its contents are someone's data). The
-  history is kept after unstaging: it is about the disk, not about one mount.
+  history is kept after unstaging: it is about the disk, not about one mount. Its states and the
+  rules that read and move them are in ``history.py``.
 - ``disk_id``: the Oxide UUID of the disk the history is about (from ``publish_context``). A volume
   ID is a disk name, and a name outlives its disk (deleted, then created again under the same CSI
   name): the history of one disk never speaks for another (``VolumeRecord.for_disk``). A history
@@ -38,9 +39,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from csi_oxide.contract.volumes import serial_of
 from csi_oxide.errors import ConfigurationError, FailedPreconditionError
+from csi_oxide.node.history import HISTORIES
 from csi_oxide.node.mountinfo import Mount
-from csi_oxide.volumes import serial_of
 
 DEFAULT_STATE_DIR = Path("/var/lib/csi-oxide/node")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -51,11 +53,6 @@ MAX_RECORD_CHARS = 1 << 20
 # Records a node keeps (see ``FileRecordStore.prune_sync``): far more than the volumes a node can
 # hold at once (12 disks per instance), and small on disk (a history-only record is ~300 bytes).
 MAX_RECORDS = 4096
-
-MKFS_STARTED = "mkfs-started"
-MKFS_DONE = "mkfs-done"
-RAW = "raw"
-HISTORIES = ("", MKFS_STARTED, MKFS_DONE, RAW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +117,11 @@ class VolumeRecord:
         """The record as it applies to the disk ``disk_id`` now behind the volume (None:
         unknown). A history recorded for another disk (a deleted one whose name was given again)
         is dropped: it neither vouches for nor refuses the new disk. A history whose disk was
-        never recorded is kept: it still refuses, and ``interrupted_mkfs_on`` vouches for no
-        disk with it."""
+        never recorded is kept: it still refuses, and ``history.interrupted_mkfs`` vouches for
+        no disk with it."""
         if disk_id is None or self.disk_id == disk_id or (self.disk_id is None and self.history):
             return self
         return replace(self, disk_id=disk_id, history="", history_fstype="")
-
-    def interrupted_mkfs_on(self, disk_id: str | None) -> bool:
-        """True when this plugin started mkfs on the disk ``disk_id`` itself and that mkfs never
-        completed (never for an unknown disk)."""
-        return self.history == MKFS_STARTED and disk_id is not None and self.disk_id == disk_id
 
     @property
     def empty(self) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csi_oxide.errors import FailedPreconditionError, InternalError
-from csi_oxide.loops import detach_if_ours
+from csi_oxide.host.loops import detach_if_ours
 from csi_oxide.node.devices import BlockDevice
 from csi_oxide.node.exec import run
 
@@ -84,7 +84,7 @@ class LoopViews:
     async def close(self, anchor: str) -> None:
         """Detach the loop devices over ``anchor`` and remove it. Each is checked again right
         before its detach, held open so that it cannot change hands in between: one freed since
-        it was listed may already be another's (``csi_oxide.loops``). A loop device still held
+        it was listed may already be another's (``csi_oxide.host.loops``). A loop device still held
         open (a workload that kept the device open) detaches itself at its last close."""
         for loop in await self.loops(anchor):
             await asyncio.to_thread(_detach, loop, anchor)

@@ -43,14 +43,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import structlog
 
 from csi_oxide import __version__
+from csi_oxide.contract.oxide_rules import is_uuid
+from csi_oxide.daemon.log import is_enabled
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.log import is_enabled
 from csi_oxide.oxide import wire
 from csi_oxide.oxide.credentials import (
     OxideCredentials,
@@ -77,15 +78,11 @@ from csi_oxide.oxide.transport import (
     Answer,
     AnswerTooLargeError,
     Carrier,
-    HttpxCarrier,
     TransportFailure,
+    encode_request,
     tls_context,
 )
 from csi_oxide.oxide.types import Disk, DiskSpec, Image, Instance, Snapshot, Utilization
-from csi_oxide.oxide_rules import is_uuid
-
-if TYPE_CHECKING:  # imported where a transport is given: see HttpOxideClient
-    import httpx
 
 log = structlog.get_logger("csi_oxide.oxide.client")
 
@@ -95,7 +92,8 @@ PAGE_LIMIT = 1000
 # The total deadline of one HTTP attempt, connect to last byte. Oxide runs a request's saga before
 # it answers (disk create, snapshot, delete), so this must outlast the slowest of them; the Go
 # SDK's default total timeout is the same 600 s. A CSI call is cut much earlier by its own
-# deadline (see ``csi_oxide.inflight``); this bounds the work nobody waits for (the reconciler).
+# deadline (see ``csi_oxide.daemon.inflight``); this bounds the work nobody waits for (the
+# reconciler).
 DEFAULT_TIMEOUT = 600.0
 # The largest answer body held in memory: a page of PAGE_LIMIT disks is under 1 MiB.
 MAX_BODY = 8 * 1024 * 1024
@@ -177,15 +175,19 @@ class _Failed:
 
 
 class HttpOxideClient:
-    """``OxideApi`` over HTTP: aiohttp in production, or any ``httpx.AsyncBaseTransport`` given
-    as ``transport`` (in-process tests and the simulator); see ``csi_oxide.oxide.transport``.
-    httpx is imported only then: a controller does not carry it in memory.
+    """``OxideApi`` over HTTP, carried by aiohttp (``AiohttpCarrier``), or by the ``carrier``
+    given (the tests' and the simulator's in-process ``csi_oxide_lab.asgi.AsgiCarrier``); see
+    ``csi_oxide.oxide.transport``. ``ca_file`` and ``connect_timeout`` are aiohttp's: a given
+    carrier has its own.
 
     Retries only 503 answers and connection errors or timeouts (see ``RetryPolicy``), so a POST may
     be sent twice when the first answer was lost: a retried ``disk_create`` or ``snapshot_create``
     whose first attempt did succeed then answers 400 ObjectAlreadyExists, which surfaces as
     ``OxideAlreadyExistsError``; the caller re-reads the object and compares it with what it asked
-    for. At most ``max_concurrency`` requests are in flight at once (backoff pauses do not count).
+    for. The client sends only GET, POST and DELETE, and the controller deletes every object by
+    its UUID: so the one silent resend aiohttp makes of a GET or DELETE whose connection dropped
+    (never of a POST) is harmless, a repeated DELETE answering 404, "gone" (``AiohttpCarrier``).
+    At most ``max_concurrency`` requests are in flight at once (backoff pauses do not count).
     ``timeout`` is the total deadline of one attempt (connect to last byte) and is long because
     Oxide runs sagas synchronously; ``max_body``, ``max_pages`` and ``max_items`` bound memory and
     listings (see the module's docstring).
@@ -197,7 +199,7 @@ class HttpOxideClient:
         token: TokenProvider,
         project: str,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        carrier: Carrier | None = None,
         ca_file: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 10.0,
@@ -233,37 +235,15 @@ class HttpOxideClient:
         self._observer = request_observer
         self._sent: collections.deque[str] = collections.deque(maxlen=4)
         self._semaphore = asyncio.Semaphore(max_concurrency)
-        headers = {"api-version": API_VERSION, "user-agent": USER_AGENT}
-        tls = _tls(ca_file) if ca_file is not None or self._host.startswith("https:") else None
-        self._carrier: Carrier
-        # The carrier library's exceptions that reach ``_attempt``, by what they mean: none of
-        # aiohttp's (its carrier turns them into TransportFailure), all of httpx's.
-        self._timeouts: tuple[type[Exception], ...] = ()
-        self._connection_errors: tuple[type[Exception], ...] = ()
-        self._unusable_answers: tuple[type[Exception], ...] = (AnswerTooLargeError,)
-        if transport is None:
-            self._carrier = AiohttpCarrier(
+        if carrier is None:
+            tls = _tls(ca_file) if ca_file is not None or self._host.startswith("https:") else None
+            carrier = AiohttpCarrier(
                 self._host,
                 tls=tls,
                 connect_timeout=min(connect_timeout, timeout),
                 max_connections=max_concurrency,
-                headers=headers,
-                max_body=max_body,
             )
-        else:
-            import httpx
-
-            self._carrier = HttpxCarrier(
-                self._host,
-                transport,
-                timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
-                limits=httpx.Limits(max_connections=max_concurrency),
-                headers=headers,
-                max_body=max_body,
-            )
-            self._timeouts = (httpx.TimeoutException,)
-            self._connection_errors = (httpx.TransportError,)
-            self._unusable_answers = (httpx.HTTPError, AnswerTooLargeError)
+        self._carrier: Carrier = carrier
 
     @classmethod
     def from_credentials(
@@ -274,14 +254,14 @@ class HttpOxideClient:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy | None = None,
         request_observer: RequestObserver | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        carrier: Carrier | None = None,
     ) -> HttpOxideClient:
         """The production client for resolved credentials (custom CA included)."""
         return cls(
             credentials.host,
             credentials.token,
             credentials.project,
-            transport=transport,
+            carrier=carrier,
             ca_file=credentials.ca_file,
             timeout=timeout,
             max_concurrency=max_concurrency,
@@ -585,34 +565,28 @@ class HttpOxideClient:
         token = self._token()
         if token not in self._sent:
             self._sent.append(token)  # scrubbed from errors even once the provider rotated it
-        headers = {"authorization": f"Bearer {token}"}
+        headers = {
+            "api-version": API_VERSION,
+            "user-agent": USER_AGENT,
+            "authorization": f"Bearer {token}",
+        }
+        request = encode_request(self._host, method, path, params, body, headers)
         async with self._semaphore:
             start = self._monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
-                    result: Answer | _Failed = await self._carrier.exchange(
-                        method, path, params, body, headers
-                    )
+                    result: Answer | _Failed = await self._carrier.exchange(request, self._max_body)
             except TimeoutError as exc:
                 # The total deadline: a server trickling bytes defeats per-read timeouts only.
                 result = _Failed("timeout", exc, deadline=True)
             except TransportFailure as exc:
                 result = _Failed(exc.outcome, exc, cause=exc.cause, hint=exc.hint)
-            except self._timeouts as exc:
-                result = _Failed("timeout", exc)
-            except self._connection_errors as exc:
-                result = _Failed("connection_error", exc)
-            except self._unusable_answers as exc:
-                # Not a transport failure (a body that does not decode or is too large): the
-                # server answered something we cannot use; retrying would not help.
+            except AnswerTooLargeError as exc:
+                # Not a transport failure: the server answered something we cannot use;
+                # retrying would not help.
                 self._record(operation, method, None, self._monotonic() - start, attempt)
-                detail = (
-                    str(exc)
-                    if isinstance(exc, AnswerTooLargeError)
-                    else f"{type(exc).__name__}: {exc}"
-                )
                 raise OxideServerError(
-                    detail, operation=operation, secrets=self._secrets()
+                    str(exc), operation=operation, secrets=self._secrets()
                 ) from exc
             duration = self._monotonic() - start
         self._record(operation, method, result, duration, attempt)

@@ -31,7 +31,7 @@ from urllib.parse import SplitResult, urlsplit
 import structlog
 
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.files import read_small
+from csi_oxide.host.files import read_small
 
 log = structlog.get_logger("csi_oxide.oxide.credentials")
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 
 from csi_oxide import errors
-from csi_oxide.log import redact_text
+from csi_oxide.daemon.log import redact_text
 
 MAX_MESSAGE = 600
 _BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"'}]+")

@@ -1,26 +1,27 @@
 """How one HTTP exchange with the Oxide API is carried, its answer's body read within a cap.
 
-``HttpOxideClient`` decides what to send and what an answer means; a carrier only moves bytes.
-Two carriers keep one contract (``Carrier``):
+``HttpOxideClient`` decides what to send and what an answer means; it encodes each request once
+(``encode_request``: the URL with its query, the headers, the JSON body) and hands it to a
+carrier, which only moves bytes (``Carrier``). The driver has one carrier and one HTTP library:
 
-- ``AiohttpCarrier``, the production one: aiohttp's C HTTP parser and its connection pool cost
-  about a tenth of the CPU per request of httpx over httpcore (measured against the simulator
-  in another process, ten requests in flight: ~0.1 ms against ~0.85 ms of CPU per request; with
-  about nine requests per volume lifecycle, ``make bench``'s driver CPU per lifecycle fell from
-  ~11 ms to ~3 ms). Connections are kept alive; TCP_NODELAY is on (aiohttp sets it on every
-  connection: with Nagle a POST's body would wait ~40 ms for the server's delayed ACK of its
-  headers); proxies come from the usual environment variables (``HTTPS_PROXY``,
-  ``NO_PROXY``...) as with httpx; the TLS trust is httpx's (certifi, or ``SSL_CERT_FILE`` /
-  ``SSL_CERT_DIR``, or the custom CA).
-- ``HttpxCarrier`` sends over any ``httpx.AsyncBaseTransport``: the in-process transports of the
-  tests and of the simulator (``httpx.ASGITransport``, ``httpx.MockTransport``). httpx is
-  imported only by it: a controller, which talks to Oxide through aiohttp, does not load httpx
-  (nor what httpx loads with it, click for its command line among them).
+- ``AiohttpCarrier``, aiohttp: its C HTTP parser and its connection pool cost about a tenth of
+  the CPU per request of httpx over httpcore, which the driver used before (measured against the
+  simulator in another process, ten requests in flight: ~0.1 ms against ~0.85 ms of CPU per
+  request; with about nine requests per volume lifecycle, ``make bench``'s driver CPU per
+  lifecycle fell from ~11 ms to ~3 ms). Connections are kept alive; TCP_NODELAY is on (aiohttp
+  sets it on every connection: with Nagle a POST's body would wait ~40 ms for the server's
+  delayed ACK of its headers); proxies come from the usual environment variables
+  (``HTTPS_PROXY``, ``NO_PROXY``...); the TLS trust is certifi's bundle, or ``SSL_CERT_FILE`` /
+  ``SSL_CERT_DIR``, or the custom CA (``tls_context``).
 
-Both follow no redirect (the token would go along), read at most ``max_body`` bytes of an answer
-and then abandon the connection, and ask for no content coding (a compressed answer could expand
-far beyond the cap in memory before it is counted). The total deadline of an attempt is the
-client's (``asyncio.timeout`` around the whole exchange).
+The tests and the simulator's in-process runs carry the same encoded requests to an ASGI app
+in the same process (``csi_oxide_lab.asgi.AsgiCarrier``, not part of the driver).
+
+A carrier follows no redirect (the token would go along), reads at most ``max_body`` bytes of an
+answer and then abandons the connection (``AnswerTooLargeError``), and the request asks for no
+content coding (a compressed answer could expand far beyond the cap in memory before it is
+counted). No complete answer is a ``TransportFailure``, whatever the carrier. The total deadline
+of an attempt is the client's (``asyncio.timeout`` around the whole exchange).
 
 A carrier never lets an exception of its library escape with the request attached: aiohttp's
 errors hold the request's headers (the token) in ``request_info``, so they are replaced by a
@@ -40,9 +41,42 @@ from urllib.parse import urlencode, urlsplit
 
 if TYPE_CHECKING:
     import aiohttp
-    import httpx
 
 Params = Mapping[str, str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as it goes on the wire, encoded once whatever carries it (``encode_request``):
+    ``url`` is absolute, its path and query percent-encoded; ``headers`` are all of the request's
+    but ``Host`` and ``Content-Length``, which the carrier adds from ``url`` and ``body``."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+
+
+def encode_request(
+    base_url: str,
+    method: str,
+    path: str,
+    params: Params,
+    body: Mapping[str, object] | None,
+    headers: Mapping[str, str],
+) -> Request:
+    """The request to ``base_url`` + ``path`` (already percent-encoded) with ``params`` as its
+    query, ``body`` as compact JSON, ``headers`` plus ``accept-encoding: identity`` (no content
+    coding: see the module docstring) and the body's content type."""
+    url = base_url + path
+    if params:
+        url += "?" + urlencode({k: str(v) for k, v in params.items()})
+    sent = {**headers, "accept-encoding": "identity"}
+    data = None
+    if body is not None:
+        data = json_body(body)
+        sent["content-type"] = "application/json"
+    return Request(method, url, sent, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +133,16 @@ class TransportFailure(Exception):  # noqa: N818 - a failure, reported as such, 
 
 
 class Carrier(Protocol):
-    """Sends one request and reads its answer within the body cap."""
+    """Sends one request and reads its answer within the body cap.
 
-    async def exchange(
-        self,
-        method: str,
-        path: str,
-        params: Params,
-        body: Mapping[str, object] | None,
-        headers: dict[str, str],
-    ) -> Answer:
-        """One request to ``path`` (already percent-encoded) with ``params`` as its query."""
+    ``exchange`` returns the complete answer, whatever its status; it raises
+    ``AnswerTooLargeError`` for a body beyond ``max_body`` (announced or read) and
+    ``TransportFailure`` when no complete answer came (refused, reset, dropped, bad framing, a
+    timeout of its own), and nothing else of its library. ``HttpOxideClient`` reads these, and
+    its own deadline's ``TimeoutError``, the same way whatever the carrier."""
+
+    async def exchange(self, request: Request, max_body: int) -> Answer:
+        """Send ``request``; its answer, the body read up to ``max_body`` bytes."""
         ...
 
     async def aclose(self) -> None:
@@ -117,76 +150,14 @@ class Carrier(Protocol):
         ...
 
 
-def json_body(body: Mapping[str, object]) -> bytes:
-    """A request body as httpx's ``json=`` encodes it (compact, UTF-8, no NaN)."""
+def json_body(body: object) -> bytes:
+    """A request body as JSON: compact, UTF-8, no NaN (what the Oxide API's clients send)."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def too_large(max_body: int, what: str) -> str:
     """The message of ``AnswerTooLargeError``."""
     return f"the answer {what} than the {max_body} bytes the driver reads; abandoned"
-
-
-class HttpxCarrier:
-    """Requests over an ``httpx.AsyncBaseTransport``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        transport: httpx.AsyncBaseTransport,
-        *,
-        timeout: httpx.Timeout,
-        limits: httpx.Limits,
-        headers: Mapping[str, str],
-        max_body: int,
-    ) -> None:
-        import httpx  # here, not at the top: see the module docstring
-
-        self._max_body = max_body
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            transport=transport,
-            timeout=timeout,
-            limits=limits,
-            headers={**headers, "accept-encoding": "identity"},
-            follow_redirects=False,
-        )
-
-    async def exchange(
-        self,
-        method: str,
-        path: str,
-        params: Params,
-        body: Mapping[str, object] | None,
-        headers: dict[str, str],
-    ) -> Answer:
-        """See ``Carrier.exchange``; httpx's own exceptions pass through."""
-        request = self._http.build_request(
-            method, path, params=dict(params), json=body, headers=headers
-        )
-        response = await self._http.send(request, stream=True)
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_body:
-                raise AnswerTooLargeError(
-                    too_large(self._max_body, f"announces {int(declared)} bytes")
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self._max_body:
-                    raise AnswerTooLargeError(too_large(self._max_body, "is larger"))
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return Answer(
-            response.status_code, response.reason_phrase, response.headers, b"".join(chunks)
-        )
-
-    async def aclose(self) -> None:
-        """Release connections."""
-        await self._http.aclose()
 
 
 # OpenSSL's words when the first bytes back from a TLS handshake are a plain HTTP answer.
@@ -200,26 +171,27 @@ def _speaks_plain_http(exc: BaseException) -> bool:
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """httpx's trust: the CA bundle ``ca_file``, else ``SSL_CERT_FILE``/``SSL_CERT_DIR``, else
-    certifi's bundle. ``OSError``/``ssl.SSLError`` when ``ca_file`` is unusable.
+    """The driver's TLS trust: the CA bundle ``ca_file``, else ``SSL_CERT_FILE`` (a bundle),
+    else ``SSL_CERT_DIR`` (a hashed folder), else certifi's bundle (not the system's store: a
+    container image's may be missing or stale). ``OSError``/``ssl.SSLError`` when ``ca_file``
+    is unusable.
 
-    The same steps as ``httpx.create_ssl_context(trust_env=True)`` (httpx 0.28 and 0.29), taken
-    here so that a controller does not import httpx for them (tests/test_footprint.py compares
-    the two)."""
+    These are the steps httpx takes (``create_ssl_context(trust_env=True)``), kept when the
+    driver left httpx for aiohttp so that the same settings trust the same servers."""
     if ca_file is not None:
         return ssl.create_default_context(cafile=ca_file)
     if os.environ.get("SSL_CERT_FILE"):
         return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
     if os.environ.get("SSL_CERT_DIR"):
         return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    import certifi  # httpx's own dependency, as in httpx
+    import certifi  # here, not at the top: only an https controller needs it
 
     return ssl.create_default_context(cafile=certifi.where())
 
 
 def proxy_from_environment(base_url: str) -> str | None:
-    """The proxy the usual environment variables name for ``base_url`` (None: direct), the way
-    httpx reads them: ``<scheme>_proxy`` or ``all_proxy``, unless ``no_proxy`` exempts the host."""
+    """The proxy the usual environment variables name for ``base_url`` (None: direct):
+    ``<scheme>_proxy`` or ``all_proxy``, unless ``no_proxy`` exempts the host."""
     proxies = urllib.request.getproxies_environment()
     host = urlsplit(base_url).hostname or ""
     if not proxies or urllib.request.proxy_bypass(host):
@@ -230,7 +202,29 @@ def proxy_from_environment(base_url: str) -> str | None:
 class AiohttpCarrier:
     """Requests with aiohttp (see the module docstring). The session is made on first use, in
     the event loop that uses it. aiohttp is imported only here, by a controller: a node plugin,
-    which never calls the Oxide API, does not carry it in memory."""
+    which never calls the Oxide API, does not carry it in memory.
+
+    aiohttp's own resend, left on. aiohttp sends a request once more, at once and silently, when
+    its connection fails after the request went out and before an answer's head came back
+    (``ServerDisconnectedError``/``ClientOSError``: typically a kept-alive connection the server
+    had closed), for the idempotent methods only: GET, HEAD, OPTIONS, TRACE, PUT and DELETE,
+    never POST. There is no public switch for it, and none is needed, because for what this
+    driver sends such a resend is harmless:
+
+    - the client sends only GET, POST and DELETE (``csi_oxide.oxide.client``);
+    - a GET changes nothing: sent twice, it reads twice;
+    - every DELETE names its object by UUID, never by name (the controller deletes what it read,
+      by the ID it read), so a resend can never remove an object made under the same name since;
+      if the first one was carried out, the resend answers 404, which every caller reads as
+      "gone", the success of a delete. The client's own ``RetryPolicy`` would resend the same
+      request after a lost answer anyway; aiohttp's only comes earlier;
+    - a POST (creates, attach, detach) is never resent by aiohttp; the client's retries of it
+      are counted, paced and found again by name (``HttpOxideClient``).
+
+    What the resend costs: one attempt the request observer does not see (the metrics count the
+    pair as one) and no backoff before it; it happens at most once per attempt and within that
+    attempt's deadline. tests/oxide/test_hostile_api.py holds each of these facts against a real
+    server that drops connections."""
 
     def __init__(
         self,
@@ -239,15 +233,11 @@ class AiohttpCarrier:
         tls: ssl.SSLContext | None,
         connect_timeout: float,
         max_connections: int,
-        headers: Mapping[str, str],
-        max_body: int,
     ) -> None:
         self._base = base_url
         self._tls = tls
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._headers = {**headers, "accept-encoding": "identity"}
-        self._max_body = max_body
         self._proxy = proxy_from_environment(base_url)
         self._session: aiohttp.ClientSession | None = None
         import aiohttp  # here, not at the top: see the class docstring
@@ -256,8 +246,7 @@ class AiohttpCarrier:
         self._aiohttp = aiohttp
         self._url = URL
         # Any failure of aiohttp to bring back a complete answer, bad framing from the server
-        # included (as httpx's TransportError covers ``RemoteProtocolError``): retried like a
-        # dropped connection.
+        # included: retried like a dropped connection.
         self._failures = (aiohttp.ClientError, OSError)
 
     def _open(self) -> aiohttp.ClientSession:
@@ -269,51 +258,34 @@ class AiohttpCarrier:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self._connect_timeout, connect=None
                 ),
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,  # proxies are read above; never a ~/.netrc password
-                skip_auto_headers=("Accept",),
+                # No headers of aiohttp's choosing beyond Host and Content-Length (it would add
+                # Accept, and "application/octet-stream" to a POST without a body): what is sent
+                # is encode_request's, as the in-process carrier of the tests hands it over.
+                skip_auto_headers=("Accept", "Content-Type"),
             )
-            # aiohttp resends an idempotent request once, silently, when a kept-alive connection
-            # drops: an attempt no observer sees and no backoff paces. Retries are the client's
-            # (RetryPolicy); the switch is private (aiohttp's own test client turns it off the
-            # same way), and tests/oxide/test_hostile_api.py notices if it stops working.
-            self._session._retry_connection = False
         return self._session
 
-    async def exchange(
-        self,
-        method: str,
-        path: str,
-        params: Params,
-        body: Mapping[str, object] | None,
-        headers: dict[str, str],
-    ) -> Answer:
+    async def exchange(self, request: Request, max_body: int) -> Answer:
         """See ``Carrier.exchange``; aiohttp's errors become ``TransportFailure``."""
-        url = self._base + path
-        if params:
-            url += "?" + urlencode({k: str(v) for k, v in params.items()})
-        data = None
-        if body is not None:
-            data = json_body(body)
-            headers = {**headers, "content-type": "application/json"}
         session = self._open()
         failure: TransportFailure
         try:
             async with session.request(
-                method,
-                self._url(url, encoded=True),
-                data=data,
-                headers=headers,
+                request.method,
+                self._url(request.url, encoded=True),
+                data=request.body,
+                headers=dict(request.headers),
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as response:
                 try:
-                    content = await self._read(response)
+                    content = await self._read(response, max_body)
                 except BaseException:
                     response.close()  # the connection, with whatever is still unread
                     raise
@@ -353,16 +325,16 @@ class AiohttpCarrier:
         text = exc.message if isinstance(exc, self._aiohttp.ClientResponseError) else str(exc)
         return f"{type(exc).__name__}: {text}".rstrip(": ")
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, max_body: int) -> bytes:
         declared = response.content_length
-        if declared is not None and declared > self._max_body:
-            raise AnswerTooLargeError(too_large(self._max_body, f"announces {declared} bytes"))
+        if declared is not None and declared > max_body:
+            raise AnswerTooLargeError(too_large(max_body, f"announces {declared} bytes, more"))
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_any():
             size += len(chunk)
-            if size > self._max_body:
-                raise AnswerTooLargeError(too_large(self._max_body, "is larger"))
+            if size > max_body:
+                raise AnswerTooLargeError(too_large(max_body, "is larger"))
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -2,7 +2,7 @@
 
 Only ``csi_oxide.oxide.client`` turns JSON into these; everything else sees plain frozen values.
 Oxide's rules that the node plugin follows too (names, block sizes, disks per instance) are in
-``csi_oxide.oxide_rules``.
+``csi_oxide.contract.oxide_rules``.
 """
 
 from __future__ import annotations

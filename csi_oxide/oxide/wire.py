@@ -1,7 +1,7 @@
 """JSON <-> domain values for the Oxide API: pure functions, no I/O.
 
 Request bodies are built exactly as the published schema spells them (it ships as
-``csi_oxide/sim/openapi/oxide-api.json``); response bodies are read defensively and checked for
+``csi_oxide_lab/sim/openapi/oxide-api.json``); response bodies are read defensively and checked for
 plausibility: sizes are positive whole GiB, block sizes one of 512/2048/4096, IDs UUIDs, names
 non-empty, quota figures not negative. Anything that does not match raises ``WireError`` (an
 unknown enum value raises its subclass ``UnknownValueError``, so a list can skip the one object it
@@ -17,6 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from csi_oxide.contract.oxide_rules import BLOCK_SIZES, MAX_NAME_LENGTH, is_uuid
 from csi_oxide.oxide.types import (
     GIB,
     PUBLISHED_STATES,
@@ -30,7 +31,6 @@ from csi_oxide.oxide.types import (
     SnapshotState,
     Utilization,
 )
-from csi_oxide.oxide_rules import BLOCK_SIZES, MAX_NAME_LENGTH, is_uuid
 
 JsonObject = dict[str, object]
 _E = TypeVar("_E", bound=StrEnum)

@@ -15,9 +15,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from csi_oxide import publish_context
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.contract import publish_context
+from csi_oxide.contract.volumes import is_volume_name
 from csi_oxide.controller.ops import (
     ControllerOps,
     NewVolume,
@@ -28,7 +29,6 @@ from csi_oxide.controller.pages import Walks
 from csi_oxide.controller.record import Source, SourceKind, is_driver_snapshot_name
 from csi_oxide.errors import InvalidArgumentError, UnimplementedError
 from csi_oxide.server import parse
-from csi_oxide.volumes import is_volume_name
 
 Ctx = grpc.aio.ServicerContext[object, object]
 Cap = csi.ControllerServiceCapability.RPC

@@ -8,7 +8,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.health import Health
+from csi_oxide.daemon.health import Health
 
 Ctx = grpc.aio.ServicerContext[object, object]
 
@@ -43,5 +43,6 @@ class IdentityService(csi_grpc.IdentityServicer):
         return csi.GetPluginCapabilitiesResponse(capabilities=CAPABILITIES)
 
     async def Probe(self, request: csi.ProbeRequest, context: Ctx) -> csi.ProbeResponse:
-        # Never calls out: the answer comes from the background health check (csi_oxide.health).
+        # Never calls out: the answer comes from the background health check
+        # (csi_oxide.daemon.health).
         return csi.ProbeResponse(ready=BoolValue(value=self._health.ready))

@@ -19,9 +19,9 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
+from csi_oxide.daemon.inflight import rpc_deadline
+from csi_oxide.daemon.log import is_enabled, redact_text
 from csi_oxide.errors import CsiOxideError
-from csi_oxide.inflight import rpc_deadline
-from csi_oxide.log import is_enabled, redact_text
 from csi_oxide.server.errors import status_for
 
 log = structlog.get_logger("csi_oxide.rpc")

@@ -3,7 +3,7 @@
 Alive means: the CSI socket accepts a connection and answers Identity.Probe within the timeout
 (the event loop is not stuck, the socket file was not lost), and, when the plugin registers itself
 with the kubelet, the kubelet did not refuse it. Probe's ``ready`` flag is deliberately ignored:
-a slow or unreachable Oxide API must not restart a healthy controller (csi_oxide.health).
+a slow or unreachable Oxide API must not restart a healthy controller (csi_oxide.daemon.health).
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import grpc
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.contract.publish_context import decode
 from csi_oxide.errors import FailedPreconditionError, InvalidArgumentError
 from csi_oxide.node.ops import NodeOps
-from csi_oxide.publish_context import decode
 from csi_oxide.server import parse
 
 Ctx = grpc.aio.ServicerContext[object, object]

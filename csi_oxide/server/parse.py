@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.contract.mount_options import mount_flags
+from csi_oxide.contract.oxide_rules import BLOCK_SIZES
+from csi_oxide.contract.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS, CapacityRange
 from csi_oxide.errors import InvalidArgumentError
-from csi_oxide.mount_options import mount_flags
-from csi_oxide.oxide_rules import BLOCK_SIZES
-from csi_oxide.volumes import DEFAULT_FILESYSTEM, FILESYSTEMS, CapacityRange
 
 MAX_PATH_BYTES = 4096
 _FS_CHOICES = " or ".join(FILESYSTEMS)
@@ -51,7 +51,9 @@ class Capability:
     access_type: AccessType
     access_mode: int
     fstype: str = ""  # CSI's MountVolume.fs_type, defaulted and checked
-    mount_flags: tuple[str, ...] = ()  # one option each, all allowed (csi_oxide.mount_options)
+    mount_flags: tuple[
+        str, ...
+    ] = ()  # one option each, all allowed (csi_oxide.contract.mount_options)
 
     @property
     def block(self) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from csi_oxide.testing import ControllerEnv, controller_env
+from csi_oxide_lab.testing import ControllerEnv, controller_env
 
 
 @pytest.fixture

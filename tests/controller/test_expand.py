@@ -8,28 +8,33 @@ to disk, so every test can check that the data made it through.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from csi_oxide.controller import record
+from csi_oxide.contract.volumes import CapacityRange
+from csi_oxide.controller import expand, owner, record
+from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.record import Source
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import (
     AbortedError,
+    AlreadyExistsError,
     CsiOxideError,
     FailedPreconditionError,
     InternalError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import Disk, DiskSpec
-from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
 from tests.units import GIB
 
-from .controller_helpers import Env, controller_env, new
+from .controller_helpers import Env, a_disk, a_snapshot, controller_env, new
 
 DATA = b"precious user data"
 
@@ -276,3 +281,124 @@ async def test_a_disk_made_by_someone_else_during_re_creation_keeps_the_snapshot
     with pytest.raises(InternalError, match="operator"):
         await env.ops.get_volume(volume_id)
     assert _temporary(env) == [record.grow_snapshot_name(volume_id)]  # the data is still there
+
+
+# ---- the expansion's own rule: its records and leftovers (pure: no Oxide) ----
+
+PLAIN = record.Record(cluster="test", name="pvc-1", size=GIB)
+GROWING = replace(PLAIN, grow_from=GIB, grow_to=2 * GIB)
+LEFTOVER = record.grow_snapshot_name(record.volume_name("pvc-1"))
+
+
+def test_an_expansion_record_names_its_leftover_and_no_disk_may_carry_it() -> None:
+    assert expand.is_expansion_record(GROWING)
+    assert expand.leftover_name(GROWING) == LEFTOVER
+    assert not expand.is_expansion_record(PLAIN)
+    assert expand.leftover_name(PLAIN) == ""
+    # The ownership rule asks this module: the volume's disk with an expansion's record is foreign.
+    volume = record.volume_name("pvc-1")
+    assert owner.of_disk(a_disk(volume, PLAIN.encode()), "test").owner is owner.Owner.OURS
+    assert owner.of_disk(a_disk(volume, GROWING.encode()), "test") == owner.FOREIGN
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "ours"),
+    [
+        (LEFTOVER, GROWING.encode(), True),
+        (LEFTOVER, replace(GROWING, cluster="other").encode(), False),
+        (LEFTOVER, PLAIN.encode(), False),  # a volume's record: no expansion's
+        (LEFTOVER, replace(GROWING, name="pvc-2").encode(), False),  # another volume's, copied
+        (LEFTOVER, "made by hand", False),
+        (LEFTOVER, GROWING.encode()[:-1], False),  # damaged
+        (record.clone_snapshot_name(record.volume_name("pvc-1")), GROWING.encode(), False),
+    ],
+    ids=["ours", "other-cluster", "no-sizes", "copied", "by-hand", "damaged", "clone-name"],
+)
+def test_a_leftover_is_ours_exactly_when_the_ownership_rule_says_so(
+    name: str, description: str, ours: bool
+) -> None:
+    snap = a_snapshot(name, description)
+    assert (expand.leftover_record(snap, "test") is not None) is ours
+    assert (owner.of_snapshot(snap, "test").owner is owner.Owner.OURS) is ours
+
+
+# ---- resume, and the one guard discipline ----
+
+
+async def test_resume_refuses_another_clusters_expansion_snapshot_untouched(env: Env) -> None:
+    source = await _volume(env)
+    volume = record.volume_name("pvc-2")
+    theirs = replace(PLAIN, cluster="other", name="pvc-2", grow_from=GIB, grow_to=2 * GIB)
+    await env.api.snapshot_create(record.grow_snapshot_name(volume), theirs.encode(), source)
+    with pytest.raises(AlreadyExistsError, match="not this cluster's"):
+        await Expander(env.api, cluster="test").resume(volume, "pvc-2")
+    assert _temporary(env) == [record.grow_snapshot_name(volume)]
+    assert volume not in env.sim.disk_names()
+
+
+async def test_resume_without_an_expansion_is_none(env: Env) -> None:
+    assert await Expander(env.api, cluster="test").resume(record.volume_name("pvc-9"), "x") is None
+
+
+async def test_settle_aside_waits_for_the_volumes_guard(env: Env) -> None:
+    """A caller that meets a half-expanded volume on the side is told ABORTED while an operation
+    holds the volume's guard, and changes nothing; once the guard is free it finishes the work."""
+    volume_id = await _half_expanded(env)
+    guard = InFlight()
+    expander = Expander(env.api, cluster="test")
+    release = asyncio.Event()
+    busy = asyncio.ensure_future(guard.run([volume_id], "a test", release.wait()))
+    await asyncio.sleep(0)
+    with pytest.raises(AbortedError, match="a test"):
+        await expander.settle_aside(guard, volume_id, "finish expansion")
+    assert volume_id not in env.sim.disk_names()
+    release.set()
+    await busy
+    disk = await expander.settle_aside(guard, volume_id, "finish expansion")
+    assert disk is not None and disk.size == 2 * GIB
+    await _assert_grown(env, volume_id, 2 * GIB)
+
+
+def _calls(tree: ast.AST) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+
+
+def _method(call: ast.Call) -> str:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else ""
+
+
+def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def _on_the_expander(call: ast.Call) -> bool:
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Attribute)
+        and func.value.attr == "_expander"
+    )
+
+
+def test_only_settle_aside_takes_a_guard_for_an_expansion() -> None:
+    """The expander's callers never take a guard around one of its methods themselves (a function
+    that takes a guard calls none of them but ``settle_aside``): a volume met on the side is
+    settled through ``settle_aside``. Inside the expander, that is the only method that takes a
+    guard."""
+    folder = Path(expand.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for function in _functions(ast.parse(path.read_text())):
+            calls = _calls(function)
+            if any(_method(call) == "run" for call in calls):
+                mixed = [
+                    _method(call)
+                    for call in calls
+                    if _on_the_expander(call) and _method(call) != "settle_aside"
+                ]
+                assert mixed == [], f"{path.name}: {function.name} guards {mixed} itself"
+    takers = {
+        function.name
+        for function in _functions(ast.parse(Path(expand.__file__).read_text()))
+        if any(_method(call) == "run" for call in _calls(function))
+    }
+    assert takers == {"settle_aside"}

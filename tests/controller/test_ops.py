@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from csi_oxide.contract.publish_context import Birth, Origin
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.ops import origin_of
 from csi_oxide.controller.record import Source
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -14,9 +16,7 @@ from csi_oxide.errors import (
     OutOfRangeError,
     ResourceExhaustedError,
 )
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.publish_context import Birth, Origin
 from csi_oxide.wiring import build_controller_ops
 from tests.units import GIB
 

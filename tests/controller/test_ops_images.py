@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import httpx
 import pytest
 
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.controller import record
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.record import Source, SourceKind
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -19,9 +20,9 @@ from csi_oxide.errors import (
     NotFoundError,
     OutOfRangeError,
 )
-from csi_oxide.inflight import InFlight
-from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops, build_reconciler
+from csi_oxide_lab.asgi import AsgiClient
+from tests.oxide_bodies import image_create_body
 from tests.units import GIB
 
 from .controller_helpers import Env, new
@@ -31,25 +32,17 @@ def _from(snapshot_id: str) -> Source:
     return Source(SourceKind.SNAPSHOT, snapshot_id)
 
 
-def _raw(env: Env) -> httpx.AsyncClient:
+def _raw(env: Env) -> AsgiClient:
     """Plain HTTP to the simulator, for what the driver never does (silo images, promotion)."""
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=env.sim.asgi_app(validate=True)),
-        base_url="http://sim",
-        headers={"authorization": f"Bearer {env.sim.token}"},
+    return AsgiClient(
+        env.sim.asgi_app(validate=True), headers={"authorization": f"Bearer {env.sim.token}"}
     )
 
 
 async def _hand_made_image(env: Env, name: str, volume_id: str, *, silo: bool = False) -> str:
     """An image someone made by hand (no record) from a snapshot of ``volume_id``; its ID."""
     snap = await env.api.snapshot_create(f"hand-{name}", "", volume_id)
-    body = {
-        "name": name,
-        "description": "golden image",
-        "os": "debian",
-        "version": "13",
-        "source": {"type": "snapshot", "id": snap.id},
-    }
+    body = image_create_body(name, snap.id, description="golden image")
     async with _raw(env) as http:
         r = await http.post("/v1/images", params={} if silo else {"project": "csi"}, json=body)
     assert r.status_code == 201, r.text

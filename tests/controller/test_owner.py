@@ -9,26 +9,16 @@ import pytest
 
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.owner import Owner
-from csi_oxide.oxide.types import Image, Snapshot, SnapshotState
+from csi_oxide.oxide.types import Image
 
-from .controller_helpers import a_disk
+from .controller_helpers import a_disk, a_snapshot
 
 CLUSTER = "prod"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PROJECT = "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60"
 
 
-def snapshot(name: str, description: str) -> Snapshot:
-    return Snapshot(
-        id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e61",
-        name=name,
-        description=description,
-        project_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60",
-        disk_id="6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
-        size=1 << 30,
-        state=SnapshotState.READY,
-        time_created=NOW,
-    )
+snapshot = a_snapshot
 
 
 VOLUME = record.Record(cluster=CLUSTER, name="pvc-1", size=1 << 30)

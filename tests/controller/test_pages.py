@@ -14,14 +14,14 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.contract.volumes import is_volume_name
 from csi_oxide.controller.ops import VolumeInfo
 from csi_oxide.controller.pages import MAX_WALKS, WALK_TTL, Page, Walks
+from csi_oxide.daemon.health import Health
 from csi_oxide.errors import AbortedError, InvalidArgumentError
-from csi_oxide.health import Health
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
-from csi_oxide.volumes import is_volume_name
 from tests.controller.controller_helpers import controller_env, new
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide.controller.reconcile import MAX_BACKOFF
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import UnavailableError
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.types import Snapshot
 from csi_oxide.wiring import build_reconciler
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from csi_oxide.contract.oxide_rules import is_valid_name
+from csi_oxide.contract.volumes import is_volume_name
 from csi_oxide.controller import record
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.oxide_rules import is_valid_name
-from csi_oxide.volumes import is_volume_name
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.controller.sizing import disk_size
 from csi_oxide.errors import OutOfRangeError
-from csi_oxide.volumes import CapacityRange
 from tests.units import GIB
 
 

@@ -14,16 +14,16 @@ from typing import cast
 
 import pytest
 
+from csi_oxide.contract.publish_context import Birth, Origin
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.controller import owner, record
 from csi_oxide.controller.expand import Expander
 from csi_oxide.controller.ops import ControllerOps
 from csi_oxide.controller.verdicts import DEFAULT_LIMIT, Verdicts
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import CsiOxideError, NotFoundError
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.types import Disk, DiskSpec
-from csi_oxide.publish_context import Birth, Origin
-from csi_oxide.volumes import CapacityRange
 from csi_oxide.wiring import build_controller_ops
 from tests.units import GIB
 

@@ -28,11 +28,12 @@ import yaml
 
 from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide.cli import build_parser
+from csi_oxide.contract.oxide_rules import is_valid_name
+from csi_oxide.contract.volumes import FILESYSTEMS
 from csi_oxide.controller import record
 from csi_oxide.oxide.credentials import load_credentials
-from csi_oxide.oxide_rules import is_valid_name
 from csi_oxide.server import parse
-from csi_oxide.volumes import FILESYSTEMS
+from tests import skips
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -251,7 +252,9 @@ def _kustomize() -> list[str] | None:
 def rendered() -> list[Doc]:
     command = _kustomize()
     if command is None:
-        pytest.skip("no kustomize ($KUSTOMIZE, .tools/bin, PATH) and no kubectl to render with")
+        skips.unavailable(
+            "no kustomize ($KUSTOMIZE, .tools/bin, PATH) and no kubectl to render with"
+        )
     out = subprocess.run(
         [*command, str(BASE)], capture_output=True, text=True, timeout=120, check=False
     )
@@ -616,7 +619,7 @@ def test_examples_use_the_base_classes() -> None:
 
 
 def test_e2e_test_driver_names_classes_that_exist() -> None:
-    driver = yaml.safe_load((ROOT / "e2e" / "testdriver.yaml").read_text())
+    driver = yaml.safe_load((ROOT / "tests" / "e2e" / "testdriver.yaml").read_text())
     assert driver["DriverInfo"]["Name"] == DRIVER_NAME
     assert (
         driver["StorageClass"]["FromExistingClassName"] == _one("StorageClass")["metadata"]["name"]

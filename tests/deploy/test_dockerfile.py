@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 import yaml
 
-from csi_oxide import DRIVER_NAME, __version__, doctor
+from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.cli import build_parser
+from csi_oxide.commands import doctor
+from tests import skips
+from tests.plain_http import get
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -163,12 +164,12 @@ def test_runtime_installs_every_tool_the_node_runs() -> None:
     assert "rm -rf /var/lib/apt/lists" in installs
 
 
-@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg to look tools up")
+@pytest.mark.tools("dpkg")
 @pytest.mark.parametrize(("tool", "package"), sorted(TOOL_PACKAGES.items()))
 def test_tool_packages_are_what_debian_says(tool: str, package: str) -> None:
     out = subprocess.run(["dpkg", "-S", f"bin/{tool}"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        pytest.skip(f"{tool} is not installed from a Debian package here")
+        skips.unavailable(f"{tool} is not installed from a Debian package here")
     owners = {
         line.split(":", 1)[0]
         for line in out.stdout.splitlines()
@@ -339,7 +340,7 @@ def test_the_installed_controller_serves_with_the_deployment_arguments(
             controller = csi_grpc.ControllerStub(channel)
             listed = controller.ListVolumes(csi.ListVolumesRequest(), timeout=30)
             assert list(listed.entries) == []  # an answer from the simulated Oxide API
-        answer = httpx.get(f"http://{metrics}/metrics", timeout=10)
+        answer = get(f"http://{metrics}/metrics")
         assert answer.status_code == 200
         assert "ListVolumes" in answer.text
     finally:

@@ -24,20 +24,21 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from csi_oxide import DRIVER_NAME, __version__, doctor
+from csi_oxide import DRIVER_NAME, __version__
 from csi_oxide.cli import build_parser
+from csi_oxide.commands import doctor
+from csi_oxide.contract.mount_options import mount_flags
+from csi_oxide.contract.volumes import FILESYSTEMS
 from csi_oxide.controller.record import check_cluster_id
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.mount_options import mount_flags
 from csi_oxide.oxide.credentials import load_credentials
-from csi_oxide.volumes import FILESYSTEMS
-from tests.conftest import sanity_required
+from tests import skips
 from tests.deploy.test_deploy_manifests import K8S_VERSIONS, _validate
 from tests.e2e import helm as chart
 from tests.e2e import overlay
@@ -76,20 +77,19 @@ ALLOWED_DIFFERENCES = {
 }
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if sanity_required():
-        pytest.fail(f"CSI_OXIDE_REQUIRE_SANITY=1 but the Helm chart cannot be checked: {reason}")
-    pytest.skip(reason)
+def _helm() -> Path:
+    """The helm binary (built from its Go module if need be), or ``skips.unavailable``."""
+    try:
+        return chart.helm_binary(build=True)
+    except FileNotFoundError as exc:
+        skips.unavailable(f"no helm: {exc} (make helm builds it)")
+    except subprocess.CalledProcessError as exc:
+        skips.unavailable(f"helm could not be built from its Go module: {exc}")
 
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    try:
-        return chart.helm_binary(build=True)
-    except FileNotFoundError as exc:
-        _unavailable(f"no helm: {exc} (make helm builds it)")
-    except subprocess.CalledProcessError as exc:
-        _unavailable(f"helm could not be built from its Go module: {exc}")
+    return _helm()
 
 
 def test_without_go_helm_binary_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -100,12 +100,16 @@ def test_without_go_helm_binary_says_why(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_a_missing_helm_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CSI_OXIDE_REQUIRE_SANITY", "0")
+    def no_helm(build: bool = False) -> Path:
+        raise FileNotFoundError("no helm-v3.22.0 and no go to build it with")
+
+    monkeypatch.setattr(chart, "helm_binary", no_helm)
+    monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no helm"):
-        _unavailable("no helm")
-    monkeypatch.setenv("CSI_OXIDE_REQUIRE_SANITY", "1")
-    with pytest.raises(pytest.fail.Exception, match="CSI_OXIDE_REQUIRE_SANITY=1 but"):
-        _unavailable("no helm")
+        _helm()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no helm.*CI is set"):
+        _helm()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +118,7 @@ def kubectl() -> Path:
         return KUBECTL
     found = shutil.which("kubectl")
     if found is None:
-        _unavailable("no kubectl (.tools/cluster or PATH) to render the kustomize base with")
+        skips.unavailable("no kubectl (.tools/cluster or PATH) to render the kustomize base with")
     return Path(found)
 
 
@@ -1095,7 +1099,8 @@ def test_the_controller_sidecars_know_every_flag_the_chart_gives_them(render: An
             assert arg.lstrip("-").split("=", 1)[0] in known, f"{name} has no flag {arg}"
         checked += 1
     if not checked:
-        pytest.skip("no sidecar binaries in .tools/cluster (the cluster test builds them)")
+        # Built by the cluster test, which make test runs after this: not asked of CI here.
+        skips.skip("no sidecar binaries in .tools/cluster (the cluster test builds them)")
 
 
 # -- pod labels, topology spread, update strategies

@@ -9,8 +9,8 @@ sim --hotplug --backing loop --local-instances 2``, so attach and detach work an
 move between instances), installs the driver with the Helm chart (helm.py, the second node's
 plugin as an additional DaemonSet; the cluster test installs the kustomize base), runs the suite
 with ginkgo in parallel processes (then the [Serial] specs alone) on the patterns
-e2e/testdriver.yaml claims, prints the suite's own passed / failed / skipped counts from its JUnit
-report and the time, and tears everything down. The suite's log and JUnit report stay in
+tests/e2e/testdriver.yaml claims, prints the suite's own passed / failed / skipped counts from its
+JUnit report and the time, and tears everything down. The suite's log and JUnit report stay in
 .tools/conformance/last. A watch on ``ss -tnp`` checks that none of the run's processes connects
 to anything outside 127.0.0.0/8 (the API server reaches the kubelets for exec and logs on their
 Hostname addresses, ``localhost`` and ``127.0.0.2``; see cluster.py).
@@ -44,7 +44,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTDRIVER = ROOT / "e2e" / "testdriver.yaml"
+TESTDRIVER = ROOT / "tests" / "e2e" / "testdriver.yaml"
 BUILD_TOOLS = ROOT / "scripts" / "cluster" / "build_tools.py"
 # What is kept of the last run (the suite's log and JUnit report).
 RESULTS_DIR = ROOT / ".tools" / "conformance" / "last"
@@ -76,7 +76,7 @@ class Skip:
 # Only specs this cluster cannot run. What the driver does not claim (NTFS, inline and
 # pre-provisioned patterns, ephemeral volumes, topology, capacity, online expansion, group
 # snapshots, VolumeAttributesClass, performance options) is skipped by the suite itself from
-# e2e/testdriver.yaml and counted as such.
+# tests/e2e/testdriver.yaml and counted as such.
 SKIPS: tuple[Skip, ...] = (
     Skip(
         r"\[Disruptive\]",

@@ -34,10 +34,11 @@ import pytest
 import yaml
 
 from csi_oxide import DRIVER_NAME, RECONCILER_LEASE
-from csi_oxide.guest.bridge import BridgeThread
+from csi_oxide.contract.volumes import serial_of
 from csi_oxide.kube.taint import AGENT_NOT_READY
 from csi_oxide.node.devices import UdevDeviceFinder
-from csi_oxide.volumes import serial_of
+from csi_oxide_lab.guest.bridge import BridgeThread
+from tests import skips
 from tests.e2e.cluster import Cluster, Tools, free_port, log, wait_for
 from tests.e2e.images import DRIVER_IMAGE
 from tests.e2e.stack import (
@@ -61,14 +62,7 @@ pytestmark = [
     # One test: images, a two-node cluster and every scenario (~6 minutes warm, far longer when
     # the images are built for the first time).
     pytest.mark.timeout(3600),
-    pytest.mark.skipif(
-        os.environ.get("CSI_OXIDE_E2E") != "1",
-        reason="opt-in: CSI_OXIDE_E2E=1 (make e2e; make test runs it as root)",
-    ),
-    pytest.mark.skipif(
-        hasattr(os, "geteuid") and os.geteuid() != 0,
-        reason="the Kubernetes cluster test needs root (containerd, kubelet, loop devices)",
-    ),
+    skips.opt_in("CSI_OXIDE_E2E", "make e2e; make test runs it as root"),
 ]
 
 
@@ -1023,7 +1017,7 @@ def _bridge_container(name: str, port: str, sock: str) -> dict[str, Any]:
     return {
         "name": name,
         "image": DRIVER_IMAGE,
-        "command": ["python", "-m", "csi_oxide.guest.bridge"],
+        "command": ["python", "-m", "csi_oxide_lab.guest.bridge"],
         "args": [f"--listen=tcp:127.0.0.1:{port}", f"--connect=unix:{BRIDGES}/{sock}"],
         "volumeMounts": [{"name": "e2e-bridges", "mountPath": BRIDGES}],
         "securityContext": {"runAsUser": 0, "runAsNonRoot": False},

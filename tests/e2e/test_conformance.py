@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,10 +23,11 @@ import pytest
 import yaml
 
 from csi_oxide._csi import csi_pb2 as csi
-from csi_oxide.health import Health
-from csi_oxide.mount_options import mount_flags
-from csi_oxide.oxide_rules import MAX_DISKS_PER_INSTANCE
+from csi_oxide.contract.mount_options import mount_flags
+from csi_oxide.contract.oxide_rules import MAX_DISKS_PER_INSTANCE
+from csi_oxide.daemon.health import Health
 from csi_oxide.server import controller, identity, node
+from tests import skips
 from tests.e2e import conformance, images
 from tests.e2e.conformance import FOCUS, Case, count, skip_reason
 from tests.e2e.test_overlay_and_tools import _build_tools
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes" / "base"
 PREFIX = "External Storage [Driver: csi.oxide.computer] "
 
-# Spec texts of e2e.test v1.34.4 run with e2e/testdriver.yaml (from its -list-tests).
+# Spec texts of e2e.test v1.34.4 run with tests/e2e/testdriver.yaml (from its -list-tests).
 SKIPPED_BY_US = {
     "[Testpattern: Dynamic PV (block volmode)] disruptive [Disruptive] [LinuxOnly] Should test "
     "that pv written before kubelet restart is readable after restart.": "SSH",
@@ -142,7 +142,7 @@ def test_the_skip_list_covers_the_real_suite_when_it_is_built() -> None:
     """Against the suite's own list: each skip matches a spec, and the claimed ones remain."""
     e2e_test = ROOT / ".tools" / "cluster" / "e2e.test-v1.34.4"
     if not e2e_test.exists():
-        pytest.skip("e2e.test not built (make conformance builds it)")
+        skips.skip("e2e.test not built (make conformance builds it)")
     listed = subprocess.run(
         [str(e2e_test), f"-storage.testdriver={conformance.TESTDRIVER}", "-list-tests"],
         capture_output=True,
@@ -275,7 +275,7 @@ def test_print_skip_prints_the_expression(capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().out.strip() == conformance.skip_expression()
 
 
-# ---- e2e/testdriver.yaml is what the driver does -------------------------------------------------
+# ---- tests/e2e/testdriver.yaml is what the driver does -------------------------------------
 
 
 def _driver() -> dict[str, object]:
@@ -414,7 +414,7 @@ def test_the_agnhost_image_is_the_binary_with_a_shell_and_the_dockerfile_users(
     tmp_path: Path,
 ) -> None:
     if shutil.which("busybox") is None:
-        pytest.skip("busybox-static not installed (make conformance installs it)")
+        skips.skip("busybox-static not installed (make conformance installs it)")
     fake = tmp_path / "agnhost"
     fake.write_bytes(b"\x7fELF agnhost")
     fake.chmod(0o755)
@@ -432,7 +432,7 @@ def test_the_agnhost_image_is_the_binary_with_a_shell_and_the_dockerfile_users(
 
 def test_the_pause_image_answers_to_both_names(tmp_path: Path) -> None:
     if shutil.which("busybox") is None:
-        pytest.skip("busybox-static not installed")
+        skips.skip("busybox-static not installed")
     tags, _, _ = _members(images.pause_image(tmp_path).archive)
     assert tags == ["registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10.1"]
 
@@ -440,7 +440,7 @@ def test_the_pause_image_answers_to_both_names(tmp_path: Path) -> None:
 def _suite_image_manifest() -> Path:
     """The suite's image manifest in this user's Go module cache (where the build put it)."""
     if shutil.which("go") is None:
-        pytest.skip("go is not installed: the k8s.io/kubernetes module cannot be in its cache")
+        skips.skip("go is not installed: the k8s.io/kubernetes module cannot be in its cache")
     done = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=False)
     cache = Path(done.stdout.strip())
     manifest = cache / "k8s.io/kubernetes@v1.34.4/test/utils/image/manifest.go"
@@ -449,7 +449,7 @@ def _suite_image_manifest() -> Path:
             return manifest
     except PermissionError:
         pass
-    pytest.skip(f"the k8s.io/kubernetes v1.34.4 module is not downloaded in {cache}")
+    skips.skip(f"the k8s.io/kubernetes v1.34.4 module is not downloaded in {cache}")
 
 
 def test_the_image_names_are_the_suites_manifest() -> None:
@@ -488,11 +488,7 @@ def test_the_suite_binaries_are_built_only_when_asked_for() -> None:
 @pytest.mark.root
 @pytest.mark.e2e
 @pytest.mark.timeout(5400)  # the cluster, then the suite under its own SUITE_TIMEOUT (50 minutes)
-@pytest.mark.skipif(
-    os.environ.get("CSI_OXIDE_CONFORMANCE") != "1",
-    reason="opt-in: CSI_OXIDE_CONFORMANCE=1 (make conformance runs the suite)",
-)
-@pytest.mark.skipif(os.geteuid() != 0, reason="the cluster needs root")
+@skips.opt_in("CSI_OXIDE_CONFORMANCE", "make conformance runs the suite")
 def test_the_suite_passes_on_the_claimed_patterns() -> None:
     counts, problems = conformance.run()
     assert counts is not None, problems

@@ -11,7 +11,6 @@ kubelet's pod cgroups of the machine).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import skips
 from tests.e2e import helm
 from tests.e2e.cluster import TOOLS_DIR, Cluster, Tools
 
@@ -30,14 +30,7 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.e2e,
     pytest.mark.timeout(1800),  # etcd, an API server and the chart installed, upgraded, removed
-    pytest.mark.skipif(
-        os.environ.get("CSI_OXIDE_E2E") != "1",
-        reason="opt-in: CSI_OXIDE_E2E=1 (make e2e; make test runs it as root)",
-    ),
-    pytest.mark.skipif(
-        hasattr(os, "geteuid") and os.geteuid() != 0,
-        reason="the cluster tests need root (make e2e)",
-    ),
+    skips.opt_in("CSI_OXIDE_E2E", "make e2e; make test runs it as root"),
 ]
 
 

@@ -19,11 +19,6 @@ from tests.e2e import leftovers
 from tests.e2e.leftovers import Ledger, alive, mounts_below, start_time, sweep
 from tests.loops import attach, detach_if_ours
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
-    reason="needs root (mounts, loop devices, cgroups)",
-)
-
 
 def _dead_owner(folder: Path) -> Ledger:
     """A ledger whose owner process has exited (a SIGKILLed test run)."""
@@ -68,7 +63,6 @@ def scratch_cgroup() -> Iterator[str]:
     leftovers.kill_cgroups([name])
 
 
-@needs_root
 @pytest.mark.root
 def test_a_killed_run_is_swept(tmp_path: Path, scratch_cgroup: str) -> None:
     state = tmp_path / "state"

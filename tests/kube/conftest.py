@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from tests import skips
 from tests.kube.fake_api import FakeKubeApi
 
 
@@ -37,8 +37,7 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl to make a certificate")
+    skips.need_tools("openssl", install="Debian's openssl, to make a certificate")
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     subprocess.run(
         [

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from csi_oxide import DRIVER_NAME, RECONCILER_LEASE, harness
+from csi_oxide import DRIVER_NAME, RECONCILER_LEASE
 from csi_oxide.kube.taint import AGENT_NOT_READY
+from csi_oxide_lab import harness
 from tests.kube.fake_api import TOKEN, FakeKubeApi
 from tests.polling import wait_until
 

@@ -12,14 +12,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from csi_oxide.contract.volumes import serial_of
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import FailedPreconditionError, InternalError, NotFoundError
-from csi_oxide.inflight import InFlight
 from csi_oxide.node.devices import BlockDevice, serial_text
 from csi_oxide.node.fs import Signature
 from csi_oxide.node.mountinfo import Mount
 from csi_oxide.node.ops import NodeOps
 from csi_oxide.node.state import RecordStore
-from csi_oxide.volumes import serial_of
 
 DEV_MM = "0:6"  # the devtmpfs at /dev
 
@@ -251,9 +251,11 @@ def fake_node_ops(
     *,
     mounter: FakeMounter | None = None,
     views: FakeViews | None = None,
+    online_ext4_growth: bool = True,
 ) -> NodeOps:
     """``NodeOps`` over the fakes (a mount table over ``devices`` unless ``mounter``), with a
-    guard of its own and online ext4 growth, as the node's tests use it."""
+    guard of its own and (unless told otherwise) online ext4 growth, as the node's tests use it
+    (``tests/node/world.py``'s ``FakeWorld`` holds them all)."""
     return NodeOps(
         devices,
         mounter if mounter is not None else FakeMounter(devices),
@@ -261,5 +263,5 @@ def fake_node_ops(
         records,
         views=views if views is not None else FakeViews(),
         inflight=InFlight(),
-        online_ext4_growth=True,
+        online_ext4_growth=online_ext4_growth,
     )

@@ -24,11 +24,7 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.errors import InvalidArgumentError
-from csi_oxide.harness import unmount_below
-from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
-from csi_oxide.mount_options import (
+from csi_oxide.contract.mount_options import (
     EXT3,
     EXT3_VALUES,
     EXT4,
@@ -37,6 +33,9 @@ from csi_oxide.mount_options import (
     XFS,
     XFS_VALUES,
 )
+from csi_oxide.daemon.health import Health
+from csi_oxide.daemon.inflight import InFlight
+from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node import fs, mountinfo
 from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder
 from csi_oxide.node.exec import CommandFailedError
@@ -50,8 +49,10 @@ from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService
 from csi_oxide.wiring import build_node_ops
+from csi_oxide_lab.harness import unmount_below
+from tests import skips
 from tests.loops import DELETED, attach, detach_if_ours
-from tests.node.test_node_loop import VOLUME, Rack, _digest
+from tests.node.world import VOLUME, Rack, digest
 from tests.units import MIB
 
 pytestmark = pytest.mark.root
@@ -245,7 +246,7 @@ async def test_a_read_only_block_publish_cannot_be_written_through(node: Node) -
     dev = node.rack.attach(node.rack.disk(VOLUME, SIZE))
     with open(dev, "r+b") as f:
         f.write(os.urandom(SIZE))
-    before = _digest(dev)
+    before = digest(dev)
     staging, ro_target = node.rack.paths("ro")
     _, rw_target = node.rack.paths("rw")
     loops = node.loops()
@@ -258,7 +259,7 @@ async def test_a_read_only_block_publish_cannot_be_written_through(node: Node) -
         with pytest.raises(OSError, match=r"not permitted|Read-only|denied") as refused:
             _write(ro_target, 0, page, flags)
         assert refused.value.errno in (errno.EPERM, errno.EROFS, errno.EACCES)
-    assert _digest(dev) == before
+    assert digest(dev) == before
     assert _read(ro_target, 0, SIZE) == _read(dev, 0, SIZE)
     # The kubelet holds a block target with a loop device of its own, attached read-write: the
     # view under it still refuses every write (the kubelet's loop device reports EIO).
@@ -268,7 +269,7 @@ async def test_a_read_only_block_publish_cannot_be_written_through(node: Node) -
             _write(held, 0, page)
     finally:
         assert detach_if_ours(held, ro_target)
-    assert _digest(dev) == before
+    assert digest(dev) == before
     stats = await node.stub.NodeGetVolumeStats(
         csi.NodeGetVolumeStatsRequest(volume_id=VOLUME, volume_path=ro_target)
     )
@@ -374,9 +375,7 @@ def _accepted(fstype: str) -> list[str]:
 def formatted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """An ext4, an ext3 and an xfs loop device, formatted, with a mount point below their
     directory."""
-    for tool in ("mkfs.ext4", "mkfs.ext3", "mkfs.xfs"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (make test installs it as root)")
+    skips.need_tools("mkfs.ext4", "mkfs.ext3", "mkfs.xfs")
     root = tmp_path_factory.mktemp("options")
     rack = Rack(root, root)
     devices = {

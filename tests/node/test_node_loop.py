@@ -7,127 +7,62 @@ Oxide disk; the file's name plays the NVMe serial, exactly as with the simulator
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from csi_oxide.harness import unmount_below
-from csi_oxide.inflight import InFlight
 from csi_oxide.node import fs
 from csi_oxide.node.devices import BlockDevice, UdevDeviceFinder
-from csi_oxide.node.fs import LinuxFilesystems
 from csi_oxide.node.mount import LinuxMounter
 from csi_oxide.node.ops import NodeOps
-from csi_oxide.node.state import FileRecordStore
-from csi_oxide.node.views import LoopViews
-from csi_oxide.wiring import build_node_ops
-from tests.loops import Loops
+from tests import skips
+from tests.node.world import (
+    OTHER,
+    VOLUME,
+    LoopWorld,
+    Rack,
+    digest,
+    publish_at,
+    sh,
+    stage_at,
+)
 from tests.units import GIB, MIB
 
 pytestmark = pytest.mark.root
 
 SMALL = 64 * MIB  # for tests that checksum whole devices: keeps them quick
 XFS_MIN = 320 * MIB  # mkfs.xfs refuses filesystems under 300 MB
-VOLUME = "csi-0123456789abcdef"
-OTHER = "csi-fedcba9876543210"
 FSTYPES = ["ext4", "ext3", "xfs"]
 EXT = ["ext4", "ext3"]  # e2fsprogs' filesystems, served by the kernel's ext4 driver
-
-
-def _sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@dataclass
-class Rack:
-    """Backing files in ``devices`` and the loop devices over them (detached at the end)."""
-
-    root: Path
-    devices: Path
-    loops: Loops = field(default_factory=Loops)
-
-    def disk(self, name: str, size: int = GIB, directory: Path | None = None) -> Path:
-        path = (directory or self.devices) / name
-        with path.open("wb") as f:
-            f.truncate(size)
-        return path
-
-    def attach(self, backing: Path) -> str:
-        return self.loops.attach(backing)
-
-    def grow(self, backing: Path, dev: str, size: int) -> None:
-        with backing.open("r+b") as f:
-            f.truncate(size)
-        _sh("losetup", "-c", dev)
-
-    def paths(self, name: str = "vol") -> tuple[str, str]:
-        staging = self.root / "kubelet" / name / "globalmount"
-        staging.mkdir(parents=True, exist_ok=True)
-        return str(staging), str(self.root / "kubelet" / name / "pod")
+# Not asked of CI: a container may run its root without this capability (the refusal is tested).
+CAP_SYS_RESOURCE = "online {fstype} growth needs CAP_SYS_RESOURCE, which this process lacks"
 
 
 @pytest.fixture
-def rack(tmp_path: Path) -> Iterator[Rack]:
-    devices = tmp_path / "devices"
-    devices.mkdir()
-    r = Rack(tmp_path, devices)
-    try:
-        yield r
-    finally:
-        unmount_below(tmp_path)
-        r.loops.detach()
+def ops(loop_world: LoopWorld) -> NodeOps:
+    return loop_world.ops
 
 
 @pytest.fixture
-def ops(rack: Rack) -> NodeOps:
-    return build_node_ops(
-        sim_device_dir=rack.devices, device_timeout=3.0, state_dir=rack.root / "state"
-    )
+def rack_ops(rack: Rack) -> Iterator[Callable[[bool], NodeOps]]:
+    """Another node plugin over the rack, with or without online ext4 growth."""
+    made: list[LoopWorld] = []
 
-
-@pytest.fixture
-def rack_ops(rack: Rack) -> Callable[[bool], NodeOps]:
     def make(online_ext4_growth: bool) -> NodeOps:
-        devices = UdevDeviceFinder(sim_device_dir=rack.devices, timeout=3.0)
-        records = FileRecordStore(rack.root / f"state-{online_ext4_growth}")
-        return NodeOps(
-            devices,
-            LinuxMounter(),
-            LinuxFilesystems(),
-            records,
-            views=LoopViews(rack.root / f"views-{online_ext4_growth}"),
-            inflight=InFlight(),
-            online_ext4_growth=online_ext4_growth,
-        )
+        made.append(LoopWorld(rack, online_ext4_growth=online_ext4_growth))
+        return made[-1].ops
 
-    return make
-
-
-def _digest(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    yield make
+    for world in made:
+        world.store.close()
 
 
 def _needs(tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (make test installs it as root)")
-
-
-async def _stage(ops: NodeOps, staging: str, fstype: str = "ext4", volume: str = VOLUME) -> None:
-    await ops.stage(volume, staging, fstype=fstype, mount_flags=[], block=False)
-
-
-async def _publish(ops: NodeOps, staging: str, target: str, **kw: bool) -> None:
-    options = {"block": False, "read_only": False, "single_writer": False, **kw}
-    await ops.publish(VOLUME, staging, target, mount_flags=[], **options)
+    skips.need_tools(tool)
 
 
 @pytest.mark.parametrize("fstype", FSTYPES)
@@ -136,12 +71,12 @@ async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -
     dev = rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
     for _ in range(2):
-        await _stage(ops, staging, fstype)
+        await stage_at(ops, VOLUME, staging, fstype=fstype)
     assert (await fs.probe(dev)).fstype == fstype
     (mounted,) = await LinuxMounter().mounts_at(staging)
     assert mounted.fstype == fstype  # mounted as what was asked (ext3: by the ext4 driver)
     for _ in range(2):
-        await _publish(ops, staging, target)
+        await publish_at(ops, VOLUME, staging, target)
     Path(target, "hello").write_text("hello")
     stats = await ops.stats(VOLUME, target)
     assert stats.abnormal is None
@@ -154,30 +89,32 @@ async def test_full_cycle_is_idempotent(rack: Rack, ops: NodeOps, fstype: str) -
         await ops.unstage(VOLUME, staging)
     assert not os.path.ismount(staging)
     # Staged again: the same filesystem, the file still there (never re-formatted).
-    await _stage(ops, staging, fstype)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
     assert Path(staging, "hello").read_text() == "hello"
     await ops.unstage(VOLUME, staging)
     if fstype in EXT:
-        _sh(f"fsck.{fstype}", "-n", "-f", dev)  # clean: exit 0
+        sh(f"fsck.{fstype}", "-n", "-f", dev)  # clean: exit 0
 
 
 async def test_read_only_publish(rack: Rack, ops: NodeOps) -> None:
     rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
-    await _stage(ops, staging)
-    await _publish(ops, staging, target, read_only=True)
+    await stage_at(ops, VOLUME, staging)
+    await publish_at(ops, VOLUME, staging, target, read_only=True)
     with pytest.raises(OSError, match="Read-only"):
         Path(target, "x").write_text("x")
     with pytest.raises(Exception, match="read-only"):
-        await _publish(ops, staging, target, read_only=False)  # a different request: refused
+        await publish_at(
+            ops, VOLUME, staging, target, read_only=False
+        )  # a different request: refused
 
 
 async def test_raw_block_publish_reaches_the_device(rack: Rack, ops: NodeOps) -> None:
     dev = rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
-    await ops.stage(VOLUME, staging, fstype="", mount_flags=[], block=True)
-    await _publish(ops, staging, target, block=True)
-    await _publish(ops, staging, target, block=True)
+    await stage_at(ops, VOLUME, staging, fstype="", block=True)
+    await publish_at(ops, VOLUME, staging, target, block=True)
+    await publish_at(ops, VOLUME, staging, target, block=True)
     payload = os.urandom(4096)
     fd = os.open(target, os.O_WRONLY)
     try:
@@ -197,10 +134,10 @@ async def test_raw_block_publish_reaches_the_device(rack: Rack, ops: NodeOps) ->
 async def test_single_writer_refuses_a_second_target(rack: Rack, ops: NodeOps) -> None:
     rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
-    await _stage(ops, staging)
-    await _publish(ops, staging, target, single_writer=True)
+    await stage_at(ops, VOLUME, staging)
+    await publish_at(ops, VOLUME, staging, target, single_writer=True)
     with pytest.raises(FailedPreconditionError, match="SINGLE_WRITER"):
-        await _publish(ops, staging, target + "-2", single_writer=True)
+        await publish_at(ops, VOLUME, staging, target + "-2", single_writer=True)
 
 
 @pytest.mark.parametrize("fstype", FSTYPES)
@@ -211,15 +148,15 @@ async def test_a_grown_device_grows_its_filesystem_at_stage(
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
     staging, _ = rack.paths()
-    await _stage(ops, staging, fstype)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
     Path(staging, "data").write_bytes(os.urandom(1 << 20))
-    before = _digest(Path(staging, "data"))
+    before = digest(Path(staging, "data"))
     small = (await ops.stats(VOLUME, staging)).total_bytes
     await ops.unstage(VOLUME, staging)
     rack.grow(backing, dev, 2 * GIB)  # what offline expansion does to the disk
-    await _stage(ops, staging, fstype)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
     assert (await ops.stats(VOLUME, staging)).total_bytes > small + GIB // 2
-    assert _digest(Path(staging, "data")) == before
+    assert digest(Path(staging, "data")) == before
     assert await ops.expand(VOLUME, staging) == 2 * GIB
     await ops.unstage(VOLUME, staging)
 
@@ -232,14 +169,14 @@ async def test_expand_grows_online_through_the_published_path(
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
     staging, target = rack.paths()
-    await _stage(ops, staging, fstype)
-    await _publish(ops, staging, target)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
+    await publish_at(ops, VOLUME, staging, target)
     small = (await ops.stats(VOLUME, target)).total_bytes
     rack.grow(backing, dev, 2 * GIB)
     if fstype in EXT and not fs.can_grow_ext4_online():
         with pytest.raises(FailedPreconditionError, match="CAP_SYS_RESOURCE"):
             await ops.expand(VOLUME, target)
-        pytest.skip(f"online {fstype} growth needs CAP_SYS_RESOURCE, which this process lacks")
+        skips.skip(CAP_SYS_RESOURCE.format(fstype=fstype))
     assert await ops.expand(VOLUME, target) == 2 * GIB
     assert (await ops.stats(VOLUME, target)).total_bytes > small + GIB // 2
     assert await ops.expand(VOLUME, target) == 2 * GIB  # nothing left to do: still fine
@@ -252,19 +189,19 @@ async def test_ext4_grows_at_stage_online_or_before_mounting(
 ) -> None:
     """ext4, and ext3 alike (resize2fs; e2fsck first when unmounted)."""
     if online and not fs.can_grow_ext4_online():
-        pytest.skip(f"online {fstype} growth needs CAP_SYS_RESOURCE, which this process lacks")
+        skips.skip(CAP_SYS_RESOURCE.format(fstype=fstype))
     ops = rack_ops(online)
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
     staging, _ = rack.paths()
-    await _stage(ops, staging, fstype)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
     await ops.unstage(VOLUME, staging)
     rack.grow(backing, dev, 2 * GIB)
-    await _stage(ops, staging, fstype)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
     assert await fs.filesystem_size(dev, fstype) == 2 * GIB
     assert (await fs.probe(dev)).fstype == fstype  # still ext3: growth adds no ext4 feature
     await ops.unstage(VOLUME, staging)
-    _sh(f"fsck.{fstype}", "-n", "-f", dev)
+    sh(f"fsck.{fstype}", "-n", "-f", dev)
 
 
 @pytest.mark.parametrize(("first", "then"), [("ext4", "xfs"), ("ext4", "ext3"), ("ext3", "ext4")])
@@ -273,18 +210,18 @@ async def test_staged_again_with_another_type_is_refused(
 ) -> None:
     rack.attach(rack.disk(VOLUME))
     staging, _ = rack.paths()
-    await _stage(ops, staging, first)
+    await stage_at(ops, VOLUME, staging, fstype=first)
     with pytest.raises(AlreadyExistsError, match=f"as {first}, not {then}"):
-        await _stage(ops, staging, then)
+        await stage_at(ops, VOLUME, staging, fstype=then)
 
 
 async def test_stats_report_a_filesystem_gone_read_only(rack: Rack, ops: NodeOps) -> None:
     rack.attach(rack.disk(VOLUME))
     staging, target = rack.paths()
-    await _stage(ops, staging)
-    await _publish(ops, staging, target, read_only=True)
+    await stage_at(ops, VOLUME, staging)
+    await publish_at(ops, VOLUME, staging, target, read_only=True)
     assert (await ops.stats(VOLUME, target)).abnormal is None  # asked read-only: healthy
-    _sh("mount", "-o", "remount,ro", staging)  # what ext4 errors=remount-ro does
+    sh("mount", "-o", "remount,ro", staging)  # what ext4 errors=remount-ro does
     assert "read-only" in str((await ops.stats(VOLUME, staging)).abnormal)
 
 
@@ -294,18 +231,18 @@ async def test_existing_filesystem_is_mounted_never_reformatted(
 ) -> None:
     backing = rack.disk(VOLUME)
     dev = rack.attach(backing)
-    _sh(f"mkfs.{fstype}", "-q", "-L", "precious", dev)
+    sh(f"mkfs.{fstype}", "-q", "-L", "precious", dev)
     mnt = rack.root / "by-hand"
     mnt.mkdir()
-    _sh("mount", dev, str(mnt))
+    sh("mount", dev, str(mnt))
     (mnt / "data").write_bytes(os.urandom(1 << 20))
-    before = _digest(mnt / "data")
-    _sh("umount", str(mnt))
-    uuid = _sh("blkid", "-p", "-s", "UUID", "-o", "value", dev)
+    before = digest(mnt / "data")
+    sh("umount", str(mnt))
+    uuid = sh("blkid", "-p", "-s", "UUID", "-o", "value", dev)
     staging, _ = rack.paths()
-    await _stage(ops, staging, fstype)
-    assert _digest(Path(staging, "data")) == before
-    blkid = _sh("blkid", "-p", "-o", "export", dev)
+    await stage_at(ops, VOLUME, staging, fstype=fstype)
+    assert digest(Path(staging, "data")) == before
+    blkid = sh("blkid", "-p", "-o", "export", dev)
     assert "LABEL=precious" in blkid and f"TYPE={fstype}" in blkid and f"UUID={uuid}" in blkid
 
 
@@ -315,11 +252,11 @@ async def test_raw_data_without_signature_is_refused_untouched(rack: Rack, ops: 
         f.seek(SMALL - 4096)  # data only near the end: the start still reads as zeros
         f.write(os.urandom(4096))
     dev = rack.attach(backing)
-    before = _digest(dev)
+    before = digest(dev)
     staging, _ = rack.paths()
     with pytest.raises(FailedPreconditionError, match="not blank"):
-        await _stage(ops, staging)
-    assert _digest(dev) == before
+        await stage_at(ops, VOLUME, staging)
+    assert digest(dev) == before
     assert not os.path.ismount(staging)
 
 
@@ -330,24 +267,24 @@ async def test_an_ext4_asked_for_as_ext3_or_the_reverse_is_refused_untouched(
     """The kernel's ext4 driver would mount either way; the node does not: the filesystem a
     volume holds is the one it was asked for (as for xfs and ext4), else FAILED_PRECONDITION."""
     dev = rack.attach(rack.disk(VOLUME, SMALL))
-    _sh(f"mkfs.{holds}", "-q", dev)
-    before = _digest(dev)
+    sh(f"mkfs.{holds}", "-q", dev)
+    before = digest(dev)
     staging, _ = rack.paths()
     with pytest.raises(FailedPreconditionError, match=f"holds '{holds}', not {asked}"):
-        await _stage(ops, staging, asked)
-    assert _digest(dev) == before
+        await stage_at(ops, VOLUME, staging, fstype=asked)
+    assert digest(dev) == before
     assert not os.path.ismount(staging)
 
 
 async def test_another_filesystem_type_is_refused(rack: Rack, ops: NodeOps) -> None:
     _needs("mkfs.xfs")
     dev = rack.attach(rack.disk(VOLUME, XFS_MIN))
-    _sh("mkfs.xfs", "-q", dev)
-    before = _digest(dev)
+    sh("mkfs.xfs", "-q", dev)
+    before = digest(dev)
     staging, _ = rack.paths()
     with pytest.raises(FailedPreconditionError, match="xfs"):
-        await _stage(ops, staging, "ext4")
-    assert _digest(dev) == before
+        await stage_at(ops, VOLUME, staging, fstype="ext4")
+    assert digest(dev) == before
 
 
 async def test_a_device_with_another_serial_is_never_touched(rack: Rack, ops: NodeOps) -> None:
@@ -355,11 +292,11 @@ async def test_a_device_with_another_serial_is_never_touched(rack: Rack, ops: No
     elsewhere.mkdir()
     foreign = rack.attach(rack.disk(VOLUME, SMALL, elsewhere))  # right name, wrong directory
     other = rack.attach(rack.disk(OTHER, SMALL))  # right directory, another volume
-    digests = {dev: _digest(dev) for dev in (foreign, other)}
+    digests = {dev: digest(dev) for dev in (foreign, other)}
     staging, _ = rack.paths()
     with pytest.raises(NotFoundError, match=VOLUME):
-        await _stage(ops, staging)
-    assert {dev: _digest(dev) for dev in digests} == digests
+        await stage_at(ops, VOLUME, staging)
+    assert {dev: digest(dev) for dev in digests} == digests
 
 
 async def test_two_devices_with_one_serial_are_refused(rack: Rack, ops: NodeOps) -> None:
@@ -368,7 +305,7 @@ async def test_two_devices_with_one_serial_are_refused(rack: Rack, ops: NodeOps)
     rack.attach(backing)
     staging, _ = rack.paths()
     with pytest.raises(FailedPreconditionError, match="several devices"):
-        await _stage(ops, staging)
+        await stage_at(ops, VOLUME, staging)
 
 
 async def test_the_device_may_appear_after_the_call(
@@ -385,7 +322,7 @@ async def test_the_device_may_appear_after_the_call(
     monkeypatch.setattr(UdevDeviceFinder, "scan", watched)
     backing = rack.disk(VOLUME)
     staging, _ = rack.paths()
-    stage = asyncio.ensure_future(_stage(ops, staging))
+    stage = asyncio.ensure_future(stage_at(ops, VOLUME, staging))
     assert await asyncio.to_thread(scans.acquire, timeout=10)  # looked: no device yet
     assert not stage.done()
     await asyncio.to_thread(rack.attach, backing)
@@ -409,7 +346,7 @@ async def test_unpublish_and_unstage_touch_only_what_is_the_volumes(
     rack.attach(rack.disk(VOLUME))
     foreign = rack.root / "foreign"
     foreign.mkdir()
-    _sh("mount", "-t", "tmpfs", "tmpfs", str(foreign))
+    sh("mount", "-t", "tmpfs", "tmpfs", str(foreign))
     (foreign / "keep").write_text("keep")
     for call in (ops.unpublish(VOLUME, str(foreign)), ops.unstage(VOLUME, str(foreign))):
         with pytest.raises(FailedPreconditionError, match="not volume"):

@@ -13,121 +13,51 @@ from pathlib import Path
 
 import pytest
 
+from csi_oxide.contract.publish_context import Origin
 from csi_oxide.errors import (
     AbortedError,
     AlreadyExistsError,
     FailedPreconditionError,
     NotFoundError,
 )
-from csi_oxide.inflight import InFlight
 from csi_oxide.node.fs import Signature
+from csi_oxide.node.history import MKFS_DONE, MKFS_STARTED, RAW
 from csi_oxide.node.mountinfo import Mount
-from csi_oxide.node.ops import MKFS_CONCURRENCY, NodeOps
-from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, RAW, FileRecordStore, VolumeRecord
-from csi_oxide.publish_context import Birth, Origin
-from tests.node.fakes import (
-    Disk,
-    FakeDevices,
-    FakeFilesystems,
-    FakeMounter,
-    FakeViews,
-    MkfsInterruptedError,
-    fake_node_ops,
-)
+from csi_oxide.node.ops import MKFS_CONCURRENCY
+from csi_oxide.node.state import VolumeRecord
+from tests.node.fakes import Disk, FakeFilesystems, FakeMounter, MkfsInterruptedError
+from tests.node.world import DISK, NEW_DISK, OTHER, TWIN, VOLUME, FakeWorld
 
-VOLUME = "csi-0123456789abcdef"
-TWIN = "csi-0123456789abcdef-twin"  # the same first 20 characters: the same NVMe serial
-OTHER = "csi-fedcba9876543210"
-DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"  # the Oxide disk behind VOLUME (publish_context)
-NEW_DISK = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # another disk given VOLUME's name later
 GUARD = 10.0  # ends a test that would hang on the old behaviour; never reached when it passes
 
 
-@dataclass
-class World:
-    root: Path
-    devices: FakeDevices
-    mounter: FakeMounter
-    fs: FakeFilesystems
-    store: FileRecordStore
-    ops: NodeOps
-
-    def staging(self, name: str = "a") -> str:
-        path = self.root / "kubelet" / "pv" / name / "globalmount"
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
-
-    def target(self, name: str = "a") -> str:
-        path = self.root / "kubelet" / "pods" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path / "mount")
-
-    def reboot(self) -> None:
-        """A node reboot: every mount is gone, the records stay, the boot ID changes."""
-        self.store.close()
-        self.mounter.table[2:] = []
-        self.store = FileRecordStore(self.root / "state", boot="boot-2")
-        self.ops = fake_node_ops(self.devices, self.fs, self.store, mounter=self.mounter)
-
-    async def stage(
-        self,
-        volume: str = VOLUME,
-        name: str = "a",
-        *,
-        origin: Origin | None = None,
-        disk_id: str | None = DISK,
-        **kw: object,
-    ) -> None:
-        """Stage as the kubelet would, with ``publish_context`` naming ``disk_id`` (the disk
-        behind the volume) and ``origin``."""
-        options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
-        options.update(kw, birth=Birth(origin, disk_id))
-        await self.ops.stage(volume, self.staging(name), **options)  # type: ignore[arg-type]
-
-    async def publish(self, volume: str = VOLUME, name: str = "a", **kw: bool) -> None:
-        options = {"block": False, "read_only": False, "single_writer": False, **kw}
-        await self.ops.publish(
-            volume, self.staging(name), self.target(name), mount_flags=[], **options
-        )
-
-
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    devices = FakeDevices()
-    mounter = FakeMounter(devices)
-    filesystems = FakeFilesystems()
-    store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = fake_node_ops(devices, filesystems, store, mounter=mounter)
-    return World(tmp_path, devices, mounter, filesystems, store, ops)
-
-
-def _mounted(world: World, path: str) -> bool:
-    real = os.path.realpath(path)
-    return any(m.mount_point == real for m in world.mounter.table)
+def world(fake_world: FakeWorld) -> FakeWorld:
+    return fake_world
 
 
 # ---- finding 1: unmount only what provably is ours ----
 
 
-async def test_unstage_leaves_a_foreign_mount_when_the_device_is_absent(world: World) -> None:
+async def test_unstage_leaves_a_foreign_mount_when_the_device_is_absent(world: FakeWorld) -> None:
     staging = world.staging()
     world.mounter.add("8:16", "/", staging, "ext4", "/dev/sdb")  # the host's own disk
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(VOLUME, staging)
-    assert _mounted(world, staging)
+    assert world.mounted(staging)
     assert ("unmount", os.path.realpath(staging)) not in world.mounter.calls
 
 
-async def test_unstage_leaves_a_foreign_mount_when_the_device_is_present(world: World) -> None:
+async def test_unstage_leaves_a_foreign_mount_when_the_device_is_present(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     staging = world.staging()
     world.mounter.add("8:16", "/", staging, "ext4", "/dev/sdb")
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(VOLUME, staging)
-    assert _mounted(world, staging)
+    assert world.mounted(staging)
 
 
-async def test_unpublish_through_a_symlink_to_a_root_fs_bind_is_refused(world: World) -> None:
+async def test_unpublish_through_a_symlink_to_a_root_fs_bind_is_refused(world: FakeWorld) -> None:
     host_dir = world.root / "etc-bind"
     host_dir.mkdir()
     world.mounter.add("8:1", "/etc", str(host_dir), "ext4", "/dev/sda1")
@@ -135,11 +65,11 @@ async def test_unpublish_through_a_symlink_to_a_root_fs_bind_is_refused(world: W
     link.symlink_to(host_dir)
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unpublish(VOLUME, str(link))
-    assert _mounted(world, str(host_dir))
+    assert world.mounted(str(host_dir))
     assert host_dir.is_dir() and link.is_symlink()
 
 
-async def test_unpublish_of_another_volumes_target_touches_nothing(world: World) -> None:
+async def test_unpublish_of_another_volumes_target_touches_nothing(world: FakeWorld) -> None:
     world.devices.attach(OTHER)
     await world.stage(OTHER, "b")
     await world.publish(OTHER, "b")
@@ -147,46 +77,44 @@ async def test_unpublish_of_another_volumes_target_touches_nothing(world: World)
     for volume in (VOLUME, "csi-aaaaaaaaaaaaaaaa"):  # attached or not: the same answer
         with pytest.raises(FailedPreconditionError, match="left mounted"):
             await world.ops.unpublish(volume, target)
-    assert _mounted(world, target) and Path(target).is_dir()
+    assert world.mounted(target) and Path(target).is_dir()
 
 
 async def test_unstage_through_dotdot_to_another_volumes_staging_is_refused(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     world.devices.attach(VOLUME)
     await world.stage(VOLUME, "a")
     sneaky = os.path.join(world.staging("b"), "..", "..", "a", "globalmount")
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(OTHER, sneaky)
-    assert _mounted(world, world.staging("a"))
+    assert world.mounted(world.staging("a"))
 
 
-async def test_our_mounts_are_released_with_the_device_gone(world: World) -> None:
+async def test_our_mounts_are_released_with_the_device_gone(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     await world.publish()
     world.devices.detach(VOLUME)
     await world.ops.unpublish(VOLUME, world.target())
     await world.ops.unstage(VOLUME, world.staging())
-    assert not _mounted(world, world.target()) and not _mounted(world, world.staging())
+    assert not world.mounted(world.target()) and not world.mounted(world.staging())
     assert not Path(world.target()).exists()
     record = await world.store.load(VOLUME)
     assert (record.stage, record.publish, record.history) == (None, {}, MKFS_DONE)
 
 
-async def test_after_a_plugin_restart_the_records_still_prove_it(world: World) -> None:
+async def test_after_a_plugin_restart_the_records_still_prove_it(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     await world.publish()
-    world.store.close()  # a new process, the same host directory and boot
-    store = FileRecordStore(world.root / "state", boot="boot-1")
-    ops = fake_node_ops(world.devices, world.fs, store, mounter=world.mounter)
-    await ops.unpublish(VOLUME, world.target())
-    await ops.unstage(VOLUME, world.staging())
-    assert not _mounted(world, world.staging())
+    world.restart()  # a new process, the same host directory and boot
+    await world.unpublish()
+    await world.unstage()
+    assert not world.mounted(world.staging())
 
 
-async def test_after_a_reboot_nothing_mounted_is_ours(world: World) -> None:
+async def test_after_a_reboot_nothing_mounted_is_ours(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     await world.publish()
@@ -204,7 +132,7 @@ async def test_after_a_reboot_nothing_mounted_is_ours(world: World) -> None:
     assert (await world.store.load(VOLUME)).stage is None
 
 
-async def test_the_record_is_on_disk_before_anything_is_mounted(world: World) -> None:
+async def test_the_record_is_on_disk_before_anything_is_mounted(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     seen: list[str] = []
 
@@ -219,7 +147,7 @@ async def test_the_record_is_on_disk_before_anything_is_mounted(world: World) ->
     assert len(seen) == 2
 
 
-async def test_a_half_done_read_only_bind_is_finished_by_the_retry(world: World) -> None:
+async def test_a_half_done_read_only_bind_is_finished_by_the_retry(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     await world.publish(read_only=True)
@@ -235,7 +163,7 @@ async def test_a_half_done_read_only_bind_is_finished_by_the_retry(world: World)
 
 
 async def test_unpublish_never_deletes_an_empty_file_or_directory_it_did_not_create(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     empty_dir = Path(world.target("d"))
     empty_dir.mkdir()
@@ -246,16 +174,16 @@ async def test_unpublish_never_deletes_an_empty_file_or_directory_it_did_not_cre
         assert path.exists()
 
 
-async def test_a_target_the_co_made_is_left_for_the_co(world: World) -> None:
+async def test_a_target_the_co_made_is_left_for_the_co(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     Path(world.target()).mkdir()  # kubelet creates the mount directory itself
     await world.publish()
     await world.ops.unpublish(VOLUME, world.target())
-    assert Path(world.target()).is_dir() and not _mounted(world, world.target())
+    assert Path(world.target()).is_dir() and not world.mounted(world.target())
 
 
-async def test_a_target_replaced_after_publish_is_left_in_place(world: World) -> None:
+async def test_a_target_replaced_after_publish_is_left_in_place(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage()
     await world.publish()
@@ -268,7 +196,7 @@ async def test_a_target_replaced_after_publish_is_left_in_place(world: World) ->
     assert target.is_dir()
 
 
-async def test_block_publish_creates_and_removes_its_file(world: World) -> None:
+async def test_block_publish_creates_and_removes_its_file(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage(block=True)
     await world.publish(block=True)
@@ -282,27 +210,27 @@ async def test_block_publish_creates_and_removes_its_file(world: World) -> None:
 # ---- findings 3 and 4: format only on proof ----
 
 
-async def _staged_with(world: World, origin: Origin | None = None) -> None:
+async def _staged_with(world: FakeWorld, origin: Origin | None = None) -> None:
     await world.stage(origin=origin)
 
 
-async def test_a_signature_free_device_that_reads_as_zeros_is_formatted(world: World) -> None:
+async def test_a_signature_free_device_that_reads_as_zeros_is_formatted(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     await _staged_with(world)
     assert world.fs.formatted == [(dev.path, "ext4")]
     assert (await world.store.load(VOLUME)).history == MKFS_DONE
 
 
-async def test_data_anywhere_on_the_device_is_never_formatted(world: World) -> None:
+async def test_data_anywhere_on_the_device_is_never_formatted(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.disk(dev.path).zeros = False  # some sample in the middle is not zero
     for origin in (None, Origin.BLANK, Origin.SNAPSHOT):
         with pytest.raises(FailedPreconditionError, match="not blank"):
             await _staged_with(world, origin)
-    assert world.fs.formatted == [] and not _mounted(world, world.staging())
+    assert world.fs.formatted == [] and not world.mounted(world.staging())
 
 
-async def test_any_other_signature_is_refused_untouched(world: World) -> None:
+async def test_any_other_signature_is_refused_untouched(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     for sig in (Signature(fstype="xfs"), Signature(pttype="gpt"), Signature(usage="raid")):
         world.fs.disk(dev.path).signature = sig
@@ -311,16 +239,16 @@ async def test_any_other_signature_is_refused_untouched(world: World) -> None:
     assert world.fs.formatted == []
 
 
-async def test_an_existing_filesystem_is_mounted_not_formatted(world: World) -> None:
+async def test_an_existing_filesystem_is_mounted_not_formatted(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.disk(dev.path).signature = Signature(fstype="ext4")
     world.fs.disk(dev.path).zeros = False
     await _staged_with(world)
-    assert world.fs.formatted == [] and _mounted(world, world.staging())
+    assert world.fs.formatted == [] and world.mounted(world.staging())
 
 
 async def test_a_formatted_disk_is_staged_without_waiting_for_the_zero_check(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     """Once blkid finds the filesystem the zero check's answer cannot change anything: the stage
     goes on without it (on a large disk it reads for a long time) and stops it."""
@@ -328,11 +256,13 @@ async def test_a_formatted_disk_is_staged_without_waiting_for_the_zero_check(
     world.fs.disk(dev.path).signature = Signature(fstype="ext4")
     world.fs.zero_check_gate = asyncio.Event()  # never set: a zero check that never ends
     await asyncio.wait_for(_staged_with(world), GUARD)
-    assert _mounted(world, world.staging()) and world.fs.formatted == []
+    assert world.mounted(world.staging()) and world.fs.formatted == []
     assert world.fs.zero_checks_answered == 0 and world.fs.zero_checks_running == 0  # stopped
 
 
-async def test_a_blank_disk_is_formatted_only_after_the_zero_check_answers(world: World) -> None:
+async def test_a_blank_disk_is_formatted_only_after_the_zero_check_answers(
+    world: FakeWorld,
+) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.zero_check_gate = gate = asyncio.Event()
     staging = asyncio.ensure_future(_staged_with(world))
@@ -356,7 +286,7 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 async def test_zero_checks_run_for_every_volume_at_once_while_mkfs_stays_bounded(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     """A burst of new volumes on one node: the checks only read and all run together (on a
     network disk each waits on thousands of reads); mkfs, which writes, is MKFS_CONCURRENCY at
@@ -381,13 +311,15 @@ async def test_zero_checks_run_for_every_volume_at_once_while_mkfs_stays_bounded
 FSTYPES = ["ext4", "ext3", "xfs"]
 
 
-def _staged_mount(world: World) -> Mount:
+def _staged_mount(world: FakeWorld) -> Mount:
     (top,) = [m for m in world.mounter.table if m.mount_point == os.path.realpath(world.staging())]
     return top
 
 
 @pytest.mark.parametrize("fstype", FSTYPES)
-async def test_a_blank_device_gets_the_filesystem_asked_for_once(world: World, fstype: str) -> None:
+async def test_a_blank_device_gets_the_filesystem_asked_for_once(
+    world: FakeWorld, fstype: str
+) -> None:
     dev = world.devices.attach(VOLUME)
     for _ in range(2):  # the retry finds it mounted
         await world.stage(fstype=fstype)
@@ -404,7 +336,7 @@ async def test_a_blank_device_gets_the_filesystem_asked_for_once(world: World, f
 
 @pytest.mark.parametrize("fstype", FSTYPES)
 async def test_a_device_holding_the_filesystem_asked_for_is_mounted_as_it_is(
-    world: World, fstype: str
+    world: FakeWorld, fstype: str
 ) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.disk(dev.path).signature = Signature(fstype=fstype)
@@ -417,7 +349,7 @@ async def test_a_device_holding_the_filesystem_asked_for_is_mounted_as_it_is(
     ("holds", "asked"), [("ext4", "ext3"), ("ext3", "ext4"), ("xfs", "ext3"), ("ext3", "xfs")]
 )
 async def test_another_filesystem_than_the_one_asked_for_is_refused_untouched(
-    world: World, holds: str, asked: str
+    world: FakeWorld, holds: str, asked: str
 ) -> None:
     """The rule for a filesystem-type mismatch holds between ext3 and ext4 too: an ext4 is not
     mounted as ext3 (nor the reverse), and never formatted."""
@@ -427,12 +359,12 @@ async def test_another_filesystem_than_the_one_asked_for_is_refused_untouched(
     for origin in (None, Origin.BLANK):
         with pytest.raises(FailedPreconditionError, match=f"holds '{holds}', not {asked}"):
             await world.stage(fstype=asked, origin=origin)
-    assert world.fs.formatted == [] and not _mounted(world, world.staging())
+    assert world.fs.formatted == [] and not world.mounted(world.staging())
 
 
 @pytest.mark.parametrize(("first", "then"), [("ext4", "ext3"), ("ext3", "ext4")])
 async def test_staged_again_as_the_other_ext_is_refused(
-    world: World, first: str, then: str
+    world: FakeWorld, first: str, then: str
 ) -> None:
     world.devices.attach(VOLUME)
     await world.stage(fstype=first)
@@ -479,35 +411,22 @@ async def test_a_larger_disk_grows_its_filesystem_at_stage(
     """Offline expansion re-created the disk larger: stage grows the filesystem, online, or,
     for ext4 and ext3 without CAP_SYS_RESOURCE (resize2fs's online growth needs it), with
     e2fsck and resize2fs before mounting."""
-    devices = FakeDevices()
-    mounter = FakeMounter(devices)
-    filesystems = Growing(mounter=mounter)
-    store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = NodeOps(
-        devices,
-        mounter,
-        filesystems,
-        store,
-        views=FakeViews(),
-        inflight=InFlight(),
-        online_ext4_growth=online,
-    )
-    dev = devices.attach(VOLUME)
-    filesystems.disk(dev.path).signature = Signature(fstype=fstype)
-    filesystems.disk(dev.path).zeros = False
-    staging = tmp_path / "globalmount"
-    staging.mkdir()
-    await ops.stage(VOLUME, str(staging), fstype=fstype, mount_flags=[], block=False)
+    world = FakeWorld(tmp_path)
+    world.fs = filesystems = Growing(mounter=world.mounter)
+    world.online_ext4_growth = online
+    world.restart()
+    world.holding(fstype)
+    staging = await world.stage(fstype=fstype, disk_id=None)
     assert filesystems.grown == [(fstype, how)] and filesystems.formatted == []
-    assert await ops.expand(VOLUME, str(staging)) == 1 << 30  # nothing left to grow
+    assert await world.ops.expand(VOLUME, staging) == 1 << 30  # nothing left to grow
     assert filesystems.grown == [(fstype, how)]
     filesystems.grown.clear()  # smaller again: NodeExpandVolume grows it online, or says why not
     if how == "mounted":
-        await ops.expand(VOLUME, str(staging))
+        await world.ops.expand(VOLUME, staging)
         assert filesystems.grown == [(fstype, "mounted")]
     else:
         with pytest.raises(FailedPreconditionError, match=f"{fstype} .*CAP_SYS_RESOURCE"):
-            await ops.expand(VOLUME, str(staging))
+            await world.ops.expand(VOLUME, staging)
         assert filesystems.grown == []
 
 
@@ -525,7 +444,7 @@ def _make_xfs(disk: Disk) -> None:
     ids=["device-held", "filesystem-made"],
 )
 async def test_what_happened_while_waiting_for_a_mkfs_slot_is_seen_and_left_alone(
-    world: World, meanwhile: Callable[[Disk], None], refusal: str
+    world: FakeWorld, meanwhile: Callable[[Disk], None], refusal: str
 ) -> None:
     """The checks passed, then the volume waited for a mkfs slot: whatever took the device or
     wrote a filesystem on it in the meantime is seen again (held check, blkid) right before
@@ -549,7 +468,9 @@ async def test_what_happened_while_waiting_for_a_mkfs_slot_is_seen_and_left_alon
     assert (await world.store.load(VOLUME)).history == ""
 
 
-async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(world: World) -> None:
+async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(
+    world: FakeWorld,
+) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.interrupt_next_mkfs = True
     with pytest.raises(MkfsInterruptedError):
@@ -563,7 +484,7 @@ async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_formatted_again(world
 
 @pytest.mark.parametrize("origin", [None, Origin.SNAPSHOT, Origin.VOLUME, Origin.STATIC])
 async def test_an_interrupted_mkfs_without_the_controllers_word_stays_refused(
-    world: World, origin: Origin | None
+    world: FakeWorld, origin: Origin | None
 ) -> None:
     world.devices.attach(VOLUME)
     world.fs.interrupt_next_mkfs = True
@@ -574,7 +495,7 @@ async def test_an_interrupted_mkfs_without_the_controllers_word_stays_refused(
     assert world.fs.formatted == []
 
 
-async def test_a_disk_that_carried_a_filesystem_is_never_blank_again(world: World) -> None:
+async def test_a_disk_that_carried_a_filesystem_is_never_blank_again(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     await _staged_with(world, Origin.BLANK)
     await world.ops.unstage(VOLUME, world.staging())
@@ -585,7 +506,7 @@ async def test_a_disk_that_carried_a_filesystem_is_never_blank_again(world: Worl
     assert world.fs.formatted == [(dev.path, "ext4")]
 
 
-async def test_a_disk_used_raw_is_never_formatted_on_the_controllers_word(world: World) -> None:
+async def test_a_disk_used_raw_is_never_formatted_on_the_controllers_word(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.interrupt_next_mkfs = True
     with pytest.raises(MkfsInterruptedError):
@@ -601,7 +522,7 @@ async def test_a_disk_used_raw_is_never_formatted_on_the_controllers_word(world:
 # ---- issue 24, finding 1: the history belongs to the disk, not to its name ----
 
 
-def _name_given_to_a_new_disk(world: World) -> str:
+def _name_given_to_a_new_disk(world: FakeWorld) -> str:
     """VOLUME's disk deleted and a new one created under the same name (same volume ID, another
     disk UUID): the device the node then finds; blank, unless the caller writes to it."""
     world.devices.detach(VOLUME)
@@ -609,7 +530,7 @@ def _name_given_to_a_new_disk(world: World) -> str:
 
 
 async def test_an_interrupted_mkfs_never_vouches_for_a_new_disk_of_the_same_name(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     world.devices.attach(VOLUME)
     world.fs.interrupt_next_mkfs = True
@@ -623,7 +544,7 @@ async def test_an_interrupted_mkfs_never_vouches_for_a_new_disk_of_the_same_name
     assert world.fs.formatted == []
 
 
-async def test_a_new_disk_under_a_formatted_disks_name_is_formatted(world: World) -> None:
+async def test_a_new_disk_under_a_formatted_disks_name_is_formatted(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage(origin=Origin.BLANK)
     await world.ops.unstage(VOLUME, world.staging())
@@ -636,7 +557,7 @@ async def test_a_new_disk_under_a_formatted_disks_name_is_formatted(world: World
 
 
 async def test_a_history_without_a_disk_id_still_refuses_and_vouches_for_nothing(
-    world: World,
+    world: FakeWorld,
 ) -> None:
     dev = world.devices.attach(VOLUME)
     for history in (MKFS_DONE, RAW):  # a record of an earlier version: no disk UUID in it
@@ -650,7 +571,7 @@ async def test_a_history_without_a_disk_id_still_refuses_and_vouches_for_nothing
     assert world.fs.formatted == []
 
 
-async def test_a_device_held_by_a_running_mkfs_is_left_alone(world: World) -> None:
+async def test_a_device_held_by_a_running_mkfs_is_left_alone(world: FakeWorld) -> None:
     dev = world.devices.attach(VOLUME)
     world.fs.disk(dev.path).held = True
     with pytest.raises(FailedPreconditionError, match="held by something else"):
@@ -661,7 +582,7 @@ async def test_a_device_held_by_a_running_mkfs_is_left_alone(world: World) -> No
 # ---- finding 5: one serial, one volume ----
 
 
-async def test_a_second_volume_with_the_same_serial_is_refused(world: World) -> None:
+async def test_a_second_volume_with_the_same_serial_is_refused(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)  # TWIN resolves to this very device
     await world.stage(VOLUME, "a")
     for call in (
@@ -678,16 +599,16 @@ async def test_a_second_volume_with_the_same_serial_is_refused(world: World) -> 
     ):
         with pytest.raises(FailedPreconditionError, match=f"volume {VOLUME} already uses"):
             await call
-    assert not _mounted(world, world.staging("b"))
+    assert not world.mounted(world.staging("b"))
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(TWIN, world.staging("a"))
-    assert _mounted(world, world.staging("a"))
+    assert world.mounted(world.staging("a"))
     await world.ops.unstage(VOLUME, world.staging("a"))
     await world.stage(TWIN, "b")  # free now
     assert world.fs.formatted == [("/dev/nvme1n1", "ext4")]  # formatted once, by VOLUME
 
 
-async def test_a_record_from_an_earlier_boot_does_not_hold_the_serial(world: World) -> None:
+async def test_a_record_from_an_earlier_boot_does_not_hold_the_serial(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage(VOLUME, "a", block=True)
     world.reboot()
@@ -697,7 +618,7 @@ async def test_a_record_from_an_earlier_boot_does_not_hold_the_serial(world: Wor
 # ---- finding 6: serials are text ----
 
 
-async def test_messages_show_serials_as_text(world: World) -> None:
+async def test_messages_show_serials_as_text(world: FakeWorld) -> None:
     world.devices.attach(VOLUME)
     await world.stage(VOLUME, "a")
     with pytest.raises(FailedPreconditionError) as caught:
@@ -712,7 +633,7 @@ async def test_messages_show_serials_as_text(world: World) -> None:
 # ---- the guard and the volume ID live in NodeOps ----
 
 
-async def test_nodeops_refuses_a_second_operation_on_a_serial_in_flight(world: World) -> None:
+async def test_nodeops_refuses_a_second_operation_on_a_serial_in_flight(world: FakeWorld) -> None:
     """The per-volume guard is NodeOps' own: while VOLUME's stage formats the device, every
     other operation on that device, under either ID of its serial, is refused at once (ABORTED),
     while a volume on another device goes on; once the stage is done, the twin is refused for
@@ -745,7 +666,7 @@ async def test_nodeops_refuses_a_second_operation_on_a_serial_in_flight(world: W
     assert world.fs.formatted == [(dev.path, "ext4")]
 
 
-async def test_a_cancelled_stage_keeps_its_serial_until_its_work_ends(world: World) -> None:
+async def test_a_cancelled_stage_keeps_its_serial_until_its_work_ends(world: FakeWorld) -> None:
     """A caller that gives up (kubelet's deadline) does not end the mkfs under it, and the serial
     stays held until the mkfs is done: a retry never races the half-finished stage."""
     dev = world.devices.attach(VOLUME)
@@ -758,22 +679,23 @@ async def test_a_cancelled_stage_keeps_its_serial_until_its_work_ends(world: Wor
     with pytest.raises(AbortedError):
         await asyncio.wait_for(world.stage(VOLUME, "a"), GUARD)
     world.fs.mkfs_gate.set()
-    await _until(lambda: _mounted(world, world.staging("a")))  # the abandoned stage's end
+    await _until(lambda: world.mounted(world.staging("a")))  # the abandoned stage's end
     await asyncio.wait_for(_retry_while_aborted(lambda: world.stage(VOLUME, "a")), GUARD)
     assert world.fs.formatted == [(dev.path, "ext4")]  # the retry found it done
     assert (await world.store.load(VOLUME)).history == MKFS_DONE
 
 
-async def _retry_while_aborted(call: Callable[[], Awaitable[None]]) -> None:
+async def _retry_while_aborted(call: Callable[[], Awaitable[object]]) -> None:
     while True:
         try:
-            return await call()
+            await call()
+            return
         except AbortedError:
             await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("bad", ["../../etc", "UPPER", "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"])
-async def test_nodeops_refuses_an_id_that_is_not_a_disk_name(world: World, bad: str) -> None:
+async def test_nodeops_refuses_an_id_that_is_not_a_disk_name(world: FakeWorld, bad: str) -> None:
     """Every NodeOps operation checks the volume ID itself (the servicer leaves it here):
     NotFoundError before the guard, a record or a mount is touched."""
     path = world.staging()

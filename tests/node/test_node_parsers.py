@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from csi_oxide.contract.volumes import serial_of
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.node import fs
 from csi_oxide.node.devices import BlockDevice, normalize_serial, volume_slots
-from csi_oxide.volumes import serial_of
 
 
 def test_serial_is_the_first_20_bytes_of_the_name() -> None:

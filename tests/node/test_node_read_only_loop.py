@@ -6,103 +6,66 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from csi_oxide.contract.publish_context import Origin
 from csi_oxide.errors import FailedPreconditionError
-from csi_oxide.harness import unmount_below
 from csi_oxide.node import mountinfo
-from csi_oxide.node.ops import NodeOps
-from csi_oxide.publish_context import Birth, Origin
-from csi_oxide.wiring import build_node_ops
-from tests.loops import Loops, attach, detach_if_ours, needs_loop_devices
+from tests.loops import attach, detach_if_ours
+from tests.node.world import VOLUME, LoopWorld, PublishContext, sh
+from tests.units import MIB
 
-pytestmark = [
-    pytest.mark.root,
-    needs_loop_devices,
-]
+pytestmark = pytest.mark.root
 
-VOLUME = "csi-0123456789abcdef"
-DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"
-READ_ONLY = Birth(Origin.SNAPSHOT, DISK, read_only=True)
-SIZES = {"ext4": 64 * 1024**2, "ext3": 64 * 1024**2, "xfs": 320 * 1024**2}  # mkfs.xfs: 300 MB
-
-
-def _sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+# What ``publish_context`` says of the volume: a read-only disk, made from a snapshot.
+READ_ONLY = PublishContext(origin=Origin.SNAPSHOT, read_only_disk=True)
+SIZES = {"ext4": 64 * MIB, "ext3": 64 * MIB, "xfs": 320 * MIB}  # mkfs.xfs: 300 MB at least
 
 
 @pytest.fixture
-def loops(tmp_path: Path) -> Iterator[Loops]:
-    made = Loops()
-    try:
-        yield made
-    finally:
-        unmount_below(tmp_path)
-        made.detach()
+def world(loop_world: LoopWorld) -> LoopWorld:
+    return loop_world
 
 
-def _golden_disk(tmp_path: Path, fstype: str, loops: Loops) -> Path:
-    """A backing file in the device folder holding ``fstype`` with one file on it, attached as
-    a read-only loop device."""
-    devices = tmp_path / "devices"
-    devices.mkdir()
-    backing = devices / VOLUME
-    with backing.open("wb") as f:
-        f.truncate(SIZES[fstype])
-    _sh(f"mkfs.{fstype}", "-q", str(backing))
-    by_hand = tmp_path / "by-hand"
+def _golden_disk(world: LoopWorld, fstype: str) -> None:
+    """The volume's disk in the rack, holding ``fstype`` with one file on it, attached as a
+    read-only loop device."""
+    backing = world.rack.disk(VOLUME, SIZES[fstype])
+    sh(f"mkfs.{fstype}", "-q", str(backing))
+    by_hand = world.root / "by-hand"
     by_hand.mkdir()
     dev = attach(backing)
     try:
-        _sh("mount", dev, str(by_hand))
+        sh("mount", dev, str(by_hand))
         (by_hand / "data").write_bytes(b"golden")
-        _sh("umount", str(by_hand))
+        sh("umount", str(by_hand))
     finally:
         detach_if_ours(dev, backing)
-    loops.attach(backing, "--read-only")
-    return devices
-
-
-def _ops(tmp_path: Path, devices: Path) -> NodeOps:
-    return build_node_ops(sim_device_dir=devices, device_timeout=3.0, state_dir=tmp_path / "st")
+    world.rack.attach(backing, "--read-only")
 
 
 @pytest.mark.parametrize("fstype", ["ext4", "ext3", "xfs"])
-async def test_read_only_disk_is_staged_read_only(
-    tmp_path: Path, loops: Loops, fstype: str
-) -> None:
-    ops = _ops(tmp_path, _golden_disk(tmp_path, fstype, loops))
-    staging = tmp_path / "kubelet" / "globalmount"
-    await ops.stage(
-        VOLUME, str(staging), fstype=fstype, mount_flags=[], block=False, birth=READ_ONLY
-    )
+async def test_read_only_disk_is_staged_read_only(world: LoopWorld, fstype: str) -> None:
+    _golden_disk(world, fstype)
+    staging = Path(await world.stage(fstype=fstype, **READ_ONLY))
     assert (staging / "data").read_bytes() == b"golden"
     (top,) = [m for m in mountinfo.read() if m.mount_point == os.path.realpath(staging)]
     assert top.fstype == fstype  # an ext3 is mounted as ext3 (by the kernel's ext4 driver)
     with pytest.raises(OSError, match="Read-only file system") as info:
         (staging / "new").write_bytes(b"x")
     assert info.value.errno == errno.EROFS
-    stats = await ops.stats(VOLUME, str(staging))
+    stats = await world.ops.stats(VOLUME, str(staging))
     assert stats.abnormal is None and stats.total_bytes > 0
     with pytest.raises(FailedPreconditionError, match="mounted read-only"):
-        await ops.expand(VOLUME, str(staging))
-    await ops.unstage(VOLUME, str(staging))
+        await world.ops.expand(VOLUME, str(staging))
+    await world.unstage()
 
 
-async def test_a_blank_read_only_disk_is_not_formatted(tmp_path: Path, loops: Loops) -> None:
-    devices = tmp_path / "devices"
-    devices.mkdir()
-    with (devices / VOLUME).open("wb") as f:
-        f.truncate(SIZES["ext4"])
-    loops.attach(devices / VOLUME, "--read-only")
-    ops = _ops(tmp_path, devices)
-    staging = tmp_path / "kubelet" / "globalmount"
+async def test_a_blank_read_only_disk_is_not_formatted(world: LoopWorld) -> None:
+    backing = world.rack.disk(VOLUME, SIZES["ext4"])
+    world.rack.attach(backing, "--read-only")
     with pytest.raises(FailedPreconditionError, match="never formatted"):
-        await ops.stage(
-            VOLUME, str(staging), fstype="ext4", mount_flags=[], block=False, birth=READ_ONLY
-        )
-    assert (devices / VOLUME).read_bytes().strip(b"\0") == b""
+        await world.stage(fstype="ext4", **READ_ONLY)
+    assert backing.read_bytes().strip(b"\0") == b""

@@ -9,149 +9,67 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from csi_oxide.contract.publish_context import Origin
 from csi_oxide.errors import AbortedError, FailedPreconditionError, NotFoundError
-from csi_oxide.harness import unmount_below
-from csi_oxide.inflight import InFlight
-from csi_oxide.node import fs, mountinfo
-from csi_oxide.node.devices import UdevDeviceFinder
+from csi_oxide.node import fs, zerocheck
 from csi_oxide.node.fs import LinuxFilesystems
-from csi_oxide.node.mount import LinuxMounter
-from csi_oxide.node.ops import NodeOps
-from csi_oxide.node.state import MKFS_DONE, MKFS_STARTED, FileRecordStore
-from csi_oxide.node.views import LoopViews
-from csi_oxide.publish_context import Birth, Origin
+from csi_oxide.node.history import MKFS_DONE, MKFS_STARTED
 from tests.loops import detach_if_ours
-from tests.node.test_node_loop import OTHER, VOLUME, Rack, _digest, _sh
+from tests.node.world import NEW_DISK, OTHER, TWIN, VOLUME, LoopWorld, digest, sh
 from tests.units import GIB, MIB
 
 pytestmark = pytest.mark.root
 
-TWIN = VOLUME + "-twin"  # shares the first 20 characters: the same NVMe serial
-DISK = "0d3f6a2b-9c4e-4f1a-8b7d-5e2c1a9f3b60"  # the Oxide disk behind VOLUME (publish_context)
-NEW_DISK = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"  # another disk given VOLUME's name later
 T = TypeVar("T")
 
 
-class World:
-    """A rack of loop devices and a node plugin over it, restartable with the same records."""
-
-    def __init__(self, rack: Rack) -> None:
-        self.rack = rack
-        self.state = rack.root / "state"
-        self.filesystems: LinuxFilesystems = LinuxFilesystems()
-        self.store = FileRecordStore(self.state)
-        self.ops = self._ops()
-
-    def _ops(self) -> NodeOps:
-        devices = UdevDeviceFinder(sim_device_dir=self.rack.devices, timeout=2.0)
-        views = LoopViews(self.state / "views")
-        return NodeOps(
-            devices,
-            LinuxMounter(),
-            self.filesystems,
-            self.store,
-            views=views,
-            inflight=InFlight(),
-        )
-
-    def restart(self, boot: str | None = None) -> None:
-        """A new plugin process (``boot``: after a reboot with that boot ID)."""
-        self.store.close()
-        self.store = FileRecordStore(self.state, boot=boot)
-        self.ops = self._ops()
-
-    async def stage(
-        self,
-        volume: str = VOLUME,
-        name: str = "a",
-        *,
-        origin: Origin | None = None,
-        disk_id: str | None = DISK,
-        **kw: object,
-    ) -> str:
-        """Stage as the kubelet would, with ``publish_context`` naming ``disk_id`` (the disk
-        behind the volume) and ``origin``."""
-        staging, _ = self.rack.paths(name)
-        options: dict[str, object] = {"fstype": "ext4", "mount_flags": [], "block": False}
-        options.update(kw, birth=Birth(origin, disk_id))
-        await self.ops.stage(volume, staging, **options)  # type: ignore[arg-type]
-        return staging
-
-    async def publish(self, volume: str = VOLUME, name: str = "a") -> str:
-        staging, target = self.rack.paths(name)
-        await self.ops.publish(
-            volume,
-            staging,
-            target,
-            block=False,
-            read_only=False,
-            mount_flags=[],
-            single_writer=False,
-        )
-        return target
-
-
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    devices = tmp_path / "devices"
-    devices.mkdir()
-    rack = Rack(tmp_path, devices)
-    w = World(rack)
-    try:
-        yield w
-    finally:
-        w.store.close()
-        unmount_below(tmp_path)
-        rack.loops.detach()
+def world(loop_world: LoopWorld) -> LoopWorld:
+    return loop_world
 
 
-def _host_disk(world: World, name: str = "host-disk") -> str:
+def _host_disk(world: LoopWorld, name: str = "host-disk") -> str:
     """A loop device the host formatted and uses itself (outside the rack's directory)."""
     elsewhere = world.rack.root / "host"
     elsewhere.mkdir(exist_ok=True)
     dev = world.rack.attach(world.rack.disk(name, 64 * MIB, elsewhere))
-    _sh("mkfs.ext4", "-q", dev)
+    sh("mkfs.ext4", "-q", dev)
     return dev
-
-
-def _mounted(path: Path) -> bool:
-    """Whether anything is mounted at ``path`` (os.path.ismount misses binds within one fs)."""
-    return any(m.mount_point == str(path) for m in mountinfo.read())
 
 
 # ---- finding 1 ----
 
 
-async def test_unstage_with_the_device_absent_leaves_the_hosts_own_mount(world: World) -> None:
-    staging, _ = world.rack.paths()
-    _sh("mount", _host_disk(world), staging)
+async def test_unstage_with_the_device_absent_leaves_the_hosts_own_mount(world: LoopWorld) -> None:
+    staging = world.staging()
+    sh("mount", _host_disk(world), staging)
     Path(staging, "keep").write_text("keep")
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(VOLUME, staging)  # a valid volume ID, not attached
     assert os.path.ismount(staging) and Path(staging, "keep").read_text() == "keep"
 
 
-async def test_unpublish_through_a_symlink_to_a_bind_of_a_host_directory(world: World) -> None:
+async def test_unpublish_through_a_symlink_to_a_bind_of_a_host_directory(world: LoopWorld) -> None:
     host_dir = world.rack.root / "host-dir"
     host_dir.mkdir()
     (host_dir / "keep").write_text("keep")
     bound = world.rack.root / "bound"
     bound.mkdir()
-    _sh("mount", "--bind", str(host_dir), str(bound))
-    _, target = world.rack.paths()
+    sh("mount", "--bind", str(host_dir), str(bound))
+    target = world.target()
     Path(target).symlink_to(bound)
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unpublish(VOLUME, target)
-    assert _mounted(bound) and (bound / "keep").read_text() == "keep"
+    assert world.mounted(bound) and (bound / "keep").read_text() == "keep"
 
 
-async def test_unpublish_of_another_volumes_target_leaves_it(world: World) -> None:
+async def test_unpublish_of_another_volumes_target_leaves_it(world: LoopWorld) -> None:
     world.rack.attach(world.rack.disk(OTHER))
     await world.stage(OTHER, "b")
     target = await world.publish(OTHER, "b")
@@ -161,17 +79,17 @@ async def test_unpublish_of_another_volumes_target_leaves_it(world: World) -> No
     assert os.path.ismount(target) and Path(target, "data").read_text() == "data"
 
 
-async def test_unstage_through_dotdot_leaves_the_other_volumes_staging(world: World) -> None:
+async def test_unstage_through_dotdot_leaves_the_other_volumes_staging(world: LoopWorld) -> None:
     world.rack.attach(world.rack.disk(VOLUME))
     staging_a = await world.stage(VOLUME, "a")
-    staging_b, _ = world.rack.paths("b")
+    staging_b = world.staging("b")
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(OTHER, os.path.join(staging_b, "..", "..", "a", "globalmount"))
     assert os.path.ismount(staging_a)
 
 
 async def test_our_mounts_are_released_with_the_device_gone_and_after_a_restart(
-    world: World,
+    world: LoopWorld,
 ) -> None:
     backing = world.rack.disk(VOLUME)
     world.rack.attach(backing)
@@ -186,18 +104,18 @@ async def test_our_mounts_are_released_with_the_device_gone_and_after_a_restart(
     assert not Path(target).exists()
 
 
-async def test_after_a_reboot_only_the_records_own_leftovers_are_cleaned(world: World) -> None:
+async def test_after_a_reboot_only_the_records_own_leftovers_are_cleaned(world: LoopWorld) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME))
     staging = await world.stage()
     target = await world.publish()
-    _sh("umount", target)  # what a reboot does to every mount
-    _sh("umount", staging)
+    sh("umount", target)  # what a reboot does to every mount
+    sh("umount", staging)
     world.restart(boot="a-later-boot")
-    _sh("mount", dev, staging)  # the same device at the same path, mounted by someone else
+    sh("mount", dev, staging)  # the same device at the same path, mounted by someone else
     with pytest.raises(FailedPreconditionError, match="left mounted"):
         await world.ops.unstage(VOLUME, staging)
     assert os.path.ismount(staging)
-    _sh("umount", staging)
+    sh("umount", staging)
     await world.ops.unpublish(VOLUME, target)
     await world.ops.unstage(VOLUME, staging)
     assert not Path(target).exists()  # the directory this plugin made, same inode
@@ -207,7 +125,7 @@ async def test_after_a_reboot_only_the_records_own_leftovers_are_cleaned(world: 
 
 
 async def test_unpublish_deletes_no_empty_file_or_directory_it_did_not_create(
-    world: World,
+    world: LoopWorld,
 ) -> None:
     empty_dir = world.rack.root / "empty-dir"
     empty_dir.mkdir()
@@ -222,35 +140,35 @@ async def test_unpublish_deletes_no_empty_file_or_directory_it_did_not_create(
 
 
 @pytest.mark.parametrize("offset", [1 * MIB, 100 * MIB, 700 * MIB])
-async def test_data_past_the_edges_is_never_formatted_over(world: World, offset: int) -> None:
+async def test_data_past_the_edges_is_never_formatted_over(world: LoopWorld, offset: int) -> None:
     backing = world.rack.disk(VOLUME)
     with backing.open("r+b") as f:
         f.seek(offset)
         f.write(os.urandom(4 * MIB))
     dev = world.rack.attach(backing)
-    before = _digest(dev)
+    before = digest(dev)
     for origin in (None, Origin.BLANK):
         with pytest.raises(FailedPreconditionError, match="not blank"):
             await world.stage(origin=origin)
-    assert _digest(dev) == before
+    assert digest(dev) == before
 
 
-async def test_an_ext4_with_its_first_mib_zeroed_is_never_formatted_over(world: World) -> None:
+async def test_an_ext4_with_its_first_mib_zeroed_is_never_formatted_over(world: LoopWorld) -> None:
     backing = world.rack.disk(VOLUME)
     dev = world.rack.attach(backing)
-    _sh("mkfs.ext4", "-q", dev)
+    sh("mkfs.ext4", "-q", dev)
     mnt = world.rack.root / "fill"
     mnt.mkdir()
-    _sh("mount", dev, str(mnt))
+    sh("mount", dev, str(mnt))
     (mnt / "precious").write_bytes(os.urandom(8 * MIB))
-    _sh("umount", str(mnt))
+    sh("umount", str(mnt))
     with open(dev, "r+b") as f:
         f.write(bytes(MIB))
     assert not (await fs.probe(dev)).found
-    before = _digest(dev)
+    before = digest(dev)
     with pytest.raises(FailedPreconditionError, match="not blank"):
         await world.stage()
-    assert _digest(dev) == before
+    assert digest(dev) == before
 
 
 # ---- finding 4 ----
@@ -262,18 +180,18 @@ class MkfsDiesBeforeItsSuperblock(LinuxFilesystems):
 
     async def mkfs(self, device: str, fstype: str) -> None:
         await super().mkfs(device, fstype)
-        _sh("wipefs", "-a", "-q", device)
+        sh("wipefs", "-a", "-q", device)
         raise OSError("mkfs killed")
 
 
-async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: World) -> None:
+async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: LoopWorld) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
     world.filesystems = MkfsDiesBeforeItsSuperblock()
     world.restart()
     with pytest.raises(OSError, match="killed"):
         await world.stage(origin=Origin.BLANK)
     assert (await world.store.load(VOLUME)).history == MKFS_STARTED
-    assert not (await fs.probe(dev)).found and not fs.reads_as_zeros(dev)  # the wedge
+    assert not (await fs.probe(dev)).found and not zerocheck.reads_as_zeros(dev)  # the wedge
     world.filesystems = LinuxFilesystems()
     world.restart()
     for origin in (None, Origin.SNAPSHOT, Origin.STATIC):  # without the controller's word: no
@@ -283,9 +201,9 @@ async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: Worl
     Path(staging, "data").write_text("data")
     await world.ops.unstage(VOLUME, staging)
     assert (await world.store.load(VOLUME)).history == MKFS_DONE
-    _sh("fsck.ext4", "-n", "-f", dev)
+    sh("fsck.ext4", "-n", "-f", dev)
     # Its superblock wiped now, the disk is still not blank: it carried a complete filesystem.
-    _sh("wipefs", "-a", "-q", dev)
+    sh("wipefs", "-a", "-q", dev)
     with pytest.raises(FailedPreconditionError, match="complete filesystem"):
         await world.stage(origin=Origin.BLANK)
 
@@ -293,7 +211,7 @@ async def test_an_interrupted_mkfs_on_a_disk_born_blank_is_recovered(world: Worl
 # ---- issue 24, finding 1: a reused volume name ----
 
 
-def _delete_and_create_again(world: World, dev: str, raw_data_at: int | None = None) -> str:
+def _delete_and_create_again(world: LoopWorld, dev: str, raw_data_at: int | None = None) -> str:
     """The volume's disk detached and deleted, then a new disk created under the same name (a
     new UUID), attached again: its loop device, with ``raw_data_at`` holding someone's data."""
     assert detach_if_ours(dev, world.rack.devices / VOLUME)
@@ -307,7 +225,7 @@ def _delete_and_create_again(world: World, dev: str, raw_data_at: int | None = N
 
 
 @pytest.mark.timeout(900)  # reads the whole 64 GiB device twice: about 3 minutes
-async def test_a_stale_mkfs_started_never_formats_a_new_disks_raw_data(world: World) -> None:
+async def test_a_stale_mkfs_started_never_formats_a_new_disks_raw_data(world: LoopWorld) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
     world.filesystems = MkfsDiesBeforeItsSuperblock()
     world.restart()
@@ -317,14 +235,14 @@ async def test_a_stale_mkfs_started_never_formats_a_new_disks_raw_data(world: Wo
     world.restart()
     assert (await world.store.load(VOLUME)).history == MKFS_STARTED
     dev = _delete_and_create_again(world, dev, raw_data_at=10 * GIB)
-    before = _digest(dev)
+    before = digest(dev)
     for disk_id in (NEW_DISK, None):
         with pytest.raises(FailedPreconditionError, match="not blank"):
             await world.stage(origin=Origin.BLANK, disk_id=disk_id)
-    assert _digest(dev) == before and not (await fs.probe(dev)).found
+    assert digest(dev) == before and not (await fs.probe(dev)).found
 
 
-async def test_a_new_blank_disk_under_a_formatted_name_is_formatted(world: World) -> None:
+async def test_a_new_blank_disk_under_a_formatted_name_is_formatted(world: LoopWorld) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME, 64 * GIB))
     staging = await world.stage(origin=Origin.BLANK)
     await world.ops.unstage(VOLUME, staging)
@@ -334,7 +252,7 @@ async def test_a_new_blank_disk_under_a_formatted_name_is_formatted(world: World
     await world.ops.unstage(VOLUME, staging)
     record = await world.store.load(VOLUME)
     assert (record.history, record.disk_id) == (MKFS_DONE, NEW_DISK)
-    _sh("fsck.ext4", "-n", "-f", dev)
+    sh("fsck.ext4", "-n", "-f", dev)
 
 
 # ---- finding 5 ----
@@ -350,7 +268,7 @@ async def _as_the_co_would(call: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(0.05)
 
 
-async def test_two_ids_sharing_a_serial_never_share_the_device(world: World) -> None:
+async def test_two_ids_sharing_a_serial_never_share_the_device(world: LoopWorld) -> None:
     dev = world.rack.attach(world.rack.disk(VOLUME))
     # NodeOps' guard, keyed by the serial, answers the later of the two ABORTED at once; retried,
     # it is refused for the serial in use.
@@ -364,19 +282,19 @@ async def test_two_ids_sharing_a_serial_never_share_the_device(world: World) -> 
     assert "already uses" in str(errors[0])
     first_won = not isinstance(results[0], BaseException)
     winner, loser = (VOLUME, TWIN) if first_won else (TWIN, VOLUME)
-    staged = world.rack.paths("a" if winner == VOLUME else "b")[0]
+    staged = world.staging("a" if winner == VOLUME else "b")
     Path(staged, "data").write_text("data")
     with pytest.raises(FailedPreconditionError):
         await world.ops.unstage(loser, staged)
     assert os.path.ismount(staged) and Path(staged, "data").read_text() == "data"
     await world.ops.unstage(winner, staged)
-    _sh("fsck.ext4", "-n", "-f", dev)
+    sh("fsck.ext4", "-n", "-f", dev)
 
 
 # ---- finding 6 ----
 
 
-async def test_messages_show_serials_as_text(world: World) -> None:
+async def test_messages_show_serials_as_text(world: LoopWorld) -> None:
     backing = world.rack.disk(VOLUME)
     world.rack.attach(backing)
     world.rack.attach(backing)

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 
 from csi_oxide.errors import ConfigurationError, FailedPreconditionError
+from csi_oxide.node.history import MKFS_DONE, MKFS_STARTED, RAW, interrupted_mkfs
 from csi_oxide.node.mountinfo import parse_line
 from csi_oxide.node.state import (
-    MKFS_DONE,
-    MKFS_STARTED,
-    RAW,
     FileRecordStore,
     Made,
     MountIdentity,
@@ -102,6 +100,11 @@ def test_the_disk_id_survives_the_round_trip_and_old_records_have_none() -> None
     assert "disk_id" not in old and from_json(old).disk_id is None
 
 
+def _vouches_for(record: VolumeRecord, disk_id: str | None) -> bool:
+    """Whether the record's history says this plugin's mkfs on ``disk_id`` was interrupted."""
+    return interrupted_mkfs(record.history, record.disk_id, disk_id)
+
+
 @pytest.mark.parametrize("history", [MKFS_STARTED, MKFS_DONE, RAW])
 def test_a_history_speaks_only_for_its_own_disk(history: str) -> None:
     record = VolumeRecord(VOLUME, VOLUME, history, "ext4", disk_id=DISK)
@@ -109,14 +112,14 @@ def test_a_history_speaks_only_for_its_own_disk(history: str) -> None:
     assert record.for_disk(None) == record  # an unknown disk: nothing to drop it for
     new = record.for_disk(NEW_DISK)
     assert (new.history, new.history_fstype, new.disk_id) == ("", "", NEW_DISK)
-    assert record.interrupted_mkfs_on(DISK) == (history == MKFS_STARTED)
-    assert not record.interrupted_mkfs_on(NEW_DISK) and not record.interrupted_mkfs_on(None)
+    assert _vouches_for(record, DISK) == (history == MKFS_STARTED)
+    assert not _vouches_for(record, NEW_DISK) and not _vouches_for(record, None)
 
 
 def test_a_history_of_an_unknown_disk_is_kept_but_vouches_for_none() -> None:
     legacy = VolumeRecord(VOLUME, VOLUME, MKFS_STARTED, "ext4")
     assert legacy.for_disk(NEW_DISK) == legacy
-    assert not legacy.interrupted_mkfs_on(NEW_DISK) and not legacy.interrupted_mkfs_on(None)
+    assert not _vouches_for(legacy, NEW_DISK) and not _vouches_for(legacy, None)
     assert VolumeRecord(VOLUME, VOLUME).for_disk(DISK).disk_id == DISK
 
 

@@ -5,125 +5,97 @@ anchor recorded before it exists, and unpublish detaching it, after a crash too 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from csi_oxide.errors import AlreadyExistsError, FailedPreconditionError
-from csi_oxide.node.ops import NodeOps
-from csi_oxide.node.state import FileRecordStore, MountRecord, VolumeRecord, from_json, to_json
+from csi_oxide.node.state import MountRecord, VolumeRecord, from_json, to_json
 from csi_oxide.node.views import LoopViews
-from tests.node.fakes import FakeDevices, FakeFilesystems, FakeMounter, FakeViews, fake_node_ops
+from tests.node.world import VOLUME, FakeWorld
 
-VOLUME = "csi-0123456789abcdef"
-
-
-@dataclass
-class World:
-    root: Path
-    devices: FakeDevices
-    mounter: FakeMounter
-    views: FakeViews
-    store: FileRecordStore
-    ops: NodeOps
-
-    def paths(self, name: str) -> tuple[str, str]:
-        staging = self.root / "kubelet" / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        return str(staging), str(self.root / "kubelet" / name)
-
-    async def publish(self, name: str, *, read_only: bool) -> str:
-        staging, target = self.paths(name)
-        await self.ops.publish(
-            VOLUME,
-            staging,
-            target,
-            block=True,
-            read_only=read_only,
-            mount_flags=[],
-            single_writer=False,
-        )
-        return target
-
-    def bound_root(self, target: str) -> str:
-        (top,) = [m for m in self.mounter.table if m.mount_point == target]
-        return top.root
-
-    async def entry(self, target: str) -> MountRecord | None:
-        return (await self.store.load(VOLUME)).publish.get(target)
+STAGED = "staging"  # the one staging every target here is published from
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> World:
-    devices = FakeDevices()
-    devices.attach(VOLUME)
-    mounter = FakeMounter(devices)
-    views = FakeViews()
-    store = FileRecordStore(tmp_path / "state", boot="boot-1")
-    ops = fake_node_ops(devices, FakeFilesystems(), store, mounter=mounter, views=views)
-    w = World(tmp_path, devices, mounter, views, store, ops)
-    staging, _ = w.paths("staging")
-    await ops.stage(VOLUME, staging, fstype="", mount_flags=[], block=True)
-    return w
+async def world(fake_world: FakeWorld) -> FakeWorld:
+    """The volume attached and staged as a raw block volume (no ``publish_context``)."""
+    fake_world.devices.attach(VOLUME)
+    await fake_world.stage(name=STAGED, fstype="", block=True, disk_id=None)
+    return fake_world
+
+
+async def _publish(world: FakeWorld, name: str, *, read_only: bool) -> str:
+    """A raw block publish at ``target(name)``; the target."""
+    return await world.publish(name=name, block=True, read_only=read_only, staged_as=STAGED)
+
+
+def _bound_root(world: FakeWorld, target: str) -> str:
+    """What is bound at ``target``: the path below its filesystem's root (/dev's: a device)."""
+    (top,) = [m for m in world.mounter.table if m.mount_point == target]
+    return top.root
+
+
+async def _entry(world: FakeWorld, target: str) -> MountRecord | None:
+    return (await world.store.load(VOLUME)).publish.get(target)
 
 
 async def test_a_read_only_publish_binds_a_view_and_a_read_write_one_the_device(
-    world: World,
+    world: FakeWorld,
 ) -> None:
-    ro = await world.publish("ro", read_only=True)
-    rw = await world.publish("rw", read_only=False)
-    assert world.bound_root(rw) == "/nvme1n1"
+    ro = await _publish(world, "ro", read_only=True)
+    rw = await _publish(world, "rw", read_only=False)
+    assert _bound_root(world, rw) == "/nvme1n1"
     (anchor,) = world.views.views
-    assert world.bound_root(ro) == "/" + world.views.views[anchor].removeprefix("/dev/")
-    entry = await world.entry(ro)
+    assert _bound_root(world, ro) == "/" + world.views.views[anchor].removeprefix("/dev/")
+    entry = await _entry(world, ro)
     assert entry is not None and entry.view == anchor and entry.read_only
-    rw_entry = await world.entry(rw)
+    rw_entry = await _entry(world, rw)
     assert rw_entry is not None and rw_entry.view is None
-    await world.publish("ro", read_only=True)  # the same request again: the same view
+    await _publish(world, "ro", read_only=True)  # the same request again: the same view
     assert len(world.views.views) == 1
     with pytest.raises(AlreadyExistsError, match="read-only"):
-        await world.publish("ro", read_only=False)
+        await _publish(world, "ro", read_only=False)
 
 
-async def test_unpublish_detaches_the_view(world: World) -> None:
-    ro = await world.publish("ro", read_only=True)
+async def test_unpublish_detaches_the_view(world: FakeWorld) -> None:
+    ro = await _publish(world, "ro", read_only=True)
     await world.ops.unpublish(VOLUME, ro)
-    assert world.views.views == {} and await world.entry(ro) is None
+    assert world.views.views == {} and await _entry(world, ro) is None
     assert not Path(ro).exists()
 
 
-async def test_a_crash_once_the_view_exists_leaves_a_record_that_finds_it(world: World) -> None:
+async def test_a_crash_once_the_view_exists_leaves_a_record_that_finds_it(world: FakeWorld) -> None:
     world.views.die_after_open = True
     with pytest.raises(OSError, match="killed"):
-        await world.publish("ro", read_only=True)
-    _, ro = world.paths("ro")
-    entry = await world.entry(ro)
+        await _publish(world, "ro", read_only=True)
+    ro = world.target("ro")
+    entry = await _entry(world, ro)
     assert entry is not None and entry.view in world.views.views and entry.identity is None
     await world.ops.unpublish(VOLUME, ro)
-    assert world.views.views == {} and await world.entry(ro) is None
+    assert world.views.views == {} and await _entry(world, ro) is None
 
 
-async def test_a_retry_after_the_crash_binds_the_view_it_made(world: World) -> None:
+async def test_a_retry_after_the_crash_binds_the_view_it_made(world: FakeWorld) -> None:
     world.views.die_after_open = True
     with pytest.raises(OSError, match="killed"):
-        await world.publish("ro", read_only=True)
+        await _publish(world, "ro", read_only=True)
     (loop,) = world.views.views.values()
-    ro = await world.publish("ro", read_only=True)
+    ro = await _publish(world, "ro", read_only=True)
     assert list(world.views.views.values()) == [loop]
-    assert world.bound_root(ro) == "/" + loop.removeprefix("/dev/")
+    assert _bound_root(world, ro) == "/" + loop.removeprefix("/dev/")
 
 
-async def test_a_view_left_by_a_request_that_differed_is_detached(world: World) -> None:
+async def test_a_view_left_by_a_request_that_differed_is_detached(world: FakeWorld) -> None:
     world.views.die_after_open = True
     with pytest.raises(OSError, match="killed"):
-        await world.publish("ro", read_only=True)
-    rw = await world.publish("ro", read_only=False)  # the CO asked again, differently
-    assert world.views.views == {} and world.bound_root(rw) == "/nvme1n1"
+        await _publish(world, "ro", read_only=True)
+    rw = await _publish(world, "ro", read_only=False)  # the CO asked again, differently
+    assert world.views.views == {} and _bound_root(world, rw) == "/nvme1n1"
 
 
-async def test_stats_find_the_volume_at_its_view(world: World) -> None:
-    ro = await world.publish("ro", read_only=True)
+async def test_stats_find_the_volume_at_its_view(world: FakeWorld) -> None:
+    ro = await _publish(world, "ro", read_only=True)
     await world.ops.stats(VOLUME, ro)  # a mount recorded as the volume's: no NotFoundError
 
 

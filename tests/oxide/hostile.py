@@ -4,7 +4,8 @@ It speaks just enough HTTP over raw asyncio streams to do what a well-behaved fr
 never let a test do: trickle a status line or a body one byte at a time, announce a body and never
 send it, answer with fifty megabytes, redirect elsewhere. What it answers is decided per request by
 a ``behave`` function of the test (``Seen`` -> ``Answer``); every request it saw is kept in
-``seen`` (headers and body included, so a test can check what the client sent).
+``seen`` (headers and body included, so a test can check what the client sent, and the number of
+the connection it came on, so a test can tell a kept-alive connection from a new one).
 
 Not a fake of the Oxide API's logic (the simulator is that); a fake of a hostile network peer,
 which cannot be had any other way on one machine.
@@ -21,18 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.units import GIB
-
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """One request as received."""
+    """One request as received; ``connection``: the server's number for its connection (1, 2...
+    in the order they were accepted)."""
 
     method: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    connection: int = 0
 
     def text(self) -> str:
         """The whole request as text (what an echoing server would put in its message)."""
@@ -48,7 +49,9 @@ class Answer:
     of filler instead of ``body`` (without holding them in memory). ``length`` overrides the
     Content-Length header (None: the true length; -1: no header, close the connection at the end).
     ``stall``: send nothing at all for this many seconds first. ``cut``: send only that many
-    bytes of the body, then close the connection (a peer that dies mid-answer)."""
+    bytes of the body, then close the connection (a peer that dies mid-answer). ``drop``: close
+    the connection without answering at all (the request was read: a peer that died, or a
+    kept-alive connection it closed, just as the request arrived)."""
 
     status: int = 200
     body: bytes = b""
@@ -59,6 +62,7 @@ class Answer:
     length: int | None = None
     stall: float = 0.0
     cut: int | None = None
+    drop: bool = False
 
     @staticmethod
     def json(
@@ -95,6 +99,7 @@ class HostileServer:
         self.seen: list[Seen] = []
         self.bytes_sent = 0
         self.open_connections = 0
+        self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -124,9 +129,11 @@ class HostileServer:
         assert task is not None
         self._tasks.add(task)
         self.open_connections += 1
+        self.connections += 1
+        number = self.connections
         try:
             while True:
-                seen = await _read_request(reader)
+                seen = await _read_request(reader, number)
                 if seen is None:
                     return
                 self.seen.append(seen)
@@ -145,6 +152,8 @@ class HostileServer:
                 writer.close()
 
     async def _send(self, writer: asyncio.StreamWriter, answer: Answer) -> bool:
+        if answer.drop:
+            return False
         if answer.stall:
             await asyncio.sleep(answer.stall)
         size = answer.body_size if answer.body_size is not None else len(answer.body)
@@ -156,7 +165,9 @@ class HostileServer:
         reason = _REASONS.get(answer.status, "Whatever")
         head = f"HTTP/1.1 {answer.status} {reason}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        await self._write(writer, head.encode("latin-1"), answer.head_delay)
+        # UTF-8: a header value beyond latin-1 (digits of another script) goes out as its bytes,
+        # as a real server's would; latin-1 could not encode it at all.
+        await self._write(writer, head.encode(), answer.head_delay)
         if answer.body_size is not None:
             chunk = b" " * (1 << 16)
             left = answer.body_size
@@ -184,7 +195,7 @@ class HostileServer:
             await asyncio.sleep(delay)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Seen | None:
+async def _read_request(reader: asyncio.StreamReader, connection: int) -> Seen | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
@@ -199,71 +210,4 @@ async def _read_request(reader: asyncio.StreamReader) -> Seen | None:
     length = int(headers.get("content-length", "0"))
     body = await reader.readexactly(length) if length else b""
     parts = urlsplit(target)
-    return Seen(method, parts.path, dict(parse_qsl(parts.query)), headers, body)
-
-
-# ---- well-formed Oxide bodies, to be spoiled by tests ------------------------------------------
-
-DISK_UUID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
-PROJECT_UUID = "11111111-2222-4333-8444-555555555555"
-INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"
-SNAPSHOT_UUID = "22222222-3333-4444-8555-666666666666"
-
-
-def disk_body(name: str = "csi-0123456789abcdef", **changes: object) -> dict[str, object]:
-    """A valid ``Disk`` body (detached), with ``changes`` applied."""
-    body: dict[str, object] = {
-        "id": DISK_UUID,
-        "name": name,
-        "description": "",
-        "project_id": PROJECT_UUID,
-        "size": GIB,
-        "block_size": 4096,
-        "state": {"state": "detached"},
-        "device_path": f"/mnt/{name}",
-        "disk_type": "distributed",
-        "read_only": False,
-        "image_id": None,
-        "snapshot_id": None,
-        "time_created": "2026-01-02T03:04:05Z",
-        "time_modified": "2026-01-02T03:04:05Z",
-    }
-    body.update(changes)
-    return body
-
-
-def snapshot_body(name: str = "snap-0123456789abcdef", **changes: object) -> dict[str, object]:
-    """A valid ``Snapshot`` body, with ``changes`` applied."""
-    body: dict[str, object] = {
-        "id": SNAPSHOT_UUID,
-        "name": name,
-        "description": "",
-        "project_id": PROJECT_UUID,
-        "disk_id": DISK_UUID,
-        "size": GIB,
-        "state": "ready",
-        "time_created": "2026-01-02T03:04:05Z",
-        "time_modified": "2026-01-02T03:04:05Z",
-    }
-    body.update(changes)
-    return body
-
-
-def instance_body(**changes: object) -> dict[str, object]:
-    """A valid ``Instance`` body (running), with ``changes`` applied."""
-    body: dict[str, object] = {
-        "id": INSTANCE_UUID,
-        "name": "node-1",
-        "description": "",
-        "project_id": PROJECT_UUID,
-        "run_state": "running",
-        "boot_disk_id": None,
-        "hostname": "node-1",
-        "memory": GIB,
-        "ncpus": 2,
-        "time_created": "2026-01-02T03:04:05Z",
-        "time_modified": "2026-01-02T03:04:05Z",
-        "time_run_state_updated": "2026-01-02T03:04:05Z",
-    }
-    body.update(changes)
-    return body
+    return Seen(method, parts.path, dict(parse_qsl(parts.query)), headers, body, connection)

@@ -1,22 +1,21 @@
-"""HttpOxideClient: first against httpx.MockTransport handlers (headers, errors, retries on a fake
-clock, pagination, the concurrency cap, token rotation, secrecy), then end to end against the
-simulator, whose request validation is the contract test against the published API."""
+"""HttpOxideClient: against scripted servers (tests/oxide/scripted.py: a handler per test, reached
+in-process through the lab's AsgiCarrier with the requests encoded as for the wire): headers,
+errors, retries on a fake clock, pagination, the concurrency cap, token rotation, secrecy."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
-import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from csi_oxide import __version__, log
+from csi_oxide import __version__
+from csi_oxide.daemon import log
 from csi_oxide.errors import ConfigurationError
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide.api import OxideApi
@@ -28,61 +27,34 @@ from csi_oxide.oxide.client import (
     RetryPolicy,
 )
 from csi_oxide.oxide.credentials import FileToken, StaticToken, load_credentials
+from csi_oxide.oxide.transport import TransportFailure
 from csi_oxide.oxide.types import DiskSpec, DiskState
-from csi_oxide.testing import oxide_client
+from csi_oxide_lab.testing import oxide_client
 from tests.oxide.fakes import FakeClock
+from tests.oxide.scripted import Handler, Reply, Seen, lost, scripted, timed_out
+from tests.oxide_bodies import DISK_UUID, INSTANCE_UUID, disk_body, disk_create_body, error_body
 from tests.units import GIB
 
 TOKEN = "oxide-token-c0ffee15secret0123456789"
 PROJECT = "k8s"
-DISK_UUID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
-INSTANCE_UUID = "0f1e2d3c-4b5a-4968-8776-655443322110"
-PROJECT_UUID = "11111111-2222-4333-8444-555555555555"
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def disk_json(name: str = "csi-0123456789abcdef", state: str = "detached") -> dict[str, object]:
-    disk_state: dict[str, object] = {"state": state}
-    if state in ("attaching", "attached", "detaching"):
-        disk_state["instance"] = INSTANCE_UUID
-    return {
-        "id": DISK_UUID,
-        "name": name,
-        "description": "",
-        "project_id": PROJECT_UUID,
-        "size": GIB,
-        "block_size": 4096,
-        "state": disk_state,
-        "device_path": f"/mnt/{name}",
-        "disk_type": "distributed",
-        "read_only": False,
-        "image_id": None,
-        "snapshot_id": None,
-        "time_created": "2026-01-02T03:04:05Z",
-        "time_modified": "2026-01-02T03:04:05Z",
-    }
-
-
-def disk_answer(request: httpx.Request, state: str = "detached") -> dict[str, object]:
+def disk_answer(request: Seen, state: str = "detached") -> dict[str, object]:
     """A disk body about the disk ``request`` asks for (the client refuses answers about another
     one): the name from the path or the body, unless that is a UUID."""
-    asked = request.url.path.rsplit("/", 1)[-1]
+    asked = request.path.rsplit("/", 1)[-1]
     if request.content:
-        body = json.loads(request.content)
+        body = request.json()
         asked = body.get("name") or body.get("disk") or asked
-    return disk_json() if asked == DISK_UUID else disk_json(name=asked, state=state)
+    return disk_body() if asked == DISK_UUID else disk_body(asked, state=state)
 
 
-def error(status: int, code: str | None, message: str, rid: str = "req-1") -> httpx.Response:
-    body: dict[str, object] = {"request_id": rid, "message": message}
-    if code is not None:
-        body["error_code"] = code
-    return httpx.Response(status, json=body, headers={"x-request-id": rid})
+def error(status: int, code: str | None, message: str, rid: str = "req-1") -> Reply:
+    return Reply.json(status, error_body(message, code, rid), headers={"x-request-id": rid})
 
 
 def make_client(
-    handler: Callable[[httpx.Request], object],
+    handler: Handler,
     clock: FakeClock | None = None,
     **options: object,
 ) -> HttpOxideClient:
@@ -91,7 +63,7 @@ def make_client(
         "http://oxide.test",
         StaticToken(TOKEN),
         PROJECT,
-        transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
+        carrier=scripted(handler),
         sleep=clock.sleep,
         monotonic=clock.monotonic,
         random=lambda: 0.5,
@@ -103,11 +75,11 @@ def make_client(
 
 
 async def test_every_request_carries_version_token_and_user_agent() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         seen.append(request)
-        return httpx.Response(201, json=disk_answer(request))
+        return Reply.json(201, disk_answer(request))
 
     client = make_client(handler)
     await client.disk_create(DiskSpec("csi-a", "desc", 2 * GIB, block_size=4096))
@@ -115,46 +87,40 @@ async def test_every_request_carries_version_token_and_user_agent() -> None:
     assert request.headers["api-version"] == API_VERSION == "2026060800.0.0"
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert request.headers["user-agent"] == f"csi-oxide/{__version__}"
-    assert (request.method, request.url.path) == ("POST", "/v1/disks")
-    assert dict(request.url.params) == {"project": PROJECT}
-    assert json.loads(request.content) == {
-        "name": "csi-a",
-        "description": "desc",
-        "size": 2 * GIB,
-        "disk_backend": {
-            "type": "distributed",
-            "disk_source": {"type": "blank", "block_size": 4096},
-        },
-    }
+    assert request.headers["accept-encoding"] == "identity"  # no compressed answer, ever
+    assert request.headers["content-type"] == "application/json"
+    assert (request.method, request.path) == ("POST", "/v1/disks")
+    assert dict(request.params) == {"project": PROJECT}
+    assert request.json() == disk_create_body("csi-a", 2 * GIB, description="desc")
     await client.aclose()
 
 
 async def test_project_is_sent_with_names_and_never_with_uuids() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         seen.append(request)
-        if request.url.path.endswith("/attach"):
-            return httpx.Response(202, json=disk_answer(request, state="attached"))
-        return httpx.Response(200, json=disk_answer(request))
+        if request.path.endswith("/attach"):
+            return Reply.json(202, disk_answer(request, state="attached"))
+        return Reply.json(200, disk_answer(request))
 
     client = make_client(handler)
     await client.disk_view("csi-a")
     await client.disk_view(DISK_UUID)
     await client.instance_disk_attach(INSTANCE_UUID, "csi-a")
     await client.instance_disk_attach("node-1", DISK_UUID)
-    queries = [dict(r.url.params) for r in seen]
+    queries = [dict(r.params) for r in seen]
     assert queries == [{"project": PROJECT}, {}, {}, {"project": PROJECT}]
-    assert [json.loads(r.content) for r in seen[2:]] == [{"disk": "csi-a"}, {"disk": DISK_UUID}]
-    assert seen[2].url.path == f"/v1/instances/{INSTANCE_UUID}/disks/attach"
+    assert [r.json() for r in seen[2:]] == [{"disk": "csi-a"}, {"disk": DISK_UUID}]
+    assert seen[2].path == f"/v1/instances/{INSTANCE_UUID}/disks/attach"
     await client.aclose()
 
 
 async def test_selectors_are_one_path_segment_and_never_empty() -> None:
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.raw_path.decode())
+    def handler(request: Seen) -> Reply:
+        seen.append(request.target)
         return error(404, "ObjectNotFound", "not found")
 
     client = make_client(handler)
@@ -176,15 +142,13 @@ async def test_selectors_are_one_path_segment_and_never_empty() -> None:
 def paged_server(names: list[str], page_size: int, seen: list[dict[str, str]]) -> Handler:
     """Serves ``names`` the way dropshot does: a token after every non-empty page."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        params = dict(request.url.params)
+    def handler(request: Seen) -> Reply:
+        params = dict(request.params)
         seen.append(params)
         start = int(params.get("page_token", "0"))
         chunk = names[start : start + page_size]
         next_page = str(start + len(chunk)) if chunk else None
-        return httpx.Response(
-            200, json={"items": [disk_json(n) for n in chunk], "next_page": next_page}
-        )
+        return Reply.json(200, {"items": [disk_body(n) for n in chunk], "next_page": next_page})
 
     return handler
 
@@ -213,8 +177,8 @@ async def test_instance_disk_list_by_uuid_sends_no_project() -> None:
 
 
 async def test_a_page_token_that_does_not_advance_is_a_server_error() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"items": [disk_json()], "next_page": "same"})
+    def handler(request: Seen) -> Reply:
+        return Reply.json(200, {"items": [disk_body()], "next_page": "same"})
 
     client = make_client(handler)
     with pytest.raises(oxerr.OxideServerError, match="pagination did not advance"):
@@ -223,13 +187,13 @@ async def test_a_page_token_that_does_not_advance_is_a_server_error() -> None:
 
 
 async def test_unknown_state_skips_the_item_in_a_list_but_fails_a_view() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/disks/csi-new":
-            return httpx.Response(200, json=disk_json("csi-new", "hibernating"))
-        items = [disk_json("csi-old"), disk_json("csi-new", "hibernating")]
-        if "page_token" in request.url.params:
+    def handler(request: Seen) -> Reply:
+        if request.path == "/v1/disks/csi-new":
+            return Reply.json(200, disk_body("csi-new", state="hibernating"))
+        items = [disk_body("csi-old"), disk_body("csi-new", state="hibernating")]
+        if "page_token" in request.params:
             items = []
-        return httpx.Response(200, json={"items": items, "next_page": "t" if items else None})
+        return Reply.json(200, {"items": items, "next_page": "t" if items else None})
 
     client = make_client(handler)
     with capture_logs() as logs:
@@ -244,10 +208,10 @@ async def test_unknown_state_skips_the_item_in_a_list_but_fails_a_view() -> None
 
 
 async def test_answers_that_are_not_json_or_not_the_schema_are_server_errors() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/utilization":
-            return httpx.Response(200, text="<html>", headers={"x-request-id": "r9"})
-        return httpx.Response(200, json={"id": 5})
+    def handler(request: Seen) -> Reply:
+        if request.path == "/v1/utilization":
+            return Reply.text(200, "<html>", headers={"x-request-id": "r9"})
+        return Reply.json(200, {"id": 5})
 
     client = make_client(handler)
     with pytest.raises(oxerr.OxideServerError, match="not JSON") as info:
@@ -284,7 +248,7 @@ async def test_status_and_error_code_map_to_one_error_class(
 ) -> None:
     calls = 0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         nonlocal calls
         calls += 1
         return error(status, code, "the server says no", rid="rid-42")
@@ -307,8 +271,8 @@ async def test_status_and_error_code_map_to_one_error_class(
 
 
 async def test_request_id_falls_back_to_the_header_and_message_to_the_reason() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, text="", headers={"x-request-id": "hdr-7"})
+    def handler(request: Seen) -> Reply:
+        return Reply.text(404, "", headers={"x-request-id": "hdr-7"})
 
     client = make_client(handler)
     with pytest.raises(oxerr.OxideNotFoundError) as info:
@@ -325,11 +289,11 @@ async def test_503_is_retried_with_exponential_full_jitter_backoff() -> None:
     statuses = [503, 503, 503, 200]
     clock = FakeClock()
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         status = statuses.pop(0)
         if status == 503:
             return error(503, "ServiceNotAvailable", "Service Unavailable")
-        return httpx.Response(200, json=disk_answer(request))
+        return Reply.json(200, disk_answer(request))
 
     retry = RetryPolicy(max_elapsed=60, base_delay=1.0, max_delay=3.0)
     client = make_client(handler, clock, retry=retry)
@@ -343,7 +307,7 @@ async def test_retries_stop_at_the_overall_deadline() -> None:
     clock = FakeClock()
     attempts = 0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         nonlocal attempts
         attempts += 1
         return error(503, "ServiceNotAvailable", "Service Unavailable", rid=f"r{attempts}")
@@ -363,14 +327,14 @@ async def test_retries_stop_at_the_overall_deadline() -> None:
 
 async def test_connection_errors_and_timeouts_are_retried_then_unavailable() -> None:
     clock = FakeClock()
-    failures: list[Exception] = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+    failures = [lost("ConnectError: refused"), timed_out("ReadTimeout: slow")]
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         if failures:
             raise failures.pop(0)
-        return httpx.Response(
+        return Reply.json(
             200,
-            json={
+            {
                 "capacity": {"cpus": 1, "memory": 1, "storage": 9},
                 "provisioned": {"cpus": 0, "memory": 0, "storage": 4},
             },
@@ -381,13 +345,15 @@ async def test_connection_errors_and_timeouts_are_retried_then_unavailable() -> 
     assert (util.capacity_storage, util.provisioned_storage) == (9, 4)
     assert len(clock.sleeps) == 2
 
-    def always_timeout(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("read timed out")
+    def always_timeout(request: Seen) -> Reply:
+        raise timed_out("ReadTimeout: read timed out")
 
     slow = make_client(always_timeout, FakeClock(), retry=RetryPolicy(max_elapsed=3))
     with pytest.raises(oxerr.OxideUnavailableError, match="timed out talking to") as info:
         await slow.disk_view("csi-a")
-    assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+    cause = info.value.__cause__
+    assert isinstance(cause, TransportFailure) and cause.outcome == "timeout"
+    assert "ReadTimeout: read timed out" in str(info.value)
     assert info.value.status is None
     await client.aclose()
     await slow.aclose()
@@ -396,12 +362,12 @@ async def test_connection_errors_and_timeouts_are_retried_then_unavailable() -> 
 async def test_a_retried_create_that_already_happened_surfaces_as_already_exists() -> None:
     created: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        name = json.loads(request.content)["name"]
+    def handler(request: Seen) -> Reply:
+        name = request.json()["name"]
         if name in created:
             return error(400, "ObjectAlreadyExists", f'already exists: disk "{name}"')
         created.append(name)
-        raise httpx.ReadError("connection reset after the server committed")
+        raise lost("ReadError: connection reset after the server committed")
 
     client = make_client(handler)
     with pytest.raises(oxerr.OxideAlreadyExistsError, match="already exists"):
@@ -418,7 +384,7 @@ async def test_in_flight_requests_are_capped() -> None:
     peak = 0
     full, go = asyncio.Event(), asyncio.Event()
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: Seen) -> Reply:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -426,7 +392,7 @@ async def test_in_flight_requests_are_capped() -> None:
             full.set()
         await go.wait()  # held in the server until the test has looked
         in_flight -= 1
-        return httpx.Response(200, json=disk_answer(request))
+        return Reply.json(200, disk_answer(request))
 
     client = make_client(handler, max_concurrency=3)
     views = asyncio.gather(*(client.disk_view(f"csi-{i}") for i in range(12)))
@@ -445,11 +411,11 @@ async def test_the_observer_sees_every_attempt_and_cannot_break_requests() -> No
     statuses = [503, 200]
     records: list[RequestRecord] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         status = statuses.pop(0)
         if status == 503:
             return error(503, "ServiceNotAvailable", "busy", rid="a1")
-        return httpx.Response(200, json=disk_answer(request), headers={"x-request-id": "a2"})
+        return Reply.json(200, disk_answer(request), headers={"x-request-id": "a2"})
 
     client = make_client(handler, request_observer=records.append)
     await client.disk_view("csi-a")
@@ -461,7 +427,7 @@ async def test_the_observer_sees_every_attempt_and_cannot_break_requests() -> No
     def broken(record: RequestRecord) -> None:
         raise RuntimeError("metrics backend down")
 
-    other = make_client(lambda r: httpx.Response(200, json=disk_answer(r)), request_observer=broken)
+    other = make_client(lambda r: Reply.json(200, disk_answer(r)), request_observer=broken)
     with capture_logs() as logs:
         assert (await other.disk_view("csi-a")).state is DiskState.DETACHED
     assert any(e["event"] == "oxide_request_observer_failed" for e in logs)
@@ -474,12 +440,12 @@ async def test_a_rotated_token_file_is_used_by_the_next_request(tmp_path: Path) 
     path.write_text("oxide-token-first\n")
     tokens: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         tokens.append(request.headers["authorization"])
-        return httpx.Response(200, json={"items": [], "next_page": None})
+        return Reply.json(200, {"items": [], "next_page": None})
 
     client = HttpOxideClient(
-        "http://oxide.test", FileToken(path), PROJECT, transport=httpx.MockTransport(handler)
+        "http://oxide.test", FileToken(path), PROJECT, carrier=scripted(handler)
     )
     await client.instance_list()
     new = tmp_path / "token.new"
@@ -503,20 +469,20 @@ def test_constructor_refuses_a_bare_token_string_and_a_bad_ca_file(tmp_path: Pat
 
 async def test_from_credentials_uses_their_host_project_and_token(tmp_path: Path) -> None:
     env = {"OXIDE_HOST": "oxide.example.com", "OXIDE_TOKEN": TOKEN, "OXIDE_PROJECT": "prod"}
-    seen: list[httpx.Request] = []
+    seen: list[Seen] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         seen.append(request)
-        return httpx.Response(200, json={"items": [], "next_page": None})
+        return Reply.json(200, {"items": [], "next_page": None})
 
     client = HttpOxideClient.from_credentials(
-        load_credentials(env, tmp_path), transport=httpx.MockTransport(handler)
+        load_credentials(env, tmp_path), carrier=scripted(handler)
     )
     api: OxideApi = client  # the client satisfies the protocol (checked by mypy)
     assert await api.snapshot_list() == []
     (request,) = seen
-    assert str(request.url).startswith("https://oxide.example.com/v1/snapshots?")
-    assert request.url.params["project"] == "prod"
+    assert request.url.startswith("https://oxide.example.com/v1/snapshots?")
+    assert request.params["project"] == "prod"
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     await api.aclose()
 
@@ -526,7 +492,7 @@ def test_for_tests_and_host_normalisation() -> None:
         host="oxide.example.com",
         token=TOKEN,
         project=PROJECT,
-        transport=httpx.MockTransport(lambda r: httpx.Response(204)),
+        carrier=scripted(lambda r: Reply(204)),
     )
     assert client.host == "https://oxide.example.com"
     assert client.project == PROJECT
@@ -534,14 +500,14 @@ def test_for_tests_and_host_normalisation() -> None:
 
 
 def _status_handler(status: int, code: str | None) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         return error(status, code, f"message {status}")
 
     return handler
 
 
 def _raising_handler(exc: Exception) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         raise exc
 
     return handler
@@ -562,11 +528,16 @@ SECRECY_CASES: list[tuple[str, Handler]] = [
             (507, "InsufficientCapacity"),
         ]
     ),
-    ("connect", _raising_handler(httpx.ConnectError("refused"))),
-    ("timeout", _raising_handler(httpx.ReadTimeout("timed out"))),
-    ("decoding", _raising_handler(httpx.DecodingError("bad gzip"))),
-    ("not-json", lambda r: httpx.Response(200, text="nope")),
-    ("bad-schema", lambda r: httpx.Response(200, json={"items": 3})),
+    ("connect", _raising_handler(lost("ConnectError: refused"))),
+    ("timeout", _raising_handler(timed_out("ReadTimeout: timed out"))),
+    # A content coding the client did not ask for: never decoded, so never JSON.
+    (
+        "compressed",
+        lambda r: Reply(200, gzip.compress(b'{"items": []}'), {"content-encoding": "gzip"}),
+    ),
+    ("too-large", lambda r: Reply(200, b" " * (9 * 1024 * 1024))),
+    ("not-json", lambda r: Reply.text(200, "nope")),
+    ("bad-schema", lambda r: Reply.json(200, {"items": 3})),
 ]
 
 
@@ -607,8 +578,8 @@ async def test_request_ids_reach_observers_scrubbed_and_short(header: str, expec
         "http://oxide.test",
         StaticToken("plainsecret0123"),
         PROJECT,
-        transport=httpx.MockTransport(
-            lambda r: httpx.Response(200, json=disk_answer(r), headers={"x-request-id": header})
+        carrier=scripted(
+            lambda r: Reply.json(200, disk_answer(r), headers={"x-request-id": header})
         ),
         request_observer=records.append,
     )
@@ -618,7 +589,7 @@ async def test_request_ids_reach_observers_scrubbed_and_short(header: str, expec
 
 
 async def test_the_debug_line_per_request_shows_at_debug_level_only() -> None:
-    client = make_client(lambda r: httpx.Response(200, json=disk_answer(r)))
+    client = make_client(lambda r: Reply.json(200, disk_answer(r)))
     before = structlog.get_config()
     try:
         for level, expected in (("debug", 1), ("info", 0)):
@@ -633,15 +604,15 @@ async def test_the_debug_line_per_request_shows_at_debug_level_only() -> None:
 
 
 async def test_each_retry_line_says_why_it_retries() -> None:
-    answers: list[Exception | int] = [503, httpx.ConnectError("refused"), 200]
+    answers: list[Exception | int] = [503, lost("ConnectError: refused"), 200]
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         if answer == 503:
             return error(503, "ServiceNotAvailable", "Service Unavailable")
-        return httpx.Response(200, json=disk_answer(request))
+        return Reply.json(200, disk_answer(request))
 
     client = make_client(handler)
     with capture_logs() as logs:

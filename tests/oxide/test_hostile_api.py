@@ -3,14 +3,15 @@
 A real ``HttpOxideClient`` (and, where the CO's view matters, the real gRPC server with the
 interceptor and ``ControllerService``) talks over real TCP to ``HostileServer`` (tests/oxide/
 hostile.py): slow headers, slow bodies, endless pages, errors echoing every request header,
-fifty-megabyte answers, implausible values, redirects, 429 with Retry-After. Deadlines here are
-short so the suite stays quick; ``asyncio.wait_for`` guards only stop a test that would otherwise
-hang on the old behaviour (they are not timing assertions). Convergence after a lost answer runs
-against the simulator.
+fifty-megabyte answers, implausible values, redirects, 429 with Retry-After, connections dropped
+under a request (aiohttp's own resend). Deadlines here are short so the suite stays quick;
+``asyncio.wait_for`` guards only stop a test that would otherwise hang on the old behaviour (they
+are not timing assertions). Convergence after a lost answer runs against the simulator.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import json
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -28,27 +28,20 @@ from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.record import PREFIX as DESCRIPTION_PREFIX
 from csi_oxide.controller.record import volume_name
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.errors import CsiOxideError
-from csi_oxide.inflight import InFlight
 from csi_oxide.oxide import errors as oxerr
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient, RequestRecord, RetryPolicy
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.sim import SimConfig
-from csi_oxide.sim.inprocess import InProcessSimulator
 from csi_oxide.wiring import build_controller_ops, build_reconciler
+from csi_oxide_lab.asgi import AsgiCarrier
+from csi_oxide_lab.sim import SimConfig
+from csi_oxide_lab.sim.inprocess import InProcessSimulator
 from tests.oxide.fakes import FakeClock
-from tests.oxide.hostile import (
-    DISK_UUID,
-    INSTANCE_UUID,
-    Answer,
-    HostileServer,
-    Seen,
-    disk_body,
-    instance_body,
-    snapshot_body,
-)
+from tests.oxide.hostile import Answer, HostileServer, Seen
+from tests.oxide_bodies import DISK_UUID, INSTANCE_UUID, disk_body, instance_body, snapshot_body
 from tests.server.controller_world import controller_stub
 from tests.units import GIB
 
@@ -182,7 +175,7 @@ async def test_a_retry_converges_when_the_lost_answer_was_applied(tmp_path: Path
         "http://sim",
         StaticToken(sim.token),
         "csi",
-        transport=httpx.ASGITransport(app=sim.asgi_app(validate=True)),
+        carrier=AsgiCarrier(sim.asgi_app(validate=True)),
         retry=QUICK,
         timeout=0.5,
     )
@@ -689,3 +682,155 @@ async def test_protocol_misbehaviour_ends_in_one_oxide_error_or_a_retry(
         assert str(error).startswith("Oxide disk_view:")
     else:
         assert isinstance(error, oxerr.OxideNotFoundError)
+
+
+# ---- 6. aiohttp's own resend: harmless for what the driver sends --------------------------------
+#
+# aiohttp sends a GET or DELETE (never a POST) once more, at once and unseen by the client, when
+# the connection fails after the request went out and before an answer came (AiohttpCarrier's
+# docstring). The server here carries out the request, then closes the kept-alive connection
+# without answering.
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _calls(path: Path) -> list[ast.Call]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
+
+
+def test_the_client_sends_only_get_post_and_delete() -> None:
+    """The resend's premise, on the client's side: no PUT, PATCH or any other method that
+    aiohttp would resend and a repeat might not leave as it was."""
+    methods = set()
+    for call in _calls(ROOT / "csi_oxide/oxide/client.py"):
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "_call":
+            method = call.args[1]
+            assert isinstance(method, ast.Constant), ast.unparse(call)
+            methods.add(method.value)
+    assert methods == {"GET", "POST", "DELETE"}
+
+
+def test_the_controller_deletes_only_by_uuid() -> None:
+    """The resend's premise, on the controller's side: every ``*_delete`` call names the object
+    by the UUID it read (``x.id``, or ``disk_id``, a parameter holding one), never by a name (a
+    volume or CSI snapshot ID is a name here), so a repeated DELETE can only find the same
+    object, or nothing (404: gone)."""
+    deletes = {name for name in dir(OxideApi) if name.endswith("_delete")}
+    assert deletes == {"disk_delete", "snapshot_delete", "image_delete"}
+    seen = 0
+    for path in sorted((ROOT / "csi_oxide").rglob("*.py")):
+        if path.parent.name == "oxide":
+            continue  # the client itself, and the protocol
+        for call in _calls(path):
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr in deletes:
+                (target,) = call.args
+                by_id = (isinstance(target, ast.Attribute) and target.attr == "id") or (
+                    isinstance(target, ast.Name) and target.id == "disk_id"
+                )
+                assert by_id, f"{path.relative_to(ROOT)}:{call.lineno}: {ast.unparse(call)}"
+                seen += 1
+    assert seen >= 6  # disks, snapshots and images, in ops, expand and reconcile
+
+
+def _dropping(method: str, nth: int, behave: Behave) -> Behave:
+    """``behave``, except that the ``nth`` ``method`` request is carried out by ``behave`` and
+    its connection then closed without an answer."""
+    count = 0
+
+    def drop(seen: Seen) -> Answer:
+        nonlocal count
+        answer = behave(seen)
+        if seen.method == method:
+            count += 1
+            if count == nth:
+                return Answer(drop=True)
+        return answer
+
+    return drop
+
+
+def disk_named_in_path(seen: Seen) -> Answer:
+    return Answer.json(200, disk_body(seen.path.rsplit("/", 1)[-1]))
+
+
+async def test_a_delete_whose_connection_drops_is_resent_once_and_its_404_means_gone(
+    tmp_path: Path,
+) -> None:
+    """DeleteVolume: the disk is read by name, then deleted by its UUID on the same kept-alive
+    connection; the server deletes it and drops the connection. aiohttp sends the DELETE again,
+    by the same UUID (so never to a disk made under the name since), and its 404 is "gone": the
+    call succeeds, and the disk is gone."""
+    name = volume_name("pvc-dropped")
+    rec = '{"c":"test","n":"pvc-dropped"}'
+    disks = {DISK_UUID: disk_body(name, description=DESCRIPTION_PREFIX + rec)}
+
+    def behave(seen: Seen) -> Answer:
+        if seen.method == "GET" and seen.path == f"/v1/disks/{name}" and disks:
+            return Answer.json(200, disks[DISK_UUID])
+        if seen.method == "DELETE" and seen.path == f"/v1/disks/{DISK_UUID}" and disks:
+            del disks[DISK_UUID]
+            return Answer(204)
+        return not_found(seen)
+
+    records: list[RequestRecord] = []
+    async with hostile(_dropping("DELETE", 1, behave)) as server:
+        api = client(server.url, request_observer=records.append)
+        async with controller(tmp_path, api, grace=1.0) as ctl:
+            await asyncio.wait_for(
+                ctl.stub.DeleteVolume(csi.DeleteVolumeRequest(volume_id=name)), GUARD
+            )
+    assert disks == {}  # deleted, by the request whose answer never came
+    view, first, again = (s for s in server.seen if s.path.startswith("/v1/disks/"))
+    assert (view.method, view.path) == ("GET", f"/v1/disks/{name}")
+    assert [(s.method, s.path) for s in (first, again)] == [
+        ("DELETE", f"/v1/disks/{DISK_UUID}")
+    ] * 2
+    assert first.connection == view.connection  # the kept-alive connection...
+    assert again.connection != first.connection  # ...dropped: the resend came on a new one
+    # The client saw one attempt, answered 404 (read as "gone"): the resend is aiohttp's own.
+    deletes = [(r.attempt, r.status, r.outcome) for r in records if r.method == "DELETE"]
+    assert deletes == [(1, 404, "http_error")]
+
+
+async def test_a_get_whose_connection_drops_is_answered_by_the_resend() -> None:
+    records: list[RequestRecord] = []
+    async with hostile(_dropping("GET", 2, disk_named_in_path)) as server:
+        api = client(server.url, request_observer=records.append)
+        assert (await api.disk_view(NAME)).name == NAME  # opens the kept-alive connection
+        assert (await asyncio.wait_for(api.disk_view(NAME), GUARD)).name == NAME
+        await api.aclose()
+    warm, dropped, resent = server.seen
+    assert [s.method for s in server.seen] == ["GET"] * 3
+    assert dropped.connection == warm.connection != resent.connection
+    # One attempt each as the client sees it: the resend answered the second.
+    assert [(r.attempt, r.status) for r in records] == [(1, 200), (1, 200)]
+
+
+async def test_a_post_whose_connection_drops_is_never_resent_by_aiohttp() -> None:
+    """A create whose connection drops before its answer: aiohttp does not send it again; only
+    the client's RetryPolicy does, each attempt recorded and paced (and a create that did happen
+    is found again by name: test_client.py). The server sees exactly one POST per attempt."""
+
+    def behave(seen: Seen) -> Answer:
+        if seen.method == "POST":
+            return Answer(drop=True)  # every create: carried out or not, never answered
+        return disk_named_in_path(seen)
+
+    records: list[RequestRecord] = []
+    spec = DiskSpec(name=NAME, description="d", size=GIB, block_size=4096)
+    async with hostile(behave) as server:
+        api = client(server.url, request_observer=records.append)
+        await api.disk_view(NAME)  # the create goes on this kept-alive connection
+        with pytest.raises(oxerr.OxideUnavailableError, match="could not connect"):
+            await asyncio.wait_for(api.disk_create(spec), GUARD)
+        await api.aclose()
+    posts = [s for s in server.seen if s.method == "POST"]
+    creates = [r for r in records if r.operation == "disk_create"]
+    assert len(creates) >= 2  # the client's own retries...
+    assert [r.attempt for r in creates] == list(range(1, len(creates) + 1))
+    assert {r.outcome for r in creates} == {"connection_error"}
+    assert len(posts) == len(creates)  # ...and nothing else: no resend of a POST
+    assert posts[0].connection == server.seen[0].connection  # it went on the kept-alive one
+    assert len({p.connection for p in posts}) == len(posts)  # each dropped, each one new

@@ -1,6 +1,7 @@
-"""The production carrier of HttpOxideClient (aiohttp, csi_oxide/oxide/transport.py) where it
-could differ from the httpx one it replaced: TLS trust, proxies from the environment, the query
-and body as sent, and errors that never hold the request (aiohttp's errors carry its headers).
+"""The carrier of HttpOxideClient (aiohttp, csi_oxide/oxide/transport.py): TLS trust, proxies
+from the environment, the query and body as sent, errors that never hold the request (aiohttp's
+errors carry its headers); and the lab's in-process carrier, which must hand an app what aiohttp
+puts on the wire.
 
 Real TCP (and TLS) against tests/oxide/hostile.py's server; the certificate is made here with
 the openssl command line.
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -25,7 +27,10 @@ from csi_oxide.oxide.client import HttpOxideClient, RequestObserver, RequestReco
 from csi_oxide.oxide.credentials import StaticToken
 from csi_oxide.oxide.transport import proxy_from_environment
 from csi_oxide.oxide.types import DiskSpec
-from tests.oxide.hostile import Answer, HostileServer, Seen, disk_body
+from tests import skips
+from tests.oxide import scripted
+from tests.oxide.hostile import Answer, HostileServer, Seen
+from tests.oxide_bodies import disk_body
 from tests.units import GIB
 
 TOKEN = "oxide-token-7ra9570r7ra9570r7ra9570r7ra9570r7ra9570r"
@@ -54,8 +59,7 @@ def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
+    skips.need_tools("openssl", install="Debian's openssl, to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -101,7 +105,9 @@ async def test_a_proxy_from_the_environment_carries_the_requests(
     assert proxy.seen[0].headers["host"] == "oxide-api.invalid:8080"
 
 
-def test_the_proxy_is_chosen_as_httpx_chose_it(no_proxy_settings: pytest.MonkeyPatch) -> None:
+def test_the_proxy_is_chosen_from_the_environment(no_proxy_settings: pytest.MonkeyPatch) -> None:
+    """``<scheme>_proxy``, else ``all_proxy``, unless ``no_proxy`` names the host (as httpx,
+    which the driver used before, and curl read them)."""
     assert proxy_from_environment("https://oxide.example.com") is None
     no_proxy_settings.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert proxy_from_environment("https://oxide.example.com") == "http://proxy.example:3128"
@@ -135,12 +141,58 @@ async def test_query_and_body_are_sent_as_the_api_expects(
         await api.aclose()
     create, first, second = server.seen
     assert create.headers["content-type"] == "application/json"
-    # Byte for byte what httpx's json= sent: compact, UTF-8.
+    # Compact, UTF-8 (as the Oxide SDKs send it).
     body = json.dumps(wire.disk_create_body(spec), ensure_ascii=False, separators=(",", ":"))
     assert create.body == body.encode()
     assert first.query == {"project": "p", "limit": "1000"}
     assert second.query == {"page_token": token, "limit": "1000"}
     assert all(s.headers.get("accept-encoding") == "identity" for s in server.seen)
+
+
+async def _every_kind_of_request(api: HttpOxideClient) -> None:
+    """A request of each shape the driver sends, each answered 404: a JSON body beyond ASCII, a
+    query, a selector that must stay one path segment, a DELETE, a POST without a body."""
+    spec = DiskSpec(name=NAME, description="d ü ✓", size=GIB, block_size=4096)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: api.disk_create(spec),
+        api.disk_list,
+        lambda: api.disk_view("../x y"),
+        lambda: api.disk_delete("6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"),
+        lambda: api.instance_stop("node-1"),
+    ]
+    for call in calls:
+        with pytest.raises(oxerr.OxideNotFoundError):
+            await call()
+    await api.aclose()
+
+
+async def test_the_in_process_carrier_hands_the_app_what_aiohttp_sends(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """The tests (and the simulator's in-process runs) see the driver's requests through the
+    lab's AsgiCarrier: the same requests as aiohttp puts on the wire, Host and Content-Length
+    included (the same method, raw path, query, headers and body)."""
+    in_process: list[scripted.Seen] = []
+
+    def app(seen: scripted.Seen) -> scripted.Reply:
+        in_process.append(seen)
+        return scripted.Reply(404)
+
+    async with HostileServer(lambda _seen: Answer(404)) as server:
+        await _every_kind_of_request(client(server.url))
+        await _every_kind_of_request(client(server.url, carrier=scripted.scripted(app)))
+
+    def on_the_wire(s: Seen) -> tuple[object, ...]:
+        return (s.method, s.path, s.query, s.headers, s.body)
+
+    def handed_to_the_app(s: scripted.Seen) -> tuple[object, ...]:
+        raw_path, _, query = s.target.partition("?")
+        return (s.method, raw_path, dict(parse_qsl(query)), dict(s.headers), s.content)
+
+    assert len(server.seen) == 5
+    assert [handed_to_the_app(s) for s in in_process] == [on_the_wire(s) for s in server.seen]
+    assert server.seen[2].path == "/v1/disks/..%2Fx%20y"
+    assert server.seen[4].headers["content-length"] == "0"  # a POST without a body
 
 
 async def test_an_unreadable_answer_leaves_no_trace_of_the_token(

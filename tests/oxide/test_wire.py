@@ -15,72 +15,40 @@ from csi_oxide.oxide.types import (
     InstanceState,
     SnapshotState,
 )
-from csi_oxide.sim import contract
+from csi_oxide_lab.sim import contract
+from tests.oxide_bodies import (
+    DISK_UUID,
+    IMAGE_UUID,
+    INSTANCE_UUID,
+    PROJECT_UUID,
+    SNAPSHOT_UUID,
+    blank_source,
+    disk_body,
+    disk_create_body,
+    image_body,
+    image_source,
+    instance_body,
+    snapshot_body,
+    snapshot_source,
+)
+from tests.units import GIB
 
 SPEC = contract.spec_path()
-DISK_ID = "6c1a9d3e-2f4b-4c5d-8e9f-0a1b2c3d4e5f"
-INSTANCE_ID = "0f1e2d3c-4b5a-4968-8776-655443322110"
-PROJECT_ID = "11111111-2222-4333-8444-555555555555"
-SNAP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
-
-
-def disk_json(state: dict[str, object] | None = None, **over: object) -> dict[str, object]:
-    body: dict[str, object] = {
-        "id": DISK_ID,
-        "name": "csi-0123456789abcdef",
-        "description": "d",
-        "project_id": PROJECT_ID,
-        "size": 2 * 1024**3,
-        "block_size": 4096,
-        "state": state or {"state": "detached"},
-        "device_path": "/mnt/csi-0123456789abcdef",
-        "disk_type": "distributed",
-        "read_only": False,
-        "image_id": None,
-        "snapshot_id": SNAP_ID,
-        "time_created": "2026-01-02T03:04:05.123456789Z",
-        "time_modified": "2026-01-02T03:04:05Z",
-    }
-    body.update(over)
-    return body
-
-
-def instance_json(**over: object) -> dict[str, object]:
-    body: dict[str, object] = {
-        "id": INSTANCE_ID,
-        "name": "node-1",
-        "project_id": PROJECT_ID,
-        "run_state": "running",
-        "boot_disk_id": None,
-        "hostname": "node-1",
-    }
-    body.update(over)
-    return body
 
 
 def test_blank_disk_body_is_distributed_with_block_size() -> None:
     body = wire.disk_create_body(DiskSpec("csi-a", "desc", 3 * 1024**3, block_size=512))
-    assert body == {
-        "name": "csi-a",
-        "description": "desc",
-        "size": 3 * 1024**3,
-        "disk_backend": {
-            "type": "distributed",
-            "disk_source": {"type": "blank", "block_size": 512},
-        },
-    }
+    assert body == disk_create_body("csi-a", 3 * GIB, blank_source(512), description="desc")
 
 
 def test_snapshot_disk_body_names_the_snapshot() -> None:
-    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAP_ID))
-    assert body["disk_backend"] == {
-        "type": "distributed",
-        "disk_source": {"type": "snapshot", "snapshot_id": SNAP_ID},
-    }
+    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAPSHOT_UUID))
+    source = snapshot_source(SNAPSHOT_UUID)
+    assert body["disk_backend"] == {"type": "distributed", "disk_source": source}
 
 
 @pytest.mark.parametrize(
-    ("block_size", "snapshot_id"), [(None, None), (4096, SNAP_ID)], ids=["neither", "both"]
+    ("block_size", "snapshot_id"), [(None, None), (4096, SNAPSHOT_UUID)], ids=["neither", "both"]
 )
 def test_disk_spec_needs_exactly_one_source(
     block_size: int | None, snapshot_id: str | None
@@ -101,17 +69,24 @@ def test_request_bodies_use_the_published_property_names() -> None:
 
 
 def test_disk_parses_every_field() -> None:
-    disk = wire.parse_disk(disk_json())
+    disk = wire.parse_disk(
+        disk_body(
+            description="d",
+            size=2 * GIB,
+            snapshot_id=SNAPSHOT_UUID,
+            time_created="2026-01-02T03:04:05.123456789Z",
+        )
+    )
     assert disk == Disk(
-        id=DISK_ID,
+        id=DISK_UUID,
         name="csi-0123456789abcdef",
         description="d",
-        project_id=PROJECT_ID,
-        size=2 * 1024**3,
+        project_id=PROJECT_UUID,
+        size=2 * GIB,
         block_size=4096,
         state=DiskState.DETACHED,
         instance_id=None,
-        snapshot_id=SNAP_ID,
+        snapshot_id=SNAPSHOT_UUID,
         image_id=None,
         read_only=False,
         disk_type="distributed",
@@ -121,9 +96,9 @@ def test_disk_parses_every_field() -> None:
 
 @pytest.mark.parametrize("state", ["attaching", "attached", "detaching"])
 def test_attachment_states_carry_the_instance(state: str) -> None:
-    disk = wire.parse_disk(disk_json({"state": state, "instance": INSTANCE_ID}))
+    disk = wire.parse_disk(disk_body(state=state))
     assert disk.state == DiskState(state)
-    assert disk.instance_id == INSTANCE_ID
+    assert disk.instance_id == INSTANCE_UUID
     assert disk.published
 
 
@@ -133,13 +108,13 @@ def test_every_published_disk_state_parses() -> None:
         (value,) = variant["properties"]["state"]["enum"]
         state: dict[str, object] = {"state": value}
         if "instance" in variant["required"]:
-            state["instance"] = INSTANCE_ID
-        assert wire.parse_disk(disk_json(state)).state == DiskState(value)
+            state["instance"] = INSTANCE_UUID
+        assert wire.parse_disk(disk_body(state=state)).state == DiskState(value)
 
 
 def test_unknown_disk_state_is_a_clear_unknown_value_error() -> None:
     with pytest.raises(wire.UnknownValueError, match=r"unknown state of disk .*'resizing'"):
-        wire.parse_disk(disk_json({"state": "resizing"}))
+        wire.parse_disk(disk_body(state="resizing"))
 
 
 @pytest.mark.parametrize(
@@ -154,7 +129,7 @@ def test_unknown_disk_state_is_a_clear_unknown_value_error() -> None:
     ],
 )
 def test_malformed_disk_fields_raise_wire_error(field: str, value: object, match: str) -> None:
-    body = disk_json()
+    body = disk_body()
     body[field] = value
     with pytest.raises(wire.WireError, match=match) as info:
         wire.parse_disk(body)
@@ -163,41 +138,29 @@ def test_malformed_disk_fields_raise_wire_error(field: str, value: object, match
 
 def test_attached_state_without_instance_is_malformed() -> None:
     with pytest.raises(wire.WireError, match="'instance'"):
-        wire.parse_disk(disk_json({"state": "attached"}))
+        wire.parse_disk(disk_body(state={"state": "attached"}))
 
 
 def test_snapshot_parses() -> None:
-    snap = wire.parse_snapshot(
-        {
-            "id": SNAP_ID,
-            "name": "snap-1",
-            "description": "",
-            "project_id": PROJECT_ID,
-            "disk_id": DISK_ID,
-            "size": 1024**3,
-            "state": "ready",
-            "time_created": "2026-01-02T03:04:05Z",
-            "time_modified": "2026-01-02T03:04:05Z",
-        }
-    )
+    snap = wire.parse_snapshot(snapshot_body("snap-1"))
     assert (snap.name, snap.disk_id, snap.state, snap.size) == (
         "snap-1",
-        DISK_ID,
+        DISK_UUID,
         SnapshotState.READY,
         1024**3,
     )
 
 
 def test_instance_parses_and_rejects_unknown_run_state() -> None:
-    inst = wire.parse_instance(instance_json(boot_disk_id=DISK_ID, run_state="stopped"))
+    inst = wire.parse_instance(instance_body(boot_disk_id=DISK_UUID, run_state="stopped"))
     assert (inst.id, inst.run_state, inst.boot_disk_id) == (
-        INSTANCE_ID,
+        INSTANCE_UUID,
         InstanceState.STOPPED,
-        DISK_ID,
+        DISK_UUID,
     )
-    assert wire.parse_instance(instance_json(boot_disk_id=None)).boot_disk_id is None
+    assert wire.parse_instance(instance_body(boot_disk_id=None)).boot_disk_id is None
     with pytest.raises(wire.UnknownValueError, match="run_state of instance 'node-1'"):
-        wire.parse_instance(instance_json(run_state="hibernating"))
+        wire.parse_instance(instance_body(run_state="hibernating"))
 
 
 def test_utilization_reads_storage_of_capacity_and_provisioned() -> None:
@@ -213,7 +176,7 @@ def test_utilization_reads_storage_of_capacity_and_provisioned() -> None:
 
 def test_results_skip_unknown_values_but_keep_the_rest() -> None:
     body = {
-        "items": [disk_json(), disk_json({"state": "future"}, name="csi-b")],
+        "items": [disk_body(), disk_body("csi-b", state="future")],
         "next_page": "tok",
     }
     page = wire.parse_results(body, wire.parse_disk)
@@ -240,20 +203,14 @@ def test_error_body_tolerates_anything() -> None:
     assert wire.parse_error_body({"message": 5}).message is None
 
 
-IMAGE_ID = "0b9e1c1e-5d4c-4a3b-9f2e-1d0c9b8a7f6e"
-
-
 def test_image_disk_body_names_the_image_and_read_only_only_when_set() -> None:
-    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, image_id=IMAGE_ID))
-    assert body["disk_backend"] == {
-        "type": "distributed",
-        "disk_source": {"type": "image", "image_id": IMAGE_ID},
-    }
-    ro = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAP_ID, read_only=True))
-    assert ro["disk_backend"] == {
-        "type": "distributed",
-        "disk_source": {"type": "snapshot", "snapshot_id": SNAP_ID, "read_only": True},
-    }
+    body = wire.disk_create_body(DiskSpec("csi-a", "", 1024**3, image_id=IMAGE_UUID))
+    assert body["disk_backend"] == {"type": "distributed", "disk_source": image_source(IMAGE_UUID)}
+    ro = wire.disk_create_body(
+        DiskSpec("csi-a", "", 1024**3, snapshot_id=SNAPSHOT_UUID, read_only=True)
+    )
+    source = snapshot_source(SNAPSHOT_UUID, read_only=True)
+    assert ro["disk_backend"] == {"type": "distributed", "disk_source": source}
 
 
 def test_a_blank_disk_cannot_be_read_only() -> None:
@@ -263,28 +220,17 @@ def test_a_blank_disk_cannot_be_read_only() -> None:
 
 def test_image_create_body_has_every_required_property() -> None:
     schemas = json.loads(SPEC.read_text())["components"]["schemas"]
-    body = wire.image_create_body("img-a", "d", SNAP_ID)
+    body = wire.image_create_body("img-a", "d", SNAPSHOT_UUID)
     assert set(body) == set(schemas["ImageCreate"]["required"])
-    assert body["source"] == {"type": "snapshot", "id": SNAP_ID}
+    assert body["source"] == {"type": "snapshot", "id": SNAPSHOT_UUID}
 
 
 @pytest.mark.parametrize("project_id", [None, "6f0c7d8e-1a2b-4c3d-8e9f-0a1b2c3d4e60"])
 def test_image_parses_project_and_silo_images(project_id: str | None) -> None:
-    body = {
-        "id": IMAGE_ID,
-        "name": "img-a",
-        "description": "d",
-        "project_id": project_id,
-        "size": 2 * 1024**3,
-        "block_size": 512,
-        "os": "debian",
-        "version": "13",
-        "time_created": "2026-08-21T10:00:00.000000Z",
-        "time_modified": "2026-08-21T10:00:00.000000Z",
-    }
+    body = image_body(project_id=project_id, size=2 * GIB, block_size=512)
     image = wire.parse_image(body)
     assert (image.id, image.project_id, image.size, image.block_size) == (
-        IMAGE_ID,
+        IMAGE_UUID,
         project_id,
         2 * 1024**3,
         512,

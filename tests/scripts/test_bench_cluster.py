@@ -1,20 +1,27 @@
-"""The pure parts of scripts/bench_cluster.py (``make bench``, step "pods"): the metrics parsing,
-the per-volume chain of Oxide requests, the reference arithmetic and the goal, the pairing of
-watch timestamps, the attach-limit cap and the skip rule. The cluster run itself is the
-benchmark (root, minutes), not a test."""
+"""The pure parts of scripts/bench_cluster.py (``make bench``, step "pods and move on the
+cluster"): the metrics parsing, the per-volume chain of Oxide requests, the reference arithmetic
+and the goal, the pairing of watch timestamps, the attach-limit cap and the skip rule; and for the
+move round, the detach and attach means between two scrapes, the move figure and its verdict, the
+pods (objects and their program) and the metrics ports read back from the installed objects. The
+cluster run itself is the benchmark (root, minutes), not a test."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import kubernetes_validate
 import pytest
-from prometheus_client import generate_latest
+import yaml
 
-from csi_oxide.metrics import Metrics
+from csi_oxide.daemon.metrics import Metrics
 from csi_oxide.oxide.client import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +48,7 @@ def _record(op: str, seconds: float, status: int = 200, outcome: str = "ok") -> 
 
 
 def _exposition(metrics: Metrics) -> str:
-    return generate_latest(metrics.registry).decode()
+    return metrics.registry.exposition().decode()
 
 
 # ---- metrics, as the driver really exposes them ---------------------------------------------
@@ -243,3 +250,284 @@ def test_the_objects_validate_against_the_kubernetes_schema(bc: ModuleType) -> N
 
 def test_num(bc: ModuleType) -> None:
     assert [bc.num(x) for x in (4.3333, 1.0, 1.25, 0.0)] == ["4.33", "1", "1.25", "0"]
+
+
+# ---- two nodes: the move round ----------------------------------------------------------------
+
+
+def test_the_rounds_a_word_asks_for(bc: ModuleType) -> None:
+    everything = {"pods", "move"}
+    assert bc.cluster_rounds([]) == everything  # make bench: every step, every round
+    assert bc.cluster_rounds(["pods"]) == everything
+    assert bc.cluster_rounds(["cluster"]) == everything
+    assert bc.cluster_rounds(["move"]) == {"move"}
+    assert bc.cluster_rounds(["burst", "move"]) == {"move"}
+    assert bc.cluster_rounds(["move", "pods"]) == everything
+
+
+def test_the_moves_go_back_and_forth(bc: ModuleType) -> None:
+    assert bc.move_plan(["a", "b"]) == [("a", "b"), ("b", "a"), ("a", "b")]
+    assert bc.move_plan(["a", "b"], 2) == [("a", "b"), ("b", "a")]
+    with pytest.raises(ValueError, match="two nodes"):
+        bc.move_plan(["a"])
+
+
+def test_op_time_is_the_mean_duration_between_two_scrapes(bc: ModuleType) -> None:
+    before = bc.Requests(
+        {"instance_disk_detach": 3.0, "instance_disk_attach": 4.0, "disk_view": 1.0},
+        {"instance_disk_detach": 1.5, "instance_disk_attach": 2.0, "disk_view": 0.1},
+    )
+    after = bc.Requests(
+        {"instance_disk_detach": 4.0, "instance_disk_attach": 6.0, "disk_view": 1.0},
+        {"instance_disk_detach": 2.0, "instance_disk_attach": 3.5, "disk_view": 0.1},
+    )
+    detach = bc.op_time(before, after, bc.DETACH)
+    assert (detach.count, detach.seconds, detach.mean) == (1.0, 0.5, 0.5)
+    attach = bc.op_time(before, after, bc.ATTACH)  # one retried: 2 attempts, 1.5 s in all
+    assert (attach.count, attach.mean) == (2.0, pytest.approx(0.75))
+    with pytest.raises(ValueError, match="no disk_view request"):
+        bc.op_time(before, after, "disk_view")
+    with pytest.raises(ValueError, match="no instance_disk_detach request"):
+        bc.op_time(bc.Requests({}, {}), bc.Requests({}, {}), bc.DETACH)
+
+
+def _run(bc: ModuleType, reference: float, move: float, detach: float, attach: float) -> object:
+    return bc.MoveRun(
+        "a",
+        "b",
+        reference,
+        move,
+        bc.OpTime(1.0, detach),
+        bc.OpTime(1.0, attach),
+        {"ControllerUnpublishVolume": detach + 0.01, "ControllerPublishVolume": attach + 0.02},
+    )
+
+
+def test_the_move_figure_is_the_median_move_over_kubernetes_own_plus_detach_and_attach(
+    bc: ModuleType,
+) -> None:
+    moves = bc.Moves(
+        (
+            _run(bc, 2.0, 4.0, 0.5, 0.6),
+            _run(bc, 2.2, 3.6, 0.4, 0.7),
+            _run(bc, 1.8, 3.8, 0.6, 0.5),
+        )
+    )
+    # Medians: moves 3.8 s; without a volume 2.0 s; detach 0.5 s; attach 0.6 s.
+    assert moves.limit == pytest.approx(3.1)
+    assert moves.ratio == pytest.approx(3.8 / 3.1)
+    assert moves.verdict().text == "NOT met"  # 1.23 > 1.2
+    text = moves.describe()
+    assert "3 moves (a -> b, a -> b, a -> b)" in text
+    assert "with its volume median 3800 ms of 3 (min 3600 ms, max 4000 ms, spread 11%)" in text
+    assert "a pod without a volume moved the same way median 2000 ms of 3" in text
+    assert "Oxide detach median 500 ms of 3" in text
+    assert "(3 requests), attach median 600 ms of 3" in text
+    assert "1.2 x (2.00 + 0.50 + 0.60 s) = 3.72 s" in text
+    assert "ControllerUnpublishVolume 0.51" in text
+    assert "NodeStageVolume 0.00" in text  # every RPC of a move named, 0 when not seen
+    met = bc.Moves(tuple(_run(bc, 2.0, 3.5, 0.5, 0.6) for _ in range(3)))
+    assert met.verdict().text == "met"  # 3.5 / 3.1 = 1.13
+
+
+def test_a_move_figure_refuses_an_outlier_and_an_impossible_ratio(bc: ModuleType) -> None:
+    stalled = bc.Moves(
+        (
+            _run(bc, 2.0, 4.0, 0.5, 0.6),
+            _run(bc, 2.0, 16.0, 0.5, 0.6),  # 4x the median move
+            _run(bc, 2.0, 3.9, 0.5, 0.6),
+        )
+    )
+    verdict = stalled.verdict()
+    assert verdict.met is None
+    assert verdict.invalid is not None and "run 2 of 3 took 16.0 s" in verdict.invalid
+    # A move cannot beat Kubernetes' own time plus the detach and the attach by half.
+    impossible = bc.Moves(tuple(_run(bc, 2.0, 1.0, 0.5, 0.6) for _ in range(3)))
+    assert impossible.verdict().text.startswith("INVALID: 0.32 is below 0.5")
+    slow_attach = bc.Moves(
+        (
+            _run(bc, 2.0, 4.0, 0.5, 0.6),
+            _run(bc, 2.0, 4.0, 0.5, 3.0),  # an attach 5x the others
+            _run(bc, 2.0, 4.0, 0.5, 0.6),
+        )
+    )
+    invalid = slow_attach.verdict().invalid
+    assert invalid is not None and invalid.startswith("Oxide attach: run 2 of 3")
+    with pytest.raises(ValueError, match="no runs"):
+        bc.Moves(())
+
+
+def test_the_zero_latency_move_is_context_but_still_judged_valid_or_not(bc: ModuleType) -> None:
+    # Milliseconds of Oxide jitter at zero latency are no outlier (OXIDE_RESOLUTION).
+    fine = bc.Moves(
+        (
+            _run(bc, 2.0, 9.0, 0.002, 0.003),
+            _run(bc, 2.0, 9.5, 0.010, 0.012),
+            _run(bc, 2.0, 8.5, 0.003, 0.002),
+        )
+    )
+    assert fine.verdict(goal=True).text == "NOT met"
+    assert fine.verdict(goal=False).text == "n/a"
+    name, figure, goal, verdict = bc.move_row(fine, goal=False)
+    assert name == f"{bc.MOVE_ROW} (zero latency, for context)"
+    assert figure.startswith(f"{9.0 / fine.limit:.2f} x (Kubernetes' own + Oxide detach")
+    assert goal.startswith("none")
+    assert verdict.text == "n/a"
+    name, figure, goal, verdict = bc.move_row(fine, goal=True)
+    assert "at zero latency" not in figure
+    assert name == f"{bc.MOVE_ROW} ({bc.latency_label()})"
+    assert goal == bc.MOVE_GOAL
+    assert verdict.text == "NOT met"
+    at_latency = bc.Moves(tuple(_run(bc, 2.0, 10.0, 0.5, 0.6) for _ in range(3)))
+    figure = bc.move_row(at_latency, goal=True, zero=fine)[1]
+    assert figure.endswith("; at zero latency the same moves take 9000 ms)")
+    stalled = bc.Moves((*fine.runs[:2], _run(bc, 2.0, 40.0, 0.003, 0.002)))
+    assert bc.move_row(stalled, goal=False)[3].text.startswith("INVALID")
+
+
+def test_the_rows_the_step_stands_for(bc: ModuleType) -> None:
+    names = [name for name, _ in bc.row_names(bc.ROUNDS)]
+    assert names == ["pods: PVC -> Running on the cluster", f"{bc.MOVE_ROW} ({bc.latency_label()})"]
+    assert bc.row_names(["move"]) == [(f"{bc.MOVE_ROW} ({bc.latency_label()})", bc.MOVE_GOAL)]
+    assert bc.row_names(["pods"]) == [("pods: PVC -> Running on the cluster", bc.GOAL)]
+
+
+# ---- the pods of the move round -------------------------------------------------------------
+
+
+def test_the_move_pods_validate_and_differ_only_by_the_volume(bc: ModuleType) -> None:
+    plain = bc.pod_object("r-1", None, node="127.0.0.2", work="true")
+    moved = bc.pod_object("v-1", "data", node="127.0.0.2", work=bc.find_token("abc"))
+    for doc in (plain, moved):
+        kubernetes_validate.validate(doc, "1.34.0", strict=True)
+        assert doc["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "127.0.0.2"}
+        probe = doc["spec"]["containers"][0]["readinessProbe"]
+        assert probe["exec"]["command"] == ["test", "-f", bc.READY_FILE]
+    assert "volumes" not in plain["spec"]
+    assert "volumeMounts" not in plain["spec"]["containers"][0]
+    assert moved["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "data"
+    # The same pod otherwise: grace, restart policy, image, the way it stops.
+    for doc in (plain, moved):
+        doc["spec"].pop("volumes", None)
+        doc["spec"]["containers"][0].pop("volumeMounts", None)
+        doc["spec"]["containers"][0].pop("command")
+        doc["metadata"].pop("name")
+    assert plain == moved
+    # The pods rounds' pods: no probe, and a node when pinned.
+    rounds = bc.pod_object("p-0", "p-0", node="localhost")
+    assert "readinessProbe" not in rounds["spec"]["containers"][0]
+    assert rounds["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "localhost"}
+    assert "nodeSelector" not in bc.pod_object("p-0", "p-0")["spec"]
+
+
+def test_the_token_is_written_then_looked_for(bc: ModuleType) -> None:
+    assert bc.write_token("abc") == "echo abc > /data/token && sync"
+    assert bc.find_token("abc") == "grep -qx abc /data/token"
+    script = bc.pod_script(bc.find_token("abc"))
+    assert script.startswith("trap 'exit 0' TERM INT; if { grep -qx abc /data/token ; }; then ")
+    assert f"touch {bc.READY_FILE}; else echo WORK FAILED; exit 1; fi; " in script
+    assert bc.pod_script() == "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done"
+
+
+def _sh(script: str, *, output: bool = False) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["sh", "-c", script],
+        stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its sleep too is in its own group, killed at the end
+    )
+
+
+def test_a_pod_whose_work_fails_exits_1(bc: ModuleType) -> None:
+    proc = _sh(bc.pod_script("false"), output=True)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1
+    assert out.strip() == b"WORK FAILED"
+
+
+def test_a_pod_stops_at_once_on_sigterm(bc: ModuleType) -> None:
+    proc = _sh(bc.pod_script())
+    try:
+        time.sleep(0.3)  # into its wait
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        took = time.monotonic() - asked
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0
+    assert took < 0.5  # not held until its one-second sleep ends
+
+
+def test_pod_readiness_node_and_status(bc: ModuleType) -> None:
+    ready = {
+        "spec": {"nodeName": "127.0.0.2"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    assert bc.pod_ready(ready)
+    assert bc.pod_node(ready) == "127.0.0.2"
+    assert bc.pod_node({"spec": {}}) is None
+    waiting = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+            ],
+            "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+        }
+    }
+    assert not bc.pod_ready(waiting)
+    assert not bc.pod_ready({})
+    assert bc.status_text(waiting) == (
+        "phase Pending; Ready ContainersNotReady; container waiting ContainerCreating"
+    )
+    assert bc.status_text({}) == "phase None"
+
+
+# ---- the metrics ports of the driver's processes ----------------------------------------------
+
+
+def test_metrics_ports_are_read_back_from_the_installed_objects(
+    bc: ModuleType, tmp_path: Path
+) -> None:
+    from tests.e2e import overlay
+
+    base = [
+        d
+        for f in sorted(overlay.BASE.glob("*.yaml"))
+        if f.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
+    env = {"OXIDE_HOST": "http://127.0.0.1:41000", "OXIDE_TOKEN": "t", "OXIDE_PROJECT": "p"}
+    targets = [
+        overlay.NodeTarget(name, tmp_path / f"kubelet{tag}", f"id{tag}", str(tmp_path), port, tag)
+        for name, tag, port in (("localhost", "", 19091), ("127.0.0.2", "-b", 19092))
+    ]
+    docs = overlay.overlay(
+        base,
+        sim_env=env,
+        api_port=6443,
+        kubelet_dir=tmp_path / "kubelet",
+        state_dir=tmp_path,
+        ports=(19090, 19091),
+        run="r1",
+        nodes=targets,
+    )
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    ports = {d["metadata"]["name"]: bc.metrics_port_of(d) for d in workloads}
+    assert ports == {
+        "csi-oxide-controller": 19090,
+        "csi-oxide-node": 19091,
+        "csi-oxide-node-b": 19092,
+    }
+    with pytest.raises(ValueError, match="no --metrics-address"):
+        bc.metrics_port_of({"spec": {"template": {"spec": {"containers": [{"name": "x"}]}}}})
+    with pytest.raises(ValueError, match="no --metrics-address"):
+        bc.metrics_port_of(None)

@@ -19,17 +19,17 @@ import grpc
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide.controller.ops import ControllerOps
-from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
+from csi_oxide.daemon.health import Health
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
-from csi_oxide.sim import SimConfig
-from csi_oxide.sim.inprocess import InProcessSimulator
-from csi_oxide.testing import sim_client
 from csi_oxide.wiring import build_controller_ops
+from csi_oxide_lab.sim import SimConfig
+from csi_oxide_lab.sim.inprocess import InProcessSimulator
+from csi_oxide_lab.testing import sim_client
 from tests.units import GIB
 
 Code = grpc.StatusCode

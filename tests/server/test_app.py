@@ -13,8 +13,8 @@ import pytest
 from csi_oxide import DRIVER_NAME, __version__, errors
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.daemon.health import Health
 from csi_oxide.errors import ConfigurationError
-from csi_oxide.health import Health
 from csi_oxide.server.app import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     GC_YOUNG_THRESHOLD,

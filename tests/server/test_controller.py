@@ -24,8 +24,8 @@ from csi_oxide.controller.record import volume_name
 from csi_oxide.oxide.client import HttpOxideClient
 from csi_oxide.oxide.types import Disk, DiskSpec
 from csi_oxide.server import controller as controller_service
-from csi_oxide.sim.inprocess import InProcessSimulator
-from csi_oxide.testing import controller_env
+from csi_oxide_lab.sim.inprocess import InProcessSimulator
+from csi_oxide_lab.testing import controller_env
 from tests.server.controller_world import code_of, controller_stub
 from tests.units import GIB
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from csi_oxide import publish_context
 from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.contract import publish_context
 from csi_oxide.controller import record
 from tests.units import GIB
 

@@ -26,7 +26,7 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.inflight import InFlight
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.oxide.errors import OxideUnavailableError
 from tests.units import GIB
 

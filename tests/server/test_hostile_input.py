@@ -26,15 +26,15 @@ from hypothesis import strategies as st
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.health import Health
-from csi_oxide.inflight import InFlight
+from csi_oxide.daemon.health import Health
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.controller import ControllerService
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService
-from csi_oxide.sim import SimConfig, Simulator
-from csi_oxide.testing import sim_client
 from csi_oxide.wiring import build_controller_ops, build_node_ops
+from csi_oxide_lab.sim import SimConfig, Simulator
+from csi_oxide_lab.testing import sim_client
 
 EXAMPLES_PER_RPC = 540  # x 20 RPCs with fields to vary: more than 10,000 requests
 ALLOWED = {

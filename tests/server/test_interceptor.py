@@ -15,11 +15,11 @@ import pytest
 import structlog
 import structlog.testing
 
-from csi_oxide import log
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
+from csi_oxide.daemon import log
+from csi_oxide.daemon.health import Health
 from csi_oxide.errors import UnavailableError
-from csi_oxide.health import Health
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.interceptor import RpcInterceptor
@@ -115,7 +115,7 @@ async def test_a_methods_wrapped_handler_is_made_once_and_unknown_methods_are_no
 async def test_an_rpc_and_its_oxide_requests_share_the_rpcs_id_and_name_what_it_made(
     tmp_path: Path, logged: io.StringIO
 ) -> None:
-    from csi_oxide.testing import controller_env
+    from csi_oxide_lab.testing import controller_env
     from tests.server.controller_world import cap, controller_stub
 
     log.configure(fmt="json", level="debug", stream=logged)
@@ -151,7 +151,7 @@ async def test_refused_calls_hold_no_memory_once_answered(
     collection is rare: a refused call's request must be freed when its answer is sent, not kept
     in a reference cycle (``context.abort`` made one per call: 1.4 MiB maps took the daemon from
     60 to 561 MiB in 150 calls)."""
-    from csi_oxide.testing import controller_env
+    from csi_oxide_lab.testing import controller_env
     from tests.server.controller_world import cap, code_of, controller_stub
 
     log.configure(fmt="json", level="error", stream=logged)
@@ -177,7 +177,7 @@ async def test_refused_calls_hold_no_memory_once_answered(
     assert grown < 8, f"RSS grew by {grown:.1f} MiB over 200 refused calls"
 
 
-# An Oxide token as the client holds it (the shape ``csi_oxide.log.redact_text`` masks).
+# An Oxide token as the client holds it (the shape ``csi_oxide.daemon.log.redact_text`` masks).
 TOKEN = "oxide-token-" + "5ecre7" * 6
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.contract.oxide_rules import is_uuid
+from csi_oxide.contract.publish_context import ORIGIN_KEY
 from csi_oxide.controller import record
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.oxide_rules import is_uuid
-from csi_oxide.publish_context import ORIGIN_KEY
 from tests.units import GIB
 
 from .controller_world import Cluster, Code, World, code_of, failure, serve

@@ -16,11 +16,11 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.inflight import InFlight
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.oxide.api import OxideApi
 from csi_oxide.oxide.types import DiskSpec
-from csi_oxide.testing import sim_client
 from csi_oxide.wiring import build_controller_ops
+from csi_oxide_lab.testing import sim_client
 from tests.units import GIB
 
 from .controller_world import Cluster, Code, Interposer, World, code_of, controller_stub, serve

@@ -6,7 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from csi_oxide.health import Health
+from csi_oxide.daemon.health import Health
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.liveness import combine, probe_socket

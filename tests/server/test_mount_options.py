@@ -11,8 +11,16 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.contract.mount_options import (
+    EXT3,
+    EXT3_VALUES,
+    EXT4,
+    EXT4_VALUES,
+    GENERIC,
+    XFS,
+    mount_flags,
+)
 from csi_oxide.errors import InvalidArgumentError
-from csi_oxide.mount_options import EXT3, EXT3_VALUES, EXT4, EXT4_VALUES, GENERIC, XFS, mount_flags
 from csi_oxide.server import parse
 
 Mode = csi.VolumeCapability.AccessMode

@@ -15,9 +15,10 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
-from csi_oxide.health import Health
-from csi_oxide.node.state import MKFS_STARTED, FileRecordStore, VolumeRecord, to_json
-from csi_oxide.publish_context import Birth, Origin, encode
+from csi_oxide.contract.publish_context import Birth, Origin, encode
+from csi_oxide.daemon.health import Health
+from csi_oxide.node.history import MKFS_STARTED
+from csi_oxide.node.state import FileRecordStore, VolumeRecord, to_json
 from csi_oxide.server.app import CsiServer, Services
 from csi_oxide.server.identity import IdentityService
 from csi_oxide.server.node import NodeService

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
+from csi_oxide.contract.volumes import CapacityRange
 from csi_oxide.errors import InvalidArgumentError
 from csi_oxide.server import parse
-from csi_oxide.volumes import CapacityRange
 
 Mode = csi.VolumeCapability.AccessMode
 

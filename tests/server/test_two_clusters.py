@@ -18,7 +18,7 @@ import pytest
 
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide.controller import record
-from csi_oxide.inflight import InFlight
+from csi_oxide.daemon.inflight import InFlight
 from csi_oxide.oxide.types import DiskSpec
 from csi_oxide.wiring import build_reconciler
 from tests.units import GIB

@@ -1,0 +1,1 @@
+"""Tests of the simulated Oxide API (csi_oxide_lab.sim)."""

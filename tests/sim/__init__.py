@@ -1,1 +1,0 @@
-"""Tests of the simulated Oxide API (csi_oxide.sim)."""
