@@ -241,7 +241,9 @@ async def _stage_seconds(workdir: Path, size: int, index: int) -> float:
     disk = Loop(devices, name, size)
     staging = workdir / f"stage-{index}"
     staging.mkdir()
-    ops = build_node_ops(sim_device_dir=devices, device_timeout=10)
+    # The node's records in the step's own folder, removed with it (not a temporary one each).
+    state = workdir / f"state-{index}"
+    ops = build_node_ops(sim_device_dir=devices, device_timeout=10, state_dir=state)
     try:
         return await _timed(
             ops.stage(name, str(staging), fstype="ext4", mount_flags=[], block=False)
