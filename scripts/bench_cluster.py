@@ -109,10 +109,10 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from bench_load import MUTATION_MS, OP_LATENCY, READ_MS, Row, by_hand_seconds
@@ -801,21 +801,40 @@ async def _round(kube: Kube, tag: str, count: int, node: str) -> Measured:
     )
 
 
-async def _run_round(kube_args: KubeArgs, tag: str, count: int, node: str) -> Measured:
+_R = TypeVar("_R")
+
+
+async def _in_session(
+    kube_args: KubeArgs,
+    tag: str,
+    work: Callable[[Kube], Awaitable[_R]],
+    summary: Callable[[_R], str],
+) -> _R:
+    """``work`` with a client of its own, its result logged with ``summary``, then everything
+    it made deleted (timed and logged), the client closed whatever happened."""
     kube = Kube(*kube_args)
     try:
-        got = await _round(kube, tag, count, node)
-        log(
-            f"{tag}: {count} pods on {node}, median {got.round.median:.2f} s, slowest "
-            f"{got.round.slowest:.2f} s, wall {got.round.wall:.2f} s; chain "
-            f"{got.chain.describe()}; driver per volume: {got.describe_rpc()}"
-        )
+        got = await work(kube)
+        log(f"{tag}: {summary(got)}")
         started = time.monotonic()
         await _clean(kube)
         log(f"{tag}: cleaned up in {time.monotonic() - started:.1f} s")
         return got
     finally:
         await kube.aclose()
+
+
+async def _run_round(kube_args: KubeArgs, tag: str, count: int, node: str) -> Measured:
+    return await _in_session(
+        kube_args,
+        tag,
+        lambda kube: _round(kube, tag, count, node),
+        lambda got: (
+            f"{count} pods on {node}, median {got.round.median:.2f} s, slowest "
+            f"{got.round.slowest:.2f} s, wall {got.round.wall:.2f} s; chain "
+            f"{got.chain.describe()}; driver per volume: {got.describe_rpc()}"
+        ),
+    )
 
 
 def status_text(obj: Mapping[str, Any]) -> str:
@@ -948,16 +967,12 @@ async def _moves(kube: Kube, tag: str, nodes: Sequence[str]) -> Moves:
 
 
 async def _run_moves(kube_args: KubeArgs, tag: str, nodes: Sequence[str]) -> Moves:
-    kube = Kube(*kube_args)
-    try:
-        got = await _moves(kube, tag, nodes)
-        log(f"{tag}: {got.ratio:.2f} x (Kubernetes' own + detach + attach): {got.describe()}")
-        started = time.monotonic()
-        await _clean(kube)
-        log(f"{tag}: cleaned up in {time.monotonic() - started:.1f} s")
-        return got
-    finally:
-        await kube.aclose()
+    return await _in_session(
+        kube_args,
+        tag,
+        lambda kube: _moves(kube, tag, nodes),
+        lambda got: f"{got.ratio:.2f} x (Kubernetes' own + detach + attach): {got.describe()}",
+    )
 
 
 # ---- the step ---------------------------------------------------------------------------------

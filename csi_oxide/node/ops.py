@@ -226,15 +226,16 @@ class NodeOps:
         # its reads under way while the rest is looked up and checked. It only reads, and is
         # stopped as soon as it is not needed (a refusal, the volume already mounted, a
         # signature found).
+        proving = not (block or birth.read_only)
         zero_check: asyncio.Future[bool] | None = None
         try:
             await asyncio.wait([claim, find], return_when=asyncio.FIRST_COMPLETED)
-            if not (block or birth.read_only) and _succeeded(find):
+            if proving and _succeeded(find):
                 zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(find.result().path))
             await claim
             device = await find
             loaded = await load
-            if zero_check is None and not (block or birth.read_only):
+            if proving and zero_check is None:
                 zero_check = asyncio.ensure_future(self._fs.reads_as_zeros(device.path))
             await self._stage_on(
                 device, loaded, staging, fstype, mount_flags, block, birth, zero_check

@@ -74,12 +74,20 @@ def zero_check_ranges(size: int) -> list[tuple[int, int]]:
     return list(_ranges(size))
 
 
-def _ranges(size: int) -> Iterator[tuple[int, int]]:
+def _tail(size: int) -> int | None:
+    """Where the tail of a device of ``size`` bytes starts (aligned), or None when the device is
+    small enough to be read whole."""
     if size <= HEAD_BYTES + TAIL_BYTES + ZERO_SAMPLES * ZERO_SAMPLE_BYTES:
+        return None
+    return (size - TAIL_BYTES) // ALIGN * ALIGN
+
+
+def _ranges(size: int) -> Iterator[tuple[int, int]]:
+    tail = _tail(size)
+    if tail is None:
         if size:
             yield 0, size
         return
-    tail = (size - TAIL_BYTES) // ALIGN * ALIGN
     yield 0, HEAD_BYTES
     yield from _samples(tail - HEAD_BYTES)
     yield tail, size - tail
@@ -113,10 +121,10 @@ def zero_check_reads(size: int) -> Iterator[tuple[int, int]]:
     ``zero_check_ranges`` cut into pieces of at most ``READ_BYTES``. Both readers issue exactly
     these; they are computed as they are issued (the samples a few hundred at a time), so the
     first reads start at once."""
-    if size <= HEAD_BYTES + TAIL_BYTES + ZERO_SAMPLES * ZERO_SAMPLE_BYTES:
+    tail = _tail(size)
+    if tail is None:
         yield from _pieces(0, size)
         return
-    tail = (size - TAIL_BYTES) // ALIGN * ALIGN
     yield from _pieces(0, HEAD_BYTES)
     yield from _samples(tail - HEAD_BYTES)  # each at most READ_BYTES
     yield from _pieces(tail, size - tail)
