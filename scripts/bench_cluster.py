@@ -89,7 +89,8 @@ fastest and slowest run and spread printed; a run more than 3x off its series' m
 below 0.5 (a move does all the reference does, and the detach and attach in turn), makes it
 INVALID. The zero-latency move is printed too, with no goal: what of a move is Kubernetes' own
 (the unmount on A, A's node status, the attach/detach controller, B's kubelet waiting for the
-attach).
+attach). Each move is also cut into phases at the driver's RPC log lines (``MovePhases``), so
+the printout says where the seconds went and how many of them were the driver's.
 
 `scripts/bench.py pods` runs this step alone (both kinds of rounds); `scripts/bench.py move`
 runs it with the move rounds alone (the warm-up pods still run).
@@ -111,6 +112,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -338,6 +340,104 @@ def op_time(before: Requests, after: Requests, op: str) -> OpTime:
     return OpTime(count, after.seconds.get(op, 0.0) - before.seconds.get(op, 0.0))
 
 
+@dataclass(frozen=True)
+class RpcEnd:
+    """One CSI RPC the driver served, from its log line (written as the RPC ends): the method,
+    the wall-clock time it ended (seconds since the epoch) and how long it took."""
+
+    method: str
+    end: float
+    seconds: float
+
+    @property
+    def start(self) -> float:
+        return self.end - self.seconds
+
+
+def parse_rpc_log(lines: Iterable[str]) -> list[RpcEnd]:
+    """The RPC lines of the driver's JSON log as the container runtime stores it (``<time>
+    <stream> <tag> <json>`` per line); anything else (other events, a line cut by the runtime)
+    is skipped."""
+    out = []
+    for line in lines:
+        _, _, text = line.partition("{")
+        try:
+            got = json.loads("{" + text)
+        except ValueError:
+            continue
+        if not isinstance(got, dict) or got.get("event") != "rpc":
+            continue
+        try:
+            end = datetime.fromisoformat(str(got["timestamp"])).timestamp()
+            out.append(RpcEnd(str(got["rpc"]), end, float(got["duration_ms"]) / 1000))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def driver_rpcs(folders: Iterable[Path]) -> list[RpcEnd]:
+    """Every RPC line in the logs of the driver's containers (``csi-oxide``) under the nodes'
+    pod-log folders, in the order they ended."""
+    found: list[RpcEnd] = []
+    for folder in folders:
+        for path in folder.glob("kube-system_csi-oxide-*/csi-oxide/*.log"):
+            with path.open(encoding="utf-8", errors="replace") as f:
+                found += parse_rpc_log(f)
+    return sorted(found, key=lambda r: r.end)
+
+
+@dataclass(frozen=True)
+class MovePhases:
+    """Where a move's seconds went, from the DELETE of the pod on A to the new pod Running on
+    B, read off the driver's RPC log lines: A's kubelet stops the pod and unmounts the volume
+    (up to NodeUnstageVolume's end); A's kubelet reports the volume unmounted in its node
+    status, and the attach/detach controller and csi-attacher start the detach (up to
+    ControllerUnpublishVolume's start); the detach and the attach (to the last
+    ControllerPublishVolume's end); B's kubelet sees the attachment (to NodeStageVolume's
+    start); the stage, the publish and the container's start (to Running). ``driver``: the
+    seconds spent in the driver's RPCs of the move, all of them."""
+
+    unmount: float
+    to_detach: float
+    oxide: float
+    to_stage: float
+    to_running: float
+    driver: float
+
+    NAMES = (
+        ("unmount", "A stops the pod, unmounts"),
+        ("to_detach", "A reports it unmounted, detach starts"),
+        ("oxide", "detach + attach"),
+        ("to_stage", "B sees it attached, stage starts"),
+        ("to_running", "stage, publish, container start"),
+    )
+
+
+def move_phases(rpcs: Sequence[RpcEnd], started: float, running: float) -> MovePhases | None:
+    """The phases of a move that began (DELETE sent) at wall-clock ``started`` and was seen
+    Running at ``running``, from the driver's RPCs that ran between the two (``MOVE_RPCS``);
+    None when one of its landmarks is missing from the logs."""
+    moved = [r for r in rpcs if r.method in MOVE_RPCS and started <= r.start and r.end <= running]
+
+    def first(method: str) -> RpcEnd | None:
+        return next((r for r in moved if r.method == method), None)
+
+    unstage, unpublish = first("NodeUnstageVolume"), first("ControllerUnpublishVolume")
+    publish = [r for r in moved if r.method == "ControllerPublishVolume"]
+    stage = first("NodeStageVolume")
+    if unstage is None or unpublish is None or not publish or stage is None:
+        return None
+    attached = publish[-1].end
+    return MovePhases(
+        unmount=unstage.end - started,
+        to_detach=unpublish.start - unstage.end,
+        oxide=attached - unpublish.start,
+        to_stage=stage.start - attached,
+        to_running=running - stage.start,
+        driver=sum(r.seconds for r in moved),
+    )
+
+
 def num(x: float) -> str:
     """``x`` with at most two decimals and no trailing zeros (4.333 -> 4.33, 1.0 -> 1)."""
     return f"{x:.2f}".rstrip("0").rstrip(".")
@@ -446,6 +546,7 @@ class MoveRun:
     detach: OpTime
     attach: OpTime
     rpc: Mapping[str, float] = field(default_factory=dict)
+    phases: MovePhases | None = None  # None: the driver's logs were not readable
 
 
 @dataclass(frozen=True)
@@ -513,6 +614,22 @@ class Moves:
             f"{self.attach.describe()} ({num(attach)} requests): {SLACK} x "
             f"({self.own.median:.2f} + {self.detach.median:.2f} + {self.attach.median:.2f} s) = "
             f"{SLACK * self.limit:.2f} s; the driver's RPCs per move, mean s: {rpc}"
+            f"{self.describe_phases()}"
+        )
+
+    def describe_phases(self) -> str:
+        """Where the moves' seconds went (``MovePhases``), medians; "" without the logs."""
+        known = [r.phases for r in self.runs if r.phases is not None]
+        if not known:
+            return ""
+        parts = [
+            f"{label} {statistics.median(getattr(p, name) for p in known):.2f}"
+            for name, label in MovePhases.NAMES
+        ]
+        driver = statistics.median(p.driver for p in known)
+        return (
+            f"; where the time went, median s of {len(known)}: {', '.join(parts)} "
+            f"(in the driver's RPCs: {driver:.2f})"
         )
 
 
@@ -602,6 +719,8 @@ class Kube:
     ca: Path
     # The driver's processes' metrics (host network): the controller's, each node plugin's.
     metrics_ports: tuple[int, ...]
+    # The nodes' pod-log folders, where the driver's containers' logs are (``driver_rpcs``).
+    pod_logs: tuple[Path, ...] = ()
     client: aiohttp.ClientSession = field(init=False)
 
     def __post_init__(self) -> None:
@@ -704,7 +823,8 @@ async def _clean(kube: Kube) -> None:
     )
 
 
-KubeArgs = tuple[str, str, Path, tuple[int, ...]]  # Kube's: server, token, CA, metrics ports
+# Kube's: server, token, CA, metrics ports, pod-log folders
+KubeArgs = tuple[str, str, Path, tuple[int, ...], tuple[Path, ...]]
 
 
 async def _established(watches: Iterable[tuple[asyncio.Task[None], asyncio.Event]]) -> None:
@@ -852,10 +972,11 @@ def status_text(obj: Mapping[str, Any]) -> str:
     return "; ".join(" ".join(p.split()) for p in parts)
 
 
-async def _switch(kube: Kube, old: str, new: Mapping[str, Any], node: str) -> float:
+async def _switch(kube: Kube, old: str, new: Mapping[str, Any], node: str) -> tuple[float, float]:
     """Pod ``old`` deleted and, at the same instant, ``new`` created, pinned to ``node``: the
     seconds from just before the two requests to the arrival of the first event showing
-    ``new`` Running there. Returns once ``new`` is Ready (its work done) and ``old`` gone."""
+    ``new`` Running there, and the wall-clock time of that start. Returns once ``new`` is Ready
+    (its work done) and ``old`` gone."""
     name = new["metadata"]["name"]
     running: list[float] = []
     problems: list[str] = []
@@ -891,7 +1012,7 @@ async def _switch(kube: Kube, old: str, new: Mapping[str, Any], node: str) -> fl
     watch = asyncio.create_task(kube.watch(PODS, on_pod, ready))
     try:
         await _established([(watch, ready)])
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         await asyncio.gather(kube.delete(f"{PODS}/{old}"), kube.create(PODS, new))
         try:
             await _until(seen_running, watch, ROUND_TIMEOUT, f"{name} Running on {node}")
@@ -903,7 +1024,7 @@ async def _switch(kube: Kube, old: str, new: Mapping[str, Any], node: str) -> fl
         await _until(old_gone, watch, GONE_TIMEOUT, f"{old} gone")
     finally:
         await _stop([watch])
-    return running[0] - started
+    return running[0] - started, wall
 
 
 async def _wait_ready(kube: Kube, names: Iterable[str], within: float = ROUND_TIMEOUT) -> None:
@@ -942,10 +1063,11 @@ async def _moves(kube: Kube, tag: str, nodes: Sequence[str]) -> Moves:
     await _wait_ready(kube, [f"{tag}-ref-0", f"{tag}-vol-0"])
     runs = []
     for i, (source, target) in enumerate(plan, start=1):
-        reference = await _switch(kube, f"{tag}-ref-{i - 1}", without_volume(i, target), target)
+        reference, _ = await _switch(kube, f"{tag}-ref-{i - 1}", without_volume(i, target), target)
         before = await kube.scrape()
-        move = await _switch(kube, f"{tag}-vol-{i - 1}", with_volume(i, target), target)
+        move, wall = await _switch(kube, f"{tag}-vol-{i - 1}", with_volume(i, target), target)
         after = await kube.scrape()
+        rpcs = await asyncio.to_thread(driver_rpcs, kube.pod_logs)
         run = MoveRun(
             source,
             target,
@@ -954,6 +1076,7 @@ async def _moves(kube: Kube, tag: str, nodes: Sequence[str]) -> Moves:
             op_time(before, after, DETACH),
             op_time(before, after, ATTACH),
             rpc_per_volume(before, after, 1, MOVE_RPCS),
+            move_phases(rpcs, wall, wall + move),
         )
         runs.append(run)
         rpc = ", ".join(f"{m} {s:.2f}" for m, s in run.rpc.items())
@@ -962,6 +1085,7 @@ async def _moves(kube: Kube, tag: str, nodes: Sequence[str]) -> Moves:
             f"volume {move:.2f} s (data found there); detach {num(run.detach.count)} x "
             f"{run.detach.mean * 1000:.0f} ms, attach {num(run.attach.count)} x "
             f"{run.attach.mean * 1000:.0f} ms; driver s: {rpc}"
+            f"{Moves((run,)).describe_phases()}"
         )
     return Moves(tuple(runs))
 
@@ -1061,7 +1185,9 @@ def measure(workdir: Path, asked: int = ASKED_PODS, rounds: Iterable[str] = ROUN
             for n in cluster.nodes
         )
         server = f"https://127.0.0.1:{cluster.api_port}"
-        return (server, cluster.admin_token, cluster.state / "pki" / "ca.crt", (ports[0], *plugins))
+        ca = cluster.state / "pki" / "ca.crt"
+        logs = tuple(n.pod_logs for n in cluster.nodes)
+        return (server, cluster.admin_token, ca, (ports[0], *plugins), logs)
 
     try:
         out = workdir / "images"

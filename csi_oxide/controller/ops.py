@@ -34,6 +34,7 @@ from csi_oxide.contract.oxide_rules import MAX_DISKS_PER_INSTANCE, is_canonical_
 from csi_oxide.contract.publish_context import Birth, Origin
 from csi_oxide.contract.volumes import DEFAULT_BLOCK_SIZE, CapacityRange, is_volume_name, require_id
 from csi_oxide.controller import lookup, owner, record, verdicts
+from csi_oxide.controller.attachments import Attachments
 from csi_oxide.controller.expand import Expander, leftover_record
 from csi_oxide.controller.record import Source, SourceKind
 from csi_oxide.controller.sizing import disk_size, exact_size
@@ -180,6 +181,7 @@ class ControllerOps:
         self._inflight = inflight
         self._expander = expander
         self._known = known if known is not None else verdicts.Verdicts(cluster)
+        self._attachments = Attachments()
 
     # ----------------------------------------------------------------------------- volumes
 
@@ -487,6 +489,7 @@ class ControllerOps:
                 f"{exc.message}"
             ) from exc
         self._known.forget(disk_id)
+        self._attachments.gone(disk_id)
         return True
 
     async def expand_volume(self, volume_id: str, capacity: CapacityRange) -> int:
@@ -549,6 +552,11 @@ class ControllerOps:
         known = self._actionable(volume_id)
         if known is None:
             return await self._publish_read(volume_id, node_id)
+        birth = Birth(origin_of(known.claim), known.id, read_only=known.read_only)
+        if self._attachments.likely(known.id, node_id) and await self._attached_to(
+            known.id, node_id
+        ):
+            return birth  # a repeat: Oxide says it is attached there, so no attach is sent
         try:
             # By UUID: idempotent when attached there already; a disk replaced under the name
             # since its verdict was read answers 404 and is never attached.
@@ -558,7 +566,18 @@ class ControllerOps:
             return await self._publish_read(volume_id, node_id, checked=known.id)
         except OxideInvalidRequestError:
             return await self._publish_read(volume_id, node_id)  # reads, then acts or explains
-        return Birth(origin_of(known.claim), known.id, read_only=known.read_only)
+        self._attachments.attached(known.id, node_id)
+        return birth
+
+    async def _attached_to(self, disk_id: str, node_id: str) -> bool:
+        """Whether Oxide says now that the disk with UUID ``disk_id`` is attached to
+        ``node_id`` (``controller.attachments``: a read where a repeated attach would change
+        nothing)."""
+        disk = await lookup.disk_or_none(self._api, disk_id)
+        if disk is not None and disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
+            return True
+        self._attachments.gone(disk_id)
+        return False
 
     async def _publish_read(
         self, volume_id: str, node_id: str, *, checked: str | None = None
@@ -574,6 +593,7 @@ class ControllerOps:
             )
         birth = Birth(origin_of(claim), disk.id, read_only=disk.read_only)
         if disk.state is DiskState.ATTACHED and disk.instance_id == node_id:
+            self._attachments.attached(disk.id, node_id)
             return birth
         try:
             await self._api.instance_disk_attach(node_id, disk.id)
@@ -585,6 +605,7 @@ class ControllerOps:
             ) from None
         except OxideInvalidRequestError as exc:
             raise await self._explain_attach(volume_id, node_id, exc) from exc
+        self._attachments.attached(disk.id, node_id)
         return birth
 
     async def _explain_attach(
@@ -633,6 +654,7 @@ class ControllerOps:
         if known is None:
             await self._unpublish_read(volume_id, node_id)
             return
+        self._attachments.gone(known.id)
         try:
             # By UUID: OK when not attached at all; a disk replaced under the name since its
             # verdict was read answers 404 and is never detached.
@@ -651,6 +673,7 @@ class ControllerOps:
         disk = await lookup.disk_or_none(self._api, volume_id)
         if disk is None or disk.instance_id is None:
             return
+        self._attachments.gone(disk.id)
         claim = self._known.judge(disk)
         if not claim.usable:
             log.info("not this cluster's volume: answered OK, left untouched", volume=volume_id)

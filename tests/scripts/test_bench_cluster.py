@@ -531,3 +531,89 @@ def test_metrics_ports_are_read_back_from_the_installed_objects(
         bc.metrics_port_of({"spec": {"template": {"spec": {"containers": [{"name": "x"}]}}}})
     with pytest.raises(ValueError, match="no --metrics-address"):
         bc.metrics_port_of(None)
+
+
+# ---- where a move's time went, from the driver's log ------------------------------------------
+
+
+def _rpc_line(method: str, ended: str, ms: float) -> str:
+    """A line of the driver's log as containerd stores it (time, stream, tag, the JSON line)."""
+    body = (
+        f'{{"code": "OK", "duration_ms": {ms}, "event": "rpc", "rpc": "{method}", '
+        f'"level": "info", "timestamp": "2026-12-07T09:00:{ended}Z"}}'
+    )
+    return f"2026-12-07T09:00:{ended}123Z stderr F {body}"
+
+
+def test_the_rpc_lines_are_read_from_the_stored_log(bc: ModuleType) -> None:
+    lines = [
+        _rpc_line("NodeUnstageVolume", "01.500000", 10.0),
+        '2026-12-07T09:00:01.6Z stderr F {"event": "serving", "timestamp": "x"}',
+        '2026-12-07T09:00:01.7Z stderr P {"event": "rpc", "rpc": "NodeSt',  # cut short
+        "not a log line at all",
+        _rpc_line("NodeStageVolume", "02.250000", 50.0),
+    ]
+    got = bc.parse_rpc_log(lines)
+    assert [r.method for r in got] == ["NodeUnstageVolume", "NodeStageVolume"]
+    assert got[1].end - got[0].end == pytest.approx(0.75)
+    assert got[1].seconds == pytest.approx(0.05)
+    assert got[1].start == pytest.approx(got[1].end - 0.05)
+
+
+def test_the_driver_rpcs_come_from_every_nodes_driver_container(
+    bc: ModuleType, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, line in (
+        (a / "kube-system_csi-oxide-node-x_1/csi-oxide", _rpc_line("NodeUnstageVolume", "03", 1)),
+        (b / "kube-system_csi-oxide-node-y_2/csi-oxide", _rpc_line("NodeStageVolume", "05", 1)),
+        (a / "kube-system_csi-oxide-controller-z_3/csi-oxide", _rpc_line("CreateVolume", "01", 1)),
+        (a / "kube-system_csi-oxide-node-x_1/node-driver-registrar", _rpc_line("Probe", "02", 1)),
+    ):
+        folder.mkdir(parents=True)
+        (folder / "0.log").write_text(line + "\n")
+    got = bc.driver_rpcs([a, b])
+    assert [r.method for r in got] == ["CreateVolume", "NodeUnstageVolume", "NodeStageVolume"]
+
+
+def test_a_moves_phases_are_cut_at_the_drivers_rpcs(bc: ModuleType) -> None:
+    def rpc(method: str, start: float, seconds: float) -> object:
+        return bc.RpcEnd(method, start + seconds, seconds)
+
+    rpcs = [
+        rpc("ControllerPublishVolume", 5.0, 0.5),  # before the move: not part of it
+        rpc("NodeUnpublishVolume", 100.2, 0.01),
+        rpc("NodeUnstageVolume", 100.3, 0.02),
+        rpc("ListVolumes", 101.0, 0.1),  # not a move's RPC
+        rpc("ControllerUnpublishVolume", 104.0, 0.6),
+        rpc("ControllerPublishVolume", 105.0, 0.5),
+        rpc("ControllerPublishVolume", 105.6, 0.05),  # the attacher's repeat
+        rpc("NodeStageVolume", 108.0, 0.1),
+        rpc("NodePublishVolume", 108.2, 0.02),
+    ]
+    got = bc.move_phases(rpcs, 100.0, 109.0)
+    assert got.unmount == pytest.approx(0.32)
+    assert got.to_detach == pytest.approx(104.0 - 100.32)
+    assert got.oxide == pytest.approx(105.65 - 104.0)
+    assert got.to_stage == pytest.approx(108.0 - 105.65)
+    assert got.to_running == pytest.approx(1.0)
+    assert got.driver == pytest.approx(0.01 + 0.02 + 0.6 + 0.5 + 0.05 + 0.1 + 0.02)
+    total = got.unmount + got.to_detach + got.oxide + got.to_stage + got.to_running
+    assert total == pytest.approx(9.0)  # the phases cover the move, end to end
+    assert bc.move_phases(rpcs, 100.0, 107.0) is None  # no stage yet: no phases
+    assert bc.move_phases(rpcs[:3], 100.0, 109.0) is None
+
+
+def test_the_move_round_names_where_the_time_went(bc: ModuleType) -> None:
+    phases = bc.MovePhases(0.3, 4.0, 1.2, 2.5, 1.0, 1.3)
+    runs = tuple(
+        bc.MoveRun("a", "b", 1.0, 9.0, bc.OpTime(1.0, 0.6), bc.OpTime(1.0, 0.6), {}, p)
+        for p in (phases, phases, None)
+    )
+    text = bc.Moves(runs).describe()
+    assert "where the time went, median s of 2: A stops the pod, unmounts 0.30" in text
+    assert "A reports it unmounted, detach starts 4.00" in text
+    assert "B sees it attached, stage starts 2.50" in text
+    assert "(in the driver's RPCs: 1.30)" in text
+    without = bc.Moves(runs[2:]).describe()
+    assert "where the time went" not in without
