@@ -99,12 +99,16 @@ async def _nodes(env: dict[str, str]) -> list[str]:
 # ---- 1. CPU per lifecycle -------------------------------------------------------------------
 
 
-async def driver_cpu(workdir: Path, row: Row, lifecycles: int = 200, parallel: int = 10) -> None:
-    """Driver CPU per create + publish + unpublish + delete, the simulator without latency; and
-    its breakdown: the Oxide requests a lifecycle makes (the driver's own metrics, scraped
-    outside the measured spans) and the CPU of a gRPC call that makes none
-    (ControllerGetCapabilities, as many as the lifecycles made, as many at a time); the rest,
-    spread over the requests, is what one Oxide request costs with its share of the logic."""
+async def driver_cpu(
+    workdir: Path, row: Row, lifecycles: int = 200, parallel: int = 10, batches: int = 3
+) -> None:
+    """Driver CPU per create + publish + unpublish + delete, the simulator without latency, in
+    ``batches`` batches of ``lifecycles`` (the figure: their median, judged with their spread,
+    so that one batch the machine disturbed cannot make the verdict); and its breakdown: the
+    Oxide requests a lifecycle makes (the driver's own metrics, scraped outside the measured
+    spans) and the CPU of a gRPC call that makes none (ControllerGetCapabilities, as many as a
+    batch's lifecycles made, as many at a time); the rest, spread over the requests, is what one
+    Oxide request costs with its share of the logic."""
     sim = harness.start_sim(workdir, "--hotplug", "--instances", "9")
     port = _free_port()
     with harness.stopping(sim.proc):
@@ -139,10 +143,14 @@ async def driver_cpu(workdir: Path, row: Row, lifecycles: int = 200, parallel: i
 
                 pid = driver.proc.popen.pid
                 requests0, _ = await asyncio.to_thread(_scrape, port)
-                before, sim_before = cpu_seconds(pid), cpu_seconds(sim.proc.popen.pid)
-                await asyncio.gather(*(gated(i) for i in range(lifecycles)))
-                spent = cpu_seconds(pid) - before
-                sim_spent = cpu_seconds(sim.proc.popen.pid) - sim_before
+                sim_before = cpu_seconds(sim.proc.popen.pid)
+                runs = []
+                for batch in range(batches):
+                    before = cpu_seconds(pid)
+                    first = batch * lifecycles
+                    await asyncio.gather(*(gated(first + i) for i in range(lifecycles)))
+                    runs.append((cpu_seconds(pid) - before) / lifecycles)
+                sim_spent = (cpu_seconds(sim.proc.popen.pid) - sim_before) / batches
                 requests1, _ = await asyncio.to_thread(_scrape, port)
                 calls = 4 * lifecycles
 
@@ -153,17 +161,19 @@ async def driver_cpu(workdir: Path, row: Row, lifecycles: int = 200, parallel: i
                 before = cpu_seconds(pid)
                 await asyncio.gather(*(bare() for _ in range(calls)))
                 per_call = (cpu_seconds(pid) - before) / calls * 1000
-    per = spent / lifecycles * 1000
-    requests = (requests1 - requests0) / lifecycles
+    # CPU time is counted in ticks of 10 ms: a batch's figure is no finer than a tick over it.
+    spread = Spread.of("driver CPU per lifecycle", runs, resolution=0.01 / lifecycles)
+    per = spread.median * 1000
+    requests = (requests1 - requests0) / (lifecycles * batches)
     per_request = (per - 4 * per_call) / requests if requests else 0.0
     row(
         "driver CPU per lifecycle",
-        f"{per:.2f} ms (create+publish+unpublish+delete, {lifecycles} lifecycles {parallel} at a "
-        f"time) = 4 gRPC calls x {per_call:.2f} ms + {requests:.1f} Oxide requests x "
-        f"{per_request:.2f} ms (with the controller's logic); the simulator, another process, "
-        f"spent {sim_spent / lifecycles * 1000:.2f} ms",
+        f"{per:.2f} ms ({spread.describe()}; create+publish+unpublish+delete, batches of "
+        f"{lifecycles} lifecycles {parallel} at a time) = 4 gRPC calls x {per_call:.2f} ms + "
+        f"{requests:.1f} Oxide requests x {per_request:.2f} ms (with the controller's logic); "
+        f"the simulator, another process, spent {sim_spent / lifecycles * 1000:.2f} ms",
         f"<= {CPU_GOAL_MS} ms",
-        per <= CPU_GOAL_MS,
+        judge(per, per <= CPU_GOAL_MS, series=[spread]),
     )
 
 
