@@ -287,7 +287,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from csi_oxide.daemon import log
 
-    log.configure(fmt=args.log_format, level=args.log_level)
+    log.configure(fmt=args.log_format, level=args.log_level, final=True)
     logger = structlog.get_logger("csi_oxide.cli")
     try:
         return asyncio.run(_serve(args))

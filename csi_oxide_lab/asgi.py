@@ -3,10 +3,11 @@ server) without a socket, for tests, benchmarks and scripts. Nothing in the prod
 module, and it uses no HTTP library: the request is handed to the app as an ASGI ``http`` scope.
 
 - ``AsgiCarrier``: a ``Carrier`` for ``HttpOxideClient`` (``carrier=``). The client encodes each
-  request exactly as for aiohttp (``csi_oxide.oxide.transport.encode_request``: URL and query,
-  headers, JSON body); this carrier adds what aiohttp adds on the wire (``host``,
-  ``content-length``) and hands the result to the app (tests/oxide/test_transport.py compares
-  the two).
+  request exactly as for the driver's carrier, ``StreamCarrier``
+  (``csi_oxide.oxide.transport.encode_request``: URL and query, headers, JSON body); this carrier
+  adds what that one adds on the wire (``host``, ``content-length``:
+  ``csi_oxide.oxide.http1.request_head``) and hands the result to the app
+  (tests/oxide/test_transport.py compares the two).
 - ``AsgiClient``: plain requests (``get``, ``post``...) for what the driver never sends: a raw
   body, a missing header, a silo image.
 
@@ -50,8 +51,9 @@ from csi_oxide.oxide.transport import (
 # The most an AsgiClient reads of an answer: far beyond any page the simulator serves.
 CLIENT_MAX_BODY = 64 * 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Methods whose request aiohttp sends without a Content-Length when there is no body (the others
-# carry "content-length: 0").
+# Methods whose request goes without a Content-Length when there is no body (the others carry
+# "content-length: 0"). The driver's carrier (http1.request_head) leaves it out for GET alone: for
+# the methods the driver sends (GET, POST, DELETE) the two agree.
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -72,7 +74,9 @@ async def call_app(app: ASGIApp, request: Request, max_body: int) -> Answer:
 
 
 def _scope(request: Request) -> dict[str, Any]:
-    """The ASGI http scope of ``request``, its headers as aiohttp sends them."""
+    """The ASGI http scope of ``request``, its headers as the driver's carrier sends them
+    (``StreamCarrier``, ``csi_oxide.oxide.http1.request_head``) for the methods the driver sends
+    (``_BODILESS``)."""
     url = urlsplit(request.url)
     raw_path = url.path or "/"
     headers = [(b"host", url.netloc.encode("ascii"))]
@@ -80,7 +84,7 @@ def _scope(request: Request) -> dict[str, Any]:
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in request.headers.items()
     ]
-    if request.body is not None or request.method not in _BODILESS:  # as aiohttp does
+    if request.body is not None or request.method not in _BODILESS:  # as the carrier does
         size = len(request.body or b"")
         headers.append((b"content-length", str(size).encode("ascii")))
     return {

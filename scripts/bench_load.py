@@ -108,13 +108,14 @@ async def driver_cpu(
     Oxide requests a lifecycle makes (the driver's own metrics, scraped outside the measured
     spans) and the CPU of a gRPC call that makes none (ControllerGetCapabilities, as many as a
     batch's lifecycles made, as many at a time); the rest, spread over the requests, is what one
-    Oxide request costs with its share of the logic."""
+    Oxide request costs with its share of the logic. The driver runs as deployed, its log lines
+    JSON at info level (one per call)."""
     sim = harness.start_sim(workdir, "--hotplug", "--instances", "9")
     port = _free_port()
     with harness.stopping(sim.proc):
-        driver = harness.start_driver(
-            workdir, sim.env, mode="controller", extra=["--metrics-address", f"127.0.0.1:{port}"]
-        )
+        # As deployed: JSON log lines (the harness's default is the console's, for people).
+        extra = ["--metrics-address", f"127.0.0.1:{port}", "--log-format", "json"]
+        driver = harness.start_driver(workdir, sim.env, mode="controller", extra=extra)
         with harness.stopping(driver.proc):
             nodes = await _nodes(sim.env)
             async with grpc.aio.insecure_channel(driver.endpoint) as channel:

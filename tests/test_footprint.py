@@ -1,11 +1,12 @@
 """What a running daemon has loaded, read from the real process (``python -X importtime``): the
 node plugin holds no Oxide credentials and makes no Oxide call, so it loads neither the Oxide
 layer nor the controller, nor an HTTP client, nor the simulator; the controller loads none of the
-node's data path (pyudev, the filesystem tools' wrappers), and of the HTTP libraries only the one
-it talks to Oxide with (aiohttp: httpx is no dependency at all, of the driver or its lab). Neither
-loads prometheus_client: the metrics are written by csi_oxide.daemon.exposition, and so the node
-plugin is spared the standard library's HTTP server and client, email, urllib.request and hashlib
-that prometheus_client imported. (ssl stays: asyncio imports it.)"""
+node's data path (pyudev, the filesystem tools' wrappers), nor any third-party HTTP library: it
+talks to Oxide with its own carrier (csi_oxide.oxide.transport; aiohttp is the benchmark's
+development dependency, httpx no dependency at all). Neither loads prometheus_client: the metrics
+are written by csi_oxide.daemon.exposition, and so the node plugin is spared the standard
+library's HTTP server and client, email, urllib.request and hashlib that prometheus_client
+imported. (ssl stays: asyncio imports it.)"""
 
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ NOT_IN_THE_CONTROLLER = (
     "pyudev",
     "httpx",
     "httpcore",
+    "aiohttp",
+    "yarl",
+    "multidict",
     "uvicorn",
     "starlette",
     "prometheus_client",
@@ -169,7 +173,8 @@ def test_the_controller_loads_none_of_the_nodes_data_path(tmp_path: Path, scheme
         env.pop(name, None)
     metrics = f"127.0.0.1:{_free_port()}"
     loaded = loaded_by_serve(tmp_path, "controller", "--metrics-address", metrics, env=env)
-    assert {"grpc", "aiohttp", "csi_oxide.controller.ops", "csi_oxide.daemon.metrics"} <= loaded
+    assert {"grpc", "csi_oxide.oxide.http1", "csi_oxide.controller.ops"} <= loaded
+    assert "csi_oxide.daemon.metrics" in loaded
     assert ("certifi" in loaded) == (scheme == "https")
     found = under(loaded, NOT_IN_THE_CONTROLLER)
     assert found == [], f"the controller loaded {len(found)} modules it must not: {found}"
@@ -240,21 +245,25 @@ def _requirement_names(requirements: list[str]) -> set[str]:
 
 
 def test_the_driver_has_one_http_client() -> None:
-    """aiohttp is the driver's one HTTP client: neither the wheel (the driver and its lab) nor
-    the tests ask for httpx, nor for what it brought along (httpcore, sniffio)."""
+    """The driver's one HTTP client is its own (csi_oxide/oxide/transport.py): the wheel (the
+    driver and its lab) asks for no HTTP library, only certifi for its TLS trust; aiohttp is
+    the benchmark's Kubernetes client, a development dependency; nothing asks for httpx, nor
+    for what it brought along (httpcore, sniffio)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = _requirement_names(project["dependencies"])
     dev = _requirement_names(project["optional-dependencies"]["dev"])
-    assert {"aiohttp", "certifi"} <= runtime
+    assert "certifi" in runtime
+    assert runtime & {"aiohttp", "httpx", "httpcore", "requests", "urllib3"} == set()
+    assert "aiohttp" in dev
     assert (runtime | dev) & {"httpx", "httpcore", "sniffio"} == set()
 
 
-def test_the_packages_import_without_httpx() -> None:
+def test_the_packages_import_without_an_http_library() -> None:
     """The command line, the lab's test support and the simulator import with httpx (and
-    httpcore) made unimportable, in a fresh interpreter."""
+    httpcore) and aiohttp made unimportable, in a fresh interpreter."""
     code = (
         "import sys\n"
-        "sys.modules['httpx'] = sys.modules['httpcore'] = None\n"
+        "sys.modules['httpx'] = sys.modules['httpcore'] = sys.modules['aiohttp'] = None\n"
         "import csi_oxide.cli, csi_oxide.wiring, csi_oxide.oxide.client\n"
         "import csi_oxide_lab.testing, csi_oxide_lab.asgi, csi_oxide_lab.sim\n"
         "import csi_oxide_lab.harness, csi_oxide_lab.demo\n"

@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What each exempt file may use: its layer's own library, nothing else (the architecture, stated).
 GRPC = {"grpc", "csi_oxide._csi", "csi_oxide._pluginregistration"}
-# The driver's one HTTP client (httpx stays banned everywhere: no file may use it).
-HTTP = {"aiohttp"}
+# Connections opened by hand: the driver's one HTTP client, its own carrier over asyncio's
+# streams, and the guest's byte bridge (httpx and aiohttp stay banned everywhere: no file of the
+# packages may use them).
+CONNECTIONS = {"asyncio.open_connection"}
 SUBPROCESS = {
     "subprocess",
     "asyncio.subprocess",
@@ -33,7 +35,8 @@ SUBPROCESS = {
 OWNED = {
     "csi_oxide/server/*.py": GRPC,
     "csi_oxide_lab/demo.py": GRPC,
-    "csi_oxide/oxide/transport.py": HTTP,
+    "csi_oxide/oxide/transport.py": CONNECTIONS,
+    "csi_oxide_lab/guest/bridge.py": CONNECTIONS,
     "csi_oxide/node/exec.py": SUBPROCESS,
     "csi_oxide_lab/harness.py": SUBPROCESS,
     "csi_oxide_lab/sim/runner.py": SUBPROCESS,
@@ -92,6 +95,7 @@ def exempt_globs() -> list[str]:
         ("from csi_oxide._csi import csi_pb2", "csi_oxide._csi"),
         ("import httpx", "httpx"),
         ("import aiohttp", "aiohttp"),
+        ("import asyncio\nasyncio.open_connection('h', 1)", "asyncio.open_connection"),
         ("import subprocess", "subprocess"),
         (
             "import asyncio\nasyncio.create_subprocess_exec('mkfs')",
@@ -108,7 +112,8 @@ def test_a_forbidden_import_fails_lint(line: str, name: str, where: str) -> None
 
 def test_the_owning_layer_may_import_its_library() -> None:
     assert banned_names("import grpc\n", "csi_oxide/server/probe.py") == set()
-    assert banned_names("import aiohttp\n", "csi_oxide/oxide/transport.py") == set()
+    opens = "import asyncio\nasyncio.open_connection('h', 1)\n"
+    assert banned_names(opens, "csi_oxide/oxide/transport.py") == set()
     assert banned_names("import subprocess\n", "csi_oxide_lab/harness.py") == set()
 
 
@@ -128,12 +133,13 @@ def test_each_exempt_file_needs_its_exemption_and_uses_only_its_library(glob: st
         assert used <= OWNED[glob], f"{rel} uses {sorted(used - OWNED[glob])} outside its layer"
 
 
-def test_no_file_of_the_packages_imports_httpx() -> None:
-    """The driver has one HTTP client, aiohttp, and the lab ships in the same wheel with the
-    driver's dependencies only: no module of either imports httpx (nor its transport, httpcore),
-    not even in a function or under TYPE_CHECKING, where an exempt file's lint would not look."""
+def test_no_file_of_the_packages_imports_an_http_library() -> None:
+    """The driver has one HTTP client, its own carrier, and the lab ships in the same wheel with
+    the driver's dependencies only: no module of either imports httpx (nor its transport,
+    httpcore) or aiohttp, not even in a function or under TYPE_CHECKING, where an exempt file's
+    lint would not look."""
     for path in source_files():
-        used = {n for n in imports_of(path) if n.split(".")[0] in ("httpx", "httpcore")}
+        used = {n for n in imports_of(path) if n.split(".")[0] in ("httpx", "httpcore", "aiohttp")}
         assert not used, f"{path.relative_to(ROOT)} imports {sorted(used)}"
 
 

@@ -74,10 +74,10 @@ from csi_oxide.oxide.errors import (
 from csi_oxide.oxide.transport import (
     PERMANENT_CAUSES,
     UNREACHABLE_CAUSES,
-    AiohttpCarrier,
     Answer,
     AnswerTooLargeError,
     Carrier,
+    StreamCarrier,
     TransportFailure,
     encode_request,
     tls_context,
@@ -175,18 +175,19 @@ class _Failed:
 
 
 class HttpOxideClient:
-    """``OxideApi`` over HTTP, carried by aiohttp (``AiohttpCarrier``), or by the ``carrier``
-    given (the tests' and the simulator's in-process ``csi_oxide_lab.asgi.AsgiCarrier``); see
-    ``csi_oxide.oxide.transport``. ``ca_file`` and ``connect_timeout`` are aiohttp's: a given
-    carrier has its own.
+    """``OxideApi`` over HTTP, carried by the driver's own HTTP/1.1 carrier (``StreamCarrier``),
+    or by the ``carrier`` given (the tests' and the simulator's in-process
+    ``csi_oxide_lab.asgi.AsgiCarrier``); see ``csi_oxide.oxide.transport``. ``ca_file`` and
+    ``connect_timeout`` are ``StreamCarrier``'s: a given carrier has its own.
 
     Retries only 503 answers and connection errors or timeouts (see ``RetryPolicy``), so a POST may
     be sent twice when the first answer was lost: a retried ``disk_create`` or ``snapshot_create``
     whose first attempt did succeed then answers 400 ObjectAlreadyExists, which surfaces as
     ``OxideAlreadyExistsError``; the caller re-reads the object and compares it with what it asked
     for. The client sends only GET, POST and DELETE, and the controller deletes every object by
-    its UUID: so the one silent resend aiohttp makes of a GET or DELETE whose connection dropped
-    (never of a POST) is harmless, a repeated DELETE answering 404, "gone" (``AiohttpCarrier``).
+    its UUID: so the one silent resend the carrier makes of a GET or DELETE whose kept-alive
+    connection dropped (never of a POST) is harmless, a repeated DELETE answering 404, "gone"
+    (``StreamCarrier``).
     At most ``max_concurrency`` requests are in flight at once (backoff pauses do not count).
     ``timeout`` is the total deadline of one attempt (connect to last byte) and is long because
     Oxide runs sagas synchronously; ``max_body``, ``max_pages`` and ``max_items`` bound memory and
@@ -237,7 +238,7 @@ class HttpOxideClient:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         if carrier is None:
             tls = _tls(ca_file) if ca_file is not None or self._host.startswith("https:") else None
-            carrier = AiohttpCarrier(
+            carrier = StreamCarrier(
                 self._host,
                 tls=tls,
                 connect_timeout=min(connect_timeout, timeout),

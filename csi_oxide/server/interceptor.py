@@ -20,7 +20,7 @@ import structlog
 from google.protobuf.message import Message
 
 from csi_oxide.daemon.inflight import rpc_deadline
-from csi_oxide.daemon.log import is_enabled, redact_text
+from csi_oxide.daemon.log import bound, is_enabled, redact_text
 from csi_oxide.errors import CsiOxideError
 from csi_oxide.server.errors import status_for
 
@@ -163,7 +163,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 observer.rpc_started(method)
             # The call's deadline reaches the work below (InFlight cuts it after deadline + grace).
             with (
-                structlog.contextvars.bound_contextvars(rpc=method, request_id=request_id, **ids),
+                bound(rpc=method, request_id=request_id, **ids),
                 rpc_deadline(context.time_remaining()),
             ):
                 code = grpc.StatusCode.OK

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import datetime
 import io
 import json
 import logging
+import re
 
 import structlog
 
@@ -82,3 +85,65 @@ def test_json_lines_escape_control_characters() -> None:
     text = out.getvalue()
     assert not any(c in text for c in "\x1b\x07") and text.count("\n") == 1
     assert json.loads(text)["volume_id"] == "csi-\x1b\x07\nx"
+
+
+def test_bound_fields_reach_every_line_of_the_block_and_are_gone_after_it() -> None:
+    out = io.StringIO()
+    log.configure(fmt="json", level="info", stream=out)
+    logger = structlog.get_logger("t")
+    with log.bound(rpc="CreateVolume", request_id="r1"):
+        logger.info("outer")
+        with log.bound(volume_id="csi-1", request_id="r2"):
+            logger.info("inner", volume_id="given")  # the line's own field wins
+        logger.info("outer again")
+    logger.info("after")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    fields = [{k: line.get(k) for k in ("rpc", "request_id", "volume_id")} for line in lines]
+    assert fields == [
+        {"rpc": "CreateVolume", "request_id": "r1", "volume_id": None},
+        {"rpc": "CreateVolume", "request_id": "r2", "volume_id": "given"},
+        {"rpc": "CreateVolume", "request_id": "r1", "volume_id": None},
+        {"rpc": None, "request_id": None, "volume_id": None},
+    ]
+
+
+async def test_tasks_started_in_a_bound_block_carry_its_fields() -> None:
+    out = io.StringIO()
+    log.configure(fmt="json", level="info", stream=out)
+    logger = structlog.get_logger("t")
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+        logger.info("in a task")
+
+    with log.bound(request_id="r1"):
+        task = asyncio.ensure_future(work())
+    await task
+    (line,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert line["request_id"] == "r1"
+
+
+def test_the_timestamp_is_utc_to_the_microsecond() -> None:
+    out = io.StringIO()
+    log.configure(fmt="json", level="info", stream=out)
+    before = datetime.datetime.now(datetime.UTC)
+    for _ in range(3):
+        structlog.get_logger("t").info("tick")
+    after = datetime.datetime.now(datetime.UTC)
+    stamps = [json.loads(line)["timestamp"] for line in out.getvalue().splitlines()]
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - datetime.timedelta(seconds=1) <= when <= after  # gmtime truncates
+    assert stamps == sorted(stamps)
+
+
+def test_only_the_daemons_final_configuration_keeps_its_loggers() -> None:
+    before = structlog.get_config()
+    try:
+        log.configure(fmt="json", level="info", stream=io.StringIO())
+        assert structlog.get_config()["cache_logger_on_first_use"] is False
+        log.configure(fmt="json", level="info", stream=io.StringIO(), final=True)
+        assert structlog.get_config()["cache_logger_on_first_use"] is True
+    finally:
+        structlog.configure(**before)

@@ -1,7 +1,7 @@
 """The lab's in-process requests (csi_oxide_lab/asgi.py): what an app's behaviour means to the
 caller (a complete answer, a body beyond the cap, no answer, a crash, a deadline), and the plain
-client the simulator tests use. That the driver's requests reach the app as aiohttp sends them is
-tests/oxide/test_transport.py's."""
+client the simulator tests use. That the driver's requests reach the app as its carrier
+(StreamCarrier) sends them is tests/oxide/test_transport.py's."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ async def test_an_answer_is_complete_with_status_reason_headers_and_body() -> No
     assert isinstance(seen, dict)
     assert (seen["path"], seen["query"]) == ("/echo/a/b", "x=1&y=%20")
     assert seen["headers"]["host"] == "sim"
-    assert "content-length" not in seen["headers"]  # a GET without a body, as aiohttp sends it
+    assert "content-length" not in seen["headers"]  # a GET without a body, as the carrier sends it
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-unannounced"])

@@ -1,7 +1,7 @@
 """A scripted Oxide API for HttpOxideClient's unit tests: a handler function of the test decides
 each answer (``Seen`` -> ``Reply``), served in-process through the lab's ``AsgiCarrier``, so the
 client's requests arrive as encoded for the wire (method, percent-encoded path, query string,
-headers, JSON body) and its answers go through the same body cap as aiohttp's.
+headers, JSON body) and its answers go through the same body cap as with ``StreamCarrier``.
 
 A handler plays a connection that failed by raising ``TransportFailure`` (``lost``, ``timed_out``),
 which reaches the client as any carrier's failure would. Real sockets, trickled bytes and dropped

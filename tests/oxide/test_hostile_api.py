@@ -4,7 +4,7 @@ A real ``HttpOxideClient`` (and, where the CO's view matters, the real gRPC serv
 interceptor and ``ControllerService``) talks over real TCP to ``HostileServer`` (tests/oxide/
 hostile.py): slow headers, slow bodies, endless pages, errors echoing every request header,
 fifty-megabyte answers, implausible values, redirects, 429 with Retry-After, connections dropped
-under a request (aiohttp's own resend). Deadlines here are short so the suite stays quick;
+under a request (the carrier's one resend). Deadlines here are short so the suite stays quick;
 ``asyncio.wait_for`` guards only stop a test that would otherwise hang on the old behaviour (they
 are not timing assertions). Convergence after a lost answer runs against the simulator.
 """
@@ -684,12 +684,12 @@ async def test_protocol_misbehaviour_ends_in_one_oxide_error_or_a_retry(
         assert isinstance(error, oxerr.OxideNotFoundError)
 
 
-# ---- 6. aiohttp's own resend: harmless for what the driver sends --------------------------------
+# ---- 6. The carrier's one resend: harmless for what the driver sends ----------------------------
 #
-# aiohttp sends a GET or DELETE (never a POST) once more, at once and unseen by the client, when
-# the connection fails after the request went out and before an answer came (AiohttpCarrier's
-# docstring). The server here carries out the request, then closes the kept-alive connection
-# without answering.
+# StreamCarrier sends a GET or DELETE (never a POST) once more, at once, on a new connection and
+# unseen by the client, when a kept-alive connection ends after the request went out and before
+# any byte of an answer came (its class docstring). The server here carries out the request, then
+# closes the kept-alive connection without answering.
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -700,8 +700,9 @@ def _calls(path: Path) -> list[ast.Call]:
 
 
 def test_the_client_sends_only_get_post_and_delete() -> None:
-    """The resend's premise, on the client's side: no PUT, PATCH or any other method that
-    aiohttp would resend and a repeat might not leave as it was."""
+    """The resend's premise, on the client's side: GET, POST and DELETE only, no PUT, PATCH or
+    any other method a repeat might not leave as it was; the carrier resends a GET or a DELETE,
+    never a POST."""
     methods = set()
     for call in _calls(ROOT / "csi_oxide/oxide/client.py"):
         if isinstance(call.func, ast.Attribute) and call.func.attr == "_call":
@@ -759,9 +760,9 @@ async def test_a_delete_whose_connection_drops_is_resent_once_and_its_404_means_
     tmp_path: Path,
 ) -> None:
     """DeleteVolume: the disk is read by name, then deleted by its UUID on the same kept-alive
-    connection; the server deletes it and drops the connection. aiohttp sends the DELETE again,
-    by the same UUID (so never to a disk made under the name since), and its 404 is "gone": the
-    call succeeds, and the disk is gone."""
+    connection; the server deletes it and drops the connection. The carrier sends the DELETE
+    again, on a new connection, by the same UUID (so never to a disk made under the name since),
+    and its 404 is "gone": the call succeeds, and the disk is gone."""
     name = volume_name("pvc-dropped")
     rec = '{"c":"test","n":"pvc-dropped"}'
     disks = {DISK_UUID: disk_body(name, description=DESCRIPTION_PREFIX + rec)}
@@ -789,7 +790,7 @@ async def test_a_delete_whose_connection_drops_is_resent_once_and_its_404_means_
     ] * 2
     assert first.connection == view.connection  # the kept-alive connection...
     assert again.connection != first.connection  # ...dropped: the resend came on a new one
-    # The client saw one attempt, answered 404 (read as "gone"): the resend is aiohttp's own.
+    # The client saw one attempt, answered 404 (read as "gone"): the resend is the carrier's own.
     deletes = [(r.attempt, r.status, r.outcome) for r in records if r.method == "DELETE"]
     assert deletes == [(1, 404, "http_error")]
 
@@ -808,8 +809,8 @@ async def test_a_get_whose_connection_drops_is_answered_by_the_resend() -> None:
     assert [(r.attempt, r.status) for r in records] == [(1, 200), (1, 200)]
 
 
-async def test_a_post_whose_connection_drops_is_never_resent_by_aiohttp() -> None:
-    """A create whose connection drops before its answer: aiohttp does not send it again; only
+async def test_a_post_whose_connection_drops_is_never_resent_by_the_carrier() -> None:
+    """A create whose connection drops before its answer: the carrier does not send it again; only
     the client's RetryPolicy does, each attempt recorded and paced (and a create that did happen
     is found again by name: test_client.py). The server sees exactly one POST per attempt."""
 

@@ -1,7 +1,7 @@
-"""The carrier of HttpOxideClient (aiohttp, csi_oxide/oxide/transport.py): TLS trust, proxies
-from the environment, the query and body as sent, errors that never hold the request (aiohttp's
-errors carry its headers); and the lab's in-process carrier, which must hand an app what aiohttp
-puts on the wire.
+"""The carrier of HttpOxideClient (StreamCarrier, csi_oxide/oxide/transport.py): TLS trust,
+proxies from the environment, the query and body as sent, errors that never hold the request (its
+headers carry the token); and the lab's in-process carrier, which must hand an app what
+StreamCarrier puts on the wire.
 
 Real TCP (and TLS) against tests/oxide/hostile.py's server; the certificate is made here with
 the openssl command line.
@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qsl
 
 import pytest
@@ -166,11 +167,11 @@ async def _every_kind_of_request(api: HttpOxideClient) -> None:
     await api.aclose()
 
 
-async def test_the_in_process_carrier_hands_the_app_what_aiohttp_sends(
+async def test_the_in_process_carrier_hands_the_app_what_the_carrier_sends(
     no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
     """The tests (and the simulator's in-process runs) see the driver's requests through the
-    lab's AsgiCarrier: the same requests as aiohttp puts on the wire, Host and Content-Length
+    lab's AsgiCarrier: the same requests as StreamCarrier puts on the wire, Host and Content-Length
     included (the same method, raw path, query, headers and body)."""
     in_process: list[scripted.Seen] = []
 
@@ -198,8 +199,8 @@ async def test_the_in_process_carrier_hands_the_app_what_aiohttp_sends(
 async def test_an_unreadable_answer_leaves_no_trace_of_the_token(
     no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
-    """aiohttp's errors hold the request (its headers, the token among them): the error the
-    client raises refers to none of them, not even as an exception's context."""
+    """An answer that is not HTTP: the error the client raises refers to nothing of the request
+    (its headers, the token among them), not even as an exception's context."""
 
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -314,3 +315,299 @@ async def test_a_host_name_that_does_not_resolve_is_named(
     message, _ = await _fails(api)
     assert "the host name 'oxide.invalid' does not resolve: check OXIDE_HOST" in message
     assert len(records) == 1
+
+
+# ---- the carrier's own HTTP/1.1: framings, kept-alive connections, tunnels ---------------------
+
+
+class Listening:
+    """A server on 127.0.0.1 whose connections ``_serve`` handles (``async with``: listening),
+    and the tasks it starts, cancelled when it stops."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class Scripted(Listening):
+    """A raw HTTP peer on 127.0.0.1: reads each request's head (and body, by content-length)
+    and writes the next of ``answers`` as given, byte for byte; a ``None`` next in line closes
+    the connection at once, without waiting for another request. Records each request's first
+    line with its connection's number."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.requests: list[tuple[int, str]] = []
+        self.connections = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while self.answers and self.answers[0] is not None:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                length = next(
+                    (
+                        int(v)
+                        for k, _, v in (x.partition(": ") for x in lines)
+                        if k == "content-length"
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.requests.append((number, lines[0]))
+                answer = self.answers.pop(0)
+                assert answer is not None
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if self.answers and self.answers[0] is None:
+                self.answers.pop(0)
+            writer.close()
+
+
+def _ok(body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 200 OK\r\n{head}\r\n".encode() + body
+
+
+DISK = json.dumps(disk_body(NAME)).encode()
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return out + b"0\r\nx-trailer: yes\r\n\r\n"
+
+
+async def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    answers: list[bytes | None] = [
+        _ok(_chunked(DISK, 7), "transfer-encoding: chunked"),
+        _ok(DISK, f"content-length: {len(DISK)}"),
+    ]
+    async with Scripted(answers) as server:
+        api = client(server.url)
+        assert (await api.disk_view(NAME)).name == NAME
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+    assert [number for number, _ in server.requests] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        # No length at all: the body runs until the server closes (it must, to end it).
+        (_ok(DISK), [None]),
+        # These two the server would keep open: the client must not use them again.
+        (_ok(DISK, f"content-length: {len(DISK)}", "connection: close"), []),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(DISK), DISK), []),
+    ],
+    ids=["until-close", "connection-close", "http-1.0"],
+)
+async def test_a_connection_that_cannot_be_kept_is_not_used_again(
+    first: bytes, then: list[bytes | None], no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    answers = [first, *then, _ok(DISK, f"content-length: {len(DISK)}")]
+    async with Scripted(answers) as server:
+        api = client(server.url)
+        assert (await api.disk_view(NAME)).name == NAME
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+    assert [number for number, _ in server.requests] == [1, 2]
+
+
+async def test_an_interim_answer_is_passed_over(no_proxy_settings: pytest.MonkeyPatch) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    async with Scripted([interim + _ok(DISK, f"content-length: {len(DISK)}")]) as server:
+        api = client(server.url)
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """The server answers, then closes the kept-alive connection; the next request (a POST,
+    which is never sent twice) goes on a new connection at once: one attempt, no failure."""
+    created = json.dumps(disk_body(NAME, description="d")).encode()
+    answers: list[bytes | None] = [
+        _ok(DISK, f"content-length: {len(DISK)}"),
+        None,
+        b"HTTP/1.1 201 Created\r\ncontent-length: %d\r\n\r\n%s" % (len(created), created),
+    ]
+    records: list[RequestRecord] = []
+    spec = DiskSpec(name=NAME, description="d", size=GIB, block_size=4096)
+    async with Scripted(answers) as server:
+        api = client(server.url, request_observer=records.append)
+        await api.disk_view(NAME)
+        await asyncio.sleep(0.2)  # the server's close reaches the client's event loop
+        assert (await api.disk_create(spec)).name == NAME
+        await api.aclose()
+    assert server.requests == [
+        (1, f"GET /v1/disks/{NAME}?project=p HTTP/1.1"),
+        (2, "POST /v1/disks?project=p HTTP/1.1"),
+    ]
+    assert [(r.operation, r.attempt, r.status) for r in records] == [
+        ("disk_view", 1, 200),
+        ("disk_create", 1, 201),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (_ok(b"zz\r\n", "transfer-encoding: chunked"), "ValueError"),
+        (_ok(DISK, "transfer-encoding: gzip"), "transfer coding"),
+        (_ok(DISK, "transfer-encoding: chunked", f"content-length: {len(DISK)}"), "both"),
+        (_ok(DISK, "content-length: 5", "content-length: 6"), "conflicting"),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", "larger than 65536"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched protocols"),
+    ],
+    ids=["bad-chunk-size", "gzip", "te-and-cl", "two-lengths", "huge-head", "upgrade"],
+)
+async def test_an_answer_that_cannot_be_framed_is_a_failure_retried_then_named(
+    answer: bytes, problem: str, no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    async with Scripted([answer] * 50) as server:
+        api = client(server.url, retry=RetryPolicy(max_elapsed=0.05, base_delay=0.01))
+        with pytest.raises(oxerr.OxideUnavailableError) as info:
+            await asyncio.wait_for(api.disk_view(NAME), 10)
+        await api.aclose()
+    assert problem in str(info.value)
+    assert len(server.requests) >= 2  # retried: a failure, never an answer
+    assert len({number for number, _ in server.requests}) == len(server.requests)  # each dropped
+
+
+async def test_a_chunked_answer_beyond_the_cap_is_abandoned(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    big = b"x" * 5000
+    async with Scripted([_ok(_chunked(big, 1000), "transfer-encoding: chunked")]) as server:
+        api = client(server.url, max_body=4096)
+        with pytest.raises(oxerr.OxideServerError, match="is larger than the 4096 bytes"):
+            await api.disk_view(NAME)
+        await api.aclose()
+
+
+class ConnectProxy(Listening):
+    """An HTTP proxy on 127.0.0.1 that only tunnels: ``CONNECT host:port`` then bytes both ways
+    (or ``refuse``: that status instead). Records each CONNECT's head."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.heads: list[str] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        self.heads.append(head)
+        if self.refuse is not None:
+            writer.write(b"HTTP/1.1 %d No\r\ncontent-length: 0\r\n\r\n" % self.refuse)
+            await writer.drain()
+            writer.close()
+            return
+        host, _, port = head.split(" ")[1].rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            t = asyncio.create_task(task)
+            self._tasks.add(t)
+
+
+async def test_an_https_api_is_reached_through_a_proxys_tunnel_with_its_credentials(
+    certificate: tuple[Path, Path], no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY with ``user:password@``: a CONNECT to the API's address carrying basic proxy
+    authorization; TLS end to end with the API (its certificate checked against the CA given),
+    so the proxy never sees the token, which goes inside the tunnel only."""
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    async with HostileServer(disk_for, tls=tls) as server, ConnectProxy() as proxy:
+        where = server.url.removeprefix("https://")
+        no_proxy_settings.setenv("HTTPS_PROXY", proxy.url.replace("://", "://al%40ice:s3cret@"))
+        api = client(server.url, ca_file=cert)
+        assert (await api.disk_view(NAME)).name == NAME
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+    assert len(proxy.heads) == 1  # one tunnel, kept alive for both requests
+    assert proxy.heads[0].startswith(f"CONNECT {where} HTTP/1.1\r\n")
+    assert "proxy-authorization: Basic YWxAaWNlOnMzY3JldA==\r\n" in proxy.heads[0]
+    assert TOKEN not in proxy.heads[0]
+    assert [s.headers["authorization"] for s in server.seen] == [f"Bearer {TOKEN}"] * 2
+
+
+async def test_a_tunnel_the_proxy_refuses_is_named(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    async with ConnectProxy(refuse=407) as proxy:
+        no_proxy_settings.setenv("HTTPS_PROXY", proxy.url)
+        api = client("https://oxide.invalid:8443")
+        with pytest.raises(
+            oxerr.OxideUnavailableError, match=r"refused a tunnel to oxide\.invalid:8443: HTTP 407"
+        ):
+            await api.disk_view(NAME)
+        await api.aclose()
+
+
+async def test_a_proxy_that_is_not_http_is_refused_without_retrying(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_settings.setenv("HTTPS_PROXY", "https://user:pw@proxy.invalid:3128")
+    records: list[RequestRecord] = []
+    api = client("https://oxide.invalid", retry=RetryPolicy(), request_observer=records.append)
+    message, seconds = await _fails(api)
+    assert "only http:// proxies are supported" in message
+    assert "pw" not in message and "user" not in message
+    assert len(records) == 1 and seconds < 5
+
+
+async def test_a_get_dropped_on_a_new_connection_is_left_to_the_clients_retry(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    """The carrier resends only on a kept-alive connection (one the server may have closed as
+    the request went out); a new connection that ends unanswered is a failed attempt, which the
+    client's RetryPolicy retries, recorded and paced."""
+    pending = [Answer(drop=True)]
+    records: list[RequestRecord] = []
+    async with HostileServer(lambda s: pending.pop() if pending else disk_for(s)) as server:
+        api = client(server.url, request_observer=records.append)
+        assert (await api.disk_view(NAME)).name == NAME
+        await api.aclose()
+    assert [(r.attempt, r.outcome) for r in records] == [(1, "connection_error"), (2, "ok")]
+    assert [s.connection for s in server.seen] == [1, 2]
