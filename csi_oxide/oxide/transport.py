@@ -220,9 +220,8 @@ def _place(url: str, tls: ssl.SSLContext | None) -> _Place:
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
-    return _Place(
-        parts.hostname or "", port, (tls or ssl.create_default_context()) if secure else None
-    )
+    # An https API without a context given gets the driver's usual trust (tls_context).
+    return _Place(parts.hostname or "", port, (tls or tls_context(None)) if secure else None)
 
 
 class _Connection:
