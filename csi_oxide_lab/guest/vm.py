@@ -32,6 +32,7 @@ GUEST_PORT = 10000  # the guest-side bridge's TCP port on the guest's own networ
 GUEST_ADDRESS = "10.0.2.15"  # the address qemu's user network forwards to
 BOOT_TIMEOUT = 300.0
 UNPLUG_TIMEOUT = 60.0
+GUEST_LOGS = ("qemu.log", "node.log", "bridge.log", "kernel.log")  # in ``workdir``
 
 
 class GuestError(RuntimeError):
@@ -117,8 +118,9 @@ class GuestVM:
     _qmp: QmpClient | None = None
     _bridge: BridgeThread | None = None
     _plugged: dict[str, _Plugged] = field(default_factory=dict)
-    _port_used: dict[str, int] = field(default_factory=dict)  # port -> serial of its last device
+    _port_freed: dict[str, int] = field(default_factory=dict)  # port -> when it was last freed
     _serial: int = 0
+    _unplugs: int = 0  # a clock for ``_port_freed``: unplugs so far
 
     @property
     def qmp_path(self) -> Path:
@@ -137,7 +139,8 @@ class GuestVM:
         py = shlex.quote(sys.executable)
         work = shlex.quote(str(self.workdir))
         script = f"""#!/bin/sh
-# The guest's init: network, the node plugin (node ID from SMBIOS), the guest-side bridge.
+# The guest's init: network, the kernel's log kept (kernel.log), the node plugin (node ID
+# from SMBIOS), the guest-side bridge.
 ip link set lo up
 for dev in /sys/class/net/*; do
   name=${{dev##*/}}
@@ -147,6 +150,7 @@ for dev in /sys/class/net/*; do
 done
 mkdir -p /tmp/csi /var/lib/csi-oxide/node
 cd /tmp
+dmesg --follow > {work}/kernel.log 2>&1 &
 env -u CSI_OXIDE_NODE_ID -u CSI_OXIDE_SIM_DEVICE_DIR -u OXIDE_TOKEN -u OXIDE_HOST \\
   {py} -m csi_oxide serve --mode node --endpoint unix:///tmp/csi/csi.sock \\
   --log-format console --state-dir /var/lib/csi-oxide/node > {work}/node.log 2>&1 &
@@ -230,7 +234,7 @@ wait
 
     def _log_tail(self) -> str:
         parts = []
-        for name in ("qemu.log", "node.log", "bridge.log"):
+        for name in GUEST_LOGS:
             with contextlib.suppress(OSError):
                 parts.append(
                     f"--- {name}\n" + (self.workdir / name).read_text(errors="replace")[-3000:]
@@ -272,7 +276,6 @@ wait
         port = self._free_port()
         self._serial += 1
         plugged = _Plugged(f"nvme-{self._serial}", f"blk-{self._serial}", port)
-        self._port_used[port] = self._serial
         qmp = self._client()
         started = time.monotonic()
         try:
@@ -308,14 +311,16 @@ wait
         self.timings["last_hotplug_s"] = time.monotonic() - started
 
     def _free_port(self) -> str:
-        """The free root port used longest ago: a port whose unplug the guest has only just
-        finished is not handed a new device at once (the guest's hot-plug handling of the slot
-        may still be settling; a device plugged there then vanished at once in stress runs)."""
+        """The free root port freed longest ago (one never used first): a port whose unplug the
+        guest has only just finished is not handed a new device at once (the guest's hot-plug
+        handling of the slot may still be settling; a device plugged there then vanished at once
+        in stress runs). Ordered by when each port was freed, not by when its last device was
+        plugged: a disk plugged early and unplugged just now frees the port used longest ago."""
         used = {p.port for p in self._plugged.values()}
         free = [f"hp{i}" for i in range(1, HOTPLUG_PORTS + 1) if f"hp{i}" not in used]
         if not free:
             raise GuestError("no free PCIe root port in the guest")
-        return min(free, key=lambda port: self._port_used.get(port, 0))
+        return min(free, key=lambda port: self._port_freed.get(port, 0))
 
     def unplug(self, disk: str, timeout: float = UNPLUG_TIMEOUT) -> None:
         """Ask the guest to release the disk and wait until qemu reports it gone."""
@@ -333,6 +338,8 @@ wait
         except QmpError as exc:
             raise GuestError(f"hot-unplug of {disk}: {exc}") from exc
         del self._plugged[disk]
+        self._unplugs += 1
+        self._port_freed[plugged.port] = self._unplugs
         self.timings["last_unplug_s"] = time.monotonic() - started
 
     def plugged(self) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -27,7 +28,7 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide_lab import harness
-from csi_oxide_lab.guest.vm import unavailable_reason
+from csi_oxide_lab.guest.vm import GUEST_LOGS, unavailable_reason
 from tests import skips
 from tests.units import GIB, MIB
 
@@ -195,7 +196,7 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
     for channel in channels:
         channel.close()
     controller.proc.stop()
-    for name in ("node.log", "bridge.log", "qemu.log"):  # kept for a look after the run
+    for name in GUEST_LOGS:  # kept for a look after the run
         with contextlib.suppress(OSError):
             shutil.copy(guest_dir / name, workdir / f"guest-{name}")
     stopping = time.monotonic()
@@ -211,13 +212,23 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
 
 
 def _guest_report(rack: Rack) -> str:
-    """What the simulator and the guest printed last: whether qemu still runs, and why not."""
+    """What the simulator and the guest printed last: whether qemu still runs, and why not; the
+    node's failed RPCs, and what the guest's kernel said of its NVMe devices and PCIe slots."""
     parts = [f"\n--- simulator\n{rack.sim.proc.output()[-3000:]}"]
-    for name in ("qemu.log", "node.log", "bridge.log"):
+    for name in GUEST_LOGS:
         with contextlib.suppress(OSError):
             text = (rack.guest_dir / name).read_text(errors="replace")
             parts.append(f"--- guest {name}\n{text[-3000:]}")
+            if name in _GREP:
+                lines = [line for line in text.splitlines() if _GREP[name].search(line)]
+                parts.append(f"--- guest {name}, {_GREP[name].pattern}\n" + "\n".join(lines[-60:]))
     return "\n".join(parts)
+
+
+_GREP = {  # what the report picks out of a whole log, beside its tail
+    "node.log": re.compile(r"code=(?!OK\b)"),
+    "kernel.log": re.compile(r"nvme|pcieport|pciehp"),
+}
 
 
 def _assert_guest_serving(rack: Rack) -> None:

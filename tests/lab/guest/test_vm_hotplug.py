@@ -53,3 +53,17 @@ def test_ports_in_use_are_skipped(tmp_path: Path) -> None:
     vm.unplug("disk-a")
     vm.hotplug("disk-c", tmp_path / "c", 512)
     assert qmp.buses == ["hp1", "hp2", "hp3"]
+
+
+def test_a_port_freed_just_now_waits_even_when_its_disk_was_plugged_first(
+    tmp_path: Path,
+) -> None:
+    vm, qmp = _vm(tmp_path)
+    vm.hotplug("long-lived", tmp_path / "l", 512)  # hp1, kept while another disk cycles
+    for _ in range(HOTPLUG_PORTS):
+        vm.hotplug("cycling", tmp_path / "c", 512)
+        vm.unplug("cycling")
+    vm.unplug("long-lived")  # hp1 is now the port freed last
+    vm.hotplug("next", tmp_path / "n", 512)
+    # The cycling disk took hp2..hp12, then hp2 again: hp3 is the port freed longest ago.
+    assert qmp.buses == ["hp1", *(f"hp{i}" for i in range(2, HOTPLUG_PORTS + 1)), "hp2", "hp3"]
