@@ -235,12 +235,24 @@ class _Connection:
         self.idle_since = 0.0
 
     def open(self) -> bool:
-        """Not closed by either side (as far as the event loop has seen)."""
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        """Fit for the next request: not closed by either side (as far as the event loop has
+        seen), and nothing unread. Bytes that came after the last answer (a second answer, one
+        sent while idle such as a late 408, or a body longer than its framing said) answer no
+        request of ours: read as the next request's answer, they would be taken for it."""
+        return not (self.writer.is_closing() or self.reader.at_eof() or _unread(self.reader))
 
     def abort(self) -> None:
         """Drop the connection at once, with whatever is still unread or unsent."""
         self.writer.transport.abort()
+
+
+def _unread(reader: asyncio.StreamReader) -> bool:
+    """Whether ``reader`` holds bytes not read yet. asyncio has no public way to ask, so this
+    looks at the buffer the stream reads from; where that is not there (a Python that keeps
+    it elsewhere) every connection counts as holding some, so none is reused: slower, never
+    out of step (tests/oxide/test_transport.py would show the lost reuse)."""
+    buffered = getattr(reader, "_buffer", None)
+    return not isinstance(buffered, bytearray) or len(buffered) > 0
 
 
 class _Unanswered(Exception):  # noqa: N818 - an outcome, not an error of the code
@@ -254,7 +266,8 @@ class StreamCarrier:
 
     Connections. Kept alive and reused last-in first-out, at most ``max_connections`` kept idle,
     none kept idle longer than ``IDLE_SECONDS`` (a server closes idle connections on its own
-    schedule; one closed while idle is seen closed and dropped before use). TCP_NODELAY is on
+    schedule; one closed while idle is seen closed and dropped before use, and so is one that
+    holds bytes no request asked for: see ``_Connection.open``). TCP_NODELAY is on
     (asyncio sets it on every TCP connection: with Nagle a POST's body would wait ~40 ms for the
     server's delayed ACK of its head). A connection is opened within ``connect_timeout`` seconds,
     TLS handshake included. One whose answer was abandoned, cut, or cancelled is dropped, never

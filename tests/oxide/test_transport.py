@@ -477,6 +477,36 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used(
     ]
 
 
+def _disk_answer(description: str) -> bytes:
+    body = json.dumps(disk_body(NAME, description=description)).encode()
+    return _ok(body, f"content-length: {len(body)}")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        _disk_answer("stale"),  # a whole second answer nobody asked for
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n",  # a late one, idle
+        b"tail",  # more than the content-length said
+    ],
+    ids=["second-answer", "late-408", "overlong-body"],
+)
+async def test_bytes_that_belong_to_no_request_retire_the_connection(
+    extra: bytes, no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    """What comes after an answer, before the next request, answers nothing: the connection is
+    out of step (an answer read from it could be another request's), so it is dropped and the
+    next request goes on a new one; its own answer is the one taken."""
+    answers: list[bytes | None] = [_disk_answer("first") + extra, _disk_answer("second")]
+    async with Scripted(answers) as server:
+        api = client(server.url)
+        assert (await api.disk_view(NAME)).description == "first"
+        await asyncio.sleep(0.1)  # the extra bytes reach the client's event loop
+        assert (await api.disk_view(NAME)).description == "second"
+        await api.aclose()
+    assert [number for number, _ in server.requests] == [1, 2]
+
+
 @pytest.mark.parametrize(
     ("answer", "problem"),
     [
