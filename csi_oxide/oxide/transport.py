@@ -255,6 +255,12 @@ def _unread(reader: asyncio.StreamReader) -> bool:
     return not isinstance(buffered, bytearray) or len(buffered) > 0
 
 
+_SLIPPED_IN = (
+    "the proxy sent bytes of its own after its answer to CONNECT {where}; the tunnel is not "
+    "used (they did not come from the API through TLS)"
+)
+
+
 class _Unanswered(Exception):  # noqa: N818 - an outcome, not an error of the code
     """The connection ended after the request went out and before any byte of an answer."""
 
@@ -469,7 +475,14 @@ class StreamCarrier:
         )
         if not 200 <= status < 300:
             raise ValueError(f"the proxy refused a tunnel to {api.where}: HTTP {status}")
+        # Bytes after the proxy's answer came in the clear, not through TLS from the API: read
+        # as the first answer, they would be the proxy's forgery. Looked for again once TLS is
+        # up, for bytes that came while it started (the API sends nothing before a request).
+        if _unread(conn.reader):
+            raise ValueError(_SLIPPED_IN.format(where=api.where))
         await conn.writer.start_tls(tls, server_hostname=api.host)
+        if _unread(conn.reader):
+            raise ValueError(_SLIPPED_IN.format(where=api.where))
 
     def _diagnose(self, exc: BaseException, hop: _Place) -> tuple[str, str]:
         """The cause of a failed connection and what to do about it, when the error tells."""

@@ -547,9 +547,10 @@ class ConnectProxy(Listening):
     """An HTTP proxy on 127.0.0.1 that only tunnels: ``CONNECT host:port`` then bytes both ways
     (or ``refuse``: that status instead). Records each CONNECT's head."""
 
-    def __init__(self, refuse: int | None = None) -> None:
+    def __init__(self, refuse: int | None = None, inject: bytes = b"") -> None:
         super().__init__()
         self.refuse = refuse
+        self.inject = inject  # sent in the clear right after its 200, before the tunnel's bytes
         self.heads: list[str] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -562,7 +563,7 @@ class ConnectProxy(Listening):
             return
         host, _, port = head.split(" ")[1].rpartition(":")
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n" + self.inject)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -600,6 +601,29 @@ async def test_an_https_api_is_reached_through_a_proxys_tunnel_with_its_credenti
     assert "proxy-authorization: Basic YWxAaWNlOnMzY3JldA==\r\n" in proxy.heads[0]
     assert TOKEN not in proxy.heads[0]
     assert [s.headers["authorization"] for s in server.seen] == [f"Bearer {TOKEN}"] * 2
+
+
+async def test_bytes_a_proxy_slips_in_ahead_of_the_tunnel_are_never_taken_for_the_api(
+    certificate: tuple[Path, Path], no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    """A proxy that follows its 200 with an answer of its own, in the clear: those bytes come
+    from outside TLS, so they are no answer of the API's. The tunnel is refused (each attempt),
+    never a forged disk taken for the real one."""
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    forged = _disk_answer("forged by the proxy")
+    async with (
+        HostileServer(disk_for, tls=tls) as server,
+        ConnectProxy(inject=forged) as proxy,
+    ):
+        no_proxy_settings.setenv("HTTPS_PROXY", proxy.url)
+        api = client(server.url, ca_file=cert, retry=RetryPolicy(max_elapsed=0.05, base_delay=0.01))
+        with pytest.raises(oxerr.OxideUnavailableError, match="after its answer to CONNECT"):
+            await api.disk_view(NAME)
+        await api.aclose()
+    assert server.seen == []  # no request went into a tunnel the proxy had tampered with
+    assert len(proxy.heads) >= 2  # each attempt asked anew, and was refused anew
 
 
 async def test_a_tunnel_the_proxy_refuses_is_named(
