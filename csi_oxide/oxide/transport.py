@@ -224,6 +224,32 @@ def _place(url: str, tls: ssl.SSLContext | None) -> _Place:
     return _Place(parts.hostname or "", port, (tls or tls_context(None)) if secure else None)
 
 
+def _proxy_settings(proxy: str) -> tuple[_Place, str | None, str]:
+    """Where the proxy URL ``proxy`` points, its basic authorization (None: none), and why it
+    cannot be used ("": it can). Nothing of its text goes into the refusal: it may hold a
+    password."""
+    try:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        place = _Place(parts.hostname or "", parts.port or 80, None)
+    except ValueError:
+        unreadable = (
+            "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a "
+            "URL whose host and port can be read"
+        )
+        return _Place("", 0, None), None, unreadable
+    refused = ""
+    if parts.scheme != "http":
+        refused = (
+            f"the proxy the environment names is {parts.scheme}://; only http:// proxies are "
+            "supported (the API itself may be https://)"
+        )
+    auth = None
+    if parts.username is not None:
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return place, auth, refused
+
+
 class _Connection:
     """One kept-alive connection to the API (or to a proxy carrying it)."""
 
@@ -330,18 +356,7 @@ class StreamCarrier:
         self._proxy_auth: str | None = None
         self._proxy_refused = ""
         if proxy is not None:
-            parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            if parts.scheme != "http":
-                self._proxy_refused = (
-                    f"the proxy the environment names is {parts.scheme}://; only http:// "
-                    "proxies are supported (the API itself may be https://)"
-                )
-            self._proxy = _Place(parts.hostname or "", parts.port or 80, None)
-            if parts.username is not None:
-                user, password = unquote(parts.username), unquote(parts.password or "")
-                self._proxy_auth = (
-                    "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-                )
+            self._proxy, self._proxy_auth, self._proxy_refused = _proxy_settings(proxy)
 
     async def exchange(self, request: Request, max_body: int) -> Answer:
         """See ``Carrier.exchange``."""

@@ -651,6 +651,26 @@ async def test_a_proxy_that_is_not_http_is_refused_without_retrying(
     assert len(records) == 1 and seconds < 5
 
 
+@pytest.mark.parametrize(
+    "proxy",
+    ["http://user:s3cret@proxy.invalid:99999", "http://[::1", "http://user:s3cret@proxy:port"],
+    ids=["port-out-of-range", "open-bracket", "port-not-a-number"],
+)
+async def test_a_proxy_url_that_cannot_be_read_is_refused_without_retrying(
+    proxy: str, no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    """Not an error at start-up (the client is made, as with a proxy of another scheme) but a
+    refusal of each request that names the variables, quotes none of the URL (it may hold a
+    password), and is not retried."""
+    no_proxy_settings.setenv("HTTPS_PROXY", proxy)
+    records: list[RequestRecord] = []
+    api = client("https://oxide.invalid", retry=RetryPolicy(), request_observer=records.append)
+    message, seconds = await _fails(api)
+    assert "is not a URL whose host and port can be read" in message
+    assert "s3cret" not in message and "user" not in message
+    assert len(records) == 1 and seconds < 5
+
+
 async def test_a_get_dropped_on_a_new_connection_is_left_to_the_clients_retry(
     no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
