@@ -13,7 +13,9 @@ message, its request ID, a library's exception text) becomes text of the driver,
 reaches gRPC details, Kubernetes events, logs and metrics. It scrubs that text there, whatever the
 server sent: anything shaped like an Oxide token or a bearer credential, the secrets the client
 registered (``scrub_also``: the exact token, which might lack the ``oxide-token-`` prefix), and the
-``user:password@`` part of URLs; and it cuts the text to ``MAX_MESSAGE`` characters.
+``user:password@`` part of URLs; it escapes every control character (a line break or a terminal
+sequence from the server can neither forge a log line nor reach a terminal showing an event); and
+it cuts the text to ``MAX_MESSAGE`` characters.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ _BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"'}]+")
 _ASSIGNED_RE = re.compile(r"(?i)\b(token|password|authorization)(\"?\s*[:=]\s*\"?)[^\s,;\"'}]+")
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
 REDACTED = "<redacted>"
+# Every control character (C0, DEL, C1) as a visible ``\xNN``: text from the API must not break
+# a log line (a newline would start a forged one) nor drive a terminal showing an event.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without tokens, bearer credentials, URL credentials or any of ``secrets``, and
-    at most ``MAX_MESSAGE`` characters long."""
+    """``text`` without tokens, bearer credentials, URL credentials or any of ``secrets``, its
+    control characters escaped (``\\x1b``), and at most ``MAX_MESSAGE`` characters long."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
@@ -41,6 +46,7 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     text = _BEARER_RE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _ASSIGNED_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = text.translate(_CONTROLS)
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + f"... ({len(text) - MAX_MESSAGE} more characters cut)"
     return text

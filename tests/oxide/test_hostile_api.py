@@ -315,6 +315,49 @@ async def test_an_echoing_server_never_gets_the_token_into_grpc_details_or_logs(
         assert secret not in repr(logs)
 
 
+# Text with line breaks and terminal controls, as a hostile or broken API could send it: a forged
+# log line after a newline, an ANSI sequence that would recolour or clear a terminal showing an
+# event, C1 controls (NEL, CSI) that some terminals obey too.
+CONTROLS = (
+    "refused\n2026-12-07T00:00:00Z [info] rpc code=OK\r\x1b[2J\x1b]0;owned\x07\x85\x9b31m\x7f"
+)
+
+
+def controls_everywhere(seen: Seen) -> Answer:
+    body = {"error_code": f"Bad{CONTROLS}", "message": CONTROLS, "request_id": f"r-{CONTROLS}"}
+    return Answer.json(400, body, headers={"x-request-id": "r\x1b[31m"})
+
+
+async def test_control_characters_from_the_api_reach_no_one_raw(tmp_path: Path) -> None:
+    """The server's words reach the CO (gRPC details, hence Kubernetes events) and the logs with
+    every control character escaped (``\\x1b``): none can forge a log line or drive the terminal
+    of whoever reads them."""
+    async with hostile(controls_everywhere) as server:
+        api = client(server.url, token=TOKEN)
+        with capture_logs() as logs:
+            async with controller(tmp_path, api, grace=1.0) as ctl:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await ctl.stub.CreateVolume(create_request())
+        with pytest.raises(oxerr.OxideError) as direct:
+            await api.disk_create(DiskSpec(name=NAME, description="d", size=GIB, block_size=4096))
+        await api.aclose()
+    details = info.value.details() or ""
+    assert "refused\\x0a2026-12-07" in details  # still said, escaped
+    err = direct.value
+    logged = [str(value) for line in logs for value in line.values()]
+    assert any("refused" in text for text in logged)  # the logs said it too
+    for text in (
+        details,
+        str(err),
+        err.message,
+        err.error_code or "",
+        err.request_id or "",
+        *logged,
+    ):
+        raw = [c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F]
+        assert raw == [], f"control characters {raw!r} in {text!r}"
+
+
 # A token made of regular-expression metacharacters: scrubbing is by exact text, never a pattern
 # built from the token (which would match other text, or fail to compile, or miss the token).
 META_TOKEN = r"t0k.*+?[x](y){2}|^$\\d"
