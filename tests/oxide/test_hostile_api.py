@@ -15,7 +15,7 @@ import ast
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,17 +298,23 @@ def echo_everything(seen: Seen) -> Answer:
     return Answer.json(400, body, headers={"x-request-id": seen.headers.get("authorization", "")})
 
 
+async def refused_create(
+    tmp_path: Path, api: HttpOxideClient
+) -> tuple[str, list[MutableMapping[str, object]]]:
+    """The gRPC details of a CreateVolume that ``api``'s server refuses, and the log lines."""
+    with capture_logs() as logs:
+        async with controller(tmp_path, api, grace=1.0) as ctl:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ctl.stub.CreateVolume(create_request())
+    return info.value.details() or "", logs
+
+
 async def test_an_echoing_server_never_gets_the_token_into_grpc_details_or_logs(
     tmp_path: Path,
 ) -> None:
     async with hostile(echo_everything) as server:
-        api = client(server.url, token=TOKEN)
-        with capture_logs() as logs:
-            async with controller(tmp_path, api, grace=1.0) as ctl:
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await ctl.stub.CreateVolume(create_request())
+        details, logs = await refused_create(tmp_path, client(server.url, token=TOKEN))
     assert server.seen[0].headers["authorization"] == f"Bearer {TOKEN}"  # it was echoed
-    details = info.value.details() or ""
     assert "refused" in details  # the server's message still reaches the CO...
     for secret in (TOKEN, TOKEN.removeprefix("oxide-token-")):
         assert secret not in details  # ...without the token
@@ -334,14 +340,10 @@ async def test_control_characters_from_the_api_reach_no_one_raw(tmp_path: Path) 
     of whoever reads them."""
     async with hostile(controls_everywhere) as server:
         api = client(server.url, token=TOKEN)
-        with capture_logs() as logs:
-            async with controller(tmp_path, api, grace=1.0) as ctl:
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await ctl.stub.CreateVolume(create_request())
+        details, logs = await refused_create(tmp_path, api)
         with pytest.raises(oxerr.OxideError) as direct:
             await api.disk_create(DiskSpec(name=NAME, description="d", size=GIB, block_size=4096))
         await api.aclose()
-    details = info.value.details() or ""
     assert "refused\\x0a2026-12-07" in details  # still said, escaped
     err = direct.value
     logged = [str(value) for line in logs for value in line.values()]
