@@ -35,6 +35,15 @@ UNPLUG_TIMEOUT = 60.0
 GUEST_LOGS = ("qemu.log", "node.log", "bridge.log", "kernel.log")  # in ``workdir``
 
 
+def guest_logs(workdir: Path) -> dict[str, str]:
+    """The guest's logs in ``workdir`` (``GUEST_LOGS``) that can be read, by name."""
+    logs = {}
+    for name in GUEST_LOGS:
+        with contextlib.suppress(OSError):
+            logs[name] = (workdir / name).read_text(errors="replace")
+    return logs
+
+
 class GuestError(RuntimeError):
     """The guest could not be booted, or a hot-plug operation failed."""
 
@@ -118,9 +127,8 @@ class GuestVM:
     _qmp: QmpClient | None = None
     _bridge: BridgeThread | None = None
     _plugged: dict[str, _Plugged] = field(default_factory=dict)
-    _port_freed: dict[str, int] = field(default_factory=dict)  # port -> when it was last freed
+    _port_freed: dict[str, int] = field(default_factory=dict)  # port -> its unplug's rank
     _serial: int = 0
-    _unplugs: int = 0  # a clock for ``_port_freed``: unplugs so far
 
     @property
     def qmp_path(self) -> Path:
@@ -233,13 +241,8 @@ wait
             time.sleep(0.2)
 
     def _log_tail(self) -> str:
-        parts = []
-        for name in GUEST_LOGS:
-            with contextlib.suppress(OSError):
-                parts.append(
-                    f"--- {name}\n" + (self.workdir / name).read_text(errors="replace")[-3000:]
-                )
-        return "\n".join(parts)
+        logs = guest_logs(self.workdir)
+        return "\n".join(f"--- {name}\n{text[-3000:]}" for name, text in logs.items())
 
     def _client(self) -> QmpClient:
         if self._qmp is None:
@@ -338,8 +341,7 @@ wait
         except QmpError as exc:
             raise GuestError(f"hot-unplug of {disk}: {exc}") from exc
         del self._plugged[disk]
-        self._unplugs += 1
-        self._port_freed[plugged.port] = self._unplugs
+        self._port_freed[plugged.port] = max(self._port_freed.values(), default=0) + 1
         self.timings["last_unplug_s"] = time.monotonic() - started
 
     def plugged(self) -> list[str]:

@@ -28,7 +28,7 @@ import pytest
 from csi_oxide._csi import csi_pb2 as csi
 from csi_oxide._csi import csi_pb2_grpc as csi_grpc
 from csi_oxide_lab import harness
-from csi_oxide_lab.guest.vm import GUEST_LOGS, unavailable_reason
+from csi_oxide_lab.guest.vm import GUEST_LOGS, guest_logs, unavailable_reason
 from tests import skips
 from tests.units import GIB, MIB
 
@@ -215,13 +215,11 @@ def _guest_report(rack: Rack) -> str:
     """What the simulator and the guest printed last: whether qemu still runs, and why not; the
     node's failed RPCs, and what the guest's kernel said of its NVMe devices and PCIe slots."""
     parts = [f"\n--- simulator\n{rack.sim.proc.output()[-3000:]}"]
-    for name in GUEST_LOGS:
-        with contextlib.suppress(OSError):
-            text = (rack.guest_dir / name).read_text(errors="replace")
-            parts.append(f"--- guest {name}\n{text[-3000:]}")
-            if name in _GREP:
-                lines = [line for line in text.splitlines() if _GREP[name].search(line)]
-                parts.append(f"--- guest {name}, {_GREP[name].pattern}\n" + "\n".join(lines[-60:]))
+    for name, text in guest_logs(rack.guest_dir).items():
+        parts.append(f"--- guest {name}\n{text[-3000:]}")
+        if name in _GREP:
+            lines = [line for line in text.splitlines() if _GREP[name].search(line)]
+            parts.append(f"--- guest {name}, {_GREP[name].pattern}\n" + "\n".join(lines[-60:]))
     return "\n".join(parts)
 
 
